@@ -1,0 +1,121 @@
+"""The one module that talks to InfluxDB (aioinflux over aiohttp); maps its errors once.
+
+aioinflux is archived upstream: it is imported here only, created inside the
+running loop (its ``__init__`` reads the current loop), and only its ``write``,
+``query`` and ``close`` are used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from hub._config import InfluxConfig
+from hub._influxql import create_database
+from hub.errors import BackendUnavailable, HubError
+
+with warnings.catch_warnings():
+    # aioinflux warns at import when pandas is absent; the hub never uses DataFrames.
+    warnings.filterwarnings("ignore", message="Pandas/Numpy is not available")
+    from aioinflux import InfluxDBClient, InfluxDBError, InfluxDBWriteError
+
+log = logging.getLogger(__name__)
+
+
+class WriteRejected(HubError):
+    """InfluxDB refused the data itself (HTTP 4xx other than 429): retrying cannot help."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"influxdb rejected the write ({status}): {reason}")
+
+
+class QueryFailed(HubError):
+    """InfluxDB answered a query with an error."""
+
+
+class InfluxBackend(Protocol):
+    async def connect(self) -> None: ...
+    async def write(self, body: bytes) -> None: ...
+    async def query(self, text: str, epoch: str = "s") -> list[dict[str, Any]]: ...
+    async def close(self) -> None: ...
+
+
+_TRANSIENT = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class InfluxClient:
+    """InfluxDB 1.x HTTP API (also the v1-compatible API of 2.x/3.x with a token)."""
+
+    def __init__(self, config: InfluxConfig) -> None:
+        self._config = config
+        self._client: Any = None
+
+    async def connect(self) -> None:
+        cfg = self._config
+        url = urlsplit(cfg.url)
+        kwargs: dict[str, Any] = {}
+        if cfg.token is not None:
+            kwargs["headers"] = {"Authorization": f"Token {cfg.token.get_secret_value()}"}
+        self._client = InfluxDBClient(
+            host=url.hostname,
+            port=url.port or (443 if url.scheme == "https" else 8086),
+            path=(url.path.rstrip("/") + "/") if url.path else "/",
+            ssl=url.scheme == "https",
+            db=cfg.bucket,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            timeout=cfg.timeout,
+            **kwargs,
+        )
+        await self.query(create_database(cfg.bucket))
+        log.info("InfluxDB connected: %s org=%s bucket=%s", cfg.url, cfg.org, cfg.bucket)
+
+    async def write(self, body: bytes) -> None:
+        try:
+            await self._client.write(body)
+        except InfluxDBWriteError as exc:
+            reason = exc.headers.get("X-Influxdb-Error", "") or str(exc.reason)
+            if exc.status == 429 or exc.status >= 500:
+                raise BackendUnavailable("influxdb", f"HTTP {exc.status}: {reason}") from exc
+            raise WriteRejected(exc.status, reason) from exc
+        except _TRANSIENT as exc:
+            raise BackendUnavailable("influxdb", f"{type(exc).__name__}: {exc}") from exc
+
+    async def query(self, text: str, epoch: str = "s") -> list[dict[str, Any]]:
+        """Run statements; returns one result dict per statement (``series`` may be absent)."""
+        try:
+            reply = await self._client.query(text, epoch=epoch)
+        except InfluxDBError as exc:
+            raise QueryFailed(str(exc)) from exc
+        except _TRANSIENT as exc:
+            raise BackendUnavailable("influxdb", f"{type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:  # a non-JSON body, e.g. an HTML error page from a proxy
+            raise BackendUnavailable("influxdb", f"unexpected reply: {exc}") from exc
+        results: list[dict[str, Any]] = reply.get("results", [])
+        return results
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Flatten one statement's series into dicts (column name -> value)."""
+    out: list[dict[str, Any]] = []
+    for series in result.get("series", ()):
+        columns = series["columns"]
+        tags = series.get("tags") or {}
+        out.extend({**tags, **dict(zip(columns, values, strict=True))}
+                   for values in series.get("values", ()))
+    return out
+
+
+__all__ = ["InfluxBackend", "InfluxClient", "QueryFailed", "WriteRejected", "rows"]

@@ -1,0 +1,100 @@
+"""The one module that talks to Redis (redis.asyncio + hiredis); maps its errors once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from hub._config import RedisConfig
+from hub.errors import BackendUnavailable, HubError
+
+log = logging.getLogger(__name__)
+
+Command = tuple[Any, ...]
+
+
+class RedisBackend(Protocol):
+    """What the CacheActor needs from Redis; in-memory fakes implement it for unit tests."""
+
+    async def connect(self) -> None: ...
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]: ...
+    def scan(self, match: str) -> AsyncIterator[bytes]: ...
+    async def info(self) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
+
+
+class CommandFailed(HubError):
+    """Redis answered one command with an error (WRONGTYPE, script error...)."""
+
+
+def _unavailable(exc: BaseException) -> BackendUnavailable:
+    return BackendUnavailable("redis", f"{type(exc).__name__}: {exc}")
+
+
+class RedisClient:
+    """redis.asyncio client built from the hub's config."""
+
+    def __init__(self, config: RedisConfig) -> None:
+        if config.cluster is not None or config.sentinel is not None:
+            raise HubError("redis.cluster / redis.sentinel are not supported by this version yet")
+        self._config = config
+        self._client = aioredis.Redis(
+            host=config.host,
+            port=config.port,
+            db=config.db,
+            username=config.username,
+            password=config.password.get_secret_value() if config.password else None,
+            ssl=config.ssl,
+            socket_connect_timeout=config.timeout,
+            socket_timeout=config.timeout,
+            # one quick retry for a stale pooled connection; outages are the actor's business
+            retry=Retry(NoBackoff(), 1),
+            max_connections=64,
+            client_name="wolfhub",
+        )
+
+    async def connect(self) -> None:
+        try:
+            await self._client.ping()
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        except rexc.AuthenticationError as exc:
+            raise BackendUnavailable("redis", "authentication failed") from exc
+        log.info("Redis connected: %s:%s db=%s", self._config.host, self._config.port,
+                 self._config.db)
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Send all commands in one round trip; per-command errors come back as CommandFailed."""
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                results = await pipe.execute(raise_on_error=False)
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return [
+            CommandFailed(str(r)) if isinstance(r, rexc.RedisError) else r for r in results
+        ]
+
+    async def scan(self, match: str) -> AsyncIterator[bytes]:
+        try:
+            async for key in self._client.scan_iter(match=match, count=1000):
+                yield key
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def info(self) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await self._client.info()
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return result
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,264 @@
+"""Actor runtime: bounded mailboxes, request/reply calls, supervision under one TaskGroup.
+
+An actor owns its backend connection; callers only ever touch its mailbox. A
+caller cancelled while waiting leaves the connection intact: the actor finishes
+the work and drops the reply (``_resolve`` ignores a done future).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from hub.errors import BackendUnavailable, HubClosed, HubError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class MailboxFull(HubError):
+    """``send_nowait`` on a full mailbox."""
+
+
+class Mailbox(Generic[T]):
+    """A bounded FIFO. ``send()`` waits for room, ``send_nowait()`` raises MailboxFull."""
+
+    def __init__(self, name: str, maxsize: int) -> None:
+        self.name = name
+        self.maxsize = maxsize
+        self._items: deque[T] = deque()
+        self._closed = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._waiting_senders = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send_nowait(self, item: T) -> None:
+        if self._closed:
+            raise HubClosed(f"{self.name} mailbox is closed")
+        if len(self._items) >= self.maxsize:
+            raise MailboxFull(f"{self.name} mailbox is full ({self.maxsize})")
+        self._items.append(item)
+        self._readable.set()
+
+    async def send(self, item: T) -> None:
+        while len(self._items) >= self.maxsize and not self._closed:
+            self._waiting_senders += 1
+            self._writable.clear()
+            try:
+                await self._writable.wait()
+            finally:
+                self._waiting_senders -= 1
+        self.send_nowait(item)
+
+    async def receive_batch(self, limit: int) -> list[T]:
+        """Wait for at least one item, then take up to ``limit``; [] once closed and empty."""
+        while not self._items:
+            if self._closed:
+                return []
+            self._readable.clear()
+            await self._readable.wait()
+        take = min(limit, len(self._items))
+        batch = [self._items.popleft() for _ in range(take)]
+        self._writable.set()
+        return batch
+
+    def close(self) -> None:
+        """Refuse new items; the receiver still drains what is queued."""
+        self._closed = True
+        self._readable.set()
+        self._writable.set()
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "depth": len(self._items),
+            "maxsize": self.maxsize,
+            "waiting_senders": self._waiting_senders,
+        }
+
+
+@dataclass(slots=True)
+class Call:
+    """One message: what to do, and where to put the answer (None: fire and forget)."""
+
+    payload: Any
+    future: asyncio.Future[Any] | None
+
+
+def resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
+
+
+def fail(future: asyncio.Future[Any] | None, exc: BaseException) -> None:
+    if future is not None and not future.done():
+        future.set_exception(exc)
+
+
+class Actor:
+    """Base actor: ``setup`` (connect), ``handle`` each drained batch, ``teardown``."""
+
+    name = "actor"
+    batch_limit = 512
+
+    def __init__(self, mailbox_size: int = 10_000) -> None:
+        self.mailbox: Mailbox[Call] = Mailbox(self.name, mailbox_size)
+        self._inflight: Sequence[Call] = ()
+        self.restarts = 0
+
+    async def setup(self) -> None:
+        """Connect; raising here at first start makes ``Hub.start()`` fail."""
+
+    async def teardown(self) -> None:
+        """Release connections; must not raise."""
+
+    async def handle(self, batch: Sequence[Call]) -> None:
+        raise NotImplementedError
+
+    async def call(self, payload: Any) -> Any:
+        """Send ``payload`` and wait for the reply."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self.mailbox.send(Call(payload, future))
+        return await future
+
+    async def tell(self, payload: Any) -> None:
+        """Send ``payload`` without waiting for a reply (waits only for mailbox room)."""
+        await self.mailbox.send(Call(payload, None))
+
+    async def run(self) -> None:
+        """Drain the mailbox until it is closed and empty."""
+        while batch := await self.mailbox.receive_batch(self.batch_limit):
+            self._inflight = batch
+            await self.handle(batch)
+            self._inflight = ()
+
+    def fail_inflight(self, exc: BaseException) -> None:
+        for call in self._inflight:
+            fail(call.future, exc)
+        self._inflight = ()
+
+    def statistics(self) -> dict[str, Any]:
+        return {**self.mailbox.statistics(), "restarts": self.restarts}
+
+
+class Supervisor:
+    """Runs actors in one TaskGroup; restarts a crashed actor with backoff.
+
+    More than ``max_restarts`` crashes within ``window`` seconds and the actor is
+    given up: its mailbox closes, waiting callers get BackendUnavailable, and
+    ``healthy`` turns False.
+    """
+
+    def __init__(self, max_restarts: int = 5, window: float = 60.0) -> None:
+        self.max_restarts = max_restarts
+        self.window = window
+        self.actors: list[Actor] = []
+        self.healthy = True
+        self._tasks: dict[Actor, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def start(self, actors: Sequence[Actor]) -> None:
+        """Start actors in order, each ready (``setup`` done) before the next starts."""
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._runner = asyncio.create_task(self._run(list(actors), started), name="hub-supervisor")
+        try:
+            await asyncio.shield(started)
+        except BaseException:
+            self._stop.set()
+            self._close_all()
+            await asyncio.gather(self._runner, return_exceptions=True)
+            raise
+
+    async def _run(self, actors: list[Actor], started: asyncio.Future[None]) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for actor in actors:
+                    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    self._tasks[actor] = tg.create_task(
+                        self._supervise(actor, ready), name=f"actor-{actor.name}"
+                    )
+                    await ready
+                    self.actors.append(actor)
+                resolve(started, None)
+                await self._stop.wait()
+        except BaseException as exc:
+            if isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
+            fail(started, exc)
+            if not isinstance(exc, (Exception, asyncio.CancelledError)):
+                raise
+
+    async def _supervise(self, actor: Actor, ready: asyncio.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        crashes: deque[float] = deque()
+        try:
+            await actor.setup()
+        except Exception as exc:
+            fail(ready, exc)
+            actor.mailbox.close()
+            return
+        resolve(ready, None)
+        while True:
+            try:
+                await actor.run()
+                return
+            except asyncio.CancelledError:
+                actor.fail_inflight(HubClosed("hub is closing"))
+                raise
+            except Exception as exc:
+                log.exception("actor %s crashed", actor.name)
+                actor.fail_inflight(BackendUnavailable(actor.name, f"actor crashed: {exc!r}"))
+                now = loop.time()
+                crashes.append(now)
+                while crashes and crashes[0] < now - self.window:
+                    crashes.popleft()
+                if len(crashes) > self.max_restarts:
+                    log.error("actor %s crashed %d times in %.0fs; giving up",
+                              actor.name, len(crashes), self.window)
+                    self.healthy = False
+                    actor.mailbox.close()
+                    await self._drain_failed(actor)
+                    return
+                await actor.teardown()
+                await asyncio.sleep(min(5.0, 0.05 * 2 ** len(crashes)) * random.uniform(0.5, 1))
+                actor.restarts += 1
+                try:
+                    await actor.setup()
+                except Exception:
+                    # counted as the next crash when the actor's run fails again
+                    log.exception("actor %s could not restart", actor.name)
+
+    @staticmethod
+    async def _drain_failed(actor: Actor) -> None:
+        error = BackendUnavailable(actor.name, "actor is down")
+        while batch := await actor.mailbox.receive_batch(10_000):
+            for call in batch:
+                fail(call.future, error)
+
+    def _close_all(self) -> None:
+        for actor in self._tasks:
+            actor.mailbox.close()
+
+    async def stop(self) -> None:
+        """Close mailboxes in reverse start order, each actor draining before the next."""
+        for actor in reversed(list(self._tasks)):
+            actor.mailbox.close()
+            task = self._tasks[actor]
+            await asyncio.gather(task, return_exceptions=True)
+            await actor.teardown()
+        self._stop.set()
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    def statistics(self) -> dict[str, Any]:
+        return {actor.name: actor.statistics() for actor in self._tasks}

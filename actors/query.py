@@ -1,0 +1,117 @@
+"""QueryActor: InfluxQL reads, each in its own task (bounded), with singleflight.
+
+Requests with the same ``key`` while one is in flight share its answer: a
+thousand strategies missing the same indicator cost one query. Read-through
+fills go back to Redis through the CacheActor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from actors._influx import InfluxBackend, QueryFailed
+from actors._runtime import Actor, Call, fail, resolve
+from actors.cache import CacheActor, RedisOp
+from hub.errors import BackendUnavailable, HubClosed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Run ``text``; when ``key`` is set, concurrent equal keys share one run.
+
+    ``fill`` builds a Redis op from the answer (read-through); it is sent to the
+    CacheActor before the callers are answered, so a caller's next read hits.
+    """
+
+    text: str
+    epoch: str = "s"
+    key: str | None = None
+    fill: Any = None  # Callable[[list[dict]], RedisOp | None]
+
+
+class QueryActor(Actor):
+    name = "query"
+
+    def __init__(self, backend: InfluxBackend, cache: CacheActor | None,
+                 concurrency: int = 8) -> None:
+        super().__init__(mailbox_size=10_000)
+        self.backend = backend
+        self.cache = cache
+        self._slots = asyncio.Semaphore(concurrency)
+        self._flights: dict[str, list[asyncio.Future[Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.queries = 0
+        self.shared = 0
+
+    async def setup(self) -> None:
+        await self.backend.connect()
+
+    async def teardown(self) -> None:
+        try:
+            await self.backend.close()
+        except Exception:
+            log.debug("closing influxdb failed", exc_info=True)
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def handle(self, batch: Sequence[Call]) -> None:
+        for call in batch:
+            query: Query = call.payload
+            if call.future is None:
+                continue
+            if query.key is not None:
+                waiting = self._flights.get(query.key)
+                if waiting is not None:
+                    waiting.append(call.future)
+                    self.shared += 1
+                    continue
+                self._flights[query.key] = [call.future]
+            task = asyncio.create_task(self._serve(query, call.future))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, query: Query, future: asyncio.Future[Any]) -> None:
+        error: BaseException | None = None
+        results: list[dict[str, Any]] = []
+        try:
+            async with self._slots:
+                self.queries += 1
+                results = await self.backend.query(query.text, epoch=query.epoch)
+            if query.fill is not None and self.cache is not None:
+                op: RedisOp | None = query.fill(results)
+                if op is not None:
+                    try:
+                        await self.cache.call(op)
+                    except BackendUnavailable:
+                        log.debug("read-through fill skipped: redis unavailable")
+        except (BackendUnavailable, QueryFailed) as exc:
+            error = exc
+        except asyncio.CancelledError:
+            error = HubClosed("hub is closing")
+            raise
+        except Exception as exc:  # a bug must reach the caller, never hang it
+            log.exception("query failed")
+            error = BackendUnavailable("influxdb", f"query failed: {exc!r}")
+        finally:
+            # callers that joined while the query ran are answered too
+            futures = self._flights.pop(query.key, [future]) if query.key else [future]
+            for f in futures:
+                if error is None:
+                    resolve(f, results)
+                else:
+                    fail(f, error)
+
+    def statistics(self) -> dict[str, Any]:
+        return {**super().statistics(), "queries": self.queries, "shared": self.shared,
+                "in_flight": len(self._tasks)}

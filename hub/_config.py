@@ -1,0 +1,159 @@
+"""HubConfig: the seed's ``config/cache_db.yml`` plus ``sqlite``, validated with pydantic.
+
+Unknown keys and wrong types raise :class:`hub.errors.ValidationError` naming the
+key path (``redis.ttl.candles``). Secrets may come from the environment and are
+held as ``SecretStr`` so they never appear in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from hub.errors import ValidationError
+
+__all__ = ["HubConfig"]
+
+_DURATION = re.compile(r"^([0-9]+)(s|m|h|d|w)$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class RedisTTL(_Model):
+    indicators: int = Field(300, gt=0)
+    candles: int = Field(600, gt=0)
+    positions: int = Field(3600, gt=0)
+    strategies: int = Field(3600, gt=0)
+
+
+class RedisCluster(_Model):
+    nodes: list[str] = Field(min_length=1)
+
+
+class RedisSentinel(_Model):
+    nodes: list[str] = Field(min_length=1)
+    service_name: str = "mymaster"
+
+
+class RedisConfig(_Model):
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(6379, ge=1, le=65535)
+    db: int = Field(0, ge=0)
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl: bool = False
+    ttl: RedisTTL = RedisTTL()
+    cluster: RedisCluster | None = None
+    sentinel: RedisSentinel | None = None
+    # how long a call waits for Redis before it counts as unavailable
+    timeout: float = Field(2.0, gt=0)
+
+
+class Retention(_Model):
+    candles: str = "90d"
+    indicators: str = "30d"
+    trades: str = "365d"
+    metrics: str = "180d"
+
+    @field_validator("candles", "indicators", "trades", "metrics")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not _DURATION.match(value):
+            raise ValueError(f"expected a duration like '90d', got {value!r}")
+        return value
+
+
+class Batch(_Model):
+    enabled: bool = True
+    size: int = Field(5000, gt=0, le=100_000)
+    flush_interval: float = Field(1.0, gt=0)
+
+
+class InfluxConfig(_Model):
+    enabled: bool = True
+    url: str = "http://localhost:8086"
+    token: SecretStr | None = None
+    org: str = "wolfinch"
+    bucket: str = Field("trading", min_length=1)
+    username: str | None = None
+    password: SecretStr | None = None
+    retention: Retention = Retention()
+    batch: Batch = Batch()
+    timeout: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http(s)://host:port, got {value!r}")
+        return value
+
+
+class Performance(_Model):
+    redis_hot_data_window: int = Field(1000, gt=0)
+    influxdb_cold_storage: bool = True
+    hybrid_mode: bool = True
+
+
+class SQLiteConfig(_Model):
+    path: str = "data/wolfhub.sqlite"
+
+
+class HubConfig(_Model):
+    """The whole configuration. Build with :meth:`load`, :meth:`from_mapping` or defaults."""
+
+    redis: RedisConfig = RedisConfig()
+    influxdb: InfluxConfig = InfluxConfig()
+    performance: Performance = Performance()
+    sqlite: SQLiteConfig = SQLiteConfig()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> HubConfig:
+        """Read a YAML file. Raises ValidationError (naming the key) or OSError."""
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValidationError(str(path), f"not valid YAML: {exc}") from None
+        return cls.from_mapping(data or {})
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, environ: Mapping[str, str] | None = None
+                     ) -> HubConfig:
+        """Validate a mapping (the parsed YAML); secrets from ``environ`` fill empty keys."""
+        if not isinstance(data, Mapping):
+            raise ValidationError("config", f"expected a mapping, got {type(data).__name__}")
+        env = os.environ if environ is None else environ
+        merged: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v)
+                                  for k, v in data.items()}
+        for section, key, var in (
+            ("redis", "password", "WOLFHUB_REDIS_PASSWORD"),
+            ("influxdb", "token", "WOLFHUB_INFLUXDB_TOKEN"),
+            ("influxdb", "password", "WOLFHUB_INFLUXDB_PASSWORD"),
+        ):
+            if env.get(var):
+                merged.setdefault(section, {})
+                if isinstance(merged[section], dict) and not merged[section].get(key):
+                    merged[section][key] = env[var]
+        try:
+            return cls.model_validate(merged)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "config"
+            if first["type"] == "extra_forbidden":
+                message = "unknown key"
+            else:
+                message = first["msg"]
+            raise ValidationError(where, message) from None

@@ -1,0 +1,638 @@
+"""The Hub facade: validates, encodes, routes each call to the actor that owns the I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import orjson
+
+from actors._influx import InfluxBackend, InfluxClient, rows
+from actors._redis import CommandFailed, RedisBackend, RedisClient
+from actors._runtime import Supervisor
+from actors.cache import (
+    CacheActor,
+    RedisOp,
+    WindowAnswer,
+    op_get,
+    op_newest_candles,
+    op_push_candles,
+    op_set,
+    op_trim_window,
+    op_unlink,
+    op_window_range,
+)
+from actors.query import Query, QueryActor
+from actors.state import StateActor
+from actors.writer import FLUSH, Lines, WriterActor
+from hub import _influxql as ql
+from hub import _keys as keys
+from hub import _lineproto as lp
+from hub import _validate as v
+from hub._config import HubConfig
+from hub._records import Candle, Trade
+from hub.errors import BackendUnavailable, HubClosed, HubError, ValidationError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRADE_TAGS = frozenset({"exchange", "product", "side", "order_id", "price", "size"})
+_INDICATOR_TAGS = frozenset({"exchange", "product", "name"})
+_METRIC_TAGS = frozenset({"name"})
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Hub:
+    """The async data hub. ``async with Hub(config) as hub: ...``.
+
+    Every public method is a coroutine; invalid input raises
+    :class:`~hub.errors.ValidationError` before anything is written, calls after
+    :meth:`close` raise :class:`~hub.errors.HubClosed`.
+
+    ``redis_backend`` / ``influx_backend`` let tests inject in-memory fakes of
+    the backend protocols; normally the hub builds real clients from ``config``.
+    """
+
+    def __init__(
+        self,
+        config: HubConfig | None = None,
+        *,
+        redis_backend: RedisBackend | None = None,
+        influx_backend: Callable[[], InfluxBackend] | None = None,
+    ) -> None:
+        self.config = config or HubConfig()
+        self._state = _State.NEW
+        self._closed = asyncio.Event()
+        self._redis_backend = redis_backend
+        self._influx_factory = influx_backend
+        self._supervisor: Supervisor | None = None
+        self._cache: CacheActor | None = None
+        self._writer: WriterActor | None = None
+        self._query: QueryActor | None = None
+        self._sqlite: StateActor | None = None
+        self._counters: dict[str, int] = dict.fromkeys(
+            (
+                "indicator_cache_hits", "indicator_cache_misses", "indicator_cold_hits",
+                "candle_window_hits", "candle_cold_queries", "cache_writes_skipped",
+                "cache_reads_failed", "state_cache_hits", "state_cache_misses",
+            ),
+            0,
+        )
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect and start the actors; returns once every actor is ready.
+
+        Raises BackendUnavailable when a backend cannot be reached, HubClosed if
+        this hub was already started or closed (a hub is not reopened).
+        """
+        if self._state is not _State.NEW:
+            raise HubClosed(f"hub is {self._state.value}; create a new Hub")
+        self._state = _State.STARTING
+        cfg = self.config
+        self._sqlite = StateActor(cfg.sqlite.path)
+        actors: list[Any] = [self._sqlite]
+        if cfg.redis.enabled:
+            self._cache = CacheActor(self._redis_backend or RedisClient(cfg.redis))
+            actors.append(self._cache)
+        if cfg.influxdb.enabled:
+            factory = self._influx_factory or (lambda: InfluxClient(cfg.influxdb))
+            self._writer = WriterActor(
+                factory(), self._sqlite,
+                batch_size=cfg.influxdb.batch.size if cfg.influxdb.batch.enabled else 1,
+                linger=cfg.influxdb.batch.flush_interval if cfg.influxdb.batch.enabled else 0.0,
+                give_up_after=cfg.influxdb.timeout,
+            )
+            self._query = QueryActor(factory(), self._cache)
+            actors += [self._writer, self._query]
+        self._supervisor = Supervisor()
+        try:
+            await self._supervisor.start(actors)
+        except BaseException:
+            self._state = _State.CLOSED
+            self._closed.set()
+            raise
+        self._state = _State.OPEN
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Stop intake, flush the writer (spooling to SQLite what InfluxDB cannot take),
+        stop actors in reverse order, close connections. Idempotent."""
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            await self._closed.wait()
+            return
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            self._closed.set()
+            return
+        self._state = _State.CLOSING
+        try:
+            if self._supervisor is not None:
+                async with asyncio.timeout(timeout):
+                    await self._supervisor.stop()
+        finally:
+            self._state = _State.CLOSED
+            self._closed.set()
+
+    @property
+    def healthy(self) -> bool:
+        return self._state is _State.OPEN and bool(self._supervisor and self._supervisor.healthy)
+
+    def _check_open(self) -> None:
+        if self._state is not _State.OPEN:
+            raise HubClosed(f"hub is {self._state.value}")
+
+    # ---- plumbing -----------------------------------------------------------------
+
+    async def _redis(self, op: RedisOp) -> Any:
+        """Run one op on Redis within the configured deadline."""
+        assert self._cache is not None
+        try:
+            async with asyncio.timeout(self.config.redis.timeout):
+                return await self._cache.call(op)
+        except TimeoutError:
+            raise BackendUnavailable(
+                "redis", f"no reply within {self.config.redis.timeout}s") from None
+
+    async def _redis_read(self, op: RedisOp) -> tuple[bool, Any]:
+        """(True, value) from Redis, or (False, None) when Redis is off or failing."""
+        if self._cache is None:
+            return False, None
+        try:
+            return True, await self._redis(op)
+        except (BackendUnavailable, CommandFailed) as exc:
+            self._counters["cache_reads_failed"] += 1
+            log.debug("redis read failed, falling back: %s", exc)
+            return False, None
+
+    async def _redis_write(self, op: RedisOp) -> None:
+        """Cache writes never fail a call: when Redis is down they are counted as skipped."""
+        if self._cache is None:
+            return
+        try:
+            await self._redis(op)
+        except (BackendUnavailable, CommandFailed) as exc:
+            self._counters["cache_writes_skipped"] += 1
+            log.debug("redis write skipped: %s", exc)
+
+    async def _write_lines(self, lines: list[str], ids: list[int] | None = None) -> None:
+        if self._writer is not None:
+            await self._writer.tell(Lines(lines, ids))
+
+    async def _influx(self, query: Query) -> list[dict[str, Any]]:
+        if self._query is None:
+            raise BackendUnavailable("influxdb", "disabled in the config (influxdb.enabled)")
+        result: list[dict[str, Any]] = await self._query.call(query)
+        return result
+
+    async def _read_your_writes(self) -> None:
+        """Before a cold read: make lines still queued or batching in the writer queryable.
+        (The flush request queues behind them, so this is cheap when nothing is pending.)"""
+        if self._writer is not None:
+            await self.flush()
+
+    @staticmethod
+    def _names(exchange: object, product: object) -> tuple[str, str]:
+        return v.tag(exchange, "exchange"), v.tag(product, "product")
+
+    @staticmethod
+    def _tags(tags: Mapping[str, object], reserved: frozenset[str]) -> dict[str, str]:
+        out = {}
+        for key, value in tags.items():
+            name = v.tag(key, "tags")
+            if name in reserved or name == "time":
+                raise ValidationError(key, f"{name!r} is set by the hub and cannot be a tag")
+            out[name] = v.tag(value, key)
+        return out
+
+    # ---- indicators ---------------------------------------------------------------
+
+    async def cache_indicator(self, exchange: str, product: str, indicator: str,
+                              period: int | str, value: Any, ttl: int | None = None) -> None:
+        """Cache an indicator value (any JSON value) in Redis for ``ttl`` seconds
+        (default ``redis.ttl.indicators``). Raises ValidationError, HubClosed."""
+        exchange, product = self._names(exchange, product)
+        key = keys.indicator(exchange, product, v.tag(indicator, "indicator"),
+                             v.tag(period, "period"))
+        v.json_value(value, "value")
+        ttl = self.config.redis.ttl.indicators if ttl is None else v.positive_int(ttl, "ttl")
+        self._check_open()
+        await self._redis_write(op_set(key, orjson.dumps(value), ttl))
+
+    async def get_indicator(self, exchange: str, product: str, indicator: str,
+                            period: int | str, default: Any = None) -> Any:
+        """Read through: Redis, then the latest ``indicator`` point in InfluxDB (which is
+        then cached), else ``default``. Raises ValidationError, HubClosed, and
+        BackendUnavailable only when no store could answer."""
+        exchange, product = self._names(exchange, product)
+        name, period_s = v.tag(indicator, "indicator"), v.tag(period, "period")
+        key = keys.indicator(exchange, product, name, period_s)
+        self._check_open()
+        ok, raw = await self._redis_read(op_get(key))
+        if ok and raw is not None:
+            self._counters["indicator_cache_hits"] += 1
+            return orjson.loads(raw)
+        self._counters["indicator_cache_misses"] += 1
+        if self._query is None:
+            return default
+        ttl = self.config.redis.ttl.indicators
+
+        def fill(results: list[dict[str, Any]]) -> RedisOp | None:
+            found = rows(results[0]) if results else []
+            if not found or found[0].get("last") is None:
+                return None
+            return op_set(key, orjson.dumps(found[0]["last"]), ttl)
+
+        results = await self._influx(Query(
+            ql.select_last_indicator(exchange, product, name, period_s),
+            key=key, fill=fill if self._cache is not None else None,
+        ))
+        found = rows(results[0]) if results else []
+        if not found or found[0].get("last") is None:
+            return default
+        self._counters["indicator_cold_hits"] += 1
+        return found[0]["last"]
+
+    async def write_indicator(self, exchange: str, product: str, indicator_name: str,
+                              timestamp: int | float, value: float, **tags: Any) -> None:
+        """Write an ``indicator`` point (tags exchange, product, name, plus ``tags``, e.g.
+        ``period=20``). With a ``period`` tag the value is also cached, so
+        ``get_indicator`` sees it at once. Acknowledged on enqueue."""
+        exchange, product = self._names(exchange, product)
+        name = v.tag(indicator_name, "indicator_name")
+        ts = v.timestamp(timestamp, "timestamp")
+        number = v.number(value, "value")
+        extra = self._tags(tags, _INDICATOR_TAGS)
+        self._check_open()
+        await self._write_lines([lp.indicator(exchange, product, name, ts, number, extra)])
+        if "period" in extra:
+            await self._redis_write(op_set(
+                keys.indicator(exchange, product, name, extra["period"]),
+                orjson.dumps(number), self.config.redis.ttl.indicators))
+
+    # ---- candles ------------------------------------------------------------------
+
+    async def write_candle(self, exchange: str, product: str, timestamp: int,
+                           open_price: float, high: float, low: float, close: float,
+                           volume: float) -> None:
+        """Write one candle: Redis hot window + InfluxDB ``candle`` point.
+        Acknowledged on enqueue; :meth:`flush` makes it queryable in InfluxDB."""
+        exchange, product = self._names(exchange, product)
+        candle = Candle.checked(timestamp, open_price, high, low, close, volume)
+        self._check_open()
+        await self._write_lines([lp.candle(exchange, product, candle)])
+        await self._push_window(exchange, product, [candle], None)
+
+    async def write_candles_batch(self, exchange: str, product: str,
+                                  candles: Iterable[Candle | Mapping[str, Any]]) -> int:
+        """Write many candles (``Candle`` objects or mappings with the seed's keys).
+        All are validated before any is written. Returns the count."""
+        exchange, product = self._names(exchange, product)
+        if isinstance(candles, (str, bytes, Mapping)) or not isinstance(candles, Iterable):
+            raise ValidationError("candles", "expected an iterable of candles")
+        checked = [Candle.coerce(c, f"candles[{i}]") for i, c in enumerate(candles)]
+        self._check_open()
+        if not checked:
+            return 0
+        await self._write_lines([lp.candle(exchange, product, c) for c in checked])
+        await self._push_window(exchange, product, checked, None)
+        return len(checked)
+
+    async def _push_window(self, exchange: str, product: str, candles: list[Candle],
+                           window: int | None) -> None:
+        size = window or self.config.performance.redis_hot_data_window
+        newest = sorted(candles, key=lambda c: c.timestamp)[-size:]
+        await self._redis_write(op_push_candles(
+            keys.candles(exchange, product), newest, size, self.config.redis.ttl.candles))
+
+    async def cache_candles(self, exchange: str, product: str,
+                            candles: Iterable[Candle | Mapping[str, Any]],
+                            max_candles: int | None = None) -> None:
+        """Put candles in the Redis hot window only (the seed's list), keeping at most
+        ``max_candles`` (default ``performance.redis_hot_data_window``)."""
+        exchange, product = self._names(exchange, product)
+        if isinstance(candles, (str, bytes, Mapping)) or not isinstance(candles, Iterable):
+            raise ValidationError("candles", "expected an iterable of candles")
+        checked = [Candle.coerce(c, f"candles[{i}]") for i, c in enumerate(candles)]
+        window = None if max_candles is None else v.positive_int(max_candles, "max_candles")
+        self._check_open()
+        if checked:
+            await self._push_window(exchange, product, checked, window)
+
+    async def get_candles(self, exchange: str, product: str, count: int = 100) -> list[Candle]:
+        """The newest ``count`` candles of the hot window, ascending. When Redis is down
+        or off, the same answer comes from InfluxDB."""
+        exchange, product = self._names(exchange, product)
+        count = v.positive_int(count, "count")
+        self._check_open()
+        ok, found = await self._redis_read(op_newest_candles(keys.candles(exchange, product),
+                                                             count))
+        if ok:
+            result: list[Candle] = found
+            return result
+        return await self._cold_candles(exchange, product, None, None, count)
+
+    async def query_candles(self, exchange: str, product: str,
+                            start_time: int | float | None = None,
+                            end_time: int | float | None = None,
+                            limit: int = 1000, interval: str | None = None) -> list[Candle]:
+        """The newest ``limit`` candles with time in [start_time, end_time], ascending.
+
+        Served from the Redis hot window when it holds the whole answer, else from
+        InfluxDB. With ``interval`` ('1m', '5m', '1h', '1d'...), InfluxDB resamples:
+        first open, max high, min low, last close, summed volume per bucket.
+        """
+        exchange, product = self._names(exchange, product)
+        start = v.optional_timestamp(start_time, "start_time")
+        end = v.optional_timestamp(end_time, "end_time")
+        limit = v.positive_int(limit, "limit")
+        lo = None if start is None else math.ceil(start)
+        hi = None if end is None else math.floor(end)
+        if lo is not None and hi is not None and hi < lo:
+            raise ValidationError("end_time", "end_time is before start_time")
+        if interval is not None:
+            seconds = ql.interval_seconds(interval)
+            self._check_open()
+            return await self._resampled(exchange, product, lo, hi, limit, interval, seconds)
+        self._check_open()
+        ok, answer = await self._redis_read(
+            op_window_range(keys.candles(exchange, product), lo, hi, limit))
+        if ok and self._window_covers(answer, lo, limit):
+            self._counters["candle_window_hits"] += 1
+            return answer.candles[::-1]
+        return await self._cold_candles(exchange, product, lo, hi, limit)
+
+    @staticmethod
+    def _window_covers(answer: WindowAnswer, start: int | None, limit: int) -> bool:
+        # The window's span [oldest, newest] is complete (see actors.cache.PUSH_CANDLES):
+        # it answers when it has `limit` candles in range, or the range starts inside it.
+        if answer.oldest is None:
+            return False
+        if len(answer.candles) >= limit:
+            return True
+        return start is not None and start >= answer.oldest
+
+    async def _cold_candles(self, exchange: str, product: str, lo: int | None,
+                            hi: int | None, limit: int) -> list[Candle]:
+        if self._query is None:
+            return []
+        self._counters["candle_cold_queries"] += 1
+        await self._read_your_writes()
+        results = await self._influx(Query(ql.select_candles(exchange, product, lo, hi, limit)))
+        return [_candle(r) for r in reversed(rows(results[0]))] if results else []
+
+    async def _resampled(self, exchange: str, product: str, lo: int | None, hi: int | None,
+                         limit: int, interval: str, seconds: int) -> list[Candle]:
+        if self._query is None:
+            raise BackendUnavailable("influxdb", "resampling needs InfluxDB (disabled)")
+        await self._read_your_writes()
+        if lo is None or hi is None:
+            # GROUP BY time() needs both bounds; take them from the data
+            bounds = await self._influx(Query(ql.select_candle_bounds(exchange, product)))
+            first, last = (rows(r) for r in bounds)
+            if not first or not last:
+                return []
+            lo = first[0]["time"] if lo is None else lo
+            hi = last[0]["time"] if hi is None else hi
+        if hi < lo:
+            return []
+        results = await self._influx(Query(
+            ql.select_candles_resampled(exchange, product, lo, hi, limit, interval)))
+        return [_candle(r) for r in reversed(rows(results[0]))] if results else []
+
+    # ---- trades and metrics -------------------------------------------------------
+
+    async def write_trade(self, exchange: str, product: str, timestamp: int | float,
+                          side: str, price: float, size: float, order_id: str | int,
+                          **fields: Any) -> None:
+        """Write a ``trade`` point. Durable when the await returns: the line is committed
+        to SQLite (fsync, shared with concurrent writers) before it is queued for
+        InfluxDB, and replayed after a crash."""
+        exchange, product = self._names(exchange, product)
+        ts = v.timestamp(timestamp, "timestamp")
+        side_s = v.tag(side, "side")
+        price_f = v.number(price, "price")
+        size_f = v.number(size, "size")
+        order = v.tag(order_id, "order_id")
+        extra = {v.field_key(k, k, _TRADE_TAGS): v.field_value(val, k)
+                 for k, val in fields.items()}
+        line = lp.trade(exchange, product, ts, side_s, price_f, size_f, order, extra)
+        self._check_open()
+        assert self._sqlite is not None
+        ids: list[int] = await self._sqlite.call(("outbox_add", [line], "trade"))
+        await self._write_lines([line], ids)
+
+    async def query_trades(self, exchange: str, product: str,
+                           start_time: int | float | None = None,
+                           end_time: int | float | None = None,
+                           limit: int = 1000) -> list[Trade]:
+        """The newest ``limit`` trades in [start_time, end_time], ascending by time."""
+        exchange, product = self._names(exchange, product)
+        start = v.optional_timestamp(start_time, "start_time")
+        end = v.optional_timestamp(end_time, "end_time")
+        limit = v.positive_int(limit, "limit")
+        self._check_open()
+        if self._query is None:
+            return []
+        await self._read_your_writes()
+        results = await self._influx(Query(
+            ql.select_trades(exchange, product, start, end, limit), epoch="ns"))
+        return [_trade(r) for r in reversed(rows(results[0]))] if results else []
+
+    async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None:
+        """Write a ``metric`` point (tags name plus ``tags``: exchange, product,
+        strategy...), time = now. Acknowledged on enqueue."""
+        name = v.tag(metric_name, "metric_name")
+        number = v.number(value, "value")
+        extra = self._tags(tags, _METRIC_TAGS)
+        self._check_open()
+        await self._write_lines([lp.metric(name, number, extra, round(time.time(), 6))])
+
+    # ---- positions and strategy state ---------------------------------------------
+
+    async def _put_state(self, key: str, value: object, argument: str, ttl: int) -> None:
+        data = orjson.dumps(v.mapping(value, argument))
+        self._check_open()
+        assert self._sqlite is not None
+        await self._sqlite.call(("put", key, data))
+        await self._redis_write(op_set(key, data, ttl))
+
+    async def _get_state(self, key: str, ttl: int) -> dict[str, Any] | None:
+        self._check_open()
+        ok, raw = await self._redis_read(op_get(key))
+        if ok and raw is not None:
+            self._counters["state_cache_hits"] += 1
+            result: dict[str, Any] = orjson.loads(raw)
+            return result
+        self._counters["state_cache_misses"] += 1
+        assert self._sqlite is not None
+        stored = await self._sqlite.call(("get", key))
+        if stored is None:
+            return None
+        if ok:
+            await self._redis_write(op_set(key, stored, ttl))
+        loaded: dict[str, Any] = orjson.loads(stored)
+        return loaded
+
+    async def cache_position(self, exchange: str, product: str,
+                             position: Mapping[str, Any]) -> None:
+        """Store a position (a JSON mapping). Durable in SQLite when the await returns,
+        cached in Redis for ``redis.ttl.positions``."""
+        exchange, product = self._names(exchange, product)
+        await self._put_state(keys.position(exchange, product), position, "position",
+                              self.config.redis.ttl.positions)
+
+    async def get_position(self, exchange: str, product: str) -> dict[str, Any] | None:
+        """The stored position, or None. Survives a Redis flush or restart."""
+        exchange, product = self._names(exchange, product)
+        return await self._get_state(keys.position(exchange, product),
+                                     self.config.redis.ttl.positions)
+
+    async def cache_strategy_state(self, exchange: str, product: str, strategy: str,
+                                   state: Mapping[str, Any]) -> None:
+        """Store a strategy's state (a JSON mapping); same durability as positions."""
+        exchange, product = self._names(exchange, product)
+        key = keys.strategy(exchange, product, v.tag(strategy, "strategy"))
+        await self._put_state(key, state, "state", self.config.redis.ttl.strategies)
+
+    async def get_strategy_state(self, exchange: str, product: str,
+                                 strategy: str) -> dict[str, Any] | None:
+        """The stored strategy state, or None."""
+        exchange, product = self._names(exchange, product)
+        key = keys.strategy(exchange, product, v.tag(strategy, "strategy"))
+        return await self._get_state(key, self.config.redis.ttl.strategies)
+
+    # ---- maintenance --------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Return once every write accepted before the call is queryable in InfluxDB.
+        Raises BackendUnavailable if InfluxDB stays unreachable past
+        ``influxdb.timeout`` (the writes are kept and retried)."""
+        self._check_open()
+        if self._writer is not None:
+            await self._writer.call(FLUSH)
+
+    async def delete_data(self, start: str | int | float, stop: str | int | float,
+                          predicate: str | None = None) -> None:
+        """The seed's delete: ``start``/``stop`` as RFC3339, relative (``-7d``) or ``now``;
+        ``predicate`` an AND of equalities, e.g. ``_measurement="candle" AND product="X"``.
+        Deletes from InfluxDB and drops the matching hot-window candles and cached
+        indicators from Redis."""
+        spec = ql.delete_spec(start, stop, predicate)
+        if spec.measurement is not None:
+            v.name(spec.measurement, "predicate")
+        for key, value in spec.tags.items():
+            v.name(key, "predicate")
+            v.name(value, "predicate")
+        self._check_open()
+        if self._query is not None:
+            await self.flush()
+            await self._influx(Query(spec.statement()))
+        if self._cache is not None:
+            await self._forget_deleted(spec)
+
+    async def _forget_deleted(self, spec: ql.DeleteSpec) -> None:
+        tags = spec.tags
+        start_s, stop_s = spec.start_ns / 1e9, spec.stop_ns / 1e9
+        if spec.measurement in (None, "candle") and set(tags) <= {"exchange", "product"}:
+            found = [k async for k in self._matching("candles", tags, ("exchange", "product"))]
+            for i in range(0, len(found), 500):
+                await self._redis(op_trim_window(found[i:i + 500], start_s, stop_s))
+        parts = ("exchange", "product", "name", "period")
+        if spec.measurement in (None, "indicator") and set(tags) <= set(parts):
+            found = [k async for k in self._matching("indicator", tags, parts)]
+            for i in range(0, len(found), 500):
+                await self._redis(op_unlink(found[i:i + 500]))
+
+    async def _matching(self, kind: str, tags: Mapping[str, str],
+                        parts: tuple[str, ...]) -> AsyncIterator[str]:
+        assert self._cache is not None
+        prefix = []
+        for part in parts:  # literal prefix as long as the leading parts are known
+            if part not in tags:
+                break
+            prefix.append(tags[part])
+        async for raw in self._cache.scan(keys.scan_pattern(kind, *prefix)):
+            key = raw.decode()
+            values = keys.split(key)[1:]
+            if len(values) == len(parts) and all(
+                values[i] == tags[p] for i, p in enumerate(parts) if p in tags
+            ):
+                yield key
+
+    async def flush_all(self) -> None:
+        """Delete this hub's cache entries from Redis (SCAN + UNLINK, never KEYS).
+        Positions and strategy state stay durable in SQLite."""
+        self._check_open()
+        if self._cache is None:
+            return
+        for prefix in keys.PREFIXES:
+            batch: list[str] = []
+            async for raw in self._cache.scan(keys.glob_literal(prefix) + "*"):
+                batch.append(raw.decode())
+                if len(batch) >= 500:
+                    await self._redis(op_unlink(batch))
+                    batch = []
+            if batch:
+                await self._redis(op_unlink(batch))
+
+    async def get_stats(self) -> dict[str, Any]:
+        """The seed's Redis numbers (``keyspace_hits``, ``keyspace_misses``,
+        ``connected_clients``, ``used_memory_human``, ``total_commands_processed``;
+        None when Redis is unreachable) plus the hub's own counters."""
+        self._check_open()
+        stats: dict[str, Any] = dict.fromkeys(
+            ("keyspace_hits", "keyspace_misses", "connected_clients", "used_memory_human",
+             "total_commands_processed"))
+        if self._cache is not None:
+            try:
+                async with asyncio.timeout(self.config.redis.timeout):
+                    info = await self._cache.info()
+                for key in stats:
+                    stats[key] = info.get(key)
+            except (BackendUnavailable, TimeoutError) as exc:
+                log.debug("redis INFO failed: %s", exc)
+        stats["hub"] = dict(self._counters)
+        assert self._supervisor is not None and self._sqlite is not None
+        stats["actors"] = self._supervisor.statistics()
+        try:
+            stats["sqlite"] = await self._sqlite.call(("counts",))
+        except HubError as exc:
+            stats["sqlite"] = {"error": str(exc)}
+        stats["healthy"] = self.healthy
+        return stats
+
+
+def _candle(row: Mapping[str, Any]) -> Candle:
+    return Candle(int(row["time"]), float(row["open"]), float(row["high"]), float(row["low"]),
+                  float(row["close"]), float(row["volume"]))
+
+
+def _trade(row: Mapping[str, Any]) -> Trade:
+    ns = int(row["time"])
+    ts: int | float = ns // 1_000_000_000 if ns % 1_000_000_000 == 0 else round(ns / 1e9, 6)
+    known = {"time", "exchange", "product", "side", "price", "size", "order_id"}
+    extra = {k: val for k, val in row.items() if k not in known and val is not None}
+    return Trade(row["exchange"], row["product"], ts, row["side"], float(row["price"]),
+                 float(row["size"]), row["order_id"], extra)

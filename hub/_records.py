@@ -1,0 +1,108 @@
+"""Records handed to and returned by the hub."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub import _validate as v
+from hub.errors import ValidationError
+
+__all__ = ["Candle", "Trade"]
+
+
+_FIELDS = ("timestamp", "open", "high", "low", "close", "volume")
+# the argument names of Hub.write_candle, so its errors name what the caller typed
+_WRITE_CANDLE_ARGS = ["timestamp", "open_price", "high", "low", "close", "volume"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One OHLCV candle; ``timestamp`` is Unix seconds (int)."""
+
+    timestamp: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The seed's keys: timestamp, open, high, low, close, volume."""
+        return {
+            "timestamp": self.timestamp,
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+        }
+
+    @classmethod
+    def checked(
+        cls,
+        timestamp: object,
+        open: object,
+        high: object,
+        low: object,
+        close: object,
+        volume: object,
+        argument: str = "",
+    ) -> Candle:
+        """Build a candle from untrusted values; raises ValidationError naming the field."""
+        names = _WRITE_CANDLE_ARGS if not argument else [f"{argument}.{n}" for n in _FIELDS]
+        candle = cls(
+            v.whole_timestamp(timestamp, names[0]),
+            v.number(open, names[1]),
+            v.number(high, names[2]),
+            v.number(low, names[3]),
+            v.number(close, names[4]),
+            v.non_negative(volume, names[5]),
+        )
+        if candle.high < candle.low:
+            raise ValidationError(names[2], f"high {high!r} is below low {low!r}")
+        return candle
+
+    @classmethod
+    def coerce(cls, item: object, argument: str) -> Candle:
+        """A Candle, or a mapping with the seed's keys (``open_price`` is accepted for open)."""
+        if isinstance(item, Candle):
+            return cls.checked(*item.as_dict().values(), argument=argument)
+        if not isinstance(item, Mapping):
+            raise ValidationError(argument, f"expected a Candle or mapping, got {type(item).__name__}")
+        try:
+            opened = item["open"] if "open" in item else item["open_price"]
+            return cls.checked(
+                item["timestamp"], opened, item["high"], item["low"], item["close"],
+                item["volume"], argument=argument,
+            )
+        except KeyError as exc:
+            raise ValidationError(argument, f"missing key {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """One executed trade. ``fields`` holds the extra fields (fee, profit, ...)."""
+
+    exchange: str
+    product: str
+    timestamp: int | float
+    side: str
+    price: float
+    size: float
+    order_id: str
+    fields: Mapping[str, float | bool | str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The seed's keys plus every extra field."""
+        return {
+            "exchange": self.exchange,
+            "product": self.product,
+            "timestamp": self.timestamp,
+            "side": self.side,
+            "price": self.price,
+            "size": self.size,
+            "order_id": self.order_id,
+            **self.fields,
+        }

@@ -1,0 +1,232 @@
+"""Local redis-server and influxd on free loopback ports, in a directory of their own.
+
+Used by the test fixtures and by the example/demo when no servers are configured:
+generated configs (loopback binds, no reporting, quiet logs), no /etc files, no docker.
+Each server can be stopped, killed (SIGKILL) and restarted on the same port and data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hub.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install them with `sudo apt-get install -y redis-server influxdb` (Debian/Ubuntu) "
+    "or `brew install redis influxdb@1` (macOS)"
+)
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if path is None:
+        raise BackendUnavailable("local", f"{name} not found; {INSTALL_HINT}")
+    return path
+
+
+@dataclass
+class _Server:
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    name: str = "server"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start (or restart) the server and wait until it answers."""
+        if self.running:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        logfile = (self.directory / f"{self.name}.log").open("ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self.directory, start_new_session=True,
+        )
+        logfile.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = (self.directory / f"{self.name}.log").read_text(errors="replace")[-2000:]
+                raise BackendUnavailable(self.name, f"exited with {self.process.returncode}: {tail}")
+            if self.ready():
+                log.info("%s listening on 127.0.0.1:%s", self.name, self.port)
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise BackendUnavailable(self.name, f"did not answer on port {self.port} in {timeout}s")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Graceful stop (SIGTERM), SIGKILL if it does not exit in time."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a test wants to survive."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class RedisServer(_Server):
+    name: str = "redis"
+    password: str | None = None
+
+    def command(self) -> list[str]:
+        cmd = [
+            _binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--loglevel", "warning", "--protected-mode", "yes",
+        ]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                reply = s.recv(64)
+        except OSError:
+            return False
+        return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@dataclass
+class InfluxServer(_Server):
+    name: str = "influxd"
+    rpc_port: int = field(default_factory=free_port)
+
+    def config_text(self) -> str:
+        d = self.directory
+        return f"""reporting-enabled = false
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{d}/meta"
+  logging-enabled = false
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+  trace-logging-enabled = false
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.port}"
+  log-enabled = false
+  pprof-enabled = false
+  flux-enabled = false
+[logging]
+  level = "warn"
+  suppress-logo = true
+[continuous_queries]
+  log-enabled = false
+"""
+
+    def command(self) -> list[str]:
+        conf = self.directory / "influxdb.conf"
+        conf.write_text(self.config_text())
+        return [_binary("influxd"), "run", "-config", str(conf)]
+
+    def ready(self) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=0.5)
+        try:
+            conn.request("GET", "/ping")
+            return conn.getresponse().status == 204
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class LocalServers:
+    """A redis-server and an influxd under one directory."""
+
+    directory: Path
+    redis: RedisServer = field(init=False)
+    influx: InfluxServer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        self.redis = RedisServer(self.directory / "redis")
+        self.influx = InfluxServer(self.directory / "influxdb")
+
+    def start(self) -> None:
+        self.redis.start()
+        try:
+            self.influx.start()
+        except BaseException:
+            self.redis.stop()
+            raise
+
+    def stop(self) -> None:
+        self.influx.stop()
+        self.redis.stop()
+
+    def config_overrides(self) -> dict[str, dict[str, object]]:
+        """The config sections that point a hub at these servers."""
+        return {
+            "redis": {"host": "127.0.0.1", "port": self.redis.port},
+            "influxdb": {"url": self.influx.url},
+        }
+
+    def __enter__(self) -> LocalServers:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
