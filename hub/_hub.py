@@ -75,6 +75,7 @@ class Hub:
     ) -> None:
         self.config = config or HubConfig()
         self._state = _State.NEW
+        self.close_timeout = 30.0  # bound on close(): drain, flush or spool, disconnect
         self._closed = asyncio.Event()
         self._redis_backend = redis_backend
         self._influx_factory = influx_backend
@@ -136,7 +137,7 @@ class Hub:
             raise
         self._state = _State.OPEN
 
-    async def close(self, timeout: float = 30.0) -> None:
+    async def close(self) -> None:
         """Stop intake, flush the writer (spooling to SQLite what InfluxDB cannot take),
         stop actors in reverse order, close connections. Idempotent."""
         if self._state in (_State.CLOSING, _State.CLOSED):
@@ -149,7 +150,7 @@ class Hub:
         self._state = _State.CLOSING
         try:
             if self._supervisor is not None:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(self.close_timeout):
                     await self._supervisor.stop()
         finally:
             self._state = _State.CLOSED
@@ -349,8 +350,7 @@ class Hub:
         ok, found = await self._redis_read(op_newest_candles(keys.candles(exchange, product),
                                                              count))
         if ok:
-            result: list[Candle] = found
-            return result
+            return list(found)
         return await self._cold_candles(exchange, product, None, None, count)
 
     async def query_candles(self, exchange: str, product: str,
@@ -372,15 +372,16 @@ class Hub:
         if lo is not None and hi is not None and hi < lo:
             raise ValidationError("end_time", "end_time is before start_time")
         if interval is not None:
-            seconds = ql.interval_seconds(interval)
+            ql.interval_seconds(interval)  # validates before anything runs
             self._check_open()
-            return await self._resampled(exchange, product, lo, hi, limit, interval, seconds)
+            return await self._resampled(exchange, product, lo, hi, limit, interval)
         self._check_open()
         ok, answer = await self._redis_read(
             op_window_range(keys.candles(exchange, product), lo, hi, limit))
         if ok and self._window_covers(answer, lo, limit):
             self._counters["candle_window_hits"] += 1
-            return answer.candles[::-1]
+            window: WindowAnswer = answer
+            return window.candles[::-1]
         return await self._cold_candles(exchange, product, lo, hi, limit)
 
     @staticmethod
@@ -403,7 +404,7 @@ class Hub:
         return [_candle(r) for r in reversed(rows(results[0]))] if results else []
 
     async def _resampled(self, exchange: str, product: str, lo: int | None, hi: int | None,
-                         limit: int, interval: str, seconds: int) -> list[Candle]:
+                         limit: int, interval: str) -> list[Candle]:
         if self._query is None:
             raise BackendUnavailable("influxdb", "resampling needs InfluxDB (disabled)")
         await self._read_your_writes()

@@ -157,7 +157,8 @@ def parse_predicate(predicate: object) -> tuple[str | None, dict[str, str]]:
         return None, {}
     if not isinstance(predicate, str):
         raise ValidationError("predicate", f"expected a string, got {type(predicate).__name__}")
-    pos, measurement, tags = 0, None, {}
+    pos, measurement = 0, None
+    tags: dict[str, str] = {}
     while True:
         m = _KEY.match(predicate, pos)
         if m is None:

@@ -68,9 +68,11 @@ class Candle:
     def coerce(cls, item: object, argument: str) -> Candle:
         """A Candle, or a mapping with the seed's keys (``open_price`` is accepted for open)."""
         if isinstance(item, Candle):
-            return cls.checked(*item.as_dict().values(), argument=argument)
+            return cls.checked(item.timestamp, item.open, item.high, item.low, item.close,
+                               item.volume, argument=argument)
         if not isinstance(item, Mapping):
-            raise ValidationError(argument, f"expected a Candle or mapping, got {type(item).__name__}")
+            raise ValidationError(
+                argument, f"expected a Candle or mapping, got {type(item).__name__}")
         try:
             opened = item["open"] if "open" in item else item["open_price"]
             return cls.checked(

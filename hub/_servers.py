@@ -70,7 +70,8 @@ class _Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = (self.directory / f"{self.name}.log").read_text(errors="replace")[-2000:]
-                raise BackendUnavailable(self.name, f"exited with {self.process.returncode}: {tail}")
+                code = self.process.returncode
+                raise BackendUnavailable(self.name, f"exited with {code}: {tail}")
             if self.ready():
                 log.info("%s listening on 127.0.0.1:%s", self.name, self.port)
                 return

@@ -1,0 +1,87 @@
+"""Fixtures: real redis-server and influxd on free loopback ports, started once per session.
+
+No fakeredis, no mocked HTTP: integration tests talk to the real servers. Each
+test gets its own InfluxDB database, an empty Redis db and its own SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub import Hub, HubConfig
+from hub._servers import LocalServers
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServers]:
+    """redis-server + influxd for the whole session. In CI they must exist: never skipped."""
+    local = LocalServers(tmp_path_factory.mktemp("servers"))
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+def redis_command(servers: LocalServers, *args: str) -> bytes:
+    """Send one command with a plain socket (no client library in the way)."""
+    payload = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
+    )
+    with socket.create_connection(("127.0.0.1", servers.redis.port), timeout=5) as s:
+        s.sendall(payload)
+        return s.recv(65536)
+
+
+@pytest.fixture
+def config_data(servers: LocalServers, tmp_path: Path) -> dict[str, Any]:
+    """A config pointing at the session servers, isolated per test."""
+    if not servers.redis.running:
+        servers.redis.start()
+    if not servers.influx.running:
+        servers.influx.start()
+    redis_command(servers, "FLUSHALL")
+    overrides = servers.config_overrides()
+    return {
+        "redis": {**overrides["redis"], "timeout": 2.0},
+        "influxdb": {
+            **overrides["influxdb"],
+            "bucket": f"test_{uuid.uuid4().hex[:12]}",
+            "batch": {"size": 5000, "flush_interval": 0.05},
+        },
+        "sqlite": {"path": str(tmp_path / "wolfhub.sqlite")},
+    }
+
+
+@pytest.fixture
+def config(config_data: dict[str, Any]) -> HubConfig:
+    return HubConfig.from_mapping(config_data, environ={})
+
+
+@pytest.fixture
+async def hub(config: HubConfig) -> AsyncIterator[Hub]:
+    async with Hub(config) as opened:
+        yield opened
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "servers" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # in CI the real servers must be there; locally a missing binary is a clear error too
+    os.environ.setdefault("WOLFHUB_TESTING", "1")

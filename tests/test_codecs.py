@@ -1,0 +1,138 @@
+"""Pure domain modules: escaping, key schema, validation, predicate parsing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hub import Candle, ValidationError
+from hub import _influxql as ql
+from hub import _keys as keys
+from hub import _lineproto as lp
+from hub import _validate as v
+
+
+def test_line_protocol_escapes_tag_specials() -> None:
+    line = lp.point("candle", {"product": "a b,c=d", "exchange": "x"}, {"value": 1.5}, 2)
+    assert line == r"candle,exchange=x,product=a\ b\,c\=d value=1.5 2000000000"
+
+
+def test_line_protocol_string_fields_escape_quotes_and_backslashes() -> None:
+    assert lp.field('say "hi" \\ bye') == r'"say \"hi\" \\ bye"'
+    assert lp.field(True) == "true" and lp.field(3) == "3.0"
+
+
+def test_candle_line_matches_generic_encoder() -> None:
+    c = Candle(1697529600, 1.0, 2.0, 0.5, 1.5, 10.0)
+    generic = lp.point("candle", {"exchange": "e x", "product": "p=1"},
+                       {"open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10.0},
+                       1697529600)
+    assert lp.candle("e x", "p=1", c) == generic
+
+
+def test_float_timestamps_keep_microseconds() -> None:
+    assert lp.seconds_to_ns(1697529600.123456) == 1697529600123456000
+    assert lp.seconds_to_ns(5) == 5_000_000_000
+
+
+def test_influxql_quoting_neutralises_injection() -> None:
+    evil = "x' OR 1=1; DROP DATABASE \"trading\" --\\"
+    where = ql.where({"product": evil})
+    assert where == " WHERE \"product\"='x\\' OR 1=1; DROP DATABASE \"trading\" --\\\\'"
+    assert ql.ident('a"b\\') == '"a\\"b\\\\"'
+
+
+def test_select_candles_orders_newest_first_then_limits() -> None:
+    q = ql.select_candles("e", "p", 10, 20, 5)
+    assert q.endswith("ORDER BY time DESC LIMIT 5")
+    assert "time >= 10000000000 AND time <= 20000000000" in q
+
+
+@pytest.mark.parametrize("interval,seconds", [("1m", 60), ("5m", 300), ("1h", 3600),
+                                              ("1d", 86400), ("1w", 604800)])
+def test_intervals(interval: str, seconds: int) -> None:
+    assert ql.interval_seconds(interval) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "0m", "1y", "1h; DROP", "m", 5])
+def test_bad_interval(bad: object) -> None:
+    with pytest.raises(ValidationError, match="interval"):
+        ql.interval_seconds(bad)  # type: ignore[arg-type]
+
+
+def test_seed_predicate() -> None:
+    m, tags = ql.parse_predicate('_measurement="candle" AND product="BANKNIFTY-FUT"')
+    assert m == "candle" and tags == {"product": "BANKNIFTY-FUT"}
+    m, tags = ql.parse_predicate(r'product="a \"quoted\" name" and exchange="x"')
+    assert m is None and tags == {"product": 'a "quoted" name', "exchange": "x"}
+
+
+@pytest.mark.parametrize("bad", ['product="x" OR exchange="y"', "product=x",
+                                 'product="x"; DROP DATABASE trading', 'product!="x"',
+                                 'product="x" AND'])
+def test_predicate_refuses_anything_but_and_of_equalities(bad: str) -> None:
+    with pytest.raises(ValidationError, match="predicate"):
+        ql.parse_predicate(bad)
+
+
+def test_delete_times() -> None:
+    now = 1_700_000_000.0
+    assert ql.parse_time("now", "stop", now) == 1_700_000_000 * 10**9
+    assert ql.parse_time("-7d", "start", now) == (1_700_000_000 - 7 * 86400) * 10**9
+    assert ql.parse_time("2024-01-01T00:00:00Z", "start") == 1704067200 * 10**9
+    with pytest.raises(ValidationError, match="start"):
+        ql.parse_time("2024-01-01", "start")
+    with pytest.raises(ValidationError, match="stop"):
+        ql.delete_spec("now", "-1d", None)
+    spec = ql.delete_spec("-1d", "now", '_measurement="candle" AND product="p\'x"')
+    assert spec.statement().startswith("DELETE FROM \"candle\" WHERE \"product\"='p\\'x' AND")
+
+
+def test_keys_are_the_seeds_and_injective() -> None:
+    assert keys.indicator("papertrader", "BANKNIFTY-FUT", "EMA", "20") == (
+        "indicator:papertrader:BANKNIFTY-FUT:EMA:20")
+    assert keys.candles("a:b", "c") != keys.candles("a", "b:c")
+    assert keys.split(keys.candles("a:b\\", "c")) == ["candles", "a:b\\", "c"]
+    assert keys.scan_pattern("candles", "a*[x]") == "candles:a\\*\\[x\\]:*"
+
+
+@pytest.mark.parametrize("bad", ["", "a\nb", "tab\there", "nul\x00", "\u200bzero-width",
+                                 "bell\x07", None, 1.5, True])
+def test_bad_names(bad: object) -> None:
+    with pytest.raises(ValidationError, match="exchange"):
+        v.name(bad, "exchange")
+
+
+@pytest.mark.parametrize("bad", ["ends\\", "a\\,b", "a\\ b", "a\\=b"])
+def test_backslash_positions_line_protocol_cannot_carry(bad: str) -> None:
+    with pytest.raises(ValidationError, match="product"):
+        v.tag(bad, "product")
+    assert v.tag("a\\b", "product") == "a\\b"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "1", None, True])
+def test_bad_numbers(bad: object) -> None:
+    with pytest.raises(ValidationError, match="price"):
+        v.number(bad, "price")
+
+
+def test_candle_checks() -> None:
+    with pytest.raises(ValidationError, match="high"):
+        Candle.checked(1, 1, 1, 2, 1, 1)
+    with pytest.raises(ValidationError, match="volume"):
+        Candle.checked(1, 1, 2, 1, 1, -1)
+    with pytest.raises(ValidationError, match="timestamp"):
+        Candle.checked(1.5, 1, 2, 1, 1, 1)
+    with pytest.raises(ValidationError, match=r"candles\[3\].open"):
+        Candle.coerce({"timestamp": 1, "open": math.nan, "high": 1, "low": 1, "close": 1,
+                       "volume": 1}, "candles[3]")
+    assert Candle.coerce({"timestamp": 60, "open_price": 1, "high": 2, "low": 1, "close": 1,
+                          "volume": 0}, "c").as_dict()["open"] == 1.0
+
+
+def test_json_values() -> None:
+    v.json_value({"a": [1, 2.5, None, "x", {"b": True}]}, "value")
+    for bad in ({"a": math.nan}, {1: "x"}, object(), [math.inf]):
+        with pytest.raises(ValidationError, match="value"):
+            v.json_value(bad, "value")
