@@ -1,0 +1,134 @@
+"""query_candles: newest-N ordering below, at and above the hot window; ranges; resampling."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from hub import Candle, Hub, HubConfig
+
+pytestmark = pytest.mark.anyio
+EX, PR = "papertrader", "NIFTY-FUT"
+T0 = 1697529600  # on an hour boundary
+WINDOW = 50
+
+
+def random_candles(n: int, seed: int = 7) -> list[Candle]:
+    rnd = random.Random(seed)
+    price, out = 20000.0, []
+    for i in range(n):
+        o = price
+        c = o + rnd.uniform(-20, 20)
+        h = max(o, c) + rnd.uniform(0, 10)
+        low = min(o, c) - rnd.uniform(0, 10)
+        out.append(Candle(T0 + 60 * i, round(o, 2), round(h, 2), round(low, 2), round(c, 2),
+                          float(rnd.randint(0, 5000))))
+        price = c
+    return out
+
+
+@pytest.fixture
+async def windowed(config_data: dict[str, Any]) -> AsyncIterator[Hub]:
+    config_data["performance"] = {"redis_hot_data_window": WINDOW}
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        yield hub
+
+
+async def counters(hub: Hub) -> tuple[int, int]:
+    c = (await hub.get_stats())["hub"]
+    return c["candle_window_hits"], c["candle_cold_queries"]
+
+
+@pytest.mark.parametrize("limit,served_hot", [(10, True), (WINDOW, True), (WINDOW + 1, False),
+                                              (100, False), (500, False)])
+async def test_newest_n_ascending(windowed: Hub, limit: int, served_hot: bool) -> None:
+    data = random_candles(120)
+    for c in data:  # one at a time, as a live feed does
+        await windowed.write_candle(EX, PR, c.timestamp, c.open, c.high, c.low, c.close,
+                                    c.volume)
+    before = await counters(windowed)
+    got = await windowed.query_candles(EX, PR, limit=limit)
+    assert got == data[-limit:]
+    after = await counters(windowed)
+    assert (after[0] - before[0], after[1] - before[1]) == ((1, 0) if served_hot else (0, 1))
+
+
+async def test_bounded_ranges(windowed: Hub) -> None:
+    data = random_candles(120)
+    assert await windowed.write_candles_batch(EX, PR, data) == 120
+    ts = [c.timestamp for c in data]
+
+    def expect(start: int | None, end: int | None, limit: int) -> list[Candle]:
+        inside = [c for c in data if (start is None or c.timestamp >= start)
+                  and (end is None or c.timestamp <= end)]
+        return inside[-limit:]
+
+    cases = [
+        (ts[100], ts[110], 1000),  # inside the window: hot
+        (ts[100], None, 5),  # newest 5 from a start inside the window
+        (ts[10], ts[20], 1000),  # before the window: cold
+        (ts[60], ts[90], 1000),  # straddles the window's oldest: cold
+        (ts[10], ts[100], 7),  # newest 7 in a wide range: hot (7 found in the window)
+        (None, ts[30], 4),  # end only, before the window
+        (ts[5] + 1, ts[8] - 1, 1000),  # bounds between candles are inclusive of what lies inside
+        (T0 - 10_000, T0 - 1, 10),  # nothing there
+    ]
+    for start, end, limit in cases:
+        assert await windowed.query_candles(EX, PR, start, end, limit) == expect(
+            start, end, limit), (start, end, limit)
+
+
+async def test_hot_window_is_trimmed_and_ttl_set(windowed: Hub) -> None:
+    await windowed.write_candles_batch(EX, PR, random_candles(80))
+    assert windowed._cache is not None
+    from actors.cache import RedisOp
+    card, ttl = await windowed._cache.call(RedisOp(
+        (("ZCARD", f"candles:{EX}:{PR}"), ("TTL", f"candles:{EX}:{PR}")), lambda r: r))
+    assert card == WINDOW
+    assert 590 < ttl <= 600
+
+
+async def test_rewriting_a_candle_replaces_it(windowed: Hub) -> None:
+    data = random_candles(3)
+    await windowed.write_candles_batch(EX, PR, data)
+    fixed = Candle(data[1].timestamp, 1.0, 5.0, 0.5, 2.0, 9.0)
+    await windowed.write_candles_batch(EX, PR, [fixed])
+    expected = [data[0], fixed, data[2]]
+    assert await windowed.query_candles(EX, PR) == expected
+    await windowed.flush()
+    await windowed.flush_all()
+    assert await windowed.query_candles(EX, PR) == expected  # InfluxDB overwrote too
+
+
+async def test_old_backfill_does_not_punch_holes_in_the_window(windowed: Hub) -> None:
+    data = random_candles(40)
+    await windowed.write_candles_batch(EX, PR, data[20:])  # live candles first
+    await windowed.write_candles_batch(EX, PR, data[:20])  # then an older backfill
+    assert await windowed.query_candles(EX, PR, limit=30) == data[-30:]
+    assert await windowed.query_candles(EX, PR, limit=5) == data[-5:]
+
+
+async def test_1h_resampling_matches_ohlcv_computed_here(hub: Hub) -> None:
+    data = random_candles(60 * 5 + 17)  # five full hours and a partial one
+    await hub.write_candles_batch(EX, PR, data)
+    expected = []
+    for hour in range(6):
+        bucket = [c for c in data if hour * 3600 <= c.timestamp - T0 < (hour + 1) * 3600]
+        expected.append(Candle(
+            T0 + hour * 3600, bucket[0].open, max(c.high for c in bucket),
+            min(c.low for c in bucket), bucket[-1].close, sum(c.volume for c in bucket)))
+    got = await hub.query_candles(EX, PR, interval="1h")
+    assert len(got) == 6
+    for g, e in zip(got, expected, strict=True):
+        assert g.timestamp == e.timestamp
+        assert (g.open, g.high, g.low, g.close) == (e.open, e.high, e.low, e.close)
+        assert g.volume == pytest.approx(e.volume)
+    # newest 2 buckets, and a bounded range
+    assert [c.timestamp for c in await hub.query_candles(EX, PR, limit=2, interval="1h")] == [
+        T0 + 4 * 3600, T0 + 5 * 3600]
+    ranged = await hub.query_candles(EX, PR, T0 + 3600, T0 + 3 * 3600 - 1, interval="1h")
+    assert ranged == got[1:3]
+    assert await hub.query_candles(EX, "NONE", interval="5m") == []
