@@ -1,0 +1,68 @@
+"""Positions and strategy state are durable in SQLite; Redis only caches them."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub import Hub, HubConfig
+from hub._servers import LocalServers
+from tests.conftest import redis_command
+
+pytestmark = pytest.mark.anyio
+EX, PR = "papertrader", "BANKNIFTY-FUT"
+
+
+async def test_state_survives_flushall_and_hub_restart(config: HubConfig,
+                                                       servers: LocalServers) -> None:
+    async with Hub(config) as hub:
+        await hub.cache_position(EX, PR, {"size": 3, "entry": 44500.5})
+        await hub.cache_strategy_state(EX, PR, "ema", {"fast": 12, "slow": 26, "armed": True})
+    redis_command(servers, "FLUSHALL")
+    async with Hub(config) as hub:
+        assert await hub.get_position(EX, PR) == {"size": 3, "entry": 44500.5}
+        assert await hub.get_strategy_state(EX, PR, "ema") == {"fast": 12, "slow": 26,
+                                                               "armed": True}
+        # re-cached on the way
+        assert redis_command(servers, "EXISTS", f"position:{EX}:{PR}") == b":1\r\n"
+        assert redis_command(servers, "EXISTS", f"strategy:{EX}:{PR}:ema") == b":1\r\n"
+
+
+async def test_state_survives_a_redis_restart(hub: Hub, servers: LocalServers) -> None:
+    await hub.cache_position(EX, PR, {"size": 1})
+    servers.redis.restart()  # started with no persistence: it comes back empty
+    assert redis_command(servers, "DBSIZE") == b":0\r\n"
+    assert await hub.get_position(EX, PR) == {"size": 1}
+    await hub.cache_position(EX, PR, {"size": 2})
+    assert await hub.get_position(EX, PR) == {"size": 2}
+
+
+async def test_state_is_read_from_sqlite_while_redis_is_down(hub: Hub,
+                                                             servers: LocalServers) -> None:
+    await hub.cache_strategy_state(EX, PR, "rsi", {"level": 70})
+    servers.redis.kill()
+    try:
+        assert await hub.get_strategy_state(EX, PR, "rsi") == {"level": 70}
+        await hub.cache_position(EX, PR, {"size": 5})  # durable even with Redis down
+        assert await hub.get_position(EX, PR) == {"size": 5}
+        assert (await hub.get_stats())["hub"]["cache_writes_skipped"] >= 1
+    finally:
+        servers.redis.start()
+    assert await hub.get_position(EX, PR) == {"size": 5}
+
+
+async def test_trade_is_on_disk_before_write_trade_returns(hub: Hub, config: HubConfig,
+                                                           servers: LocalServers) -> None:
+    servers.influx.kill()
+    try:
+        await hub.write_trade(EX, PR, 1697529600, "buy", 100.0, 1.0, "o-1")
+        # read the SQLite file from outside the hub: the trade is there already
+        import sqlite3
+        with sqlite3.connect(config.sqlite.path) as db:
+            lines = [r[0] for r in db.execute("SELECT line FROM outbox WHERE kind='trade'")]
+        assert len(lines) == 1 and lines[0].startswith("trade,exchange=papertrader")
+    finally:
+        servers.influx.start()
+    await hub.flush()
+    assert [t.order_id for t in await hub.query_trades(EX, PR)] == ["o-1"]
+    stats = await hub.get_stats()
+    assert stats["sqlite"]["outbox"] == 0
