@@ -177,6 +177,8 @@ class Supervisor:
             self._stop.set()
             self._close_all()
             await asyncio.gather(self._runner, return_exceptions=True)
+            for actor in reversed(self.actors):  # the ones that did start
+                await actor.teardown()
             raise
 
     async def _run(self, actors: list[Actor], started: asyncio.Future[None]) -> None:

@@ -136,6 +136,7 @@ class CacheActor(Actor):
         self.backend = backend
         self.round_trips = 0
         self.commands = 0
+        self.skipped = 0  # fire-and-forget writes Redis could not take
 
     async def setup(self) -> None:
         await self.backend.connect()
@@ -154,7 +155,7 @@ class CacheActor(Actor):
             results = await self.backend.pipeline(commands)
         except BackendUnavailable as exc:
             for call in batch:
-                fail(call.future, exc)
+                self._fail(call, exc)
             return
         self.round_trips += 1
         self.commands += len(commands)
@@ -165,7 +166,7 @@ class CacheActor(Actor):
             pos += len(op.commands)
             error = next((r for r in mine if isinstance(r, CommandFailed)), None)
             if error is not None:
-                fail(call.future, error)
+                self._fail(call, error)
             elif op.decode is None:
                 resolve(call.future, None)
             else:
@@ -173,6 +174,13 @@ class CacheActor(Actor):
                     resolve(call.future, op.decode(mine))
                 except (ValueError, TypeError, IndexError) as exc:  # a foreign value in our key
                     fail(call.future, CommandFailed(f"unexpected value in Redis: {exc}"))
+
+    def _fail(self, call: Call, exc: Exception) -> None:
+        if call.future is None:
+            self.skipped += 1
+            log.debug("redis write skipped: %s", exc)
+        else:
+            fail(call.future, exc)
 
     async def scan(self, match: str) -> AsyncIterator[bytes]:
         """SCAN (never KEYS) on the actor's pool; iteration is cursor-based and non-blocking."""
@@ -184,4 +192,4 @@ class CacheActor(Actor):
 
     def statistics(self) -> dict[str, Any]:
         return {**super().statistics(), "round_trips": self.round_trips,
-                "commands": self.commands}
+                "commands": self.commands, "skipped": self.skipped}

@@ -87,8 +87,8 @@ class Hub:
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "indicator_cache_hits", "indicator_cache_misses", "indicator_cold_hits",
-                "candle_window_hits", "candle_cold_queries", "cache_writes_skipped",
-                "cache_reads_failed", "state_cache_hits", "state_cache_misses",
+                "candle_window_hits", "candle_cold_queries", "cache_reads_failed",
+                "state_cache_hits", "state_cache_misses",
             ),
             0,
         )
@@ -188,14 +188,10 @@ class Hub:
             return False, None
 
     async def _redis_write(self, op: RedisOp) -> None:
-        """Cache writes never fail a call: when Redis is down they are counted as skipped."""
-        if self._cache is None:
-            return
-        try:
-            await self._redis(op)
-        except (BackendUnavailable, CommandFailed) as exc:
-            self._counters["cache_writes_skipped"] += 1
-            log.debug("redis write skipped: %s", exc)
+        """Queue a cache write without waiting for Redis (reads queue behind it, so they
+        see it). A write Redis cannot take is counted as skipped, never raised."""
+        if self._cache is not None:
+            await self._cache.tell(op)
 
     async def _write_lines(self, lines: list[str], ids: list[int] | None = None) -> None:
         if self._writer is not None:
@@ -615,6 +611,7 @@ class Hub:
             except (BackendUnavailable, TimeoutError) as exc:
                 log.debug("redis INFO failed: %s", exc)
         stats["hub"] = dict(self._counters)
+        stats["hub"]["cache_writes_skipped"] = self._cache.skipped if self._cache else 0
         assert self._supervisor is not None and self._sqlite is not None
         stats["actors"] = self._supervisor.statistics()
         try:

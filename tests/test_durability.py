@@ -22,9 +22,12 @@ async def test_state_survives_flushall_and_hub_restart(config: HubConfig,
         assert await hub.get_position(EX, PR) == {"size": 3, "entry": 44500.5}
         assert await hub.get_strategy_state(EX, PR, "ema") == {"fast": 12, "slow": 26,
                                                                "armed": True}
-        # re-cached on the way
+        assert (await hub.get_stats())["hub"]["state_cache_misses"] == 2
+        # re-cached on the way: the next reads are Redis hits
+        assert await hub.get_position(EX, PR) == {"size": 3, "entry": 44500.5}
+        assert await hub.get_strategy_state(EX, PR, "ema") is not None
+        assert (await hub.get_stats())["hub"]["state_cache_hits"] == 2
         assert redis_command(servers, "EXISTS", f"position:{EX}:{PR}") == b":1\r\n"
-        assert redis_command(servers, "EXISTS", f"strategy:{EX}:{PR}:ema") == b":1\r\n"
 
 
 async def test_state_survives_a_redis_restart(hub: Hub, servers: LocalServers) -> None:

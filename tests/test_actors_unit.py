@@ -1,0 +1,254 @@
+"""Actor logic with in-memory fakes of the backend protocols (real servers: other files)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from actors._influx import WriteRejected
+from actors._runtime import Actor, Mailbox, MailboxFull, Supervisor, resolve
+from actors.query import Query, QueryActor
+from actors.state import StateActor
+from actors.writer import FLUSH, Lines, WriterActor
+from hub.errors import BackendUnavailable, HubClosed
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeInflux:
+    """InfluxBackend in memory: can be told to be down, or to reject lines with 'BAD'."""
+
+    def __init__(self) -> None:
+        self.posts: list[list[str]] = []
+        self.down = 0  # fail this many writes as unavailable
+        self.queries: list[str] = []
+        self.query_gate: asyncio.Event | None = None
+
+    async def connect(self) -> None:
+        pass
+
+    async def write(self, body: bytes) -> None:
+        lines = body.decode().split("\n")
+        if self.down:
+            self.down -= 1
+            raise BackendUnavailable("influxdb", "connection refused")
+        if any("BAD" in line for line in lines):
+            raise WriteRejected(400, "field type conflict")
+        self.posts.append(lines)
+
+    async def query(self, text: str, epoch: str = "s") -> list[dict[str, Any]]:
+        self.queries.append(text)
+        if self.query_gate is not None:
+            await self.query_gate.wait()
+        return [{"series": [{"columns": ["time", "last"], "values": [[0, len(self.queries)]]}]}]
+
+    async def close(self) -> None:
+        pass
+
+    @property
+    def written(self) -> list[str]:
+        return [line for post in self.posts for line in post]
+
+
+@pytest.fixture
+async def writer_env() -> AsyncIterator[tuple[WriterActor, FakeInflux, StateActor]]:
+    fake = FakeInflux()
+    state = StateActor(":memory:")
+    writer = WriterActor(fake, state, batch_size=100, linger=0.05, give_up_after=0.5)
+    sup = Supervisor()
+    await sup.start([state, writer])
+    yield writer, fake, state
+    await sup.stop()
+
+
+async def test_mailbox_is_bounded() -> None:
+    box: Mailbox[int] = Mailbox("t", 2)
+    box.send_nowait(1)
+    box.send_nowait(2)
+    with pytest.raises(MailboxFull):
+        box.send_nowait(3)
+    blocked = asyncio.create_task(box.send(3))
+    await asyncio.sleep(0)
+    assert box.statistics() == {"depth": 2, "maxsize": 2, "waiting_senders": 1}
+    assert await box.receive_batch(10) == [1, 2]
+    await blocked
+    assert await box.receive_batch(10) == [3]
+    box.close()
+    with pytest.raises(HubClosed):
+        await box.send(4)
+    assert await box.receive_batch(10) == []
+
+
+async def test_writer_batches_by_size_and_keeps_order(writer_env: Any) -> None:
+    writer, fake, _ = writer_env
+    for i in range(250):
+        await writer.tell(Lines([f"m v={i} {i}"]))
+    await writer.call(FLUSH)
+    assert fake.written == [f"m v={i} {i}" for i in range(250)]
+    assert [len(p) for p in fake.posts][:2] == [100, 100]
+
+
+async def test_writer_linger_sends_a_partial_batch_without_flush(writer_env: Any) -> None:
+    writer, fake, _ = writer_env
+    await writer.tell(Lines(["m v=1 1"]))
+    for _ in range(100):
+        if fake.posts:
+            break
+        await asyncio.sleep(0.01)
+    assert fake.posts == [["m v=1 1"]]
+
+
+async def test_writer_retries_transient_failures_in_order(writer_env: Any) -> None:
+    writer, fake, _ = writer_env
+    fake.down = 3
+    await writer.tell(Lines([f"m v={i} {i}" for i in range(10)]))
+    await writer.tell(Lines([f"m v={i} {i}" for i in range(10, 20)]))
+    await writer.call(FLUSH)
+    assert fake.written == [f"m v={i} {i}" for i in range(20)]
+    assert writer.statistics()["retries"] == 3
+
+
+async def test_flush_reports_a_long_outage(writer_env: Any) -> None:
+    writer, fake, _ = writer_env
+    fake.down = 10_000
+    await writer.tell(Lines(["m v=1 1"]))
+    with pytest.raises(BackendUnavailable, match="kept and retried"):
+        await writer.call(FLUSH)
+    fake.down = 0
+    await writer.call(FLUSH)
+    assert fake.written == ["m v=1 1"]
+
+
+async def test_rejected_points_are_isolated_and_quarantined(writer_env: Any) -> None:
+    writer, fake, state = writer_env
+    lines = [f"m v={i} {i}" for i in range(9)]
+    lines[4] = "m BAD=1 4"
+    await writer.tell(Lines(lines))
+    await writer.call(FLUSH)
+    assert sorted(fake.written) == sorted(lines[:4] + lines[5:])
+    assert await state.call(("quarantined", 10)) == [("m BAD=1 4", "field type conflict")]
+    assert writer.statistics()["quarantined"] == 1
+
+
+async def test_outbox_lines_are_deleted_once_written_and_replayed_at_start() -> None:
+    fake = FakeInflux()
+    state = StateActor(":memory:")
+    sup = Supervisor()
+    await sup.start([state])
+    ids = await state.call(("outbox_add", ["t v=1 1", "t v=2 2"], "trade"))
+    # a new writer replays the outbox before anything else
+    writer = WriterActor(fake, state, batch_size=100, linger=0.01, give_up_after=1)
+    sup2 = Supervisor()
+    await sup2.start([writer])
+    await writer.tell(Lines(["t v=3 3"], None))
+    await writer.call(FLUSH)
+    assert fake.written == ["t v=1 1", "t v=2 2", "t v=3 3"]
+    assert await state.call(("outbox_load", 0, 10)) == []
+    assert ids == [1, 2]
+    await sup2.stop()
+    await sup.stop()
+
+
+async def test_close_spools_what_influx_cannot_take() -> None:
+    fake = FakeInflux()
+    fake.down = 10_000
+    state = StateActor(":memory:")
+    writer = WriterActor(fake, state, batch_size=100, linger=0.01, give_up_after=1)
+    sup = Supervisor()
+    await sup.start([state, writer])
+    await writer.tell(Lines(["m v=1 1", "m v=2 2"]))
+    writer.mailbox.close()
+    await sup._tasks[writer]
+    assert await state.call(("outbox_load", 0, 10)) == [(1, "m v=1 1"), (2, "m v=2 2")]
+    await sup.stop()
+
+
+async def test_query_singleflight_shares_one_query() -> None:
+    fake = FakeInflux()
+    fake.query_gate = asyncio.Event()
+    query = QueryActor(fake, None)
+    sup = Supervisor()
+    await sup.start([query])
+    calls = [asyncio.create_task(query.call(Query("SELECT 1", key="k"))) for _ in range(50)]
+    other = asyncio.create_task(query.call(Query("SELECT 2", key="other")))
+    await asyncio.sleep(0.01)
+    fake.query_gate.set()
+    results = await asyncio.gather(*calls, other)
+    assert fake.queries == ["SELECT 1", "SELECT 2"]
+    assert all(r == results[0] for r in results[:50])
+    assert query.statistics()["shared"] == 49
+    await sup.stop()
+
+
+class Crashy(Actor):
+    name = "crashy"
+
+    def __init__(self) -> None:
+        super().__init__(mailbox_size=100)
+        self.setups = 0
+
+    async def setup(self) -> None:
+        self.setups += 1
+
+    async def handle(self, batch: Any) -> None:
+        for call in batch:
+            if call.payload == "boom":
+                raise RuntimeError("bug")
+            resolve(call.future, call.payload * 2)
+
+
+async def test_supervisor_restarts_a_crashed_actor_and_callers_never_hang() -> None:
+    actor = Crashy()
+    sup = Supervisor(max_restarts=2, window=60)
+    await sup.start([actor])
+    with pytest.raises(BackendUnavailable, match="crashed"):
+        await actor.call("boom")
+    assert await actor.call(21) == 42
+    assert actor.setups == 2 and actor.restarts == 1
+    for _ in range(2):
+        with pytest.raises(BackendUnavailable):
+            await actor.call("boom")
+    # past the cap: given up, the hub reports itself unhealthy, callers get an error
+    assert sup.healthy is False
+    with pytest.raises((BackendUnavailable, HubClosed)):
+        await asyncio.wait_for(actor.call(1), 5)
+    await sup.stop()
+
+
+async def test_cancelled_caller_leaves_no_pending_reply() -> None:
+    gate = asyncio.Event()
+
+    class Slow(Actor):
+        name = "slow"
+
+        async def handle(self, batch: Any) -> None:
+            await gate.wait()
+            for call in batch:
+                resolve(call.future, "late")
+
+    actor = Slow()
+    sup = Supervisor()
+    await sup.start([actor])
+    task = asyncio.create_task(actor.call("x"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+    assert await actor.call("y") == "late"  # the actor carried on; no InvalidStateError
+    await sup.stop()
+
+
+async def test_setup_failure_fails_start() -> None:
+    class Broken(Actor):
+        name = "broken"
+
+        async def setup(self) -> None:
+            raise BackendUnavailable("redis", "connection refused")
+
+    sup = Supervisor()
+    with pytest.raises(BackendUnavailable, match="connection refused"):
+        await sup.start([StateActor(":memory:"), Broken()])
