@@ -262,5 +262,16 @@ class Supervisor:
         if self._runner is not None:
             await asyncio.gather(self._runner, return_exceptions=True)
 
+    async def abort(self) -> None:
+        """Cancel every actor now (when an orderly stop took too long)."""
+        for task in self._tasks.values():
+            task.cancel()
+        if self._runner is not None:
+            self._runner.cancel()
+        await asyncio.gather(*self._tasks.values(), *filter(None, [self._runner]),
+                             return_exceptions=True)
+        for actor in reversed(list(self._tasks)):
+            await actor.teardown()
+
     def statistics(self) -> dict[str, Any]:
         return {actor.name: actor.statistics() for actor in self._tasks}

@@ -150,8 +150,13 @@ class Hub:
         self._state = _State.CLOSING
         try:
             if self._supervisor is not None:
-                async with asyncio.timeout(self.close_timeout):
-                    await self._supervisor.stop()
+                try:
+                    async with asyncio.timeout(self.close_timeout):
+                        await self._supervisor.stop()
+                except TimeoutError:
+                    log.error("close() did not finish in %.0fs; cancelling the actors",
+                              self.close_timeout)
+                    await self._supervisor.abort()
         finally:
             self._state = _State.CLOSED
             self._closed.set()

@@ -19,9 +19,14 @@ from hub import Hub, HubConfig
 from hub._servers import LocalServers
 
 
-@pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(scope="session", params=[
+    pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    """Every async test runs on the stdlib loop and on uvloop (what the CLI uses)."""
+    value: tuple[str, dict[str, bool]] = request.param
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -252,3 +252,27 @@ async def test_setup_failure_fails_start() -> None:
     sup = Supervisor()
     with pytest.raises(BackendUnavailable, match="connection refused"):
         await sup.start([StateActor(":memory:"), Broken()])
+
+
+async def test_close_is_bounded_even_when_an_actor_hangs() -> None:
+    from hub import Hub, HubConfig
+
+    class Hang(Actor):
+        name = "hang"
+
+        async def handle(self, batch: Any) -> None:
+            await asyncio.Event().wait()
+
+    hub = Hub(HubConfig.from_mapping({"redis": {"enabled": False},
+                                      "influxdb": {"enabled": False},
+                                      "sqlite": {"path": ":memory:"}}, environ={}))
+    await hub.start()
+    assert hub._supervisor is not None
+    hang = Hang()
+    hub._supervisor._tasks[hang] = asyncio.create_task(hub._supervisor._supervise(
+        hang, asyncio.get_running_loop().create_future()))
+    await hang.tell("x")
+    hub.close_timeout = 0.2
+    await asyncio.wait_for(hub.close(), 5)
+    with pytest.raises(HubClosed):
+        await hub.get_position("e", "p")

@@ -69,3 +69,19 @@ async def test_trade_is_on_disk_before_write_trade_returns(hub: Hub, config: Hub
     assert [t.order_id for t in await hub.query_trades(EX, PR)] == ["o-1"]
     stats = await hub.get_stats()
     assert stats["sqlite"]["outbox"] == 0
+
+
+async def test_candles_survive_influx_being_down_at_close(config: HubConfig,
+                                                          servers: LocalServers) -> None:
+    from hub import Candle
+    data = [Candle(1697529600 + 60 * i, 1.0, 2.0, 0.5, 1.5, float(i)) for i in range(200)]
+    async with Hub(config) as hub:
+        servers.influx.kill()
+        await hub.write_candles_batch(EX, PR, data)
+    # closed while InfluxDB was down: the candles went to the SQLite spool
+    servers.influx.start()
+    async with Hub(config) as hub:
+        await hub.flush()
+        await hub.flush_all()
+        assert await hub.query_candles(EX, PR) == data
+        assert (await hub.get_stats())["sqlite"]["outbox"] == 0
