@@ -13,7 +13,7 @@ import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from hub.errors import BackendUnavailable, HubClosed, HubError
 
@@ -148,6 +148,18 @@ class Actor:
 
     def statistics(self) -> dict[str, Any]:
         return {**self.mailbox.statistics(), "restarts": self.restarts}
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+async def close_quietly(resource: _Closable, what: str) -> None:
+    """Close a backend in teardown: a dead connection must not mask the real error."""
+    try:
+        await resource.close()
+    except Exception:
+        log.debug("closing %s failed", what, exc_info=True)
 
 
 class Supervisor:

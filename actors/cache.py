@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from actors._redis import Command, CommandFailed, RedisBackend
-from actors._runtime import Actor, Call, fail, resolve
+from actors._runtime import Actor, Call, close_quietly, fail, resolve
 from hub._records import Candle
 from hub.errors import BackendUnavailable
 
@@ -142,10 +142,7 @@ class CacheActor(Actor):
         await self.backend.connect()
 
     async def teardown(self) -> None:
-        try:
-            await self.backend.close()
-        except Exception:  # closing a dead connection must not mask the real error
-            log.debug("closing redis failed", exc_info=True)
+        await close_quietly(self.backend, "redis")
 
     async def handle(self, batch: Sequence[Call]) -> None:
         commands: list[Command] = []

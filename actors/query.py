@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors._influx import InfluxBackend, QueryFailed
-from actors._runtime import Actor, Call, fail, resolve
+from actors._runtime import Actor, Call, close_quietly, fail, resolve
 from actors.cache import CacheActor, RedisOp
 from hub.errors import BackendUnavailable, HubClosed
 
@@ -53,10 +53,7 @@ class QueryActor(Actor):
         await self.backend.connect()
 
     async def teardown(self) -> None:
-        try:
-            await self.backend.close()
-        except Exception:
-            log.debug("closing influxdb failed", exc_info=True)
+        await close_quietly(self.backend, "influxdb")
 
     async def run(self) -> None:
         try:

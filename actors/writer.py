@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors._influx import InfluxBackend, WriteRejected
-from actors._runtime import Actor, Call, fail, resolve
+from actors._runtime import Actor, Call, close_quietly, fail, resolve
 from actors.state import StateActor
 from hub.errors import BackendUnavailable
 
@@ -71,10 +71,7 @@ class WriterActor(Actor):
         await self._load_outbox()
 
     async def teardown(self) -> None:
-        try:
-            await self.backend.close()
-        except Exception:
-            log.debug("closing influxdb failed", exc_info=True)
+        await close_quietly(self.backend, "influxdb")
 
     async def _load_outbox(self) -> None:
         after = 0
