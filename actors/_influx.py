@@ -40,6 +40,22 @@ class QueryFailed(HubError):
     """InfluxDB answered a query with an error."""
 
 
+class Unavailable(BackendUnavailable):
+    """InfluxDB cannot take the request now; ``retry_after`` is the server's hint (seconds)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__("influxdb", message)
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        value = float(headers.get("Retry-After", ""))
+    except (TypeError, ValueError):
+        return None
+    return value if 0 <= value <= 3600 else None
+
+
 class InfluxBackend(Protocol):
     async def connect(self) -> None: ...
     async def write(self, body: bytes) -> None: ...
@@ -56,8 +72,11 @@ class InfluxClient:
     def __init__(self, config: InfluxConfig) -> None:
         self._config = config
         self._client: Any = None
+        self._database_ready = False
 
     async def connect(self) -> None:
+        """Build the HTTP client and create the database. InfluxDB being down is not an
+        error here (writes wait in the spool); refused credentials are."""
         cfg = self._config
         url = urlsplit(cfg.url)
         kwargs: dict[str, Any] = {}
@@ -74,19 +93,44 @@ class InfluxClient:
             timeout=cfg.timeout,
             **kwargs,
         )
-        await self.query(create_database(cfg.bucket))
+        try:
+            await self._ensure_database()
+        except Unavailable as exc:
+            log.warning("InfluxDB not reachable at %s yet (%s); writes are kept until it is",
+                        cfg.url, exc)
+            return
         log.info("InfluxDB connected: %s org=%s bucket=%s", cfg.url, cfg.org, cfg.bucket)
 
+    async def _ensure_database(self) -> None:
+        try:
+            await self.query(create_database(self._config.bucket))
+        except QueryFailed as exc:
+            text = str(exc).lower()
+            if "authoriz" in text or "authenticat" in text:
+                raise BackendUnavailable("influxdb", f"credentials refused: {exc}") from exc
+            # e.g. a user without admin rights: the database must exist already
+            log.warning("cannot create database %r (%s); assuming it exists",
+                        self._config.bucket, exc)
+        self._database_ready = True
+
     async def write(self, body: bytes) -> None:
+        """POST line protocol. Raises Unavailable (retry later) or WriteRejected (the data)."""
+        if not self._database_ready:
+            await self._ensure_database()
         try:
             await self._client.write(body)
         except InfluxDBWriteError as exc:
             reason = exc.headers.get("X-Influxdb-Error", "") or str(exc.reason)
-            if exc.status == 429 or exc.status >= 500:
-                raise BackendUnavailable("influxdb", f"HTTP {exc.status}: {reason}") from exc
-            raise WriteRejected(exc.status, reason) from exc
+            if exc.status in (400, 413):
+                raise WriteRejected(exc.status, reason) from exc
+            if exc.status == 404 and "database not found" in reason:
+                self._database_ready = False  # dropped under us: create it, then retry
+            elif exc.status in (401, 403):
+                log.error("InfluxDB refused the credentials (HTTP %s): %s", exc.status, reason)
+            raise Unavailable(f"HTTP {exc.status}: {reason}",
+                              _retry_after(exc.headers)) from exc
         except _TRANSIENT as exc:
-            raise BackendUnavailable("influxdb", f"{type(exc).__name__}: {exc}") from exc
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def query(self, text: str, epoch: str = "s") -> list[dict[str, Any]]:
         """Run statements; returns one result dict per statement (``series`` may be absent)."""
@@ -95,7 +139,7 @@ class InfluxClient:
         except InfluxDBError as exc:
             raise QueryFailed(str(exc)) from exc
         except _TRANSIENT as exc:
-            raise BackendUnavailable("influxdb", f"{type(exc).__name__}: {exc}") from exc
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
         except ValueError as exc:  # a non-JSON body, e.g. an HTML error page from a proxy
             raise BackendUnavailable("influxdb", f"unexpected reply: {exc}") from exc
         results: list[dict[str, Any]] = reply.get("results", [])
@@ -118,4 +162,4 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["InfluxBackend", "InfluxClient", "QueryFailed", "WriteRejected", "rows"]
+__all__ = ["InfluxBackend", "InfluxClient", "QueryFailed", "Unavailable", "WriteRejected", "rows"]

@@ -108,6 +108,10 @@ class SQLiteStore:
             ids.append(int(cur.lastrowid or 0))
         return ids
 
+    def op_outbox_bounds(self) -> tuple[int, int]:
+        count, max_id = self.db.execute("SELECT count(*), max(id) FROM outbox").fetchone()
+        return int(count), int(max_id or 0)
+
     def op_outbox_done(self, ids: Sequence[int]) -> None:
         self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 

@@ -1,18 +1,33 @@
-"""WriterActor: turns many tiny awaits into few large line-protocol POSTs.
+"""WriterActor: turns many tiny awaits into few large line-protocol POSTs, and never
+loses a line it accepted.
 
-Lines are batched by size (``influxdb.batch.size``) and linger
-(``influxdb.batch.flush_interval``). A flush request resolves once every line
-accepted before it has been written (or quarantined). Transient failures are
-retried with capped, jittered backoff, lines staying in order; data InfluxDB
-rejects is bisected so the good points land and only the bad ones are
-quarantined in SQLite with the server's reason. Lines that carry an outbox id
-(trades, or lines spooled at shutdown) are durable already and are deleted from
-the outbox once written; the outbox is replayed first at start.
+Two loops share the actor's state: the *intake* drains the mailbox, the *sender*
+POSTs. So ``await write_candle`` only waits for mailbox room, never for InfluxDB.
+
+- Memory mode (normal): lines wait in memory, batched by size
+  (``influxdb.batch.size``) and linger (``influxdb.batch.flush_interval``).
+- Spool mode: once InfluxDB has failed for ``influxdb.spool_after`` seconds, or more
+  than ``influxdb.max_pending`` lines wait in memory, or InfluxDB is down at close,
+  memory is moved to the SQLite outbox and new lines go there too; the sender
+  replays the outbox in id order (per-series order is kept) and goes back to memory
+  mode once it is empty. A hub that starts with a non-empty outbox (a crash, or a
+  close during an outage) starts in spool mode.
+- Transient failures (connection refused, timeouts, 5xx, 429, auth) are retried
+  with capped, jittered exponential backoff, at least the server's Retry-After.
+- Data InfluxDB rejects (400, 413) is bisected so the good points land and only
+  the bad ones are quarantined in SQLite with the server's reason.
+- Lines that carry an outbox id (trades) are durable already; their row is
+  deleted once written.
+
+A flush request resolves once every line accepted before it is written (or
+quarantined); it fails with BackendUnavailable after ``influxdb.timeout`` seconds
+of continuous failure (the lines are kept).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -40,145 +55,278 @@ FLUSH = "flush"
 _Entry = tuple[str, int | None]
 
 
+@dataclass(slots=True)
+class _Waiter:
+    spool: bool  # target is an outbox id (spool mode) or a memory sequence number
+    target: int
+    future: asyncio.Future[Any]
+
+
 class WriterActor(Actor):
     name = "writer"
     batch_limit = 4096
 
     def __init__(self, backend: InfluxBackend, state: StateActor, *, batch_size: int,
-                 linger: float, give_up_after: float) -> None:
+                 linger: float, give_up_after: float, spool_after: float = 5.0,
+                 max_pending: int = 200_000) -> None:
         super().__init__(mailbox_size=50_000)
         self.backend = backend
         self.state = state
         self.batch_size = batch_size
         self.linger = linger
         self.give_up_after = give_up_after
-        self._buffer: deque[_Entry] = deque()
-        self._accepted = 0  # lines taken into the buffer, ever
-        self._completed = 0  # lines written or quarantined, ever
-        self._waiters: list[tuple[int, asyncio.Future[Any]]] = []
+        self.spool_after = spool_after
+        self.max_pending = max_pending
+        self._memory: deque[_Entry] = deque()
+        self._mem_accepted = 0  # memory lines ever accepted (sequence numbers)
+        self._mem_done = 0  # memory lines ever written or quarantined
         self._oldest_at: float | None = None
-        self._retry_at: float | None = None
+        self._spooling = False
+        self._spool_max_id = 0  # highest outbox id this writer knows of
+        self._spool_posted = 0  # every outbox row up to this id is written
+        self._spool_inserts = 0  # spool inserts in flight
+        self._waiters: list[_Waiter] = []
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._failing_since: float | None = None
-        self._closing = False
+        self._streak = 0
+        self._retry_at = 0.0
         self.points_written = 0
         self.posts = 0
         self.retries = 0
         self.quarantined = 0
         self.spooled = 0
+        self.replayed = 0
+
+    # ---- lifecycle ----------------------------------------------------------------
 
     async def setup(self) -> None:
         await self.backend.connect()
-        await self._load_outbox()
+        count, max_id = await self.state.call(("outbox_bounds",))
+        if count:
+            if self._memory:  # restarted after a crash with lines in memory: keep order
+                await self._spool_insert([line for line, rid in self._memory if rid is None])
+                self._memory.clear()
+            self._spooling = True
+            self._spool_max_id = max(self._spool_max_id, max_id)
+            log.warning("%d lines waiting in the SQLite spool; replaying them first", count)
 
     async def teardown(self) -> None:
         await close_quietly(self.backend, "influxdb")
 
-    async def _load_outbox(self) -> None:
-        after = 0
-        while rows := await self.state.call(("outbox_load", after, 10_000)):
-            for row_id, line in rows:
-                self._take(line, row_id)
-            after = rows[-1][0]
-        if self._buffer:
-            log.info("replaying %d durable lines from the outbox", len(self._buffer))
+    async def handle(self, batch: Sequence[Call]) -> None:
+        await self._absorb(batch)
 
-    def _take(self, line: str, row_id: int | None) -> None:
-        if not self._buffer:
-            self._oldest_at = asyncio.get_running_loop().time()
-        self._buffer.append((line, row_id))
-        self._accepted += 1
-
-    # ---- main loop ----
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            deadline = self._deadline(loop.time())
-            batch: list[Call] | None
+        self._stop.clear()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._send_loop(), name="writer-sender")
             try:
-                async with asyncio.timeout_at(deadline):
-                    batch = await self.mailbox.receive_batch(self.batch_limit)
-            except TimeoutError:
-                batch = None
-            if batch == []:
-                await self._final_flush()
-                return
-            if batch:
-                self._inflight = batch
-                self._absorb(batch)
-                self._inflight = ()
-            await self._post_due(loop.time())
+                await super().run()
+            finally:
+                # mailbox closed and drained: the sender writes (or spools) what is left
+                self._stop.set()
+                self._wake.set()
+        if self._waiters:  # closed during an outage: what they waited for is on disk
+            error = BackendUnavailable("influxdb", "unavailable at close; writes are in the "
+                                       "SQLite spool and replayed at the next start")
+            for waiter in self._waiters:
+                fail(waiter.future, error)
+            self._waiters.clear()
 
-    async def handle(self, batch: Sequence[Call]) -> None:  # pragma: no cover - run() is used
-        self._absorb(batch)
+    @property
+    def failing(self) -> bool:
+        """True while InfluxDB writes are failing (reads should not wait on a flush)."""
+        return self._failing_since is not None
 
-    def _absorb(self, batch: Sequence[Call]) -> None:
+    # ---- intake -------------------------------------------------------------------
+
+    async def _absorb(self, batch: Sequence[Call]) -> None:
+        fresh: list[str] = []  # spool mode: non-durable lines, inserted together
         for call in batch:
             payload = call.payload
             if payload == FLUSH:
-                if self._completed >= self._accepted:
-                    resolve(call.future, None)
-                elif call.future is not None:
-                    self._waiters.append((self._accepted, call.future))
-            else:
-                ids = payload.ids
-                for i, line in enumerate(payload.lines):
-                    self._take(line, None if ids is None else ids[i])
-                resolve(call.future, None)
+                if fresh:
+                    await self._spool_insert(fresh)
+                    fresh = []
+                if call.future is not None:
+                    self._add_waiter(call.future)
+                continue
+            ids = payload.ids
+            if self._spooling:
+                if ids is None:
+                    fresh.extend(payload.lines)
+                elif ids:
+                    self._spool_max_id = max(self._spool_max_id, max(ids))
+                continue
+            for i, line in enumerate(payload.lines):
+                row_id = None if ids is None else ids[i]
+                if row_id is not None and row_id <= self._spool_posted:
+                    continue  # written from the spool already
+                self._memory.append((line, row_id))
+                self._mem_accepted += 1
+            if self._oldest_at is None and self._memory:
+                self._oldest_at = asyncio.get_running_loop().time()
+        if fresh:
+            await self._spool_insert(fresh)
+        self._wake.set()
 
-    def _deadline(self, now: float) -> float | None:
-        if not self._buffer:
-            return None
-        if self._retry_at is not None:
-            return self._retry_at
-        if self._waiters or len(self._buffer) >= self.batch_size:
-            return now
-        assert self._oldest_at is not None
-        return self._oldest_at + self.linger
+    def _add_waiter(self, future: asyncio.Future[Any]) -> None:
+        if self._spooling:
+            waiter = _Waiter(True, self._spool_max_id, future)
+        else:
+            waiter = _Waiter(False, self._mem_accepted, future)
+        self._waiters.append(waiter)
+        self._wake_waiters()
 
-    async def _post_due(self, now: float) -> None:
-        if not self._buffer or (self._retry_at is not None and now < self._retry_at):
-            return
-        linger_due = self._closing or (
-            self._oldest_at is not None and now >= self._oldest_at + self.linger)
-        while self._buffer and (
-            len(self._buffer) >= self.batch_size or self._waiters or linger_due
-        ):
-            chunk = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
-            try:
-                await self._write(chunk)
-            except BackendUnavailable as exc:
-                self._on_failure(exc)
-                return
-            for _ in chunk:
-                self._buffer.popleft()
-            self._completed += len(chunk)
-            self._failing_since = self._retry_at = None
+    async def _spool_insert(self, lines: list[str]) -> None:
+        self._spool_inserts += 1
+        try:
+            ids: list[int] = await self.state.call(("outbox_add", lines, "spool"))
+        finally:
+            self._spool_inserts -= 1
+            self._wake.set()
+        if ids:
+            self._spool_max_id = max(self._spool_max_id, ids[-1])
+        before = self.spooled
+        self.spooled += len(lines)
+        if before // 100_000 != self.spooled // 100_000:
+            log.warning("the SQLite spool has taken %d lines while InfluxDB is unavailable",
+                        self.spooled)
+
+    # ---- sender -------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._spooling:
+                if not await self._send_spool_page():
+                    return
+                continue
+            if not self._memory:
+                self._wake_waiters()
+                if self._stop.is_set():
+                    return
+                await self._wait(self._wake, None)
+                continue
+            now = loop.time()
+            if now < self._retry_at and not self._stop.is_set():
+                await self._wait(self._stop, self._retry_at)
+                continue
+            assert self._oldest_at is not None
+            due = (len(self._memory) >= self.batch_size or self._stop.is_set()
+                   or bool(self._waiters) or len(self._memory) >= self.max_pending
+                   or now >= self._oldest_at + self.linger)
+            if not due:
+                await self._wait(self._wake, self._oldest_at + self.linger)
+                continue
+            if len(self._memory) >= self.max_pending:
+                await self._spill(f"more than {self.max_pending} lines wait for InfluxDB")
+                continue
+            chunk = [self._memory[i] for i in range(min(self.batch_size, len(self._memory)))]
+            if await self._post(chunk):
+                for _ in chunk:
+                    self._memory.popleft()
+                self._mem_done += len(chunk)
+                self._oldest_at = loop.time() if self._memory else None
+                self._wake_waiters()
+            elif self._stop.is_set():
+                await self._spill("InfluxDB is unavailable at close")
+            elif now - (self._failing_since or now) >= self.spool_after:
+                await self._spill(f"InfluxDB has failed for {self.spool_after:g}s")
+
+    async def _send_spool_page(self) -> bool:
+        """Write the next page of the outbox; False when the sender should stop."""
+        rows: list[tuple[int, str]] = await self.state.call(
+            ("outbox_load", self._spool_posted, self.batch_size))
+        if not rows:
+            if self._spool_inserts:
+                await self._wait(self._wake, None)
+            elif self._spool_max_id <= self._spool_posted:
+                self._spooling = False
+                log.info("spool replayed; InfluxDB writes back to normal")
+                self._wake_waiters()
+            return True
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._retry_at:
+            if self._stop.is_set():
+                return False  # closing during an outage: the rows stay on disk
+            await self._wait(self._stop, self._retry_at)
+            return True
+        if await self._post([(line, row_id) for row_id, line in rows]):
+            self._spool_posted = rows[-1][0]
+            self.replayed += len(rows)
             self._wake_waiters()
-        self._oldest_at = asyncio.get_running_loop().time() if self._buffer else None
+            return True
+        return not self._stop.is_set()
+
+    async def _spill(self, reason: str) -> None:
+        """Move memory to the outbox and switch to spool mode (sender only)."""
+        snapshot = list(self._memory)
+        self._memory.clear()
+        self._oldest_at = None
+        self._spooling = True
+        moved = [w for w in self._waiters if not w.spool]
+        self._waiters = [w for w in self._waiters if w.spool]
+        for _, row_id in snapshot:
+            if row_id is not None:
+                self._spool_max_id = max(self._spool_max_id, row_id)
+        fresh = [line for line, row_id in snapshot if row_id is None]
+        log.warning("%s: %d lines go to the SQLite spool until it answers", reason, len(snapshot))
+        if fresh:
+            await self._spool_insert(fresh)
+        for waiter in moved:
+            waiter.spool, waiter.target = True, self._spool_max_id
+        self._waiters += moved
+        self._wake_waiters()
+
+    async def _wait(self, event: asyncio.Event, deadline: float | None) -> None:
+        if event is self._wake:
+            self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await event.wait()
+
+    async def _post(self, chunk: Sequence[_Entry]) -> bool:
+        try:
+            await self._write(chunk)
+        except BackendUnavailable as exc:
+            self._on_failure(exc)
+            return False
+        if self._failing_since is not None:
+            log.info("InfluxDB writes recovered after %.1fs",
+                     asyncio.get_running_loop().time() - self._failing_since)
+        self._failing_since = None
+        self._streak = 0
+        return True
 
     def _on_failure(self, exc: BackendUnavailable) -> None:
         now = asyncio.get_running_loop().time()
         if self._failing_since is None:
             self._failing_since = now
-            log.warning("influxdb write failed, %d lines kept for retry: %s",
-                        len(self._buffer), exc)
+            log.warning("InfluxDB write failed; lines are kept and retried: %s", exc)
         self.retries += 1
-        streak = min(self.retries, 8)
-        self._retry_at = now + min(5.0, 0.05 * 2 ** streak) * random.uniform(0.5, 1.0)
-        if now - self._failing_since >= self.give_up_after:
-            for _, future in self._waiters:
-                fail(future, BackendUnavailable(
-                    "influxdb", f"writes not confirmed for {now - self._failing_since:.1f}s "
-                    f"({exc}); they are kept and retried"))
+        self._streak = min(self._streak + 1, 10)
+        delay = min(5.0, 0.05 * 2 ** self._streak) * random.uniform(0.5, 1.0)
+        hint = getattr(exc, "retry_after", None)
+        self._retry_at = now + max(delay, hint or 0.0)
+        if now - self._failing_since >= self.give_up_after and self._waiters:
+            error = BackendUnavailable(
+                "influxdb", f"writes not confirmed for {now - self._failing_since:.1f}s "
+                f"({exc}); they are kept and retried")
+            for waiter in self._waiters:
+                fail(waiter.future, error)
             self._waiters.clear()
 
     def _wake_waiters(self) -> None:
         still = []
-        for target, future in self._waiters:
-            if self._completed >= target:
-                resolve(future, None)
+        for waiter in self._waiters:
+            done = (self._spool_posted >= waiter.target if waiter.spool
+                    else self._mem_done >= waiter.target)
+            if done or waiter.future.done():
+                resolve(waiter.future, None)
             else:
-                still.append((target, future))
+                still.append(waiter)
         self._waiters = still
 
     async def _write(self, chunk: Sequence[_Entry]) -> None:
@@ -201,36 +349,21 @@ class WriterActor(Actor):
 
     async def _quarantine(self, entry: _Entry, exc: WriteRejected) -> None:
         line, row_id = entry
-        log.error("influxdb rejected a point, quarantined: %s", exc.reason)
+        log.error("InfluxDB rejected a point; quarantined in SQLite: %s", exc.reason)
         await self.state.call(("quarantine", [(line, exc.reason)]))
         if row_id is not None:
             await self.state.tell(("outbox_done", [row_id]))
         self.quarantined += 1
 
-    async def _final_flush(self) -> None:
-        """On close: write what is buffered; if InfluxDB cannot take it, spool it to disk."""
-        self._closing = True
-        self._retry_at = None
-        await self._post_due(asyncio.get_running_loop().time())
-        if self._buffer:
-            fresh = [line for line, row_id in self._buffer if row_id is None]
-            if fresh:
-                await self.state.call(("outbox_add", fresh, "spool"))
-                self.spooled += len(fresh)
-                log.warning("influxdb unavailable at close: %d lines spooled to SQLite", len(fresh))
-            self._buffer.clear()
-        error = BackendUnavailable("influxdb", "unavailable at close; writes spooled to SQLite")
-        for _, future in self._waiters:
-            fail(future, error)
-        self._waiters.clear()
-
     def statistics(self) -> dict[str, Any]:
         return {
             **super().statistics(),
-            "pending": len(self._buffer),
+            "pending": len(self._memory),
+            "spooling": self._spooling,
             "points_written": self.points_written,
             "posts": self.posts,
             "retries": self.retries,
             "quarantined": self.quarantined,
             "spooled": self.spooled,
+            "replayed": self.replayed,
         }

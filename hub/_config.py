@@ -91,6 +91,10 @@ class InfluxConfig(_Model):
     retention: Retention = Retention()
     batch: Batch = Batch()
     timeout: float = Field(10.0, gt=0)
+    # after this many seconds of failed writes, pending lines move to the SQLite spool
+    spool_after: float = Field(5.0, ge=0)
+    # lines allowed to wait in memory before they move to the spool
+    max_pending: int = Field(200_000, gt=0)
 
     @field_validator("url")
     @classmethod

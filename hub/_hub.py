@@ -125,6 +125,8 @@ class Hub:
                 batch_size=cfg.influxdb.batch.size if cfg.influxdb.batch.enabled else 1,
                 linger=cfg.influxdb.batch.flush_interval if cfg.influxdb.batch.enabled else 0.0,
                 give_up_after=cfg.influxdb.timeout,
+                spool_after=cfg.influxdb.spool_after,
+                max_pending=cfg.influxdb.max_pending,
             )
             self._query = QueryActor(factory(), self._cache)
             actors += [self._writer, self._query]
@@ -211,7 +213,7 @@ class Hub:
     async def _read_your_writes(self) -> None:
         """Before a cold read: make lines still queued or batching in the writer queryable.
         (The flush request queues behind them, so this is cheap when nothing is pending.)"""
-        if self._writer is not None:
+        if self._writer is not None and not self._writer.failing:
             await self.flush()
 
     @staticmethod
