@@ -33,8 +33,12 @@ class CommandFailed(HubError):
     """Redis answered one command with an error (WRONGTYPE, script error...)."""
 
 
+class RedisUnreachable(BackendUnavailable):
+    """Redis did not answer (refused, reset, timed out): transient, worth a reconnect."""
+
+
 def _unavailable(exc: BaseException) -> BackendUnavailable:
-    return BackendUnavailable("redis", f"{type(exc).__name__}: {exc}")
+    return RedisUnreachable("redis", f"{type(exc).__name__}: {exc}")
 
 
 class RedisClient:
@@ -62,10 +66,13 @@ class RedisClient:
     async def connect(self) -> None:
         try:
             await self._client.ping()
+        except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
+            # a subclass of ConnectionError in redis-py: a config problem, not an outage
+            raise BackendUnavailable("redis", f"credentials refused: {exc}") from exc
+        except rexc.ResponseError as exc:
+            raise BackendUnavailable("redis", f"refused: {exc}") from exc
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             raise _unavailable(exc) from exc
-        except rexc.AuthenticationError as exc:
-            raise BackendUnavailable("redis", "authentication failed") from exc
         log.info("Redis connected: %s:%s db=%s", self._config.host, self._config.port,
                  self._config.db)
 

@@ -7,15 +7,18 @@ is an :class:`RedisOp`: its commands plus how to turn their replies into a value
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from actors._redis import Command, CommandFailed, RedisBackend
+from actors._redis import Command, CommandFailed, RedisBackend, RedisUnreachable
 from actors._runtime import Actor, Call, close_quietly, fail, resolve
+from hub._keys import PREFIXES, glob_literal
 from hub._records import Candle
 from hub.errors import BackendUnavailable
 
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 class RedisOp:
     commands: tuple[Command, ...]
     decode: Callable[[list[Any]], Any] | None = None
+    # keys this op writes: if it cannot run, they may be stale in Redis afterwards
+    writes: tuple[str, ...] = ()
 
 
 # The hot window is a sorted set scored by candle time. Its span [oldest, newest]
@@ -77,7 +82,7 @@ def op_get(key: str) -> RedisOp:
 
 
 def op_set(key: str, value: bytes, ttl: int) -> RedisOp:
-    return RedisOp((("SET", key, value, "EX", ttl),))
+    return RedisOp((("SET", key, value, "EX", ttl),), writes=(key,))
 
 
 def op_unlink(keys: Sequence[str]) -> RedisOp:
@@ -88,7 +93,7 @@ def op_push_candles(key: str, candles: Sequence[Candle], window: int, ttl: int) 
     args: list[Any] = []
     for c in sorted(candles, key=lambda c: c.timestamp):
         args += [c.timestamp, encode_candle(c)]
-    return RedisOp((("EVAL", PUSH_CANDLES, 1, key, window, ttl, *args),), _first)
+    return RedisOp((("EVAL", PUSH_CANDLES, 1, key, window, ttl, *args),), _first, (key,))
 
 
 def op_newest_candles(key: str, count: int) -> RedisOp:
@@ -122,29 +127,60 @@ def op_window_range(key: str, start: int | None, end: int | None, limit: int) ->
 
 
 def op_trim_window(keys: Sequence[str], start_ts: float, stop_ts: float) -> RedisOp:
-    return RedisOp(tuple(("ZREMRANGEBYSCORE", k, start_ts, stop_ts) for k in keys))
+    return RedisOp(tuple(("ZREMRANGEBYSCORE", k, start_ts, stop_ts) for k in keys),
+                   writes=tuple(keys))
 
 
 class CacheActor(Actor):
-    """Owns the Redis connection pool; one pipeline per drained mailbox batch."""
+    """Owns the Redis connection pool; one pipeline per drained mailbox batch.
+
+    When Redis stops answering, the actor fails calls at once instead of letting
+    each wait for a timeout (callers fall back to InfluxDB / SQLite), reconnects
+    in the background with capped backoff, and before it serves again deletes
+    every key whose write it had to skip, so nothing stale is read afterwards.
+    """
 
     name = "cache"
     batch_limit = 1024
+    max_dirty = 100_000
 
     def __init__(self, backend: RedisBackend) -> None:
         super().__init__(mailbox_size=20_000)
         self.backend = backend
         self.round_trips = 0
         self.commands = 0
-        self.skipped = 0  # fire-and-forget writes Redis could not take
+        self.skipped = 0  # writes Redis could not take
+        self.reconnects = 0
+        self._down_since: float | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._dirty: set[str] = set()
+        self._dirty_overflow = False
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
 
     async def setup(self) -> None:
-        await self.backend.connect()
+        try:
+            await self.backend.connect()
+        except RedisUnreachable as exc:
+            log.warning("Redis not reachable (%s); serving from InfluxDB/SQLite until it is",
+                        exc)
+            self._mark_down()
 
     async def teardown(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+            self._probe = None
         await close_quietly(self.backend, "redis")
 
     async def handle(self, batch: Sequence[Call]) -> None:
+        if self._down_since is not None:
+            error = BackendUnavailable("redis", "unreachable; reconnecting in the background")
+            for call in batch:
+                self._fail(call, error)
+            return
         commands: list[Command] = []
         for call in batch:
             commands.extend(call.payload.commands)
@@ -153,6 +189,7 @@ class CacheActor(Actor):
         except BackendUnavailable as exc:
             for call in batch:
                 self._fail(call, exc)
+            self._mark_down()
             return
         self.round_trips += 1
         self.commands += len(commands)
@@ -161,9 +198,9 @@ class CacheActor(Actor):
             op: RedisOp = call.payload
             mine = results[pos:pos + len(op.commands)]
             pos += len(op.commands)
-            error = next((r for r in mine if isinstance(r, CommandFailed)), None)
-            if error is not None:
-                self._fail(call, error)
+            failed = next((r for r in mine if isinstance(r, CommandFailed)), None)
+            if failed is not None:
+                self._fail(call, failed)
             elif op.decode is None:
                 resolve(call.future, None)
             else:
@@ -173,20 +210,77 @@ class CacheActor(Actor):
                     fail(call.future, CommandFailed(f"unexpected value in Redis: {exc}"))
 
     def _fail(self, call: Call, exc: Exception) -> None:
+        op: RedisOp = call.payload
+        if op.writes:
+            if len(self._dirty) + len(op.writes) > self.max_dirty:
+                self._dirty_overflow = True
+            else:
+                self._dirty.update(op.writes)
         if call.future is None:
             self.skipped += 1
             log.debug("redis write skipped: %s", exc)
         else:
             fail(call.future, exc)
 
+    def _mark_down(self) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = asyncio.get_running_loop().time()
+        log.warning("Redis unavailable; reads fall back, cache writes are skipped")
+        self._probe = asyncio.create_task(self._reconnect(), name="redis-reconnect")
+
+    async def _reconnect(self) -> None:
+        delay = 0.05
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
+            try:
+                await self.backend.connect()
+                await self._forget_skipped()
+            except BackendUnavailable as exc:
+                log.debug("redis still unavailable: %s", exc)
+                continue
+            assert self._down_since is not None
+            log.info("Redis is back after %.1fs",
+                     asyncio.get_running_loop().time() - self._down_since)
+            self._down_since = None
+            self.reconnects += 1
+            self._probe = None
+            return
+
+    async def _forget_skipped(self) -> None:
+        """Delete what may be stale: keys whose writes were skipped while Redis was away."""
+        if self._dirty_overflow:
+            for prefix in PREFIXES:
+                batch: list[str] = []
+                async for raw in self.backend.scan(glob_literal(prefix) + "*"):
+                    batch.append(raw.decode())
+                    if len(batch) >= 1000:
+                        await self.backend.pipeline([("UNLINK", *batch)])
+                        batch = []
+                if batch:
+                    await self.backend.pipeline([("UNLINK", *batch)])
+        else:
+            keys = list(self._dirty)
+            for i in range(0, len(keys), 1000):
+                await self.backend.pipeline([("UNLINK", *keys[i:i + 1000])])
+        self._dirty.clear()
+        self._dirty_overflow = False
+
     async def scan(self, match: str) -> AsyncIterator[bytes]:
         """SCAN (never KEYS) on the actor's pool; iteration is cursor-based and non-blocking."""
+        if self._down_since is not None:
+            raise BackendUnavailable("redis", "unreachable; reconnecting in the background")
         async for key in self.backend.scan(match):
             yield key
 
     async def info(self) -> dict[str, Any]:
+        if self._down_since is not None:
+            raise BackendUnavailable("redis", "unreachable; reconnecting in the background")
         return await self.backend.info()
 
     def statistics(self) -> dict[str, Any]:
         return {**super().statistics(), "round_trips": self.round_trips,
-                "commands": self.commands, "skipped": self.skipped}
+                "commands": self.commands, "skipped": self.skipped,
+                "available": self.available, "reconnects": self.reconnects,
+                "stale_keys_pending": len(self._dirty)}

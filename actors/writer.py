@@ -264,6 +264,7 @@ class WriterActor(Actor):
         """Move memory to the outbox and switch to spool mode (sender only)."""
         snapshot = list(self._memory)
         self._memory.clear()
+        self._mem_done = self._mem_accepted  # every memory line now lives in the outbox
         self._oldest_at = None
         self._spooling = True
         moved = [w for w in self._waiters if not w.spool]

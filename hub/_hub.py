@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
@@ -64,6 +68,12 @@ class Hub:
 
     ``redis_backend`` / ``influx_backend`` let tests inject in-memory fakes of
     the backend protocols; normally the hub builds real clients from ``config``.
+
+    With ``handle_sigterm`` (the default) a hub started in the main thread, where
+    nothing else handles SIGTERM, closes itself gracefully on SIGTERM (flushing or
+    spooling every accepted write) and then lets the signal end the process.
+    SIGINT needs nothing: ``asyncio.run`` turns it into cancellation, and
+    ``async with`` (or ``close()`` in a ``finally``) closes the hub.
     """
 
     def __init__(
@@ -72,11 +82,15 @@ class Hub:
         *,
         redis_backend: RedisBackend | None = None,
         influx_backend: Callable[[], InfluxBackend] | None = None,
+        handle_sigterm: bool = True,
     ) -> None:
         self.config = config or HubConfig()
         self._state = _State.NEW
         self.close_timeout = 30.0  # bound on close(): drain, flush or spool, disconnect
         self._closed = asyncio.Event()
+        self._handle_sigterm = handle_sigterm
+        self._sigterm_loop: asyncio.AbstractEventLoop | None = None
+        self._terminating: asyncio.Task[None] | None = None
         self._redis_backend = redis_backend
         self._influx_factory = influx_backend
         self._supervisor: Supervisor | None = None
@@ -138,6 +152,37 @@ class Hub:
             self._closed.set()
             raise
         self._state = _State.OPEN
+        if self._handle_sigterm:
+            self._install_sigterm()
+
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # the application (or another hub) handles it
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        except (NotImplementedError, RuntimeError, ValueError):
+            return
+        self._sigterm_loop = loop
+
+    def _remove_sigterm(self) -> None:
+        if self._sigterm_loop is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                self._sigterm_loop.remove_signal_handler(signal.SIGTERM)
+            self._sigterm_loop = None
+
+    def _on_sigterm(self) -> None:
+        log.warning("SIGTERM: closing the hub (every accepted write is flushed or spooled)")
+        self._terminating = asyncio.get_running_loop().create_task(self._terminate())
+
+    async def _terminate(self) -> None:
+        try:
+            await self.close()
+        finally:
+            self._remove_sigterm()
+            os.kill(os.getpid(), signal.SIGTERM)  # default action now: the process ends
 
     async def close(self) -> None:
         """Stop intake, flush the writer (spooling to SQLite what InfluxDB cannot take),
@@ -162,6 +207,8 @@ class Hub:
         finally:
             self._state = _State.CLOSED
             self._closed.set()
+            if self._terminating is None:
+                self._remove_sigterm()
 
     @property
     def healthy(self) -> bool:
@@ -600,6 +647,15 @@ class Hub:
                     batch = []
             if batch:
                 await self._redis(op_unlink(batch))
+
+    async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Points InfluxDB refused as data (newest first): ``line`` and the server's
+        ``reason``. They are kept in the SQLite ``quarantine`` table, never dropped."""
+        limit = v.positive_int(limit, "limit")
+        self._check_open()
+        assert self._sqlite is not None
+        found: list[tuple[str, str]] = await self._sqlite.call(("quarantined", limit))
+        return [{"line": line, "reason": reason} for line, reason in found]
 
     async def get_stats(self) -> dict[str, Any]:
         """The seed's Redis numbers (``keyspace_hits``, ``keyspace_misses``,

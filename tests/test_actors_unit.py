@@ -133,6 +133,28 @@ async def test_rejected_points_are_isolated_and_quarantined(writer_env: Any) -> 
     assert writer.statistics()["quarantined"] == 1
 
 
+async def test_after_a_spooled_outage_flush_works_again() -> None:
+    fake = FakeInflux()
+    state = StateActor(":memory:")
+    writer = WriterActor(fake, state, batch_size=100, linger=0.01, give_up_after=30,
+                         spool_after=0.0)
+    sup = Supervisor()
+    await sup.start([state, writer])
+    fake.down = 3
+    await writer.tell(Lines([f"m v={i} {i}" for i in range(10)]))
+    await writer.call(FLUSH)  # spooled, replayed, flushed
+    assert writer.statistics()["spooled"] == 10 and writer.statistics()["replayed"] == 10
+    for _ in range(100):  # the sender finds the outbox empty and leaves spool mode
+        if not writer.statistics()["spooling"]:
+            break
+        await asyncio.sleep(0.01)
+    assert writer.statistics()["spooling"] is False
+    await writer.tell(Lines(["m v=10 10"]))
+    await asyncio.wait_for(writer.call(FLUSH), 5)
+    assert fake.written == [f"m v={i} {i}" for i in range(11)]
+    await sup.stop()
+
+
 async def test_outbox_lines_are_deleted_once_written_and_replayed_at_start() -> None:
     fake = FakeInflux()
     state = StateActor(":memory:")

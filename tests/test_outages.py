@@ -1,0 +1,212 @@
+"""Nothing accepted is lost: InfluxDB and Redis outages, crashes, SIGTERM, rejected data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub import Candle, Hub, HubConfig
+from hub._servers import LocalServers
+
+pytestmark = pytest.mark.anyio
+EX, PR = "papertrader", "BANKNIFTY-FUT"
+T0 = 1697529600
+CHILD = Path(__file__).with_name("_child.py")
+
+
+async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_influxd_killed_under_load_loses_nothing(config_data: dict[str, Any],
+                                                       servers: LocalServers) -> None:
+    config_data["influxdb"]["spool_after"] = 0.3
+    n = 3000
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        killed = asyncio.Event()
+
+        async def feed() -> None:
+            nonlocal worst
+            for i in range(n):
+                began = loop.time()
+                await hub.write_candle(EX, PR, T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, float(i))
+                worst = max(worst, loop.time() - began)
+                if i == 500:
+                    killed.set()
+                if i % 25 == 0:
+                    await asyncio.sleep(0.002)
+
+        producer = asyncio.create_task(feed())
+        await killed.wait()
+        await asyncio.to_thread(servers.influx.kill)
+        await asyncio.sleep(1.5)  # the feed goes on while InfluxDB is dead
+        await asyncio.to_thread(servers.influx.start)
+        await producer
+        await hub.flush()
+        stats = await hub.get_stats()
+        assert stats["actors"]["writer"]["retries"] > 0
+        assert stats["actors"]["writer"]["spooled"] > 0  # the outage outlasted spool_after
+        await hub.flush_all()
+        got = await hub.query_candles(EX, PR, limit=n + 10)
+        assert [c.timestamp for c in got] == [T0 + 60 * i for i in range(n)]
+        assert [c.volume for c in got] == [float(i) for i in range(n)]
+        assert (await hub.get_stats())["sqlite"]["outbox"] == 0
+        # a loose bound, not a speed goal: the outage never blocked a write for long
+        assert worst < 1.0
+
+
+async def test_hub_killed_while_influx_down_keeps_every_returned_trade(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    servers.influx.kill()
+    child = subprocess.Popen([sys.executable, str(CHILD), "trades", json.dumps(config_data)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        last = -1
+        while last < 200:
+            last = int(child.stdout.readline())
+        child.kill()  # SIGKILL: no close, no flush
+        child.wait()
+        last = max([last, *(int(x) for x in child.stdout.read().split())])
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+        servers.influx.start()
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.flush()
+        trades = await hub.query_trades("px", "BANK", limit=100_000)
+        ids = {t.order_id for t in trades}
+        assert {f"t{i}" for i in range(last + 1)} <= ids
+        assert (await hub.get_stats())["sqlite"]["outbox"] == 0
+
+
+async def test_sigterm_during_load_keeps_everything_accepted(config_data: dict[str, Any],
+                                                              servers: LocalServers) -> None:
+    config_data["influxdb"]["batch"] = {"size": 5000, "flush_interval": 5.0}  # keep lines pending
+    child = subprocess.Popen([sys.executable, str(CHILD), "candles", json.dumps(config_data)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        last = -1
+        while last < 1500:
+            last = int(child.stdout.readline())
+        child.send_signal(signal.SIGTERM)
+        rest = child.stdout.read().split()
+        assert child.wait(30) == -signal.SIGTERM  # closed gracefully, then ended by the signal
+        last = max([last, *(int(x) for x in rest)])
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.flush_all()
+        got = await hub.query_candles("px", "BANK", limit=100_000)
+        assert len(got) >= last + 1
+        assert [c.timestamp for c in got] == [T0 + 60 * i for i in range(len(got))]
+
+
+async def test_a_conflicting_point_is_quarantined_and_the_others_land(hub: Hub) -> None:
+    await hub.write_trade(EX, PR, T0, "buy", 1.0, 1.0, "o1", note="text")
+    await hub.flush()
+    await hub.write_trade(EX, PR, T0 + 1, "buy", 1.0, 1.0, "o2", fee=1.0)
+    await hub.write_trade(EX, PR, T0 + 2, "buy", 1.0, 1.0, "o3", note=5.0)  # float vs string
+    await hub.write_trade(EX, PR, T0 + 3, "buy", 1.0, 1.0, "o4", fee=2.0)
+    await hub.flush()
+    assert [t.order_id for t in await hub.query_trades(EX, PR)] == ["o1", "o2", "o4"]
+    bad = await hub.quarantined()
+    assert len(bad) == 1
+    assert "order_id=o3" in bad[0]["line"]
+    assert "field type conflict" in bad[0]["reason"]
+    stats = await hub.get_stats()
+    assert stats["actors"]["writer"]["quarantined"] == 1
+    assert stats["sqlite"] == {"outbox": 0, "quarantined": 1}
+
+
+async def test_redis_killed_reads_fall_back_then_recover(config_data: dict[str, Any],
+                                                         servers: LocalServers) -> None:
+    config_data["redis"]["timeout"] = 0.5
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, float(i)) for i in range(30)]
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.write_indicator(EX, PR, "EMA", T0, 44500.0, period=20)
+        await hub.write_candles_batch(EX, PR, data)
+        await hub.flush()
+        servers.redis.kill()
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            began = loop.time()
+            assert await hub.get_indicator(EX, PR, "EMA", 20) == 44500.0
+            assert await hub.query_candles(EX, PR, limit=10) == data[-10:]
+            assert await hub.get_candles(EX, PR, count=5) == data[-5:]
+            # loose bound: within the configured deadline, not stuck on a dead socket
+            assert loop.time() - began < 0.5 * 3 + 1.0
+        stats = await hub.get_stats()
+        assert stats["keyspace_hits"] is None
+        assert stats["actors"]["cache"]["available"] is False
+        await hub.cache_indicator(EX, PR, "EMA", 20, 1.0)  # skipped, never raised
+        servers.redis.start()
+
+        async def back() -> bool:
+            return bool((await hub.get_stats())["actors"]["cache"]["available"])
+
+        await wait_for(back)
+        hits = (await hub.get_stats())["hub"]["indicator_cache_hits"]
+        await hub.cache_indicator(EX, PR, "EMA", 20, 44600.0)
+        assert await hub.get_indicator(EX, PR, "EMA", 20) == 44600.0
+        assert (await hub.get_stats())["hub"]["indicator_cache_hits"] == hits + 1
+
+
+async def test_frozen_redis_never_serves_a_stale_position(config_data: dict[str, Any],
+                                                          servers: LocalServers) -> None:
+    config_data["redis"]["timeout"] = 0.5
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.cache_position(EX, PR, {"size": 1})
+        assert await hub.get_position(EX, PR) == {"size": 1}
+        assert servers.redis.process is not None
+        pid = servers.redis.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await hub.cache_position(EX, PR, {"size": 2})  # durable; the Redis copy is skipped
+            assert await hub.get_position(EX, PR) == {"size": 2}
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+        async def back() -> bool:
+            return bool((await hub.get_stats())["actors"]["cache"]["available"])
+
+        await wait_for(back)
+        assert await hub.get_position(EX, PR) == {"size": 2}
+
+
+async def test_hub_starts_while_both_servers_are_down(config_data: dict[str, Any],
+                                                      servers: LocalServers) -> None:
+    servers.redis.kill()
+    servers.influx.kill()
+    try:
+        async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+            await hub.write_candle(EX, PR, T0, 1.0, 2.0, 0.5, 1.5, 1.0)
+            await hub.cache_position(EX, PR, {"size": 1})
+            assert await hub.get_position(EX, PR) == {"size": 1}
+            assert (await hub.get_stats())["healthy"] is True
+    finally:
+        servers.redis.start()
+        servers.influx.start()
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.flush()
+        assert await hub.query_candles(EX, PR) == [Candle(T0, 1.0, 2.0, 0.5, 1.5, 1.0)]
