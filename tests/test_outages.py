@@ -22,9 +22,9 @@ T0 = 1697529600
 CHILD = Path(__file__).with_name("_child.py")
 
 
-async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
+async def wait_for(predicate: Any, within: float = 15.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not await predicate():
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
@@ -72,8 +72,10 @@ async def test_influxd_killed_under_load_loses_nothing(config_data: dict[str, An
 async def test_hub_killed_while_influx_down_keeps_every_returned_trade(
         config_data: dict[str, Any], servers: LocalServers) -> None:
     servers.influx.kill()
-    child = subprocess.Popen([sys.executable, str(CHILD), "trades", json.dumps(config_data)],
-                             stdout=subprocess.PIPE, text=True)
+    # the child is driven with blocking reads on purpose: nothing else runs on this loop
+    child = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, str(CHILD), "trades", json.dumps(config_data)],
+        stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
@@ -99,8 +101,9 @@ async def test_hub_killed_while_influx_down_keeps_every_returned_trade(
 async def test_sigterm_during_load_keeps_everything_accepted(config_data: dict[str, Any],
                                                               servers: LocalServers) -> None:
     config_data["influxdb"]["batch"] = {"size": 5000, "flush_interval": 5.0}  # keep lines pending
-    child = subprocess.Popen([sys.executable, str(CHILD), "candles", json.dumps(config_data)],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, str(CHILD), "candles", json.dumps(config_data)],
+        stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
