@@ -8,6 +8,7 @@ running loop (its ``__init__`` reads the current loop), and only its ``write``,
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import warnings
 from typing import Any, Protocol
@@ -80,16 +81,20 @@ class InfluxClient:
         cfg = self._config
         url = urlsplit(cfg.url)
         kwargs: dict[str, Any] = {}
+        # the header is built here: aioinflux's username/password path uses aiohttp's
+        # deprecated BasicAuth
         if cfg.token is not None:
             kwargs["headers"] = {"Authorization": f"Token {cfg.token.get_secret_value()}"}
+        elif cfg.username is not None:
+            secret = cfg.password.get_secret_value() if cfg.password else ""
+            basic = base64.b64encode(f"{cfg.username}:{secret}".encode()).decode()
+            kwargs["headers"] = {"Authorization": f"Basic {basic}"}
         self._client = InfluxDBClient(
             host=url.hostname,
             port=url.port or (443 if url.scheme == "https" else 8086),
             path=(url.path.rstrip("/") + "/") if url.path else "/",
             ssl=url.scheme == "https",
             db=cfg.bucket,
-            username=cfg.username,
-            password=cfg.password.get_secret_value() if cfg.password else None,
             timeout=cfg.timeout,
             **kwargs,
         )

@@ -55,6 +55,9 @@ class RedisClient:
             username=config.username,
             password=config.password.get_secret_value() if config.password else None,
             ssl=config.ssl,
+            ssl_ca_certs=config.ssl_ca_certs,
+            ssl_certfile=config.ssl_certfile,
+            ssl_keyfile=config.ssl_keyfile,
             socket_connect_timeout=config.timeout,
             socket_timeout=config.timeout,
             # one quick retry for a stale pooled connection; outages are the actor's business

@@ -218,6 +218,7 @@ class Supervisor:
         try:
             await actor.setup()
         except Exception as exc:
+            await actor.teardown()  # release what a half-done setup opened
             fail(ready, exc)
             actor.mailbox.close()
             return

@@ -12,11 +12,11 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from hub.errors import ValidationError
 
@@ -47,17 +47,46 @@ class RedisSentinel(_Model):
 
 class RedisConfig(_Model):
     enabled: bool = True
+    # redis://[user[:password]@]host[:port][/db] or rediss://... (TLS); sets the keys below
+    url: str | None = None
     host: str = "localhost"
     port: int = Field(6379, ge=1, le=65535)
     db: int = Field(0, ge=0)
-    username: str | None = None
+    username: str | None = None  # an ACL user
     password: SecretStr | None = None
     ssl: bool = False
+    ssl_ca_certs: str | None = None  # CA bundle that signed the server's certificate
+    ssl_certfile: str | None = None  # client certificate, when the server asks for one
+    ssl_keyfile: str | None = None
     ttl: RedisTTL = RedisTTL()
     cluster: RedisCluster | None = None
     sentinel: RedisSentinel | None = None
     # how long a call waits for Redis before it counts as unavailable
     timeout: float = Field(2.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_url(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not data.get("url"):
+            return data
+        parts = urlsplit(str(data["url"]))
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"url: expected redis:// or rediss://, got {parts.scheme}://")
+        merged = dict(data)
+        merged["host"] = parts.hostname
+        merged["port"] = parts.port or 6379
+        merged["ssl"] = parts.scheme == "rediss"
+        if parts.path.strip("/"):
+            merged["db"] = parts.path.strip("/")
+        if parts.username:
+            merged["username"] = unquote(parts.username)
+        if parts.password:
+            merged["password"] = unquote(parts.password)
+            # keep the URL for display, never the secret in it
+            host = parts.netloc.rsplit("@", 1)[1]
+            user = f"{parts.username}@" if parts.username else ""
+            merged["url"] = f"{parts.scheme}://{user}{host}{parts.path}"
+        return merged
 
 
 class Retention(_Model):

@@ -7,17 +7,21 @@ Each server can be stopped, killed (SIGKILL) and restarted on the same port and 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import logging
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hub._influxql import ident, literal
 from hub.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -110,26 +114,66 @@ class _Server:
         self.start()
 
 
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost (openssl CLI)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {n: directory / f"{n}.pem" for n in ("ca", "ca-key", "cert", "key")}
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run = [_binary("openssl")]
+    subprocess.run([*run, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=wolfhub-test-ca", "-keyout", str(paths["ca-key"]),
+                    "-out", str(paths["ca"])], check=True, capture_output=True)
+    csr = directory / "server.csr"
+    subprocess.run([*run, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                    "-keyout", str(paths["key"]), "-out", str(csr)], check=True,
+                   capture_output=True)
+    subprocess.run([*run, "x509", "-req", "-in", str(csr), "-CA", str(paths["ca"]),
+                    "-CAkey", str(paths["ca-key"]), "-CAcreateserial", "-days", "2",
+                    "-extfile", str(ext), "-out", str(paths["cert"])], check=True,
+                   capture_output=True)
+    return paths
+
+
 @dataclass
 class RedisServer(_Server):
     name: str = "redis"
     password: str | None = None
+    # ACL rules, e.g. "alice on >secret ~* &* +@all"
+    acl_users: list[str] = field(default_factory=list)
+    # certificates from make_certificates(): serve TLS only
+    tls: dict[str, Path] | None = None
 
     def command(self) -> list[str]:
         cmd = [
-            _binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            _binary("redis-server"), "--bind", "127.0.0.1",
             "--dir", str(self.directory), "--save", "", "--appendonly", "no",
             "--daemonize", "no", "--loglevel", "warning", "--protected-mode", "yes",
         ]
+        if self.tls:
+            cmd += ["--port", "0", "--tls-port", str(self.port),
+                    "--tls-cert-file", str(self.tls["cert"]),
+                    "--tls-key-file", str(self.tls["key"]),
+                    "--tls-ca-cert-file", str(self.tls["ca"]), "--tls-auth-clients", "no"]
+        else:
+            cmd += ["--port", str(self.port)]
         if self.password:
             cmd += ["--requirepass", self.password]
+        for rule in self.acl_users:
+            cmd += ["--user", *rule.split()]
         return cmd
 
     def ready(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                reply = s.recv(64)
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5))
+                if self.tls:
+                    context = ssl.create_default_context(cafile=str(self.tls["ca"]))
+                    sock = stack.enter_context(
+                        context.wrap_socket(sock, server_hostname="127.0.0.1"))
+                sock.sendall(b"PING\r\n")
+                reply = sock.recv(64)
         except OSError:
             return False
         return reply.startswith((b"+PONG", b"-NOAUTH"))
@@ -143,6 +187,8 @@ class RedisServer(_Server):
 class InfluxServer(_Server):
     name: str = "influxd"
     rpc_port: int = field(default_factory=free_port)
+    # (user, password): auth-enabled server with this admin user
+    admin: tuple[str, str] | None = None
 
     def config_text(self) -> str:
         d = self.directory
@@ -165,7 +211,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
   pprof-enabled = false
-  flux-enabled = false
+  auth-enabled = {"true" if self.admin else "false"}
 [logging]
   level = "warn"
   suppress-logo = true
@@ -182,9 +228,27 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=0.5)
         try:
             conn.request("GET", "/ping")
-            return conn.getresponse().status == 204
+            if conn.getresponse().status != 204:
+                return False
         except OSError:
             return False
+        finally:
+            conn.close()
+        if self.admin:
+            self._create_admin()
+        return True
+
+    def _create_admin(self) -> None:
+        """With auth on and no user yet, InfluxDB 1.x lets anyone create the first admin."""
+        assert self.admin is not None
+        user, password = self.admin
+        q = f"CREATE USER {ident(user)} WITH PASSWORD {literal(password)} WITH ALL PRIVILEGES"
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("POST", "/query?" + urllib.parse.urlencode({"q": q}),
+                         headers={"Authorization": "Basic " + base64.b64encode(
+                             f"{user}:{password}".encode()).decode()})
+            conn.getresponse().read()
         finally:
             conn.close()
 
