@@ -313,7 +313,7 @@ class Hub:
             found = rows(results[0]) if results else []
             if not found or found[0].get("last") is None:
                 return None
-            return op_set(key, orjson.dumps(found[0]["last"]), ttl)
+            return op_set(key, orjson.dumps(_number(found[0]["last"])), ttl)
 
         results = await self._influx(Query(
             ql.select_last_indicator(exchange, product, name, period_s),
@@ -323,7 +323,7 @@ class Hub:
         if not found or found[0].get("last") is None:
             return default
         self._counters["indicator_cold_hits"] += 1
-        return found[0]["last"]
+        return _number(found[0]["last"])
 
     async def write_indicator(self, exchange: str, product: str, indicator_name: str,
                               timestamp: int | float, value: float, **tags: Any) -> None:
@@ -690,10 +690,16 @@ def _candle(row: Mapping[str, Any]) -> Candle:
                   float(row["close"]), float(row["volume"]))
 
 
+def _number(value: Any) -> Any:
+    """InfluxDB's JSON prints a whole float without a point (1e16 -> 10000000000000000):
+    every numeric field is stored as a float, so read it back as one."""
+    return float(value) if type(value) is int else value
+
+
 def _trade(row: Mapping[str, Any]) -> Trade:
     ns = int(row["time"])
     ts: int | float = ns // 1_000_000_000 if ns % 1_000_000_000 == 0 else round(ns / 1e9, 6)
     known = {"time", "exchange", "product", "side", "price", "size", "order_id"}
-    extra = {k: val for k, val in row.items() if k not in known and val is not None}
+    extra = {k: _number(val) for k, val in row.items() if k not in known and val is not None}
     return Trade(row["exchange"], row["product"], ts, row["side"], float(row["price"]),
                  float(row["size"]), row["order_id"], extra)
