@@ -111,6 +111,32 @@ async def test_writer_retries_transient_failures_in_order(writer_env: Any) -> No
     assert writer.statistics()["retries"] == 3
 
 
+async def test_retry_after_is_honoured() -> None:
+    from actors._influx import Unavailable
+
+    class Busy(FakeInflux):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attempts: list[float] = []
+
+        async def write(self, body: bytes) -> None:
+            self.attempts.append(asyncio.get_running_loop().time())
+            if len(self.attempts) == 1:
+                raise Unavailable("HTTP 429: slow down", retry_after=0.4)
+            await super().write(body)
+
+    fake = Busy()
+    state = StateActor(":memory:")
+    writer = WriterActor(fake, state, batch_size=100, linger=0.01, give_up_after=30)
+    sup = Supervisor()
+    await sup.start([state, writer])
+    await writer.tell(Lines(["m v=1 1"]))
+    await writer.call(FLUSH)
+    assert fake.written == ["m v=1 1"]
+    assert fake.attempts[1] - fake.attempts[0] >= 0.4  # not before the server allowed
+    await sup.stop()
+
+
 async def test_flush_reports_a_long_outage(writer_env: Any) -> None:
     writer, fake, _ = writer_env
     fake.down = 10_000
