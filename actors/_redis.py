@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -105,6 +107,39 @@ class RedisClient:
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             raise _unavailable(exc) from exc
         return result
+
+    async def invalidations(self, prefixes: Sequence[str]) -> AsyncIterator[list[str] | None]:
+        """Keys under ``prefixes`` that any client wrote, as Redis reports them
+        (client-side caching, ``CLIENT TRACKING ... BCAST`` on a RESP3 connection of its
+        own); None means "everything" (FLUSHALL/FLUSHDB). The first item is an empty
+        list, once tracking is on. Raises RedisUnreachable when the connection is lost:
+        every invalidation after that may be missed."""
+        pool = self._client.connection_pool
+        conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 3})
+
+        async def as_reply(message: Any) -> Any:  # hand invalidations to our reader
+            return message
+
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+            conn._parser.set_invalidation_push_handler(as_reply)  # type: ignore[attr-defined]
+            args: list[Any] = ["CLIENT", "TRACKING", "ON", "BCAST"]
+            for prefix in prefixes:
+                args += ["PREFIX", prefix]
+            await conn.send_command(*args)
+            await conn.read_response()
+            yield []
+            while True:
+                message = await conn.read_response(timeout=math.inf, push_request=True)
+                if isinstance(message, list) and len(message) == 2 and (
+                        message[0] == b"invalidate"):
+                    keys = message[1]
+                    yield None if keys is None else [k.decode() for k in keys]
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -18,11 +18,16 @@ import orjson
 
 from actors._redis import Command, CommandFailed, RedisBackend, RedisUnreachable
 from actors._runtime import Actor, Call, close_quietly, fail, resolve
+from actors.near import NearCache
 from hub._keys import PREFIXES, glob_literal
 from hub._records import Candle
 from hub.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
+
+
+# keys whose values the near cache holds (and Redis tracks for this hub)
+NEAR_PREFIXES = ("indicator:",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,11 @@ def _first(results: list[Any]) -> Any:
 
 def op_get(key: str) -> RedisOp:
     return RedisOp((("GET", key),), _first)
+
+
+def op_get_pttl(key: str) -> RedisOp:
+    """GET with the milliseconds the key has left (for the near cache's expiry)."""
+    return RedisOp((("GET", key), ("PTTL", key)), lambda r: (r[0], r[1]))
 
 
 def op_set(key: str, value: bytes, ttl: int) -> RedisOp:
@@ -144,9 +154,12 @@ class CacheActor(Actor):
     batch_limit = 1024
     max_dirty = 100_000
 
-    def __init__(self, backend: RedisBackend) -> None:
+    def __init__(self, backend: RedisBackend, near: NearCache | None = None) -> None:
         super().__init__(mailbox_size=20_000)
         self.backend = backend
+        # indicator values, read without a mailbox; only if the backend can track keys
+        self.near = near if hasattr(backend, "invalidations") else None
+        self._listener: asyncio.Task[None] | None = None
         self.round_trips = 0
         self.commands = 0
         self.skipped = 0  # writes Redis could not take
@@ -167,8 +180,38 @@ class CacheActor(Actor):
             log.warning("Redis not reachable (%s); serving from InfluxDB/SQLite until it is",
                         exc)
             self._mark_down()
+        if self.near is not None and self._listener is None:
+            self._listener = asyncio.create_task(self._listen(self.near),
+                                                 name="redis-invalidations")
+
+    async def _listen(self, near: NearCache) -> None:
+        """Apply Redis' invalidations to the near cache; reconnect when the link drops.
+        While it is down the near cache is empty and disabled: nothing is missed."""
+        delay = 0.05
+        track: Any = self.backend.invalidations  # type: ignore[attr-defined]
+        while True:
+            try:
+                async for keys in track(NEAR_PREFIXES):
+                    if keys is None:
+                        near.clear()
+                    elif keys:
+                        near.invalidate(keys)
+                    else:  # tracking is on from here
+                        near.clear()
+                        near.enabled = True
+                        delay = 0.05
+            except BackendUnavailable as exc:
+                log.debug("invalidation link down: %s", exc)
+            near.enabled = False
+            near.clear()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
 
     async def teardown(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
@@ -226,6 +269,8 @@ class CacheActor(Actor):
         if self._down_since is not None:
             return
         self._down_since = asyncio.get_running_loop().time()
+        if self.near is not None:
+            self.near.clear()
         log.warning("Redis unavailable; reads fall back, cache writes are skipped")
         self._probe = asyncio.create_task(self._reconnect(), name="redis-reconnect")
 
@@ -283,4 +328,5 @@ class CacheActor(Actor):
         return {**super().statistics(), "round_trips": self.round_trips,
                 "commands": self.commands, "skipped": self.skipped,
                 "available": self.available, "reconnects": self.reconnects,
-                "stale_keys_pending": len(self._dirty)}
+                "stale_keys_pending": len(self._dirty),
+                "near_cache": self.near.statistics() if self.near is not None else None}

@@ -136,6 +136,9 @@ class InfluxConfig(_Model):
 
 class Performance(_Model):
     redis_hot_data_window: int = Field(1000, gt=0)
+    # in-process copy of indicator values, kept coherent by Redis invalidations
+    near_cache: bool = True
+    near_cache_size: int = Field(100_000, gt=0)
     influxdb_cold_storage: bool = True
     hybrid_mode: bool = True
 

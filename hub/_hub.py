@@ -25,6 +25,7 @@ from actors.cache import (
     RedisOp,
     WindowAnswer,
     op_get,
+    op_get_pttl,
     op_newest_candles,
     op_push_candles,
     op_set,
@@ -32,6 +33,7 @@ from actors.cache import (
     op_unlink,
     op_window_range,
 )
+from actors.near import NearCache
 from actors.query import Query, QueryActor
 from actors.state import StateActor
 from actors.writer import FLUSH, Lines, WriterActor
@@ -130,7 +132,9 @@ class Hub:
         self._sqlite = StateActor(cfg.sqlite.path)
         actors: list[Any] = [self._sqlite]
         if cfg.redis.enabled:
-            self._cache = CacheActor(self._redis_backend or RedisClient(cfg.redis))
+            near = (NearCache(cfg.performance.near_cache_size)
+                    if cfg.performance.near_cache else None)
+            self._cache = CacheActor(self._redis_backend or RedisClient(cfg.redis), near)
             actors.append(self._cache)
         if cfg.influxdb.enabled:
             factory = self._influx_factory or (lambda: InfluxClient(cfg.influxdb))
@@ -245,6 +249,8 @@ class Hub:
         """Queue a cache write without waiting for Redis (reads queue behind it, so they
         see it). A write Redis cannot take is counted as skipped, never raised."""
         if self._cache is not None:
+            if self._cache.near is not None and op.writes:
+                self._cache.near.invalidate(op.writes)  # read-your-writes in this process
             await self._cache.tell(op)
 
     async def _write_lines(self, lines: list[str], ids: list[int] | None = None) -> None:
@@ -300,9 +306,18 @@ class Hub:
         name, period_s = v.tag(indicator, "indicator"), v.tag(period, "period")
         key = keys.indicator(exchange, product, name, period_s)
         self._check_open()
-        ok, raw = await self._redis_read(op_get(key))
-        if ok and raw is not None:
+        near = self._cache.near if self._cache is not None else None
+        if near is not None:
+            held, value = near.get(key)
+            if held:
+                return value
+            ticket = near.ticket()
+        ok, reply = await self._redis_read(op_get_pttl(key))
+        if ok and reply[0] is not None:
             self._counters["indicator_cache_hits"] += 1
+            raw, pttl = reply
+            if near is not None and pttl > 0:
+                near.put(key, raw, pttl / 1000, ticket)
             return orjson.loads(raw)
         self._counters["indicator_cache_misses"] += 1
         if self._query is None:
@@ -613,6 +628,9 @@ class Hub:
         parts = ("exchange", "product", "name", "period")
         if spec.measurement in (None, "indicator") and set(tags) <= set(parts):
             found = [k async for k in self._matching("indicator", tags, parts)]
+            assert self._cache is not None
+            if self._cache.near is not None:
+                self._cache.near.invalidate(found)
             for i in range(0, len(found), 500):
                 await self._redis(op_unlink(found[i:i + 500]))
 
@@ -638,6 +656,8 @@ class Hub:
         self._check_open()
         if self._cache is None:
             return
+        if self._cache.near is not None:
+            self._cache.near.clear()
         for prefix in keys.PREFIXES:
             batch: list[str] = []
             async for raw in self._cache.scan(keys.glob_literal(prefix) + "*"):

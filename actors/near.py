@@ -1,0 +1,91 @@
+"""NearCache: an in-process copy of hot Redis values, read without crossing a mailbox.
+
+Kept coherent with every other Redis client through client-side caching: Redis
+sends an invalidation for each key under the tracked prefixes that anyone writes
+(``CLIENT TRACKING ... BCAST PREFIX``, see the CacheActor's listener). The
+documented race, an invalidation arriving while a read of the same key is in
+flight, is closed with tickets: a read takes a ticket before it is sent, and its
+answer is stored only if no invalidation of that key came after the ticket.
+Entries never outlive the key's TTL in Redis; the cache is bounded (oldest
+insertion evicted first) and emptied whenever invalidations might have been
+missed (a disconnect of the listener).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+_IMMUTABLE = (int, float, str, bool, type(None))
+
+
+class NearCache:
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, tuple[float, Any, bytes]] = OrderedDict()
+        self._seq = 0  # bumped by every invalidation
+        self._floor = 0  # tickets older than this are refused
+        self._invalidated: dict[str, int] = {}  # key -> seq of its last invalidation
+        self.enabled = False  # True only while invalidations are being received
+        self.hits = 0
+        self.misses = 0
+        self.invalidations = 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """(True, value) when held and not expired. Mutable values are decoded afresh,
+        so a caller changing what it got cannot change the cache."""
+        entry = self._data.get(key)
+        if entry is None:
+            self.misses += 1
+            return False, None
+        expires, value, raw = entry
+        if time.monotonic() >= expires:
+            del self._data[key]
+            self.misses += 1
+            return False, None
+        self.hits += 1
+        return True, (value if isinstance(value, _IMMUTABLE) else orjson.loads(raw))
+
+    def ticket(self) -> int:
+        return self._seq
+
+    def put(self, key: str, raw: bytes, ttl: float, ticket: int) -> None:
+        """Store a value read from Redis under ``ticket`` with ``ttl`` seconds left."""
+        if (not self.enabled or ttl <= 0 or ticket < self._floor
+                or self._invalidated.get(key, -1) >= ticket + 1):
+            return
+        self._data[key] = (time.monotonic() + ttl, orjson.loads(raw), raw)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._seq += 1
+            self._invalidated[key] = self._seq
+            self._data.pop(key, None)
+            self.invalidations += 1
+        if len(self._invalidated) > 4 * self.max_entries:
+            self._invalidated.clear()
+            self._floor = self._seq + 1
+
+    def clear(self) -> None:
+        """Forget everything, and refuse answers to reads already in flight."""
+        self._data.clear()
+        self._invalidated.clear()
+        self._seq += 1
+        self._floor = self._seq
+
+    def statistics(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "entries": len(self._data), "hits": self.hits,
+                "misses": self.misses, "invalidations": self.invalidations}

@@ -1,0 +1,105 @@
+"""``python -m bench [--quick] [--out DIR]``."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench._report import markdown, save
+from bench._suites import Bench, Results, Sizes
+from hub._servers import LocalServers
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, loopback"
+
+
+def goals(r: Results) -> list[dict[str, Any]]:
+    t = r.tables
+    read = {row["read"]: row for row in t["single_read"]}
+    hot, cold = read["hub hot (near cache)"]["p50"], read["hub cold (Redis)"]["p50"]
+    raw, lite = read["redis.asyncio GET"]["p50"], read["sqlite PK lookup"]["p50"]
+    conc = next(row for row in t["concurrency"] if row["strategies"] == 100)
+    writes = {row["writer"]: row["seconds"] for row in t["writes"]}
+    hub_w = writes["hub write_candle x N + flush"]
+    raw_w = writes["aioinflux 5,000-line batches, prebuilt"]
+    seed_w = writes["seed: one POST per point (extrapolated)"]
+    q = {row["query"]: row for row in t["candle_queries"]}
+    q100, q10k = q["last 100 candles"], q["last 10,000 candles"]
+    mem = t["memory"][0]["bytes"]
+    inv = t["invalidation"][0]
+
+    def goal(name: str, target: str, measured: str, met: bool) -> dict[str, Any]:
+        return {"goal": name, "target": target, "measured": measured,
+                "met": "yes" if met else "NO"}
+
+    out = [
+        goal("hot indicator read p50 vs raw GET p50", "<= 1/20", f"1/{raw / hot:.1f}",
+             hot * 20 <= raw),
+        goal("hot indicator read p50 vs SQLite lookup", "below", f"{hot / lite:.2f}x",
+             hot < lite),
+        goal("cold indicator read p50 vs raw GET p50", "<= 1.15x", f"{cold / raw:.2f}x",
+             cold <= 1.15 * raw),
+        goal("100 strategies, wall time vs raw pool", "<= 1/3",
+             f"1/{conc['redis.asyncio pool'] / conc['hub']:.1f}",
+             conc["hub"] * 3 <= conc["redis.asyncio pool"]),
+        goal("candles until queryable vs raw aioinflux batches", "<= 1x",
+             f"{hub_w / raw_w:.2f}x", hub_w <= raw_w),
+        goal("candles until queryable vs the seed's per-point writes", ">= 100x faster",
+             f"{seed_w / hub_w:.0f}x", seed_w >= 100 * hub_w),
+        goal("last 100 candles p50 vs raw InfluxQL", "<= 1/5",
+             f"1/{q100['influxql (aioinflux)'] / q100['hub']:.1f}",
+             q100["hub"] * 5 <= q100["influxql (aioinflux)"]),
+        goal("last 10,000 candles p50 vs raw InfluxQL", "<= 0.6x",
+             f"{q10k['hub'] / q10k['influxql (aioinflux)']:.2f}x",
+             q10k["hub"] <= 0.6 * q10k["influxql (aioinflux)"]),
+        goal("Redis memory, 1,000 candles x 5 products", "< 1 MB", f"{mem / 1e6:.2f} MB",
+             mem < 1_000_000),
+    ]
+    if "p99" in inv:
+        out.append(goal("remote write invalidates the near cache, p99", "< 5 ms",
+                        f"{inv['p99'] * 1e3:.2f} ms", inv["p99"] < 0.005))
+    else:
+        out.append(goal("remote write invalidates the near cache, p99", "< 5 ms",
+                        "no near cache", False))
+    return out
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Small sizes (about a minute).")
+@click.option("--out", default="bench/results", show_default=True,
+              type=click.Path(file_okay=False), help="Where JSON, Markdown and PNG go.")
+def main(quick: bool, out: str) -> None:
+    """Measure the hub beside raw clients and SQLite, on local servers it starts."""
+    sizes = Sizes.make(quick)
+    with tempfile.TemporaryDirectory(prefix="wolfhub-bench-") as tmp:
+        work = Path(tmp)
+        click.echo("starting redis-server and influxd ...")
+        with LocalServers(work / "servers") as servers:
+            bench = Bench(servers, work, sizes)
+            results = asyncio.run(bench.run())
+    results.meta = {"date": datetime.date.today().isoformat(), "machine": machine(),
+                    "quick": quick, "sizes": sizes.__dict__}
+    results.goals = goals(results)
+    click.echo(markdown(results))
+    js, md, png = save(results, Path(out))
+    click.echo(f"wrote {js}, {md}, {png}")
+
+
+if __name__ == "__main__":
+    main()

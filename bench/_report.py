@@ -1,0 +1,101 @@
+"""Markdown tables, JSON and a PNG chart from one run's Results."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench._suites import Results
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value < 1e-3:
+            return f"{value * 1e6:.1f} µs"
+        if value < 1:
+            return f"{value * 1e3:.2f} ms"
+        return f"{value:.2f} s"
+    if isinstance(value, int) and value > 9999:
+        return f"{value:,}"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]], formats: dict[str, Any] | None = None) -> str:
+    if not rows:
+        return ""
+    formats = formats or {}
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        out.append("| " + " | ".join(formats.get(c, fmt)(row[c]) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} TiB"
+
+
+def markdown(results: Results) -> str:
+    t = results.tables
+    parts = [f"Run {results.meta['date']} on {results.meta['machine']} "
+             f"({'quick' if results.meta['quick'] else 'full'} sizes).", ""]
+    sections = [
+        ("Indicator lookup (median wall time to read N indicators one after another)",
+         "indicator_lookup", {}),
+        ("Single indicator read latency", "single_read", {}),
+        ("Concurrent strategies reading indicators (median wall time)", "concurrency", {}),
+        ("Candle queries (median)", "candle_queries", {}),
+        ("Writes until queryable", "writes",
+         {"points_per_s": lambda v: f"{v:,.0f}/s"}),
+        ("Memory and disk", "memory", {"bytes": size}),
+        ("Remote write to near-cache invalidation", "invalidation", {}),
+    ]
+    for title, key, formats in sections:
+        if key in t:
+            parts += [f"#### {title}", "", table(t[key], formats), ""]
+    if results.goals:
+        parts += ["#### Goals", "", table(results.goals), ""]
+    return "\n".join(parts)
+
+
+def chart(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    names = [n for n in ("hub hot read", "hub cold read (Redis)", "redis.asyncio GET",
+                         "sqlite PK lookup", "remote write -> near cache invalidated")
+             if n in results.samples]
+    data = [[s * 1e6 for s in results.samples[n]] for n in names]
+    left.boxplot(data, vert=False, showfliers=False)
+    left.set_yticks(range(1, len(names) + 1), names)
+    left.set_xscale("log")
+    left.set_xlabel("latency per operation (µs, log scale; whiskers 1.5 IQR)")
+    left.set_title("Read latency distributions")
+    writes = results.tables.get("writes", [])
+    right.barh([w["writer"] for w in writes], [w["points_per_s"] for w in writes],
+               color="tab:green")
+    right.set_xscale("log")
+    right.set_xlabel("candles per second until queryable (log scale)")
+    right.set_title("Write throughput")
+    fig.suptitle(f"wolfinch-hub bench, {results.meta['date']}, {results.meta['machine']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save(results: Results, out: Path) -> tuple[Path, Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    js, md, png = out / "bench.json", out / "bench.md", out / "bench.png"
+    js.write_text(json.dumps(asdict(results), indent=1))
+    md.write_text(markdown(results))
+    chart(results, png)
+    return js, md, png

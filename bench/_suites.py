@@ -1,0 +1,375 @@
+"""The measurements. Every contestant runs in the same process, against the same local
+servers, one after another, so the numbers are ratios taken side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import http.client
+import math
+import os
+import sqlite3
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from actors._influx import InfluxClient
+from hub import Candle, Hub, HubConfig
+from hub import _influxql as ql
+from hub import _lineproto as lp
+from hub._servers import LocalServers
+
+EX = "papertrader"
+PRODUCTS = ["BANKNIFTY-FUT", "NIFTY-FUT", "FINNIFTY-FUT", "MIDCPNIFTY-FUT", "SENSEX-FUT"]
+T0 = 1_600_000_020 // 3600 * 3600
+
+
+@dataclass
+class Sizes:
+    repeats: int
+    candles_per_product: int  # cold store (InfluxDB, SQLite)
+    query_sizes: tuple[int, ...]
+    write_points: int
+    seed_write_points: int
+    strategies: tuple[int, ...]
+    reads_per_strategy: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(30, 12_000, (100, 1000, 10_000), 20_000, 300, (100, 1000), 5)
+        return cls(200, 100_000, (100, 1000, 10_000), 200_000, 2000, (100, 1000), 20)
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)  # seconds, for the chart
+    goals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+async def atimed(fn: Callable[[], Awaitable[Any]], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        await fn()
+        out.append(time.perf_counter() - began)
+    return out
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - began)
+    return out
+
+
+def candles(n: int, product_seed: int) -> list[Candle]:
+    price, out = 20_000.0 + 1000 * product_seed, []
+    for i in range(n):
+        o = price
+        c = o + ((i * 7919 + product_seed) % 41 - 20) * 0.5
+        out.append(Candle(T0 + 60 * i, o, max(o, c) + 1.5, min(o, c) - 1.5, c,
+                          float((i * 31) % 5000)))
+        price = c
+    return out
+
+
+class Bench:
+    def __init__(self, servers: LocalServers, workdir: Path, sizes: Sizes) -> None:
+        self.servers = servers
+        self.workdir = workdir
+        self.sizes = sizes
+        self.results = Results()
+        overrides = servers.config_overrides()
+        self.config = HubConfig.from_mapping({
+            **overrides, "sqlite": {"path": str(workdir / "hub.sqlite")},
+            "influxdb": {**overrides["influxdb"], "bucket": "bench"},
+        }, environ={})
+        self.rport = servers.redis.port
+        self.sqlite_path = workdir / "wolfinch.sqlite"
+
+    # ---- fixtures of data -----------------------------------------------------
+
+    def build_sqlite(self) -> None:
+        """The original Wolfinch store: one table of candles, one of indicators."""
+        db = sqlite3.connect(self.sqlite_path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE candles (product TEXT, ts INTEGER, open REAL, high REAL, "
+                   "low REAL, close REAL, volume REAL, PRIMARY KEY (product, ts))")
+        db.execute("CREATE TABLE indicators (key TEXT PRIMARY KEY, value BLOB)")
+        for n, product in enumerate(PRODUCTS):
+            db.executemany("INSERT INTO candles VALUES (?,?,?,?,?,?,?)", [
+                (product, c.timestamp, c.open, c.high, c.low, c.close, c.volume)
+                for c in candles(self.sizes.candles_per_product, n)])
+        db.executemany("INSERT INTO indicators VALUES (?, ?)", [
+            (f"indicator:{EX}:{PRODUCTS[0]}:EMA:{i}", orjson.dumps(44500.0 + i))
+            for i in range(1000)])
+        db.commit()
+        db.close()
+
+    # ---- tables -------------------------------------------------------------
+
+    async def indicator_lookups(self, hub: Hub) -> None:
+        """The seed's first table: read 1 / 100 / 1,000 cached indicators."""
+        r = self.sizes.repeats
+        keys = [f"indicator:{EX}:{PRODUCTS[0]}:EMA:{i}" for i in range(1000)]
+        for i in range(1000):
+            await hub.cache_indicator(EX, PRODUCTS[0], "EMA", i, 44500.0 + i, ttl=3600)
+        sync = redis.Redis(port=self.rport)
+        raw = aioredis.Redis(port=self.rport)
+        db = sqlite3.connect(self.sqlite_path)
+        rows = []
+        for n in (1, 100, 1000):
+            subset = keys[:n]
+            reps = max(5, r // (1 + n // 100))
+
+            def seed_way(subset: list[str] = subset) -> None:
+                for k in subset:  # the seed: a synchronous GET and a decode per call
+                    orjson.loads(sync.get(k) or b"null")
+
+            def sqlite_way(subset: list[str] = subset) -> None:
+                for k in subset:
+                    orjson.loads(db.execute("SELECT value FROM indicators WHERE key = ?",
+                                            (k,)).fetchone()[0])
+
+            async def raw_way(subset: list[str] = subset) -> None:
+                for k in subset:
+                    orjson.loads(await raw.get(k) or b"null")
+
+            async def hub_way(n: int = n) -> None:
+                for i in range(n):
+                    await hub.get_indicator(EX, PRODUCTS[0], "EMA", i)
+
+            row = {"indicators": n}
+            for name, samples in (
+                ("sqlite", timed(sqlite_way, reps)),
+                ("seed sync redis-py", timed(seed_way, reps)),
+                ("redis.asyncio", await atimed(raw_way, reps)),
+                ("hub", await atimed(hub_way, reps)),
+            ):
+                row[name] = statistics.median(samples)
+                if n == 1:
+                    self.results.samples[f"indicator read: {name}"] = samples
+            rows.append(row)
+        self.results.tables["indicator_lookup"] = rows
+        sync.close()
+        await raw.aclose()
+        db.close()
+
+    async def single_reads(self, hub: Hub) -> None:
+        """Per-read latency of one indicator, many times (the goals' p50s)."""
+        n = self.sizes.repeats * 10
+        raw = aioredis.Redis(port=self.rport)
+        db = sqlite3.connect(self.sqlite_path)
+        key = f"indicator:{EX}:{PRODUCTS[0]}:EMA:7"
+        await hub.get_indicator(EX, PRODUCTS[0], "EMA", 7)
+        hot = await atimed(lambda: hub.get_indicator(EX, PRODUCTS[0], "EMA", 7), n)
+        rawget = await atimed(lambda: raw.get(key), n)
+        lite = timed(lambda: db.execute("SELECT value FROM indicators WHERE key = ?",
+                                        (key,)).fetchone(), n)
+        cold = []
+        assert hub._cache is not None
+        for i in range(n):
+            if hub._cache.near is not None:
+                hub._cache.near.clear()
+            began = time.perf_counter()
+            await hub.get_indicator(EX, PRODUCTS[0], "EMA", i % 1000)
+            cold.append(time.perf_counter() - began)
+        self.results.samples.update({"hub hot read": hot, "hub cold read (Redis)": cold,
+                                     "redis.asyncio GET": rawget, "sqlite PK lookup": lite})
+        self.results.tables["single_read"] = [
+            {"read": name, "p50": statistics.median(s), "p99": pct(s, 0.99)}
+            for name, s in (("hub hot (near cache)", hot), ("hub cold (Redis)", cold),
+                            ("redis.asyncio GET", rawget), ("sqlite PK lookup", lite))]
+        await raw.aclose()
+        db.close()
+
+    async def concurrency(self, hub: Hub) -> None:
+        rows = []
+        raw = aioredis.Redis(port=self.rport, max_connections=64)
+        k = self.sizes.reads_per_strategy
+        for n in self.sizes.strategies:
+            async def strategy_hub(i: int) -> None:
+                for j in range(k):
+                    await hub.get_indicator(EX, PRODUCTS[0], "EMA", (i * k + j) % 1000)
+
+            async def strategy_raw(i: int) -> None:
+                for j in range(k):
+                    await raw.get(f"indicator:{EX}:{PRODUCTS[0]}:EMA:{(i * k + j) % 1000}")
+
+            row: dict[str, Any] = {"strategies": n, "reads": n * k}
+            for name, one in (("redis.asyncio pool", strategy_raw), ("hub", strategy_hub)):
+                async def all_of(one: Any = one) -> None:
+                    await asyncio.gather(*(one(i) for i in range(n)))
+                row[name] = statistics.median(await atimed(all_of, 5))
+            rows.append(row)
+        self.results.tables["concurrency"] = rows
+        await raw.aclose()
+
+    async def writes(self, hub: Hub) -> None:
+        """Candles written until queryable."""
+        n = self.sizes.write_points
+        data = candles(n, 9)
+        influx = InfluxClient(self.config.influxdb.model_copy(update={"bucket": "bench_raw"}))
+        await influx.connect()
+        lines = [lp.candle(EX, "RAW", c) for c in data]
+        began = time.perf_counter()
+        for i in range(0, n, 5000):
+            await influx.write("\n".join(lines[i:i + 5000]).encode())
+        raw_s = time.perf_counter() - began
+        await influx.close()
+
+        began = time.perf_counter()
+        for c in data:
+            await hub.write_candle(EX, "HUBW", c.timestamp, c.open, c.high, c.low, c.close,
+                                   c.volume)
+        await hub.flush()
+        hub_s = time.perf_counter() - began
+
+        began = time.perf_counter()
+        await hub.write_candles_batch(EX, "HUBB", data)
+        await hub.flush()
+        hub_batch_s = time.perf_counter() - began
+
+        m = self.sizes.seed_write_points  # the seed: one synchronous POST per point
+        conn = http.client.HTTPConnection("127.0.0.1", self.servers.influx.port)
+        began = time.perf_counter()
+        for c in data[:m]:
+            conn.request("POST", "/write?db=bench_raw", body=lp.candle(EX, "SEED", c).encode())
+            conn.getresponse().read()
+        seed_s = (time.perf_counter() - began) * n / m
+        conn.close()
+
+        db = sqlite3.connect(self.workdir / "writes.sqlite")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE candles (ts INTEGER PRIMARY KEY, open REAL, high REAL, "
+                   "low REAL, close REAL, volume REAL)")
+        began = time.perf_counter()
+        db.executemany("INSERT INTO candles VALUES (?,?,?,?,?,?)",
+                       [(c.timestamp, c.open, c.high, c.low, c.close, c.volume) for c in data])
+        db.commit()
+        sqlite_s = time.perf_counter() - began
+        db.close()
+        self.results.tables["writes"] = [
+            {"writer": name, "points": n, "seconds": s, "points_per_s": n / s}
+            for name, s in (("seed: one POST per point (extrapolated)", seed_s),
+                            ("sqlite executemany", sqlite_s),
+                            ("aioinflux 5,000-line batches, prebuilt", raw_s),
+                            ("hub write_candle x N + flush", hub_s),
+                            ("hub write_candles_batch + flush", hub_batch_s))]
+
+    async def candle_queries(self, hub: Hub) -> None:
+        product = PRODUCTS[0]
+        data = candles(self.sizes.candles_per_product, 0)
+        for n, p in enumerate(PRODUCTS):
+            await hub.write_candles_batch(EX, p, data if n == 0 else candles(len(data), n))
+        await hub.flush()
+        influx = InfluxClient(self.config.influxdb)
+        await influx.connect()
+        db = sqlite3.connect(self.sqlite_path)
+        reps = max(5, self.sizes.repeats // 4)
+        rows = []
+        for n in self.sizes.query_sizes:
+            q = ql.select_candles(EX, product, None, None, n)  # what the hub sends
+            got = await hub.query_candles(EX, product, limit=n)
+            assert got == data[-n:], f"hub answer for last {n} differs"
+            rows.append({"query": f"last {n:,} candles",
+                         "sqlite": statistics.median(timed(lambda n=n: db.execute(
+                             "SELECT ts, open, high, low, close, volume FROM candles WHERE "
+                             "product = ? ORDER BY ts DESC LIMIT ?", (product, n)).fetchall(),
+                             reps)),
+                         "influxql (aioinflux)": statistics.median(
+                             await atimed(lambda q=q: influx.query(q), reps)),
+                         "hub": statistics.median(await atimed(
+                             lambda n=n: hub.query_candles(EX, product, limit=n), reps))})
+        agg = ql.select_candles_resampled(EX, product, T0, T0 + 60 * len(data), 100_000, "1h")
+        rows.append({"query": "1h OHLCV aggregate, all candles",
+                     "sqlite": statistics.median(timed(lambda: db.execute(
+                         "SELECT ts / 3600, MAX(high), MIN(low), SUM(volume) FROM candles "
+                         "WHERE product = ? GROUP BY ts / 3600", (product,)).fetchall(), reps)),
+                     "influxql (aioinflux)": statistics.median(
+                         await atimed(lambda: influx.query(agg), reps)),
+                     "hub": statistics.median(await atimed(
+                         lambda: hub.query_candles(EX, product, limit=100_000, interval="1h"),
+                         reps))})
+        self.results.tables["candle_queries"] = rows
+        await influx.close()
+        db.close()
+
+    async def memory(self, hub: Hub) -> None:
+        sync = redis.Redis(port=self.rport)
+        hub_bytes = seed_bytes = 0
+        for n, product in enumerate(PRODUCTS):
+            window = candles(1000, n)
+            await hub.cache_candles(EX, product, window, max_candles=1000)
+            await hub.get_candles(EX, product, 1)  # queued behind the write
+            hub_bytes += int(sync.memory_usage(f"candles:{EX}:{product}", samples=0) or 0)
+            key = f"seedlist:{product}"
+            sync.delete(key)
+            sync.rpush(key, *[orjson.dumps(c.as_dict()) for c in window])
+            seed_bytes += int(sync.memory_usage(key, samples=0) or 0)
+            sync.delete(key)
+        sync.close()
+        influx_dir = self.servers.influx.directory
+        influx_bytes = sum(f.stat().st_size for d in ("data/bench", "wal/bench")
+                           for f in (influx_dir / d).rglob("*") if f.is_file())
+        self.results.tables["memory"] = [
+            {"store": "Redis, hub hot window (sorted set, 1,000 candles x 5)",
+             "bytes": hub_bytes},
+            {"store": "Redis, the seed's list of JSON dicts (1,000 candles x 5)",
+             "bytes": seed_bytes},
+            {"store": f"InfluxDB on disk ({self.sizes.candles_per_product:,} candles x 5)",
+             "bytes": influx_bytes},
+            {"store": f"SQLite file ({self.sizes.candles_per_product:,} candles x 5)",
+             "bytes": os.path.getsize(self.sqlite_path)},
+        ]
+
+    async def invalidation(self, hub: Hub) -> None:
+        """A write by another process reaches this hub's near cache."""
+        assert hub._cache is not None
+        near = hub._cache.near
+        if near is None:
+            self.results.tables["invalidation"] = [{"note": "near cache disabled"}]
+            return
+        remote = aioredis.Redis(port=self.rport)
+        lags = []
+        key = f"indicator:{EX}:{PRODUCTS[1]}:RSI:14"
+        for i in range(self.sizes.repeats):
+            await hub.cache_indicator(EX, PRODUCTS[1], "RSI", 14, float(i), ttl=3600)
+            await hub.get_indicator(EX, PRODUCTS[1], "RSI", 14)
+            assert key in near
+            began = time.perf_counter()
+            await remote.set(key, orjson.dumps(-1.0), ex=3600)
+            while key in near:
+                await asyncio.sleep(0)
+            lags.append(time.perf_counter() - began)
+        await remote.aclose()
+        self.results.samples["remote write -> near cache invalidated"] = lags
+        self.results.tables["invalidation"] = [
+            {"p50": statistics.median(lags), "p99": pct(lags, 0.99), "n": len(lags)}]
+
+    async def run(self) -> Results:
+        self.build_sqlite()
+        async with Hub(self.config, handle_sigterm=False) as hub:
+            for step in (self.indicator_lookups, self.single_reads, self.concurrency,
+                         self.writes, self.candle_queries, self.memory, self.invalidation):
+                gc.collect()
+                print(f"  {step.__name__} ...", flush=True)
+                await step(hub)
+        return self.results

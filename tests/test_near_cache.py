@@ -1,0 +1,145 @@
+"""The near cache answers in-process and stays coherent with Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from actors.near import NearCache
+from hub import Hub, HubConfig
+from hub._servers import LocalServers
+from tests.conftest import redis_command
+
+pytestmark = pytest.mark.anyio
+EX, PR = "papertrader", "BANKNIFTY-FUT"
+KEY = f"indicator:{EX}:{PR}:EMA:20"
+
+
+async def eventually(check: Any, within: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        assert loop.time() < deadline, "not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def near_of(hub: Hub) -> NearCache:
+    assert hub._cache is not None and hub._cache.near is not None
+    return hub._cache.near
+
+
+async def tracking_on(hub: Hub) -> None:
+    async def on() -> bool:
+        return near_of(hub).enabled
+    await eventually(on)
+
+
+async def test_hot_reads_are_served_in_process(hub: Hub) -> None:
+    await tracking_on(hub)
+    await hub.cache_indicator(EX, PR, "EMA", 20, 44500.0)
+    await asyncio.sleep(0.1)  # Redis reports our own write too; let that arrive first
+    assert await hub.get_indicator(EX, PR, "EMA", 20) == 44500.0  # fills
+    before = (await hub.get_stats())["actors"]["cache"]
+    for _ in range(100):
+        assert await hub.get_indicator(EX, PR, "EMA", 20) == 44500.0
+    after = (await hub.get_stats())["actors"]["cache"]
+    assert after["round_trips"] == before["round_trips"]  # not one went to Redis
+    assert after["near_cache"]["hits"] == before["near_cache"]["hits"] + 100
+
+
+async def test_a_write_by_another_client_invalidates(hub: Hub, servers: LocalServers) -> None:
+    await tracking_on(hub)
+    await hub.cache_indicator(EX, PR, "EMA", 20, 1.0)
+    await asyncio.sleep(0.1)  # Redis reports our own write too; let that arrive first
+    assert await hub.get_indicator(EX, PR, "EMA", 20) == 1.0
+    assert KEY in near_of(hub)
+    redis_command(servers, "SET", KEY, "2.0", "EX", "300")  # another process
+
+    async def fresh() -> bool:
+        return await hub.get_indicator(EX, PR, "EMA", 20) == 2.0
+    await eventually(fresh)
+    redis_command(servers, "FLUSHALL")
+
+    async def gone() -> bool:
+        return await hub.get_indicator(EX, PR, "EMA", 20, default="none") == "none"
+    await eventually(gone)
+
+
+async def test_two_hubs_stay_coherent(config_data: dict[str, Any], tmp_path: Any) -> None:
+    other = {**config_data, "sqlite": {"path": str(tmp_path / "other.sqlite")}}
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as a, \
+            Hub(HubConfig.from_mapping(other, environ={})) as b:
+        await tracking_on(a)
+        await tracking_on(b)
+        await a.cache_indicator(EX, PR, "EMA", 20, 10.0)
+        await asyncio.sleep(0.1)
+        assert await b.get_indicator(EX, PR, "EMA", 20) == 10.0
+        assert KEY in near_of(b)
+        await a.cache_indicator(EX, PR, "EMA", 20, 11.0)
+        assert await a.get_indicator(EX, PR, "EMA", 20) == 11.0  # its own write, at once
+
+        async def b_sees() -> bool:
+            return await b.get_indicator(EX, PR, "EMA", 20) == 11.0
+        await eventually(b_sees)
+
+
+async def test_never_served_past_the_ttl(hub: Hub) -> None:
+    await tracking_on(hub)
+    await hub.cache_indicator(EX, PR, "EMA", 20, 5.0, ttl=1)
+    await asyncio.sleep(0.1)
+    assert await hub.get_indicator(EX, PR, "EMA", 20) == 5.0
+    assert KEY in near_of(hub)
+    await asyncio.sleep(1.1)
+    assert await hub.get_indicator(EX, PR, "EMA", 20, default="expired") == "expired"
+
+
+async def test_returned_values_are_copies(hub: Hub) -> None:
+    await tracking_on(hub)
+    await hub.cache_indicator(EX, PR, "MACD", 1, {"macd": [1.0, 2.0]})
+    first = await hub.get_indicator(EX, PR, "MACD", 1)
+    first["macd"].append(99.0)
+    assert await hub.get_indicator(EX, PR, "MACD", 1) == {"macd": [1.0, 2.0]}
+
+
+async def test_redis_loss_empties_and_disables_it(hub: Hub, servers: LocalServers) -> None:
+    await tracking_on(hub)
+    await hub.cache_indicator(EX, PR, "EMA", 20, 3.0)
+    await asyncio.sleep(0.1)
+    assert await hub.get_indicator(EX, PR, "EMA", 20) == 3.0
+    assert KEY in near_of(hub)
+    servers.redis.kill()
+    try:
+        async def dropped() -> bool:
+            return not near_of(hub).enabled and len(near_of(hub)) == 0
+        await eventually(dropped)
+    finally:
+        servers.redis.start()
+    await tracking_on(hub)  # reconnected by itself
+
+
+def test_an_invalidation_during_a_read_wins() -> None:
+    near = NearCache(10)
+    near.enabled = True
+    ticket = near.ticket()  # a GET is sent...
+    near.invalidate(["k"])  # ...another client writes k before the reply is handled
+    near.put("k", orjson.dumps(1.0), 60, ticket)
+    assert "k" not in near
+    near.put("k", orjson.dumps(2.0), 60, near.ticket())  # a read sent after it is fine
+    assert near.get("k") == (True, 2.0)
+    ticket = near.ticket()
+    near.clear()  # the link dropped: answers to reads in flight are refused
+    near.put("k", orjson.dumps(3.0), 60, ticket)
+    assert "k" not in near
+
+
+def test_bounded_and_off_until_tracking() -> None:
+    near = NearCache(3)
+    near.put("a", b"1", 60, near.ticket())
+    assert "a" not in near  # not enabled: invalidations are not flowing yet
+    near.enabled = True
+    for k in "abcde":
+        near.put(k, b"1", 60, near.ticket())
+    assert len(near) == 3 and "a" not in near and "e" in near
