@@ -35,6 +35,10 @@ class CommandFailed(HubError):
     """Redis answered one command with an error (WRONGTYPE, script error...)."""
 
 
+class ScriptMissing(CommandFailed):
+    """NOSCRIPT: the server does not have the script (restarted, or SCRIPT FLUSH)."""
+
+
 class RedisUnreachable(BackendUnavailable):
     """Redis did not answer (refused, reset, timed out): transient, worth a reconnect."""
 
@@ -91,7 +95,9 @@ class RedisClient:
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             raise _unavailable(exc) from exc
         return [
-            CommandFailed(str(r)) if isinstance(r, rexc.RedisError) else r for r in results
+            (ScriptMissing(str(r)) if isinstance(r, rexc.NoScriptError) else CommandFailed(str(r)))
+            if isinstance(r, rexc.RedisError) else r
+            for r in results
         ]
 
     async def scan(self, match: str) -> AsyncIterator[bytes]:

@@ -8,6 +8,7 @@ is an :class:`RedisOp`: its commands plus how to turn their replies into a value
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from actors._redis import Command, CommandFailed, RedisBackend, RedisUnreachable
+from actors._redis import Command, CommandFailed, RedisBackend, RedisUnreachable, ScriptMissing
 from actors._runtime import Actor, Call, close_quietly, fail, resolve
 from actors.near import NearCache
 from hub._keys import PREFIXES, glob_literal
@@ -36,6 +37,11 @@ class RedisOp:
     decode: Callable[[list[Any]], Any] | None = None
     # keys this op writes: if it cannot run, they may be stale in Redis afterwards
     writes: tuple[str, ...] = ()
+    # sent instead when Redis answers NOSCRIPT (EVAL for an EVALSHA)
+    fallback: tuple[Command, ...] | None = None
+    # fire-and-forget ops with the same merge key in one drained batch become one
+    merge: tuple[str, int, int] | None = None
+    items: tuple[Any, ...] = ()
 
 
 # The hot window is a sorted set scored by candle time. Its span [oldest, newest]
@@ -99,11 +105,49 @@ def op_unlink(keys: Sequence[str]) -> RedisOp:
     return RedisOp((("UNLINK", *keys),), _first)
 
 
+PUSH_CANDLES_SHA = hashlib.sha1(PUSH_CANDLES.encode()).hexdigest()
+
+
 def op_push_candles(key: str, candles: Sequence[Candle], window: int, ttl: int) -> RedisOp:
     args: list[Any] = []
     for c in sorted(candles, key=lambda c: c.timestamp):
         args += [c.timestamp, encode_candle(c)]
-    return RedisOp((("EVAL", PUSH_CANDLES, 1, key, window, ttl, *args),), _first, (key,))
+    return _push(key, window, ttl, tuple(args))
+
+
+def _push(key: str, window: int, ttl: int, items: tuple[Any, ...]) -> RedisOp:
+    return RedisOp((("EVALSHA", PUSH_CANDLES_SHA, 1, key, window, ttl, *items),), _first,
+                   (key,), fallback=(("EVAL", PUSH_CANDLES, 1, key, window, ttl, *items),),
+                   merge=(key, window, ttl), items=items)
+
+
+def coalesce(batch: Sequence[Call]) -> list[Call]:
+    """Merge fire-and-forget window pushes to the same key into one script call.
+    Candles keep their order (a later write of the same time still wins)."""
+    groups: dict[tuple[str, int, int], list[RedisOp]] = {}
+    out: list[Call] = []
+    for call in batch:
+        op: RedisOp = call.payload
+        if op.merge is None or call.future is not None:
+            out.append(call)
+            continue
+        group = groups.get(op.merge)
+        if group is None:
+            groups[op.merge] = [op]
+            out.append(call)
+        else:
+            group.append(op)
+    for i, call in enumerate(out):
+        op = call.payload
+        group = groups.get(op.merge) if op.merge is not None and call.future is None else None
+        if group is not None and len(group) > 1:
+            pairs = [(g.items[j], g.items[j + 1]) for g in group
+                     for j in range(0, len(g.items), 2)]
+            pairs.sort(key=lambda p: p[0])  # stable: same-time candles keep their order
+            assert op.merge is not None
+            key, window, ttl = op.merge
+            out[i] = Call(_push(key, window, ttl, tuple(x for p in pairs for x in p)), None)
+    return out
 
 
 def op_newest_candles(key: str, count: int) -> RedisOp:
@@ -224,9 +268,13 @@ class CacheActor(Actor):
             for call in batch:
                 self._fail(call, error)
             return
+        await self._execute(coalesce(batch), fallback=False)
+
+    async def _execute(self, batch: Sequence[Call], fallback: bool) -> None:
         commands: list[Command] = []
         for call in batch:
-            commands.extend(call.payload.commands)
+            op: RedisOp = call.payload
+            commands.extend(op.fallback if fallback and op.fallback else op.commands)
         try:
             results = await self.backend.pipeline(commands)
         except BackendUnavailable as exc:
@@ -237,12 +285,15 @@ class CacheActor(Actor):
         self.round_trips += 1
         self.commands += len(commands)
         pos = 0
+        retry: list[Call] = []
         for call in batch:
-            op: RedisOp = call.payload
+            op = call.payload
             mine = results[pos:pos + len(op.commands)]
             pos += len(op.commands)
             failed = next((r for r in mine if isinstance(r, CommandFailed)), None)
-            if failed is not None:
+            if isinstance(failed, ScriptMissing) and not fallback and op.fallback:
+                retry.append(call)  # a restarted or flushed Redis lost the script: send it
+            elif failed is not None:
                 self._fail(call, failed)
             elif op.decode is None:
                 resolve(call.future, None)
@@ -251,6 +302,8 @@ class CacheActor(Actor):
                     resolve(call.future, op.decode(mine))
                 except (ValueError, TypeError, IndexError) as exc:  # a foreign value in our key
                     fail(call.future, CommandFailed(f"unexpected value in Redis: {exc}"))
+        if retry:
+            await self._execute(retry, fallback=True)
 
     def _fail(self, call: Call, exc: Exception) -> None:
         op: RedisOp = call.payload

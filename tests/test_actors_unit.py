@@ -324,3 +324,27 @@ async def test_close_is_bounded_even_when_an_actor_hangs() -> None:
     await asyncio.wait_for(hub.close(), 5)
     with pytest.raises(HubClosed):
         await hub.get_position("e", "p")
+
+
+def test_window_pushes_to_one_key_are_coalesced_in_order() -> None:
+    from actors._runtime import Call
+    from actors.cache import coalesce, decode_candle, op_get, op_push_candles
+    from hub import Candle
+
+    def c(ts: int, close: float) -> Candle:
+        return Candle(ts, 1.0, 2.0, 0.5, close, 1.0)
+
+    batch = [
+        Call(op_push_candles("k", [c(120, 1.0)], 10, 60), None),
+        Call(op_get("other"), None),
+        Call(op_push_candles("k2", [c(60, 9.0)], 10, 60), None),
+        Call(op_push_candles("k", [c(60, 2.0), c(120, 3.0)], 10, 60), None),
+    ]
+    out = coalesce(batch)
+    assert len(out) == 3  # k's two pushes became one, placed where the first one was
+    merged = out[0].payload
+    assert merged.commands[0][:7] == ("EVALSHA", merged.commands[0][1], 1, "k", 10, 60, 60)
+    items = merged.items
+    pairs = [(items[i], decode_candle(items[i + 1]).close) for i in range(0, len(items), 2)]
+    assert pairs == [(60, 2.0), (120, 1.0), (120, 3.0)]  # the later write of 120 comes last
+    assert merged.fallback[0][0] == "EVAL"
