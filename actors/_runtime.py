@@ -51,6 +51,10 @@ class Mailbox(Generic[T]):
         self._readable.set()
 
     async def send(self, item: T) -> None:
+        if len(self._items) < self.maxsize and not self._closed:  # fast path: no wait
+            self._items.append(item)
+            self._readable.set()
+            return
         while len(self._items) >= self.maxsize and not self._closed:
             self._waiting_senders += 1
             self._writable.clear()

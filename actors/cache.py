@@ -109,8 +109,9 @@ PUSH_CANDLES_SHA = hashlib.sha1(PUSH_CANDLES.encode()).hexdigest()
 
 
 def op_push_candles(key: str, candles: Sequence[Candle], window: int, ttl: int) -> RedisOp:
+    ordered = candles if len(candles) == 1 else sorted(candles, key=lambda c: c.timestamp)
     args: list[Any] = []
-    for c in sorted(candles, key=lambda c: c.timestamp):
+    for c in ordered:
         args += [c.timestamp, encode_candle(c)]
     return _push(key, window, ttl, tuple(args))
 

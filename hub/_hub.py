@@ -21,6 +21,7 @@ from actors._influx import InfluxBackend, InfluxClient, rows
 from actors._redis import CommandFailed, RedisBackend, RedisClient
 from actors._runtime import Supervisor
 from actors.cache import (
+    NEAR_PREFIXES,
     CacheActor,
     RedisOp,
     WindowAnswer,
@@ -249,7 +250,8 @@ class Hub:
         """Queue a cache write without waiting for Redis (reads queue behind it, so they
         see it). A write Redis cannot take is counted as skipped, never raised."""
         if self._cache is not None:
-            if self._cache.near is not None and op.writes:
+            if self._cache.near is not None and op.writes and op.writes[0].startswith(
+                    NEAR_PREFIXES):
                 self._cache.near.invalidate(op.writes)  # read-your-writes in this process
             await self._cache.tell(op)
 
@@ -388,7 +390,8 @@ class Hub:
     async def _push_window(self, exchange: str, product: str, candles: list[Candle],
                            window: int | None) -> None:
         size = window or self.config.performance.redis_hot_data_window
-        newest = sorted(candles, key=lambda c: c.timestamp)[-size:]
+        newest = candles if len(candles) == 1 else sorted(
+            candles, key=lambda c: c.timestamp)[-size:]
         await self._redis_write(op_push_candles(
             keys.candles(exchange, product), newest, size, self.config.redis.ttl.candles))
 
