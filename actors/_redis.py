@@ -86,19 +86,33 @@ class RedisClient:
                  self._config.db)
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Send all commands in one round trip; per-command errors come back as CommandFailed."""
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                results = await pipe.execute(raise_on_error=False)
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
-        return [
-            (ScriptMissing(str(r)) if isinstance(r, rexc.NoScriptError) else CommandFailed(str(r)))
-            if isinstance(r, rexc.RedisError) else r
-            for r in results
-        ]
+        """Send all commands in one round trip; per-command errors come back as CommandFailed.
+
+        Written on a pooled connection directly: redis-py's Pipeline adds a command
+        stack, response callbacks and transaction bookkeeping the hub does not use.
+        A connection that turns out dead is replaced once (every op the hub sends is
+        idempotent, so a repeat is harmless)."""
+        pool = self._client.connection_pool
+        for attempt in (1, 2):
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.send_packed_command(conn.pack_commands(commands))
+                results: list[Any] = []
+                for _ in commands:
+                    try:
+                        results.append(await conn.read_response())
+                    except rexc.NoScriptError as exc:
+                        results.append(ScriptMissing(str(exc)))
+                    except rexc.ResponseError as exc:
+                        results.append(CommandFailed(str(exc)))
+                return results
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+                await conn.disconnect()
+                if attempt == 2 or isinstance(exc, rexc.TimeoutError):
+                    raise _unavailable(exc) from exc
+            finally:
+                await pool.release(conn)
+        raise AssertionError("unreachable")
 
     async def scan(self, match: str) -> AsyncIterator[bytes]:
         try:

@@ -159,8 +159,12 @@ def op_newest_candles(key: str, count: int) -> RedisOp:
 
 @dataclass(frozen=True, slots=True)
 class WindowAnswer:
-    candles: list[Candle]  # newest first
+    members: list[bytes]  # newest first, still encoded: decoded only if the window answers
     oldest: int | None  # oldest time held in the window, None when empty
+
+    def candles(self) -> list[Candle]:
+        """Ascending by time."""
+        return [decode_candle(m) for m in reversed(self.members)]
 
 
 def op_window_range(key: str, start: int | None, end: int | None, limit: int) -> RedisOp:
@@ -170,7 +174,7 @@ def op_window_range(key: str, start: int | None, end: int | None, limit: int) ->
 
     def decode(results: list[Any]) -> WindowAnswer:
         oldest = decode_candle(results[1][0]).timestamp if results[1] else None
-        return WindowAnswer([decode_candle(m) for m in results[0]], oldest)
+        return WindowAnswer(results[0], oldest)
 
     return RedisOp(
         (

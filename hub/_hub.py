@@ -449,7 +449,7 @@ class Hub:
         if ok and self._window_covers(answer, lo, limit):
             self._counters["candle_window_hits"] += 1
             window: WindowAnswer = answer
-            return window.candles[::-1]
+            return window.candles()
         return await self._cold_candles(exchange, product, lo, hi, limit)
 
     @staticmethod
@@ -458,7 +458,7 @@ class Hub:
         # it answers when it has `limit` candles in range, or the range starts inside it.
         if answer.oldest is None:
             return False
-        if len(answer.candles) >= limit:
+        if len(answer.members) >= limit:
             return True
         return start is not None and start >= answer.oldest
 
@@ -469,7 +469,7 @@ class Hub:
         self._counters["candle_cold_queries"] += 1
         await self._read_your_writes()
         results = await self._influx(Query(ql.select_candles(exchange, product, lo, hi, limit)))
-        return [_candle(r) for r in reversed(rows(results[0]))] if results else []
+        return _candles(results)
 
     async def _resampled(self, exchange: str, product: str, lo: int | None, hi: int | None,
                          limit: int, interval: str) -> list[Candle]:
@@ -488,7 +488,7 @@ class Hub:
             return []
         results = await self._influx(Query(
             ql.select_candles_resampled(exchange, product, lo, hi, limit, interval)))
-        return [_candle(r) for r in reversed(rows(results[0]))] if results else []
+        return _candles(results)
 
     # ---- trades and metrics -------------------------------------------------------
 
@@ -708,9 +708,17 @@ class Hub:
         return stats
 
 
-def _candle(row: Mapping[str, Any]) -> Candle:
-    return Candle(int(row["time"]), float(row["open"]), float(row["high"]), float(row["low"]),
-                  float(row["close"]), float(row["volume"]))
+def _candles(results: list[dict[str, Any]]) -> list[Candle]:
+    """Candles, ascending, straight from the series values of a newest-first answer whose
+    columns are time, open, high, low, close, volume (both candle queries ask for that)."""
+    if not results:
+        return []
+    out: list[Candle] = []
+    for series in results[0].get("series", ()):
+        assert series["columns"] == ["time", *ql.CANDLE_FIELDS], series["columns"]
+        out.extend(Candle(int(t), float(o), float(h), float(lo), float(c), float(v))
+                   for t, o, h, lo, c, v in reversed(series["values"]))
+    return out
 
 
 def _number(value: Any) -> Any:
