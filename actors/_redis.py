@@ -71,6 +71,7 @@ class RedisClient:
             max_connections=64,
             client_name="wolfhub",
         )
+        self._conn: Any = None  # the pipelines' own connection
 
     async def connect(self) -> None:
         try:
@@ -88,13 +89,15 @@ class RedisClient:
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Send all commands in one round trip; per-command errors come back as CommandFailed.
 
-        Written on a pooled connection directly: redis-py's Pipeline adds a command
-        stack, response callbacks and transaction bookkeeping the hub does not use.
-        A connection that turns out dead is replaced once (every op the hub sends is
-        idempotent, so a repeat is harmless)."""
-        pool = self._client.connection_pool
+        Written on one connection of its own (the CacheActor sends one pipeline at a
+        time): redis-py's Pipeline adds a command stack, response callbacks and
+        transaction bookkeeping the hub does not use. A connection that turns out dead
+        is replaced once (every op the hub sends is idempotent, so a repeat is harmless)."""
         for attempt in (1, 2):
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            conn = self._conn
+            if conn is None:
+                pool = self._client.connection_pool
+                conn = self._conn = pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 await conn.send_packed_command(conn.pack_commands(commands))
                 results: list[Any] = []
@@ -107,11 +110,15 @@ class RedisClient:
                         results.append(CommandFailed(str(exc)))
                 return results
             except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+                self._conn = None
                 await conn.disconnect()
                 if attempt == 2 or isinstance(exc, rexc.TimeoutError):
                     raise _unavailable(exc) from exc
-            finally:
-                await pool.release(conn)
+            except BaseException:
+                # cancelled mid-reply: the connection's state is unknown, never reuse it
+                self._conn = None
+                await conn.disconnect()
+                raise
         raise AssertionError("unreachable")
 
     async def scan(self, match: str) -> AsyncIterator[bytes]:
@@ -162,4 +169,7 @@ class RedisClient:
                 await conn.disconnect()
 
     async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.disconnect()
+            self._conn = None
         await self._client.aclose()

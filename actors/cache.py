@@ -88,6 +88,12 @@ def _first(results: list[Any]) -> Any:
 
 # ---- op builders: pure, so they are unit-tested without Redis ----
 
+def op_barrier() -> RedisOp:
+    """A PING through the mailbox: returns once every op queued before it has run
+    (for work done outside the mailbox, like SCAN)."""
+    return RedisOp((("PING",),))
+
+
 def op_get(key: str) -> RedisOp:
     return RedisOp((("GET", key),), _first)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from actors.cache import (
     CacheActor,
     RedisOp,
     WindowAnswer,
+    op_barrier,
     op_get,
     op_get_pttl,
     op_newest_candles,
@@ -304,9 +306,8 @@ class Hub:
         """Read through: Redis, then the latest ``indicator`` point in InfluxDB (which is
         then cached), else ``default``. Raises ValidationError, HubClosed, and
         BackendUnavailable only when no store could answer."""
-        exchange, product = self._names(exchange, product)
-        name, period_s = v.tag(indicator, "indicator"), v.tag(period, "period")
-        key = keys.indicator(exchange, product, name, period_s)
+        exchange, product, name, period_s, key = _indicator_key(exchange, product, indicator,
+                                                                period)
         self._check_open()
         near = self._cache.near if self._cache is not None else None
         if near is not None:
@@ -622,6 +623,7 @@ class Hub:
             await self._forget_deleted(spec)
 
     async def _forget_deleted(self, spec: ql.DeleteSpec) -> None:
+        await self._redis(op_barrier())  # cache writes queued before this call land first
         tags = spec.tags
         start_s, stop_s = spec.start_ns / 1e9, spec.stop_ns / 1e9
         if spec.measurement in (None, "candle") and set(tags) <= {"exchange", "product"}:
@@ -661,6 +663,7 @@ class Hub:
             return
         if self._cache.near is not None:
             self._cache.near.clear()
+        await self._redis(op_barrier())  # cache writes queued before this call land first
         for prefix in keys.PREFIXES:
             batch: list[str] = []
             async for raw in self._cache.scan(keys.glob_literal(prefix) + "*"):
@@ -719,6 +722,28 @@ def _candles(results: list[dict[str, Any]]) -> list[Candle]:
         out.extend(Candle(int(t), float(o), float(h), float(lo), float(c), float(v))
                    for t, o, h, lo, c, v in reversed(series["values"]))
     return out
+
+
+def _indicator_key(exchange: object, product: object, indicator: object,
+                   period: object) -> tuple[str, str, str, str, str]:
+    """Validated names and the Redis key, remembered: a strategy asks for the same few
+    indicators over and over, and the hot read should cost a dict lookup."""
+    try:
+        return _indicator_key_cached(exchange, product, indicator, period)
+    except TypeError:  # unhashable: validate uncached, which raises ValidationError
+        return _indicator_key_uncached(exchange, product, indicator, period)
+
+
+def _indicator_key_uncached(exchange: object, product: object, indicator: object,
+                            period: object) -> tuple[str, str, str, str, str]:
+    ex, pr = v.tag(exchange, "exchange"), v.tag(product, "product")
+    name, per = v.tag(indicator, "indicator"), v.tag(period, "period")
+    return ex, pr, name, per, keys.indicator(ex, pr, name, per)
+
+
+# typed: period 1 and True must not share an entry (True is refused)
+_indicator_key_cached = functools.lru_cache(maxsize=65_536, typed=True)(
+    _indicator_key_uncached)
 
 
 def _number(value: Any) -> Any:
