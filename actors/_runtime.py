@@ -37,6 +37,7 @@ class Mailbox(Generic[T]):
         self._writable = asyncio.Event()
         self._writable.set()
         self._waiting_senders = 0
+        self._unyielded = 0  # sends in a row that did not let the loop run
 
     @property
     def closed(self) -> bool:
@@ -54,6 +55,12 @@ class Mailbox(Generic[T]):
         if len(self._items) < self.maxsize and not self._closed:  # fast path: no wait
             self._items.append(item)
             self._readable.set()
+            self._unyielded += 1
+            if self._unyielded >= 256:
+                # a producer that never waits on anything would starve the receiver:
+                # let the loop run now and then
+                self._unyielded = 0
+                await asyncio.sleep(0)
             return
         while len(self._items) >= self.maxsize and not self._closed:
             self._waiting_senders += 1

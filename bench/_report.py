@@ -75,7 +75,7 @@ def chart(results: Results, path: Path) -> None:
                          "sqlite PK lookup", "remote write -> near cache invalidated")
              if n in results.samples]
     data = [[s * 1e6 for s in results.samples[n]] for n in names]
-    left.boxplot(data, vert=False, showfliers=False)
+    left.boxplot(data, orientation="horizontal", showfliers=False)
     left.set_yticks(range(1, len(names) + 1), names)
     left.set_xscale("log")
     left.set_xlabel("latency per operation (µs, log scale; whiskers 1.5 IQR)")

@@ -201,8 +201,8 @@ class Bench:
 
     async def concurrency(self, hub: Hub) -> None:
         rows = []
-        raw = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool(
-            port=self.rport, max_connections=64))
+        pool = aioredis.BlockingConnectionPool(port=self.rport, max_connections=64)
+        raw = aioredis.Redis(connection_pool=pool)
         k = self.sizes.reads_per_strategy
         for n in self.sizes.strategies:
             async def strategy_hub(i: int) -> None:
@@ -221,6 +221,7 @@ class Bench:
             rows.append(row)
         self.results.tables["concurrency"] = rows
         await raw.aclose()
+        await pool.disconnect()
 
     async def writes(self, hub: Hub) -> None:
         """Candles written until queryable."""
