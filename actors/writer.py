@@ -6,8 +6,10 @@ POSTs. So ``await write_candle`` only waits for mailbox room, never for InfluxDB
 
 - Memory mode (normal): lines wait in memory, batched by size
   (``influxdb.batch.size``) and linger (``influxdb.batch.flush_interval``).
-- Spool mode: once InfluxDB has failed for ``influxdb.spool_after`` seconds, or more
-  than ``influxdb.max_pending`` lines wait in memory, or InfluxDB is down at close,
+- Backpressure: while InfluxDB answers but more than ``influxdb.max_pending`` lines
+  wait in memory, the intake pauses (the mailbox fills, producers wait for room).
+- Spool mode: once InfluxDB has failed for ``influxdb.spool_after`` seconds, or it
+  fails while more than ``influxdb.max_pending`` lines wait, or it is down at close,
   memory is moved to the SQLite outbox and new lines go there too; the sender
   replays the outbox in id order (per-series order is kept) and goes back to memory
   mode once it is empty. A hub that starts with a non-empty outbox (a crash, or a
@@ -88,6 +90,7 @@ class WriterActor(Actor):
         self._waiters: list[_Waiter] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._room = asyncio.Event()  # set by the sender when memory shrinks or it fails
         self._failing_since: float | None = None
         self._streak = 0
         self._retry_at = 0.0
@@ -115,6 +118,10 @@ class WriterActor(Actor):
         await close_quietly(self.backend, "influxdb")
 
     async def handle(self, batch: Sequence[Call]) -> None:
+        while (len(self._memory) >= self.max_pending and not self._spooling
+               and self._failing_since is None and not self._stop.is_set()):
+            self._room.clear()
+            await self._room.wait()  # InfluxDB is slower than the producers: backpressure
         await self._absorb(batch)
 
     async def run(self) -> None:
@@ -220,8 +227,8 @@ class WriterActor(Actor):
             if not due:
                 await self._wait(self._wake, self._oldest_at + self.linger)
                 continue
-            if len(self._memory) >= self.max_pending:
-                await self._spill(f"more than {self.max_pending} lines wait for InfluxDB")
+            if len(self._memory) >= self.max_pending and self._failing_since is not None:
+                await self._spill(f"InfluxDB fails with {len(self._memory)} lines waiting")
                 continue
             chunk = [self._memory[i] for i in range(min(self.batch_size, len(self._memory)))]
             if await self._post(chunk):
@@ -229,6 +236,7 @@ class WriterActor(Actor):
                     self._memory.popleft()
                 self._mem_done += len(chunk)
                 self._oldest_at = loop.time() if self._memory else None
+                self._room.set()
                 self._wake_waiters()
             elif self._stop.is_set():
                 await self._spill("InfluxDB is unavailable at close")
@@ -302,6 +310,7 @@ class WriterActor(Actor):
         return True
 
     def _on_failure(self, exc: BackendUnavailable) -> None:
+        self._room.set()  # a paused intake goes on: these lines are for the spool now
         now = asyncio.get_running_loop().time()
         if self._failing_since is None:
             self._failing_since = now

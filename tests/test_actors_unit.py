@@ -350,3 +350,29 @@ def test_window_pushes_to_one_key_are_coalesced_in_order() -> None:
     pairs = [(items[i], decode_candle(items[i + 1]).close) for i in range(0, len(items), 2)]
     assert pairs == [(60, 2.0), (120, 1.0), (120, 3.0)]  # the later write of 120 comes last
     assert merged.fallback[0][0] == "EVAL"
+
+
+async def test_slow_influx_means_backpressure_not_spooling() -> None:
+    gate = asyncio.Event()
+
+    class Slow(FakeInflux):
+        async def write(self, body: bytes) -> None:
+            await gate.wait()
+            await super().write(body)
+
+    fake = Slow()
+    state = StateActor(":memory:")
+    writer = WriterActor(fake, state, batch_size=5, linger=0.01, give_up_after=30,
+                         max_pending=10)
+    sup = Supervisor()
+    await sup.start([state, writer])
+    for i in range(0, 40, 5):  # a feed: a few lines at a time
+        await writer.tell(Lines([f"m v={j} {j}" for j in range(i, i + 5)]))
+        await asyncio.sleep(0.01)
+    stats = writer.statistics()
+    assert stats["spooled"] == 0 and stats["pending"] <= 10 + 5
+    assert stats["depth"] > 0  # the rest waits in the mailbox
+    gate.set()
+    await writer.call(FLUSH)
+    assert fake.written == [f"m v={i} {i}" for i in range(40)]
+    await sup.stop()

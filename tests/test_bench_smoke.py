@@ -26,6 +26,6 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     assert len(results.goals) == 10
     text = markdown(results)
     assert "| hub hot (near cache) |" in text and "#### Goals" in text
-    js, md, png = save(results, tmp_path / "out")
+    js, _md, png = save(results, tmp_path / "out")
     assert json.loads(js.read_text())["tables"]["writes"][0]["points"] == 2000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
