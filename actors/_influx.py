@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+import msgpack
 import orjson
 
 from hub._config import InfluxConfig
@@ -24,7 +25,8 @@ from hub.errors import BackendUnavailable, HubError
 with warnings.catch_warnings():
     # aioinflux warns at import when pandas is absent; the hub never uses DataFrames.
     warnings.filterwarnings("ignore", message="Pandas/Numpy is not available")
-    from aioinflux import InfluxDBClient, InfluxDBWriteError
+    import aioinflux
+from aioinflux import InfluxDBClient, InfluxDBWriteError
 
 log = logging.getLogger(__name__)
 
@@ -141,24 +143,28 @@ class InfluxClient:
     async def query(self, text: str, epoch: str = "s") -> list[dict[str, Any]]:
         """Run statements; returns one result dict per statement (``series`` may be absent).
 
-        POSTs on aioinflux's own session and parses with orjson: its ``query`` decodes
-        with the stdlib json module, several times slower on large answers."""
+        POSTs on aioinflux's own session asking for MessagePack, which influxd 1.x
+        encodes markedly faster than JSON for large answers (and carries floats
+        exactly); a server that answers JSON anyway is parsed with orjson. aioinflux's
+        own ``query`` decodes with the stdlib json module, several times slower."""
         if self._client._session is None:
             await self._client.create_session()
         data = {"q": text, "db": self._config.bucket, "epoch": epoch}
         try:
-            async with self._client._session.post(self._client.url.format(endpoint="query"),
-                                                  data=data) as resp:
+            async with self._client._session.post(
+                    self._client.url.format(endpoint="query"), data=data,
+                    headers={"Accept": "application/x-msgpack"}) as resp:
                 body = await resp.read()
                 status = resp.status
+                packed = resp.content_type == "application/x-msgpack"
         except _TRANSIENT as exc:
             raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
         if status >= 500 or status == 429:
             raise Unavailable(f"HTTP {status}: {body[:200]!r}")
         try:
-            reply = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:  # e.g. an HTML page from a proxy
-            raise Unavailable(f"HTTP {status}, not JSON: {body[:200]!r}") from exc
+            reply = msgpack.unpackb(body) if packed else orjson.loads(body)
+        except (orjson.JSONDecodeError, ValueError) as exc:  # e.g. an HTML page from a proxy
+            raise Unavailable(f"HTTP {status}, unreadable answer: {body[:200]!r}") from exc
         if "error" in reply:
             raise QueryFailed(str(reply["error"]))
         results: list[dict[str, Any]] = reply.get("results", [])
@@ -184,4 +190,5 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["InfluxBackend", "InfluxClient", "QueryFailed", "Unavailable", "WriteRejected", "rows"]
+__all__ = ["InfluxBackend", "InfluxClient", "QueryFailed", "Unavailable", "WriteRejected",
+           "aioinflux", "rows"]

@@ -19,7 +19,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from actors._influx import InfluxClient
+from actors._influx import InfluxClient, aioinflux
 from hub import Candle, Hub, HubConfig
 from hub import _influxql as ql
 from hub import _lineproto as lp
@@ -281,8 +281,9 @@ class Bench:
         for n, p in enumerate(PRODUCTS):
             await hub.write_candles_batch(EX, p, data if n == 0 else candles(len(data), n))
         await hub.flush()
-        influx = InfluxClient(self.config.influxdb)
-        await influx.connect()
+        # the raw client: aioinflux's own query (JSON, stdlib json), same query text
+        influx = aioinflux.InfluxDBClient(host="127.0.0.1", port=self.servers.influx.port,
+                                          db="bench")
         db = sqlite3.connect(self.sqlite_path)
         reps = max(5, self.sizes.repeats // 4)
         rows = []
