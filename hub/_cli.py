@@ -8,10 +8,12 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
 from hub._config import HubConfig
+from hub._hub import Hub
 from hub._servers import LocalServers
 from hub.errors import HubError
 
@@ -58,6 +60,91 @@ def example(config_path: str | None, data: str, candles: int) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(json.dumps(summary, indent=2, default=str))
+
+
+def _config_or_default(path: str) -> HubConfig:
+    if Path(path).exists():
+        return HubConfig.load(path)
+    return HubConfig()
+
+
+def _port(url: str) -> int:
+    return urlsplit(url).port or 8086
+
+
+config_option = click.option(
+    "--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
+    type=click.Path(dir_okay=False), help="Hub config (YAML); used when it exists.")
+data_option = click.option(
+    "--data", default="data", show_default=True, type=click.Path(file_okay=False),
+    help="Directory of the local servers' data, configs and logs.")
+
+
+@main.command()
+@config_option
+@data_option
+def up(config_path: str, data: str) -> None:
+    """Start local redis-server and influxd on the config's ports (loopback only, generated
+    configs under --data, no /etc files, no docker). They keep running until `down`."""
+    try:
+        cfg = _config_or_default(config_path)
+        servers_dir = Path(data) / "servers"
+        running = LocalServers.saved(servers_dir)
+        if running and all(e["running"] for e in running.values()):
+            click.echo(f"already running: redis :{running['redis']['port']}, "
+                       f"influxd :{running['influxdb']['port']}")
+            return
+        servers = LocalServers(servers_dir, redis_port=cfg.redis.port,
+                               influx_port=_port(cfg.influxdb.url))
+        servers.start()
+        servers.save_state()
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"redis-server on 127.0.0.1:{servers.redis.port}, influxd on "
+               f"127.0.0.1:{servers.influx.port}; data in {servers_dir}")
+
+
+@main.command()
+@data_option
+def down(data: str) -> None:
+    """Stop the servers `up` started."""
+    stopped = LocalServers.stop_saved(Path(data) / "servers")
+    click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@main.command()
+@data_option
+def status(data: str) -> None:
+    """Show the servers `up` started. Exit code 1 when one is not running."""
+    state = LocalServers.saved(Path(data) / "servers")
+    if not state:
+        click.echo("no local servers (start them with `wolfhub up`)")
+        sys.exit(1)
+    for name, entry in state.items():
+        word = "running" if entry["running"] else "NOT running"
+        click.echo(f"{name:9} {word:12} 127.0.0.1:{entry['port']}  pid {entry['pid']}")
+    if not all(entry["running"] for entry in state.values()):
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+def stats(config_path: str) -> None:
+    """The seed's monitoring numbers (Redis hits, misses, memory...) and the hub's own."""
+    async def collect() -> dict[str, Any]:
+        async with Hub(_config_or_default(config_path), handle_sigterm=False) as hub:
+            return await hub.get_stats()
+
+    try:
+        found = _run(collect())
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    hits, misses = found["keyspace_hits"], found["keyspace_misses"]
+    if hits is not None and misses is not None and hits + misses:
+        found["hit_rate_percent"] = round(hits / (hits + misses) * 100, 2)
+    click.echo(json.dumps(found, indent=2, default=str))
 
 
 if __name__ == "__main__":  # pragma: no cover

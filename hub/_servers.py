@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hub._influxql import ident, literal
 from hub.errors import BackendUnavailable
@@ -30,6 +33,22 @@ INSTALL_HINT = (
     "install them with `sudo apt-get install -y redis-server influxdb` (Debian/Ubuntu) "
     "or `brew install redis influxdb@1` (macOS)"
 )
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (our own exited child not yet reaped) counts as gone
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -63,6 +82,7 @@ class _Server:
         """Start (or restart) the server and wait until it answers."""
         if self.running:
             return
+        self.directory = self.directory.resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         logfile = (self.directory / f"{self.name}.log").open("ab")
         self.process = subprocess.Popen(
@@ -262,13 +282,64 @@ class LocalServers:
     """A redis-server and an influxd under one directory."""
 
     directory: Path
+    redis_port: int | None = None  # None: any free port
+    influx_port: int | None = None
     redis: RedisServer = field(init=False)
     influx: InfluxServer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.directory = Path(self.directory)
-        self.redis = RedisServer(self.directory / "redis")
-        self.influx = InfluxServer(self.directory / "influxdb")
+        self.directory = Path(self.directory).resolve()  # the servers run with cwd there
+        self.redis = RedisServer(self.directory / "redis", port=self.redis_port or free_port())
+        self.influx = InfluxServer(self.directory / "influxdb",
+                                   port=self.influx_port or free_port())
+
+    # ---- detached servers (wolfhub up / down / status) ----
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "state.json"
+
+    def save_state(self) -> None:
+        """Remember pids and ports so another process can stop or inspect the servers."""
+        state = {name: {"pid": server.process.pid if server.process else None,
+                        "port": server.port}
+                 for name, server in (("redis", self.redis), ("influxdb", self.influx))}
+        self.state_file.write_text(json.dumps(state, indent=1))
+
+    @staticmethod
+    def saved(directory: Path) -> dict[str, dict[str, Any]]:
+        """What ``save_state`` wrote, with ``running`` (the pid is alive and it answers)."""
+        path = Path(directory) / "state.json"
+        if not path.exists():
+            return {}
+        state: dict[str, dict[str, Any]] = json.loads(path.read_text())
+        for name, entry in state.items():
+            probe: _Server = (RedisServer(Path(directory) / "redis", port=entry["port"])
+                              if name == "redis" else
+                              InfluxServer(Path(directory) / "influxdb", port=entry["port"]))
+            entry["running"] = _alive(entry.get("pid")) and probe.ready()
+        return state
+
+    @staticmethod
+    def stop_saved(directory: Path, timeout: float = 15.0) -> list[str]:
+        """SIGTERM the servers ``save_state`` recorded; returns the names it stopped."""
+        path = Path(directory) / "state.json"
+        if not path.exists():
+            return []
+        stopped = []
+        for name, entry in json.loads(path.read_text()).items():
+            pid = entry.get("pid")
+            if not _alive(pid):
+                continue
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(name)
+        path.unlink()
+        return stopped
 
     def start(self) -> None:
         self.redis.start()

@@ -1,0 +1,49 @@
+"""The wolfhub command: up / status / stats / down against real local servers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from hub._servers import free_port
+
+
+def wolfhub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hub", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_up_status_stats_down(tmp_path: Path) -> None:
+    redis_port, influx_port = free_port(), free_port()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "cache_db.yml").write_text(yaml.safe_dump({
+        "redis": {"host": "127.0.0.1", "port": redis_port},
+        "influxdb": {"url": f"http://127.0.0.1:{influx_port}"},
+        "sqlite": {"path": "data/wolfhub.sqlite"},
+    }))
+    try:
+        up = wolfhub("up", cwd=tmp_path)
+        assert up.returncode == 0, up.stderr
+        assert f"127.0.0.1:{redis_port}" in up.stdout
+        again = wolfhub("up", cwd=tmp_path)
+        assert "already running" in again.stdout
+        status = wolfhub("status", cwd=tmp_path)
+        assert status.returncode == 0
+        assert status.stdout.count(" running ") == 2
+        stats = wolfhub("stats", cwd=tmp_path)
+        assert stats.returncode == 0, stats.stderr
+        assert '"keyspace_hits"' in stats.stdout and '"connected_clients": ' in stats.stdout
+    finally:
+        down = wolfhub("down", cwd=tmp_path)
+    assert "redis" in down.stdout and "influxdb" in down.stdout
+    after = wolfhub("status", cwd=tmp_path)
+    assert after.returncode == 1 and "no local servers" in after.stdout
+
+
+def test_help_on_every_verb(tmp_path: Path) -> None:
+    for verb in ("up", "down", "status", "stats", "example"):
+        result = wolfhub(verb, "--help", cwd=tmp_path)
+        assert result.returncode == 0 and "Usage:" in result.stdout, verb
