@@ -6,6 +6,7 @@ test gets its own InfluxDB database, an empty Redis db and its own SQLite file.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -79,6 +80,15 @@ def config(config_data: dict[str, Any]) -> HubConfig:
 async def hub(config: HubConfig) -> AsyncIterator[Hub]:
     async with Hub(config) as opened:
         yield opened
+
+
+async def eventually(check: Any, within: float = 15.0) -> None:
+    """Poll ``check`` (an async predicate) until true; fail after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -53,13 +53,22 @@ class FakeInflux:
         return [line for post in self.posts for line in post]
 
 
+async def started_writer(fake: FakeInflux, **options: Any
+                         ) -> tuple[WriterActor, StateActor, Supervisor]:
+    """A StateActor on :memory: and a WriterActor on ``fake``, started."""
+    state = StateActor(":memory:")
+    settings: dict[str, Any] = {"batch_size": 100, "linger": 0.01, "give_up_after": 30,
+                                **options}
+    writer = WriterActor(fake, state, **settings)
+    sup = Supervisor()
+    await sup.start([state, writer])
+    return writer, state, sup
+
+
 @pytest.fixture
 async def writer_env() -> AsyncIterator[tuple[WriterActor, FakeInflux, StateActor]]:
     fake = FakeInflux()
-    state = StateActor(":memory:")
-    writer = WriterActor(fake, state, batch_size=100, linger=0.05, give_up_after=0.5)
-    sup = Supervisor()
-    await sup.start([state, writer])
+    writer, state, sup = await started_writer(fake, linger=0.05, give_up_after=0.5)
     yield writer, fake, state
     await sup.stop()
 
@@ -126,10 +135,7 @@ async def test_retry_after_is_honoured() -> None:
             await super().write(body)
 
     fake = Busy()
-    state = StateActor(":memory:")
-    writer = WriterActor(fake, state, batch_size=100, linger=0.01, give_up_after=30)
-    sup = Supervisor()
-    await sup.start([state, writer])
+    writer, _, sup = await started_writer(fake)
     await writer.tell(Lines(["m v=1 1"]))
     await writer.call(FLUSH)
     assert fake.written == ["m v=1 1"]
@@ -163,11 +169,7 @@ async def test_rejected_points_are_isolated_and_quarantined(writer_env: Any) -> 
 
 async def test_after_a_spooled_outage_flush_works_again() -> None:
     fake = FakeInflux()
-    state = StateActor(":memory:")
-    writer = WriterActor(fake, state, batch_size=100, linger=0.01, give_up_after=30,
-                         spool_after=0.0)
-    sup = Supervisor()
-    await sup.start([state, writer])
+    writer, _, sup = await started_writer(fake, spool_after=0.0)
     fake.down = 3
     await writer.tell(Lines([f"m v={i} {i}" for i in range(10)]))
     await writer.call(FLUSH)  # spooled, replayed, flushed
@@ -205,10 +207,7 @@ async def test_outbox_lines_are_deleted_once_written_and_replayed_at_start() -> 
 async def test_close_spools_what_influx_cannot_take() -> None:
     fake = FakeInflux()
     fake.down = 10_000
-    state = StateActor(":memory:")
-    writer = WriterActor(fake, state, batch_size=100, linger=0.01, give_up_after=1)
-    sup = Supervisor()
-    await sup.start([state, writer])
+    writer, state, sup = await started_writer(fake, give_up_after=1)
     await writer.tell(Lines(["m v=1 1", "m v=2 2"]))
     writer.mailbox.close()
     await sup._tasks[writer]
@@ -361,11 +360,7 @@ async def test_slow_influx_means_backpressure_not_spooling() -> None:
             await super().write(body)
 
     fake = Slow()
-    state = StateActor(":memory:")
-    writer = WriterActor(fake, state, batch_size=5, linger=0.01, give_up_after=30,
-                         max_pending=10)
-    sup = Supervisor()
-    await sup.start([state, writer])
+    writer, _, sup = await started_writer(fake, batch_size=5, max_pending=10)
     for i in range(0, 40, 5):  # a feed: a few lines at a time
         await writer.tell(Lines([f"m v={j} {j}" for j in range(i, i + 5)]))
         await asyncio.sleep(0.01)

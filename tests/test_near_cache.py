@@ -11,19 +11,11 @@ import pytest
 from actors.near import NearCache
 from hub import Hub, HubConfig
 from hub._servers import LocalServers
-from tests.conftest import redis_command
+from tests.conftest import eventually, redis_command
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "BANKNIFTY-FUT"
 KEY = f"indicator:{EX}:{PR}:EMA:20"
-
-
-async def eventually(check: Any, within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        assert loop.time() < deadline, "not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def near_of(hub: Hub) -> NearCache:

@@ -15,19 +15,12 @@ import pytest
 
 from hub import Candle, Hub, HubConfig
 from hub._servers import LocalServers
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "BANKNIFTY-FUT"
 T0 = 1697529600
 CHILD = Path(__file__).with_name("_child.py")
-
-
-async def wait_for(predicate: Any, within: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_influxd_killed_under_load_loses_nothing(config_data: dict[str, Any],
@@ -170,7 +163,7 @@ async def test_redis_killed_reads_fall_back_then_recover(config_data: dict[str, 
         async def back() -> bool:
             return bool((await hub.get_stats())["actors"]["cache"]["available"])
 
-        await wait_for(back)
+        await eventually(back)
         hits = (await hub.get_stats())["hub"]["indicator_cache_hits"]
         await hub.cache_indicator(EX, PR, "EMA", 20, 44600.0)
         assert await hub.get_indicator(EX, PR, "EMA", 20) == 44600.0
@@ -195,7 +188,7 @@ async def test_frozen_redis_never_serves_a_stale_position(config_data: dict[str,
         async def back() -> bool:
             return bool((await hub.get_stats())["actors"]["cache"]["available"])
 
-        await wait_for(back)
+        await eventually(back)
         assert await hub.get_position(EX, PR) == {"size": 2}
 
 
