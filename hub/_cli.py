@@ -62,6 +62,36 @@ def example(config_path: str | None, data: str, candles: int) -> None:
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Hub config (YAML). Without it, local servers are started under --data.")
+@click.option("--data", default="data", show_default=True, type=click.Path(file_okay=False),
+              help="Where local servers and the SQLite file live when no config is given.")
+@click.option("--duration", default=30.0, show_default=True, help="Seconds to run.")
+@click.option("--products", default=3, show_default=True, help="Products to simulate (1-8).")
+@click.option("--speed", default=120.0, show_default=True,
+              help="Simulated seconds per real second (120: a 1-minute candle every 0.5 s).")
+def demo(config_path: str | None, data: str, duration: float, products: int,
+         speed: float) -> None:
+    """Simulated papertrader feed + EMA/RSI strategies on the hub, with a live view."""
+    from hub._demo import run as run_demo
+
+    try:
+        if config_path is not None:
+            summary = _run(run_demo(HubConfig.load(config_path), duration, products, speed))
+        else:
+            with LocalServers(Path(data) / "demo-servers") as servers:
+                cfg = HubConfig.from_mapping({
+                    **servers.config_overrides(),
+                    "sqlite": {"path": str(Path(data) / "demo.sqlite")},
+                })
+                summary = _run(run_demo(cfg, duration, products, speed))
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(summary, indent=2))
+
+
 def _config_or_default(path: str) -> HubConfig:
     if Path(path).exists():
         return HubConfig.load(path)

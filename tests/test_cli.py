@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,20 @@ def test_up_status_stats_down(tmp_path: Path) -> None:
 
 
 def test_help_on_every_verb(tmp_path: Path) -> None:
-    for verb in ("up", "down", "status", "stats", "example"):
+    for verb in ("up", "down", "status", "stats", "example", "demo"):
         result = wolfhub(verb, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "Usage:" in result.stdout, verb
+
+
+def test_demo_runs_without_servers_configured(tmp_path: Path) -> None:
+    result = wolfhub("demo", "--duration", "4", "--products", "2", "--speed", "600",
+                     "--data", str(tmp_path / "data"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "wolfhub demo - summary" in result.stdout
+    summary = json.loads(result.stdout[result.stdout.index("\n{") + 1:])
+    assert summary["candles_processed"] >= 20  # 2 products, a candle every 0.1 s each
+    assert summary["indicator_reads"] == summary["candles_processed"] * 10
+    assert 0 < summary["near_cache_hit_rate"] <= 1
+    assert summary["get_indicator_p50_us"] > 0 and summary["write_candle_p99_us"] > 0
+    # every trade the strategies made is stored (the first product's, read back)
+    assert summary["trades_stored_for_BANKNIFTY-FUT"] <= summary["trades"]
