@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import logging
 import sys
@@ -10,12 +11,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import click
 
 from hub._config import HubConfig
 from hub._hub import Hub
 from hub._servers import LocalServers
-from hub.errors import HubError
+from hub.errors import HubError, ValidationError
 
 DEFAULT_CONFIG = "config/cache_db.yml"
 
@@ -175,6 +177,147 @@ def stats(config_path: str) -> None:
     if hits is not None and misses is not None and hits + misses:
         found["hit_rate_percent"] = round(hits / (hits + misses) * 100, 2)
     click.echo(json.dumps(found, indent=2, default=str))
+
+
+def _with_hub(config_path: str, work: Any) -> Any:
+    """Open a hub on the config, run ``work(hub)``, map errors to exit code 1."""
+    async def go() -> Any:
+        async with Hub(_config_or_default(config_path), handle_sigterm=False) as hub:
+            return await work(hub)
+
+    try:
+        return _run(go())
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def cache() -> None:
+    """The Redis cache."""
+
+
+@cache.command("clear")
+@config_option
+@click.option("--pattern", help="A Redis glob (e.g. 'indicator:papertrader:*'); "
+              "default: every key of the hub's schema.")
+def cache_clear(config_path: str, pattern: str | None) -> None:
+    """Delete cached keys with SCAN + UNLINK (never KEYS). Positions and strategy state
+    stay durable in SQLite."""
+    async def work(hub: Hub) -> int:
+        if pattern is None:
+            await hub.flush_all()
+            return -1
+        return await hub._clear_pattern(pattern)
+
+    removed = _with_hub(config_path, work)
+    click.echo("cleared the hub's keys" if removed < 0 else f"removed {removed} keys")
+
+
+@main.command()
+@config_option
+@click.option("--start", required=True, help="RFC3339, relative (-7d) or now.")
+@click.option("--stop", required=True, help="RFC3339, relative (-7d) or now.")
+@click.option("--predicate", default="", help='e.g. _measurement="candle" AND product="X"')
+def delete(config_path: str, start: str, stop: str, predicate: str) -> None:
+    """The seed's delete: points in [start, stop] matching the predicate, in InfluxDB, and
+    the matching hot-window candles and cached indicators in Redis."""
+    async def work(hub: Hub) -> None:
+        await hub.delete_data(start, stop, predicate or None)
+
+    _with_hub(config_path, work)
+    click.echo("deleted")
+
+
+CSV_FIELDS = ("timestamp", "open", "high", "low", "close", "volume")
+
+
+@main.command()
+@config_option
+@click.argument("exchange")
+@click.argument("product")
+@click.option("--start", type=float, help="Unix seconds (inclusive).")
+@click.option("--end", type=float, help="Unix seconds (inclusive).")
+@click.option("--out", type=click.File("w"), default="-", show_default=True)
+def export(config_path: str, exchange: str, product: str, start: float | None,
+           end: float | None, out: Any) -> None:
+    """Candles to CSV (timestamp,open,high,low,close,volume), ascending."""
+    async def work(hub: Hub) -> list[Any]:
+        return await hub.query_candles(exchange, product, start, end, limit=100_000_000)
+
+    found = _with_hub(config_path, work)
+    writer = csv.writer(out)
+    writer.writerow(CSV_FIELDS)
+    for c in found:
+        writer.writerow([c.timestamp, c.open, c.high, c.low, c.close, c.volume])
+
+
+@main.command()
+@config_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--exchange", required=True)
+@click.option("--product", required=True)
+@click.option("--batch", default=5000, show_default=True, help="Candles per write.")
+def backfill(config_path: str, file: str, exchange: str, product: str, batch: int) -> None:
+    """Load candles from a CSV (timestamp,open,high,low,close,volume; a header row), with a
+    progress bar. Resumable: rows already stored are skipped when run again."""
+    from rich.progress import Progress
+
+    progress_file = Path(file + ".wolfhub-progress")
+    done = int(progress_file.read_text()) if progress_file.exists() else 0
+    with open(file, newline="") as fh:
+        total = max(0, sum(1 for _ in fh) - 1)
+
+    async def work(hub: Hub) -> int:
+        written = done
+        marker = anyio.Path(progress_file)
+        with Progress() as bar:
+            task = bar.add_task(f"{exchange} {product}", total=total, completed=done)
+            chunk: list[dict[str, str]] = []
+            header: list[str] | None = None
+            number = 0
+            async with await anyio.open_file(file, newline="") as fh:
+                async for line in fh:
+                    fields = next(csv.reader([line]), [])
+                    if header is None:
+                        header = fields
+                        continue
+                    number += 1
+                    if number <= done or not fields:
+                        continue
+                    chunk.append(dict(zip(header, fields, strict=False)))
+                    if len(chunk) >= batch:
+                        await _backfill_chunk(hub, exchange, product, chunk, written)
+                        await hub.flush()  # stored before the marker moves
+                        written = number
+                        await marker.write_text(str(written))
+                        bar.update(task, completed=written)
+                        chunk = []
+            if chunk:
+                await _backfill_chunk(hub, exchange, product, chunk, written)
+                await hub.flush()
+                written = number
+                await marker.write_text(str(written))
+                bar.update(task, completed=written)
+        return written
+
+    written = _with_hub(config_path, work)
+    click.echo(f"{written} of {total} candles stored ({written - done} this run)")
+
+
+async def _backfill_chunk(hub: Hub, exchange: str, product: str, chunk: list[dict[str, str]],
+                          first: int) -> None:
+    candles = []
+    for offset, row in enumerate(chunk):
+        try:
+            candles.append({k: (int(row[k]) if k == "timestamp" else float(row[k]))
+                            for k in CSV_FIELDS})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HubError(f"row {first + offset + 1}: {exc!r}") from None
+    try:
+        await hub.write_candles_batch(exchange, product, candles)
+    except ValidationError as exc:
+        raise HubError(f"rows {first + 1}-{first + len(chunk)}: {exc}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

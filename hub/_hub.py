@@ -674,6 +674,27 @@ class Hub:
             if batch:
                 await self._redis(op_unlink(batch))
 
+    async def _clear_pattern(self, pattern: str) -> int:
+        """UNLINK every key matching a Redis glob (SCAN, never KEYS); for ``wolfhub cache
+        clear --pattern``. Returns how many were removed."""
+        self._check_open()
+        if self._cache is None:
+            return 0
+        v.name(pattern, "pattern")
+        await self._redis(op_barrier())
+        if self._cache.near is not None:
+            self._cache.near.clear()
+        removed = 0
+        batch: list[str] = []
+        async for raw in self._cache.scan(pattern):
+            batch.append(raw.decode())
+            if len(batch) >= 500:
+                removed += int(await self._redis(op_unlink(batch)) or 0)
+                batch = []
+        if batch:
+            removed += int(await self._redis(op_unlink(batch)) or 0)
+        return removed
+
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """Points InfluxDB refused as data (newest first): ``line`` and the server's
         ``reason``. They are kept in the SQLite ``quarantine`` table, never dropped."""

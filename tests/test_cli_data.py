@@ -1,0 +1,93 @@
+"""wolfhub backfill / export / delete / cache clear against the session's real servers."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import yaml
+
+from hub._servers import LocalServers
+from tests.conftest import redis_command
+
+T0 = 1697529600
+
+
+def wolfhub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hub", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=120)
+
+
+def make_config(servers: LocalServers, tmp_path: Path) -> None:
+    if not servers.redis.running:
+        servers.redis.start()
+    if not servers.influx.running:
+        servers.influx.start()
+    (tmp_path / "config").mkdir(exist_ok=True)
+    overrides = servers.config_overrides()
+    (tmp_path / "config" / "cache_db.yml").write_text(yaml.safe_dump({
+        "redis": overrides["redis"],
+        "influxdb": {**overrides["influxdb"], "bucket": f"cli_{uuid.uuid4().hex[:8]}"},
+        "sqlite": {"path": str(tmp_path / "hub.sqlite")},
+    }))
+
+
+def rows(n: int) -> list[list[object]]:
+    return [[T0 + 60 * i, 100.0 + i, 102.0 + i, 99.0 + i, 101.0 + i, float(i)] for i in range(n)]
+
+
+def test_backfill_resumes_then_export_gives_the_same_csv(servers: LocalServers,
+                                                         tmp_path: Path) -> None:
+    make_config(servers, tmp_path)
+    data = rows(1200)
+    source = tmp_path / "candles.csv"
+    bad = [r[:] for r in data]
+    bad[899][2] = 1.0  # high below low: refused
+    with source.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["timestamp", "open", "high", "low", "close", "volume"],
+                                  *bad])
+    first = wolfhub("backfill", str(source), "--exchange", "px", "--product", "P",
+                    "--batch", "500", cwd=tmp_path)
+    assert first.returncode == 1 and "rows 501-1000" in first.stderr
+    assert (tmp_path / "candles.csv.wolfhub-progress").read_text() == "500"
+    with source.open("w", newline="") as fh:  # fixed; run again: resumes after row 500
+        csv.writer(fh).writerows([["timestamp", "open", "high", "low", "close", "volume"],
+                                  *data])
+    second = wolfhub("backfill", str(source), "--exchange", "px", "--product", "P",
+                     "--batch", "500", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "1200 of 1200 candles stored (700 this run)" in second.stdout
+    redis_command(servers, "FLUSHALL")  # so export reads InfluxDB
+    out = tmp_path / "out.csv"
+    exported = wolfhub("export", "px", "P", "--out", str(out), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    with out.open() as fh:
+        got = list(csv.reader(fh))
+    assert got[0] == ["timestamp", "open", "high", "low", "close", "volume"]
+    assert [[int(r[0]), *map(float, r[1:])] for r in got[1:]] == data
+
+
+def test_delete_and_cache_clear(servers: LocalServers, tmp_path: Path) -> None:
+    make_config(servers, tmp_path)
+    source = tmp_path / "c.csv"
+    with source.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["timestamp", "open", "high", "low", "close", "volume"],
+                                  *rows(10)])
+    assert wolfhub("backfill", str(source), "--exchange", "px", "--product", "Q",
+                   cwd=tmp_path).returncode == 0
+    redis_command(servers, "SET", "indicator:px:Q:EMA:20", "1.5")
+    redis_command(servers, "SET", "other:key", "1")
+    cleared = wolfhub("cache", "clear", "--pattern", "indicator:px:*", cwd=tmp_path)
+    assert cleared.returncode == 0 and "removed 1 keys" in cleared.stdout
+    assert redis_command(servers, "EXISTS", "other:key") == b":1\r\n"
+    deleted = wolfhub("delete", "--start", "2000-01-01T00:00:00Z", "--stop", "now",
+                      "--predicate", '_measurement="candle" AND product="Q"', cwd=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr
+    out = wolfhub("export", "px", "Q", cwd=tmp_path)
+    assert out.stdout.strip().splitlines() == ["timestamp,open,high,low,close,volume"]
+    bad = wolfhub("delete", "--start", "-1d", "--stop", "now", "--predicate", "x OR y",
+                  cwd=tmp_path)
+    assert bad.returncode == 1 and "predicate" in bad.stderr
