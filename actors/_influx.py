@@ -81,6 +81,18 @@ class InfluxClient:
     async def connect(self) -> None:
         """Build the HTTP client and create the database. InfluxDB being down is not an
         error here (writes wait in the spool); refused credentials are."""
+        self._make_client()
+        cfg = self._config
+        try:
+            await self._ensure_database()
+        except Unavailable as exc:
+            log.warning("InfluxDB not reachable at %s yet (%s); writes are kept until it is",
+                        cfg.url, exc)
+            return
+        log.info("InfluxDB connected: %s org=%s bucket=%s", cfg.url, cfg.org, cfg.bucket)
+
+    def _make_client(self) -> None:
+        """aioinflux's client; built inside the running loop (its __init__ reads it)."""
         cfg = self._config
         url = urlsplit(cfg.url)
         kwargs: dict[str, Any] = {}
@@ -101,13 +113,6 @@ class InfluxClient:
             timeout=cfg.timeout,
             **kwargs,
         )
-        try:
-            await self._ensure_database()
-        except Unavailable as exc:
-            log.warning("InfluxDB not reachable at %s yet (%s); writes are kept until it is",
-                        cfg.url, exc)
-            return
-        log.info("InfluxDB connected: %s org=%s bucket=%s", cfg.url, cfg.org, cfg.bucket)
 
     async def _ensure_database(self) -> None:
         try:
@@ -172,6 +177,16 @@ class InfluxClient:
             if "error" in result:
                 raise QueryFailed(str(result["error"]))
         return results
+
+    async def ping(self) -> dict[str, str]:
+        """The /ping answer's headers (X-Influxdb-Version, Date). Raises Unavailable."""
+        if self._client is None:
+            self._make_client()
+        try:
+            headers: dict[str, str] = await self._client.ping()
+        except _TRANSIENT as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+        return headers
 
     async def close(self) -> None:
         if self._client is not None:

@@ -21,6 +21,13 @@ from hub.errors import HubError, ValidationError
 
 DEFAULT_CONFIG = "config/cache_db.yml"
 
+config_option = click.option(
+    "--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
+    type=click.Path(dir_okay=False), help="Hub config (YAML); used when it exists.")
+data_option = click.option(
+    "--data", default="data", show_default=True, type=click.Path(file_okay=False),
+    help="Directory of the local servers' data, configs and logs.")
+
 
 def _run(coro: Any) -> Any:
     try:
@@ -94,6 +101,26 @@ def demo(config_path: str | None, data: str, duration: float, products: int,
     click.echo(json.dumps(summary, indent=2))
 
 
+@main.command()
+@config_option
+def doctor(config_path: str) -> None:
+    """Check reachability, credentials, versions, database and retention, clock skew, hit
+    rate, spool and quarantine; say what to do about each problem. Exit code 1 on a FAIL."""
+    from hub._doctor import examine
+
+    try:
+        findings = _run(examine(_config_or_default(config_path), config_path))
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for f in findings:
+        click.echo(f"[{f.status:>4}] {f.check}: {f.detail}")
+        if f.fix:
+            click.echo(f"       fix: {f.fix}")
+    if any(f.status == "FAIL" for f in findings):
+        sys.exit(1)
+
+
 def _config_or_default(path: str) -> HubConfig:
     if Path(path).exists():
         return HubConfig.load(path)
@@ -102,14 +129,6 @@ def _config_or_default(path: str) -> HubConfig:
 
 def _port(url: str) -> int:
     return urlsplit(url).port or 8086
-
-
-config_option = click.option(
-    "--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
-    type=click.Path(dir_okay=False), help="Hub config (YAML); used when it exists.")
-data_option = click.option(
-    "--data", default="data", show_default=True, type=click.Path(file_okay=False),
-    help="Directory of the local servers' data, configs and logs.")
 
 
 @main.command()

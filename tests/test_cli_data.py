@@ -91,3 +91,23 @@ def test_delete_and_cache_clear(servers: LocalServers, tmp_path: Path) -> None:
     bad = wolfhub("delete", "--start", "-1d", "--stop", "now", "--predicate", "x OR y",
                   cwd=tmp_path)
     assert bad.returncode == 1 and "predicate" in bad.stderr
+
+
+def test_doctor_all_well_then_names_a_stopped_influxdb(servers: LocalServers,
+                                                       tmp_path: Path) -> None:
+    make_config(servers, tmp_path)
+    well = wolfhub("doctor", cwd=tmp_path)
+    assert well.returncode == 0, well.stdout + well.stderr
+    assert "[  ok] redis reachable" in well.stdout and "redis 7." in well.stdout
+    assert "[  ok] influxdb reachable" in well.stdout and "influxdb 1.6" in well.stdout
+    assert "redis clock" in well.stdout and "sqlite state" in well.stdout
+    servers.influx.stop()
+    try:
+        sick = wolfhub("doctor", cwd=tmp_path)
+    finally:
+        servers.influx.start()
+    assert sick.returncode == 1
+    assert "[FAIL] influxdb reachable" in sick.stdout
+    assert "fix: start it: `wolfhub up`" in sick.stdout
+    assert "systemctl start influxdb" in sick.stdout
+    assert "[  ok] redis reachable" in sick.stdout

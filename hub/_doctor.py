@@ -1,0 +1,149 @@
+"""``wolfhub doctor``: the seed's troubleshooting section, automated.
+
+Each check says what it found and, when something is wrong, what to do about it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+from actors._influx import InfluxClient, QueryFailed, rows
+from actors._redis import RedisClient, RedisUnreachable
+from hub._config import HubConfig
+from hub.errors import BackendUnavailable
+
+SKEW_LIMIT = 2.0  # seconds
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: str  # "ok", "warn" or "FAIL"
+    detail: str
+    fix: str = ""
+
+
+async def examine(config: HubConfig, config_path: str) -> list[Finding]:
+    out: list[Finding] = []
+    if config.redis.enabled:
+        out += await _redis(config, config_path)
+    if config.influxdb.enabled:
+        out += await _influx(config, config_path)
+    out += _sqlite(config)
+    return out
+
+
+async def _redis(config: HubConfig, config_path: str) -> list[Finding]:
+    where = f"{config.redis.host}:{config.redis.port}"
+    client = RedisClient(config.redis)
+    try:
+        await client.connect()
+    except RedisUnreachable as exc:
+        return [Finding("redis reachable", "FAIL", f"{where}: {exc}",
+                        "start it: `wolfhub up` (local servers) or `sudo systemctl start "
+                        f"redis-server`; or fix redis.host/port in {config_path}")]
+    except BackendUnavailable as exc:
+        return [Finding("redis credentials", "FAIL", str(exc),
+                        "set redis.password (or WOLFHUB_REDIS_PASSWORD) / redis.username "
+                        f"in {config_path}")]
+    try:
+        info = await client.info()
+        seconds, micros = (await client.pipeline([("TIME",)]))[0]
+        out = [Finding("redis reachable", "ok", f"{where}, redis {info['redis_version']}")]
+        major = int(str(info["redis_version"]).split(".")[0])
+        out.append(Finding("redis version", "ok" if major >= 7 else "warn",
+                           str(info["redis_version"]),
+                           "" if major >= 7 else "Redis >= 7 is needed for near-cache "
+                           "invalidations (CLIENT TRACKING over RESP3); upgrade"))
+        skew = abs(int(seconds) + int(micros) / 1e6 - time.time())
+        out.append(_skew("redis clock", skew))
+        hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
+        rate = hits / (hits + misses) if hits + misses else None
+        low = rate is not None and hits + misses > 1000 and rate < 0.5
+        out.append(Finding(
+            "redis hit rate", "warn" if low else "ok",
+            "no reads yet" if rate is None else f"{rate * 100:.1f} % of {hits + misses:,}",
+            "raise redis.ttl.indicators or performance.redis_hot_data_window" if low else ""))
+        return out
+    finally:
+        await client.close()
+
+
+async def _influx(config: HubConfig, config_path: str) -> list[Finding]:
+    client = InfluxClient(config.influxdb)
+    url = config.influxdb.url
+    try:
+        try:
+            headers = await client.ping()
+        except BackendUnavailable as exc:
+            return [Finding("influxdb reachable", "FAIL", f"{url}: {exc}",
+                            "start it: `wolfhub up` (local servers) or `sudo systemctl start "
+                            f"influxdb`; or fix influxdb.url in {config_path}. Writes meanwhile "
+                            "wait in the SQLite spool")]
+        version = headers.get("X-Influxdb-Version", "?")
+        out = [Finding("influxdb reachable", "ok", f"{url}, influxdb {version}")]
+        if "Date" in headers:
+            out.append(_skew("influxdb clock", abs(
+                parsedate_to_datetime(headers["Date"]).timestamp() - time.time())))
+        bucket = config.influxdb.bucket
+        try:
+            dbs = {r["name"] for r in rows((await client.query("SHOW DATABASES"))[0])}
+        except QueryFailed as exc:
+            out.append(Finding("influxdb credentials", "FAIL", str(exc),
+                               "set influxdb.username/password (WOLFHUB_INFLUXDB_PASSWORD) or "
+                               f"influxdb.token in {config_path}"))
+            return out
+        if bucket not in dbs:
+            out.append(Finding("influxdb database", "warn", f"{bucket!r} does not exist yet",
+                               "it is created when a hub starts; run the hub once"))
+            return out
+        out.append(Finding("influxdb database", "ok", repr(bucket)))
+        policies = rows((await client.query(f'SHOW RETENTION POLICIES ON "{_q(bucket)}"'))[0])
+        described = ", ".join(f"{p['name']}={p['duration']}{' (default)' if p['default'] else ''}"
+                              for p in policies)
+        forever = any(p["default"] and p["duration"] in ("0s", "0") for p in policies)
+        out.append(Finding(
+            "influxdb retention", "warn" if forever else "ok", described,
+            "the default policy keeps data forever; the config asks for "
+            f"candles {config.influxdb.retention.candles}, trades "
+            f"{config.influxdb.retention.trades}: create policies to match" if forever else ""))
+        return out
+    finally:
+        await client.close()
+
+
+def _q(name: str) -> str:
+    return name.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _skew(check: str, skew: float) -> Finding:
+    bad = skew > SKEW_LIMIT
+    return Finding(check, "warn" if bad else "ok", f"{skew:.2f} s from this machine",
+                   "synchronise clocks (chrony/ntpd): candle times come from this machine"
+                   if bad else "")
+
+
+def _sqlite(config: HubConfig) -> list[Finding]:
+    path = Path(config.sqlite.path)
+    if not path.exists():
+        return [Finding("sqlite state", "ok", f"{path} not created yet")]
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            outbox = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            quarantined = db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    except sqlite3.Error as exc:
+        return [Finding("sqlite state", "FAIL", f"{path}: {exc}",
+                        "check the file's permissions and free disk space")]
+    out = [Finding("sqlite spool", "warn" if outbox else "ok",
+                   f"{outbox} lines waiting for InfluxDB",
+                   "start a hub with InfluxDB reachable: it replays them first" if outbox
+                   else "")]
+    out.append(Finding("sqlite quarantine", "warn" if quarantined else "ok",
+                       f"{quarantined} points InfluxDB refused",
+                       "inspect them with `await hub.quarantined()` (field type conflicts "
+                       "mean one field was written as two types)" if quarantined else ""))
+    return out
