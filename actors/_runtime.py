@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -125,6 +126,7 @@ class Actor:
         self.mailbox: Mailbox[Call] = Mailbox(self.name, mailbox_size)
         self._inflight: Sequence[Call] = ()
         self.restarts = 0
+        self.observe: Callable[[float], None] | None = None  # call latency, when measured
 
     async def setup(self) -> None:
         """Connect; raising here at first start makes ``Hub.start()`` fail."""
@@ -138,8 +140,15 @@ class Actor:
     async def call(self, payload: Any) -> Any:
         """Send ``payload`` and wait for the reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.mailbox.send(Call(payload, future))
-        return await future
+        if self.observe is None:
+            await self.mailbox.send(Call(payload, future))
+            return await future
+        began = time.perf_counter()
+        try:
+            await self.mailbox.send(Call(payload, future))
+            return await future
+        finally:
+            self.observe(time.perf_counter() - began)
 
     async def tell(self, payload: Any) -> None:
         """Send ``payload`` without waiting for a reply (waits only for mailbox room)."""

@@ -143,6 +143,12 @@ class Performance(_Model):
     hybrid_mode: bool = True
 
 
+class MetricsConfig(_Model):
+    # serve Prometheus metrics on this port (None: off)
+    port: int | None = Field(None, ge=1, le=65535)
+    host: str = "127.0.0.1"
+
+
 class SQLiteConfig(_Model):
     path: str = "data/wolfhub.sqlite"
 
@@ -154,6 +160,7 @@ class HubConfig(_Model):
     influxdb: InfluxConfig = InfluxConfig()
     performance: Performance = Performance()
     sqlite: SQLiteConfig = SQLiteConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HubConfig:

@@ -99,6 +99,7 @@ class Hub:
         self._redis_backend = redis_backend
         self._influx_factory = influx_backend
         self._supervisor: Supervisor | None = None
+        self._metrics: Any = None
         self._cache: CacheActor | None = None
         self._writer: WriterActor | None = None
         self._query: QueryActor | None = None
@@ -159,6 +160,18 @@ class Hub:
             self._closed.set()
             raise
         self._state = _State.OPEN
+        if cfg.metrics.port is not None:
+            from hub._metrics import HubMetrics  # prometheus-client only when asked for
+
+            try:
+                self._metrics = HubMetrics(self, cfg.metrics.host, cfg.metrics.port)
+            except OSError as exc:
+                await self.close()
+                raise BackendUnavailable(
+                    "metrics", f"cannot serve on {cfg.metrics.host}:{cfg.metrics.port}: {exc}"
+                ) from exc
+            for actor in actors:
+                actor.observe = self._metrics.observer(actor.name)
         if self._handle_sigterm:
             self._install_sigterm()
 
@@ -214,6 +227,9 @@ class Hub:
         finally:
             self._state = _State.CLOSED
             self._closed.set()
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
             if self._terminating is None:
                 self._remove_sigterm()
 
@@ -694,6 +710,9 @@ class Hub:
         if batch:
             removed += int(await self._redis(op_unlink(batch)) or 0)
         return removed
+
+    def _actor_statistics(self) -> dict[str, Any]:
+        return self._supervisor.statistics() if self._supervisor is not None else {}
 
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """Points InfluxDB refused as data (newest first): ``line`` and the server's

@@ -1,0 +1,87 @@
+"""Prometheus exposition of the hub's counters and call latencies (off by default).
+
+``metrics.port`` in the config turns it on: prometheus-client serves ``/metrics`` from
+a thread of its own; the collector reads the actors' counters when scraped, so the
+hub's hot paths pay nothing for it (only mailbox calls are timed, into a histogram).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from hub._hub import Hub
+
+_COUNTERS = {
+    "writer": ("points_written", "posts", "retries", "quarantined", "spooled", "replayed"),
+    "cache": ("round_trips", "commands", "skipped", "reconnects"),
+    "state": ("commits",),
+    "query": ("queries", "shared"),
+}
+
+
+class _HubCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.hub._actor_statistics()
+        depth = GaugeMetricFamily("wolfhub_mailbox_depth", "Messages waiting", labels=["actor"])
+        restarts = CounterMetricFamily("wolfhub_actor_restarts", "Crash restarts",
+                                       labels=["actor"])
+        for actor, values in stats.items():
+            depth.add_metric([actor], values["depth"])
+            restarts.add_metric([actor], values["restarts"])
+        yield depth
+        yield restarts
+        for actor, names in _COUNTERS.items():
+            for name in names:
+                if actor in stats and name in stats[actor]:
+                    family = CounterMetricFamily(f"wolfhub_{actor}_{name}", f"{actor} {name}")
+                    family.add_metric([], stats[actor][name])
+                    yield family
+        if "writer" in stats:
+            yield GaugeMetricFamily("wolfhub_writer_pending", "Lines waiting in memory",
+                                    value=stats["writer"]["pending"])
+            yield GaugeMetricFamily("wolfhub_writer_spooling", "1 while writes go to the spool",
+                                    value=int(stats["writer"]["spooling"]))
+        near = stats.get("cache", {}).get("near_cache")
+        if near:
+            for name in ("hits", "misses", "invalidations"):
+                family = CounterMetricFamily(f"wolfhub_near_cache_{name}", f"near cache {name}")
+                family.add_metric([], near[name])
+                yield family
+            yield GaugeMetricFamily("wolfhub_near_cache_entries", "Values held in-process",
+                                    value=near["entries"])
+        for name, value in self.hub._counters.items():
+            family = CounterMetricFamily(f"wolfhub_{name}", name.replace("_", " "))
+            family.add_metric([], value)
+            yield family
+        yield GaugeMetricFamily("wolfhub_healthy", "1 while every actor runs",
+                                value=int(self.hub.healthy))
+
+
+class HubMetrics:
+    """The registry, the latency histogram and the HTTP server of one hub."""
+
+    def __init__(self, hub: Hub, host: str, port: int) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "wolfhub_call_seconds", "Mailbox round trip of a call, by actor", ["actor"],
+            registry=self.registry,
+            buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.25, 1.0, 5.0))
+        self.registry.register(_HubCollector(hub))
+        self.server, self.thread = start_http_server(port, host, registry=self.registry)
+
+    def observer(self, actor: str) -> Any:
+        return self.latency.labels(actor).observe
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
