@@ -45,37 +45,46 @@ def main(verbose: bool) -> None:
                         format="[%(levelname)s:%(name)s] %(message)s")
 
 
+def _local_or_config(fn: Any) -> Any:
+    """--config FILE, or local servers started (and stopped) under --data."""
+    fn = click.option("--data", default="data", show_default=True,
+                      type=click.Path(file_okay=False),
+                      help="Where local servers and the SQLite file live when no config "
+                           "is given.")(fn)
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                        help="Hub config (YAML). Without it, local servers are started "
+                             "under --data.")(fn)
+
+
+def _run_job(config_path: str | None, data: str, name: str, job: Any) -> Any:
+    """Run ``job(config)`` on the given config, or on local servers of its own."""
+    try:
+        if config_path is not None:
+            return _run(job(HubConfig.load(config_path)))
+        with LocalServers(Path(data) / f"{name}-servers") as servers:
+            cfg = HubConfig.from_mapping({
+                **servers.config_overrides(),
+                "sqlite": {"path": str(Path(data) / f"{name}.sqlite")},
+            })
+            return _run(job(cfg))
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Hub config (YAML). Without it, local servers are started under --data.")
-@click.option("--data", default="data", show_default=True, type=click.Path(file_okay=False),
-              help="Where local servers and the SQLite file live when no config is given.")
+@_local_or_config
 @click.option("--candles", default=600, show_default=True, help="1-minute candles per product.")
 def example(config_path: str | None, data: str, candles: int) -> None:
     """Open a hub, write and read candles, indicators, a trade and a position."""
     from hub._example import run
 
-    try:
-        if config_path is not None:
-            summary = _run(run(HubConfig.load(config_path), candles))
-        else:
-            with LocalServers(Path(data) / "servers") as servers:
-                cfg = HubConfig.from_mapping({
-                    **servers.config_overrides(),
-                    "sqlite": {"path": str(Path(data) / "wolfhub.sqlite")},
-                })
-                summary = _run(run(cfg, candles))
-    except (HubError, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    summary = _run_job(config_path, data, "example", lambda cfg: run(cfg, candles))
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Hub config (YAML). Without it, local servers are started under --data.")
-@click.option("--data", default="data", show_default=True, type=click.Path(file_okay=False),
-              help="Where local servers and the SQLite file live when no config is given.")
+@_local_or_config
 @click.option("--duration", default=30.0, show_default=True, help="Seconds to run.")
 @click.option("--products", default=3, show_default=True, help="Products to simulate (1-8).")
 @click.option("--speed", default=120.0, show_default=True,
@@ -85,19 +94,8 @@ def demo(config_path: str | None, data: str, duration: float, products: int,
     """Simulated papertrader feed + EMA/RSI strategies on the hub, with a live view."""
     from hub._demo import run as run_demo
 
-    try:
-        if config_path is not None:
-            summary = _run(run_demo(HubConfig.load(config_path), duration, products, speed))
-        else:
-            with LocalServers(Path(data) / "demo-servers") as servers:
-                cfg = HubConfig.from_mapping({
-                    **servers.config_overrides(),
-                    "sqlite": {"path": str(Path(data) / "demo.sqlite")},
-                })
-                summary = _run(run_demo(cfg, duration, products, speed))
-    except (HubError, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    summary = _run_job(config_path, data, "demo",
+                       lambda cfg: run_demo(cfg, duration, products, speed))
     click.echo(json.dumps(summary, indent=2))
 
 

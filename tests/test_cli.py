@@ -45,7 +45,8 @@ def test_up_status_stats_down(tmp_path: Path) -> None:
 
 
 def test_help_on_every_verb(tmp_path: Path) -> None:
-    for verb in ("up", "down", "status", "stats", "example", "demo"):
+    for verb in ("up", "down", "status", "stats", "example", "demo", "doctor", "backfill",
+                 "export", "delete", "cache"):
         result = wolfhub(verb, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "Usage:" in result.stdout, verb
 
