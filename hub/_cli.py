@@ -119,6 +119,48 @@ def doctor(config_path: str) -> None:
         sys.exit(1)
 
 
+@main.command("backup")
+@config_option
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--influx-rpc", help="influxd's backup service host:port "
+              "(default: the InfluxDB host, port 8088).")
+def backup_cmd(config_path: str, folder: str, influx_rpc: str | None) -> None:
+    """InfluxDB (influxd backup -portable), the SQLite state and a Redis snapshot
+    (BGSAVE, when Redis runs on this machine), into one new folder."""
+    from hub._backup import backup, default_rpc
+
+    cfg = _config_or_default(config_path)
+    try:
+        manifest = backup(cfg, Path(folder), influx_rpc or default_rpc(cfg))
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(manifest, indent=2))
+
+
+@main.command("restore")
+@config_option
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--influx-rpc", help="influxd's backup service host:port "
+              "(default: the InfluxDB host, port 8088).")
+@click.option("--as", "database", help="Restore InfluxDB into this new database "
+              "(default: the config's bucket, which must not exist).")
+@click.option("--force", is_flag=True, help="Replace the SQLite state file.")
+def restore_cmd(config_path: str, folder: str, influx_rpc: str | None, database: str | None,
+                force: bool) -> None:
+    """Restore what `backup` wrote (stop hubs using the SQLite file first). Redis is a
+    cache and refills by itself."""
+    from hub._backup import default_rpc, restore
+
+    cfg = _config_or_default(config_path)
+    try:
+        done = restore(cfg, Path(folder), influx_rpc or default_rpc(cfg), database, force)
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo("restored: " + ", ".join(done))
+
+
 def _config_or_default(path: str) -> HubConfig:
     if Path(path).exists():
         return HubConfig.load(path)

@@ -111,3 +111,33 @@ def test_doctor_all_well_then_names_a_stopped_influxdb(servers: LocalServers,
     assert "fix: start it: `wolfhub up`" in sick.stdout
     assert "systemctl start influxdb" in sick.stdout
     assert "[  ok] redis reachable" in sick.stdout
+
+
+def test_backup_then_restore_into_a_new_database(servers: LocalServers, tmp_path: Path) -> None:
+    make_config(servers, tmp_path)
+    source = tmp_path / "c.csv"
+    with source.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["timestamp", "open", "high", "low", "close", "volume"],
+                                  *rows(300)])
+    assert wolfhub("backfill", str(source), "--exchange", "px", "--product", "B",
+                   cwd=tmp_path).returncode == 0
+    rpc = f"127.0.0.1:{servers.influx.rpc_port}"
+    made = wolfhub("backup", str(tmp_path / "bk"), "--influx-rpc", rpc, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "bk" / "influxdb").is_dir() and (tmp_path / "bk" / "wolfhub.sqlite").exists()
+    assert (tmp_path / "bk" / "redis" / "dump.rdb").exists()
+    # restore into a new database and a new SQLite path, then read it through a hub
+    config = yaml.safe_load((tmp_path / "config" / "cache_db.yml").read_text())
+    new_db = f"restored_{uuid.uuid4().hex[:6]}"
+    config["influxdb"]["bucket"] = new_db
+    config["sqlite"]["path"] = str(tmp_path / "restored.sqlite")
+    (tmp_path / "config" / "cache_db.yml").write_text(yaml.safe_dump(config))
+    back = wolfhub("restore", str(tmp_path / "bk"), "--influx-rpc", rpc, cwd=tmp_path)
+    assert back.returncode == 0, back.stderr
+    assert new_db in back.stdout and "restored.sqlite" in back.stdout
+    redis_command(servers, "FLUSHALL")
+    out = wolfhub("export", "px", "B", cwd=tmp_path)
+    assert len(out.stdout.strip().splitlines()) == 301  # header + every candle
+    again = wolfhub("restore", str(tmp_path / "bk"), "--influx-rpc", rpc, "--as",
+                    new_db + "x", cwd=tmp_path)
+    assert again.returncode == 1 and "--force" in again.stderr
