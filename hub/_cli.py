@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import click
 
 from hub._config import HubConfig
 from hub._hub import Hub
-from hub._servers import LocalServers
+from hub._servers import LocalServers, free_port
 from hub.errors import HubError, ValidationError
 
 DEFAULT_CONFIG = "config/cache_db.yml"
@@ -167,6 +168,15 @@ def _config_or_default(path: str) -> HubConfig:
     return HubConfig()
 
 
+def _free_or_any(port: int) -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def _port(url: str) -> int:
     return urlsplit(url).port or 8086
 
@@ -185,8 +195,10 @@ def up(config_path: str, data: str) -> None:
             click.echo(f"already running: redis :{running['redis']['port']}, "
                        f"influxd :{running['influxdb']['port']}")
             return
-        servers = LocalServers(servers_dir, redis_port=cfg.redis.port,
-                               influx_port=_port(cfg.influxdb.url))
+        influx_port = _port(cfg.influxdb.url)
+        servers = LocalServers(servers_dir, redis_port=cfg.redis.port, influx_port=influx_port,
+                               # influxd's own default (8086 -> 8088), as backup expects
+                               influx_rpc_port=_free_or_any(influx_port + 2))
         servers.start()
         servers.save_state()
     except (HubError, OSError) as exc:

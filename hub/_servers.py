@@ -284,6 +284,7 @@ class LocalServers:
     directory: Path
     redis_port: int | None = None  # None: any free port
     influx_port: int | None = None
+    influx_rpc_port: int | None = None  # influxd's backup/restore service
     redis: RedisServer = field(init=False)
     influx: InfluxServer = field(init=False)
 
@@ -291,7 +292,8 @@ class LocalServers:
         self.directory = Path(self.directory).resolve()  # the servers run with cwd there
         self.redis = RedisServer(self.directory / "redis", port=self.redis_port or free_port())
         self.influx = InfluxServer(self.directory / "influxdb",
-                                   port=self.influx_port or free_port())
+                                   port=self.influx_port or free_port(),
+                                   rpc_port=self.influx_rpc_port or free_port())
 
     # ---- detached servers (wolfhub up / down / status) ----
 
