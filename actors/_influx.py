@@ -19,7 +19,7 @@ import msgpack
 import orjson
 
 from hub._config import InfluxConfig
-from hub._influxql import create_database
+from hub._influxql import create_database, retention_statements
 from hub.errors import BackendUnavailable, HubError
 
 with warnings.catch_warnings():
@@ -62,7 +62,7 @@ def _retry_after(headers: Any) -> float | None:
 
 class InfluxBackend(Protocol):
     async def connect(self) -> None: ...
-    async def write(self, body: bytes) -> None: ...
+    async def write(self, body: bytes, rp: str | None = None) -> None: ...
     async def query(self, text: str, epoch: str = "s") -> list[dict[str, Any]]: ...
     async def close(self) -> None: ...
 
@@ -117,6 +117,9 @@ class InfluxClient:
     async def _ensure_database(self) -> None:
         try:
             await self.query(create_database(self._config.bucket))
+            if self._config.retention.enabled:
+                await self.query(";".join(retention_statements(self._config.bucket,
+                                                               self._config.policies())))
         except QueryFailed as exc:
             text = str(exc).lower()
             if "authoriz" in text or "authenticat" in text:
@@ -126,18 +129,20 @@ class InfluxClient:
                         self._config.bucket, exc)
         self._database_ready = True
 
-    async def write(self, body: bytes) -> None:
-        """POST line protocol. Raises Unavailable (retry later) or WriteRejected (the data)."""
+    async def write(self, body: bytes, rp: str | None = None) -> None:
+        """POST line protocol (into retention policy ``rp``). Raises Unavailable (retry
+        later) or WriteRejected (the data)."""
         if not self._database_ready:
             await self._ensure_database()
         try:
-            await self._client.write(body)
+            await self._client.write(body, rp=rp)
         except InfluxDBWriteError as exc:
             reason = exc.headers.get("X-Influxdb-Error", "") or str(exc.reason)
-            if exc.status in (400, 413):
+            if exc.status == 404 or "not found" in reason:
+                # database or retention policy dropped under us: create them, then retry
+                self._database_ready = False
+            elif exc.status in (400, 413):
                 raise WriteRejected(exc.status, reason) from exc
-            if exc.status == 404 and "database not found" in reason:
-                self._database_ready = False  # dropped under us: create it, then retry
             elif exc.status in (401, 403):
                 log.error("InfluxDB refused the credentials (HTTP %s): %s", exc.status, reason)
             raise Unavailable(f"HTTP {exc.status}: {reason}",

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,8 @@ class WriterActor(Actor):
 
     def __init__(self, backend: InfluxBackend, state: StateActor, *, batch_size: int,
                  linger: float, give_up_after: float, spool_after: float = 5.0,
-                 max_pending: int = 200_000) -> None:
+                 max_pending: int = 200_000,
+                 rp_for: Callable[[str], str | None] | None = None) -> None:
         super().__init__(mailbox_size=50_000)
         self.backend = backend
         self.state = state
@@ -79,6 +80,7 @@ class WriterActor(Actor):
         self.give_up_after = give_up_after
         self.spool_after = spool_after
         self.max_pending = max_pending
+        self.rp_for = rp_for  # measurement -> retention policy, when they have their own
         self._memory: deque[_Entry] = deque()
         self._mem_accepted = 0  # memory lines ever accepted (sequence numbers)
         self._mem_done = 0  # memory lines ever written or quarantined
@@ -340,16 +342,27 @@ class WriterActor(Actor):
         self._waiters = still
 
     async def _write(self, chunk: Sequence[_Entry]) -> None:
-        """POST one chunk; on a data rejection, bisect to land the good lines."""
+        """POST one chunk (one POST per retention policy when measurements have their
+        own); on a data rejection, bisect to land the good lines."""
+        if self.rp_for is None:
+            await self._write_to(chunk, None)
+            return
+        groups: dict[str | None, list[_Entry]] = {}
+        for entry in chunk:  # a series stays in one group, in order
+            groups.setdefault(self.rp_for(entry[0].split(",", 1)[0]), []).append(entry)
+        for rp, entries in groups.items():
+            await self._write_to(entries, rp)
+
+    async def _write_to(self, chunk: Sequence[_Entry], rp: str | None) -> None:
         try:
-            await self.backend.write("\n".join(line for line, _ in chunk).encode())
+            await self.backend.write("\n".join(line for line, _ in chunk).encode(), rp)
         except WriteRejected as exc:
             if len(chunk) == 1:
                 await self._quarantine(chunk[0], exc)
                 return
             mid = len(chunk) // 2
-            await self._write(chunk[:mid])
-            await self._write(chunk[mid:])
+            await self._write_to(chunk[:mid], rp)
+            await self._write_to(chunk[mid:], rp)
             return
         self.posts += 1
         self.points_written += len(chunk)

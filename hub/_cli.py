@@ -162,6 +162,52 @@ def restore_cmd(config_path: str, folder: str, influx_rpc: str | None, database:
     click.echo("restored: " + ", ".join(done))
 
 
+@main.group()
+def retention() -> None:
+    """InfluxDB retention policies per measurement."""
+
+
+@retention.command("apply")
+@config_option
+def retention_apply(config_path: str) -> None:
+    """Create (or update) one retention policy per measurement from influxdb.retention
+    (candles 90d, indicators 30d, trades 365d, metrics 180d by default) and a continuous
+    query that downsamples 1-minute candles to 1 hour. Hubs write and read there when
+    influxdb.retention.enabled is true."""
+    from actors._influx import InfluxClient, QueryFailed, rows
+    from hub import _influxql as ql
+
+    cfg = _config_or_default(config_path)
+    db = cfg.influxdb.bucket
+
+    async def work() -> list[dict[str, Any]]:
+        client = InfluxClient(cfg.influxdb)
+        try:
+            await client.connect()
+            await client.query(";".join([ql.create_database(db), *ql.retention_statements(
+                db, cfg.influxdb.policies())]))
+            try:
+                await client.query(f"DROP CONTINUOUS QUERY {ql.ident(ql.CQ_1H)} ON "
+                                   f"{ql.ident(db)}")
+            except QueryFailed:
+                pass  # not there yet
+            await client.query(ql.downsample_query(db))
+            return rows((await client.query(f"SHOW RETENTION POLICIES ON {ql.ident(db)}"))[0])
+        finally:
+            await client.close()
+
+    try:
+        policies = _run(work())
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for p in policies:
+        click.echo(f"{p['name']:22} {p['duration']:>12}{'  (default)' if p['default'] else ''}")
+    click.echo(f"continuous query {ql.CQ_1H}: 1m candles -> {ql.RP_1H}.candle_1h, hourly")
+    if not cfg.influxdb.retention.enabled:
+        click.echo("note: set influxdb.retention.enabled: true so hubs write and read there")
+
+
 def _config_or_default(path: str) -> HubConfig:
     if Path(path).exists():
         return HubConfig.load(path)

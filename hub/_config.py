@@ -18,6 +18,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from hub._influxql import RP_1H, RP_NAMES
 from hub.errors import ValidationError
 
 __all__ = ["HubConfig"]
@@ -90,12 +91,16 @@ class RedisConfig(_Model):
 
 
 class Retention(_Model):
+    # true: each measurement lives in a retention policy of its own (created/updated at
+    # start and by `wolfhub retention apply`); writes and queries go there
+    enabled: bool = False
     candles: str = "90d"
     indicators: str = "30d"
     trades: str = "365d"
     metrics: str = "180d"
+    candles_1h: str = "730d"  # what the continuous query downsamples 1m candles into
 
-    @field_validator("candles", "indicators", "trades", "metrics")
+    @field_validator("candles", "indicators", "trades", "metrics", "candles_1h")
     @classmethod
     def _duration(cls, value: str) -> str:
         if not _DURATION.match(value):
@@ -124,6 +129,16 @@ class InfluxConfig(_Model):
     spool_after: float = Field(5.0, ge=0)
     # lines allowed to wait in memory before they move to the spool
     max_pending: int = Field(200_000, gt=0)
+
+    def policies(self) -> dict[str, str]:
+        """Retention policy name -> duration, for every policy the hub manages."""
+        r = self.retention
+        return {RP_NAMES["candle"]: r.candles, RP_NAMES["indicator"]: r.indicators,
+                RP_NAMES["trade"]: r.trades, RP_NAMES["metric"]: r.metrics, RP_1H: r.candles_1h}
+
+    def rp_for(self, measurement: str) -> str | None:
+        """Where ``measurement`` is written and read (None: the database's default)."""
+        return RP_NAMES.get(measurement) if self.retention.enabled else None
 
     @field_validator("url")
     @classmethod

@@ -149,6 +149,7 @@ class Hub:
                 give_up_after=cfg.influxdb.timeout,
                 spool_after=cfg.influxdb.spool_after,
                 max_pending=cfg.influxdb.max_pending,
+                rp_for=cfg.influxdb.rp_for if cfg.influxdb.retention.enabled else None,
             )
             self._query = QueryActor(factory(), self._cache)
             actors += [self._writer, self._query]
@@ -350,7 +351,8 @@ class Hub:
             return op_set(key, orjson.dumps(_number(found[0]["last"])), ttl)
 
         results = await self._influx(Query(
-            ql.select_last_indicator(exchange, product, name, period_s),
+            ql.select_last_indicator(exchange, product, name, period_s,
+                                     self.config.influxdb.rp_for("indicator")),
             key=key, fill=fill if self._cache is not None else None,
         ))
         found = rows(results[0]) if results else []
@@ -485,7 +487,8 @@ class Hub:
             return []
         self._counters["candle_cold_queries"] += 1
         await self._read_your_writes()
-        results = await self._influx(Query(ql.select_candles(exchange, product, lo, hi, limit)))
+        results = await self._influx(Query(ql.select_candles(
+            exchange, product, lo, hi, limit, self.config.influxdb.rp_for("candle"))))
         return _candles(results)
 
     async def _resampled(self, exchange: str, product: str, lo: int | None, hi: int | None,
@@ -495,7 +498,8 @@ class Hub:
         await self._read_your_writes()
         if lo is None or hi is None:
             # GROUP BY time() needs both bounds; take them from the data
-            bounds = await self._influx(Query(ql.select_candle_bounds(exchange, product)))
+            bounds = await self._influx(Query(ql.select_candle_bounds(
+                exchange, product, self.config.influxdb.rp_for("candle"))))
             first, last = (rows(r) for r in bounds)
             if not first or not last:
                 return []
@@ -504,7 +508,8 @@ class Hub:
         if hi < lo:
             return []
         results = await self._influx(Query(
-            ql.select_candles_resampled(exchange, product, lo, hi, limit, interval)))
+            ql.select_candles_resampled(exchange, product, lo, hi, limit, interval,
+                                        self.config.influxdb.rp_for("candle"))))
         return _candles(results)
 
     # ---- trades and metrics -------------------------------------------------------
@@ -543,7 +548,8 @@ class Hub:
             return []
         await self._read_your_writes()
         results = await self._influx(Query(
-            ql.select_trades(exchange, product, start, end, limit), epoch="ns"))
+            ql.select_trades(exchange, product, start, end, limit,
+                             self.config.influxdb.rp_for("trade")), epoch="ns"))
         return [_trade(r) for r in reversed(rows(results[0]))] if results else []
 
     async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None:

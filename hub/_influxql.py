@@ -51,48 +51,87 @@ def interval_seconds(interval: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def source(measurement: str, rp: str | None) -> str:
+    """``"rp"."measurement"`` (the query's database), or the measurement in the default RP."""
+    return f"{ident(rp)}.{ident(measurement)}" if rp else ident(measurement)
+
+
 def select_candles(exchange: str, product: str, start: int | None, end: int | None,
-                   limit: int) -> str:
+                   limit: int, rp: str | None = None) -> str:
     fields = ",".join(ident(f) for f in CANDLE_FIELDS)
     return (
-        f"SELECT {fields} FROM \"candle\""
+        f"SELECT {fields} FROM {source('candle', rp)}"
         f"{where({'exchange': exchange, 'product': product}, start, end)}"
         f" ORDER BY time DESC LIMIT {int(limit)}"
     )
 
 
 def select_candles_resampled(exchange: str, product: str, start: int, end: int,
-                             limit: int, interval: str) -> str:
+                             limit: int, interval: str, rp: str | None = None) -> str:
     """OHLCV per bucket: first open, max high, min low, last close, sum volume."""
     seconds = interval_seconds(interval)
     return (
         'SELECT first("open") AS "open", max("high") AS "high", min("low") AS "low", '
-        'last("close") AS "close", sum("volume") AS "volume" FROM "candle"'
+        f'last("close") AS "close", sum("volume") AS "volume" FROM {source("candle", rp)}'
         f"{where({'exchange': exchange, 'product': product}, start, end)}"
         f" GROUP BY time({seconds}s) fill(none) ORDER BY time DESC LIMIT {int(limit)}"
     )
 
 
-def select_candle_bounds(exchange: str, product: str) -> str:
+def select_candle_bounds(exchange: str, product: str, rp: str | None = None) -> str:
     tags = where({"exchange": exchange, "product": product})
-    return f'SELECT first("close") FROM "candle"{tags}; SELECT last("close") FROM "candle"{tags}'
+    src = source("candle", rp)
+    return f'SELECT first("close") FROM {src}{tags}; SELECT last("close") FROM {src}{tags}'
 
 
-def select_last_indicator(exchange: str, product: str, name: str, period: str) -> str:
+def select_last_indicator(exchange: str, product: str, name: str, period: str,
+                          rp: str | None = None) -> str:
     tags = {"exchange": exchange, "product": product, "name": name, "period": period}
-    return f'SELECT last("value") FROM "indicator"{where(tags)}'
+    return f'SELECT last("value") FROM {source("indicator", rp)}{where(tags)}'
 
 
 def select_trades(exchange: str, product: str, start: int | float | None,
-                  end: int | float | None, limit: int) -> str:
+                  end: int | float | None, limit: int, rp: str | None = None) -> str:
     return (
-        f'SELECT * FROM "trade"{where({"exchange": exchange, "product": product}, start, end)}'
+        f'SELECT * FROM {source("trade", rp)}'
+        f'{where({"exchange": exchange, "product": product}, start, end)}'
         f" ORDER BY time DESC LIMIT {int(limit)}"
     )
 
 
 def create_database(database: str) -> str:
     return f"CREATE DATABASE {ident(database)}"
+
+
+# retention policy per measurement (influxdb.retention with enabled: true)
+RP_NAMES = {"candle": "wolfhub_candles", "indicator": "wolfhub_indicators",
+            "trade": "wolfhub_trades", "metric": "wolfhub_metrics"}
+RP_1H = "wolfhub_candles_1h"
+CQ_1H = "wolfhub_candle_1h"
+
+
+def retention_statements(database: str, durations: Mapping[str, str]) -> list[str]:
+    """CREATE each policy, then ALTER it to the configured duration (CREATE of an existing
+    policy with other settings fails; ALTER always converges)."""
+    out = []
+    for rp, duration in durations.items():
+        out.append(f"CREATE RETENTION POLICY {ident(rp)} ON {ident(database)} "
+                   f"DURATION {duration} REPLICATION 1")
+        out.append(f"ALTER RETENTION POLICY {ident(rp)} ON {ident(database)} "
+                   f"DURATION {duration}")
+    return out
+
+
+def downsample_query(database: str) -> str:
+    """A continuous query: 1-minute candles to 1-hour OHLCV, per exchange and product."""
+    db = ident(database)
+    return (
+        f"CREATE CONTINUOUS QUERY {ident(CQ_1H)} ON {db} BEGIN "
+        'SELECT first("open") AS "open", max("high") AS "high", min("low") AS "low", '
+        'last("close") AS "close", sum("volume") AS "volume" '
+        f'INTO {db}.{ident(RP_1H)}."candle_1h" FROM {db}.{ident(RP_NAMES["candle"])}."candle" '
+        "GROUP BY time(1h), * END"
+    )
 
 
 # ---- the seed's delete_data(start, stop, predicate) ----------------------------------

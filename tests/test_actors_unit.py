@@ -30,7 +30,7 @@ class FakeInflux:
     async def connect(self) -> None:
         pass
 
-    async def write(self, body: bytes) -> None:
+    async def write(self, body: bytes, rp: str | None = None) -> None:
         lines = body.decode().split("\n")
         if self.down:
             self.down -= 1
@@ -128,11 +128,11 @@ async def test_retry_after_is_honoured() -> None:
             super().__init__()
             self.attempts: list[float] = []
 
-        async def write(self, body: bytes) -> None:
+        async def write(self, body: bytes, rp: str | None = None) -> None:
             self.attempts.append(asyncio.get_running_loop().time())
             if len(self.attempts) == 1:
                 raise Unavailable("HTTP 429: slow down", retry_after=0.4)
-            await super().write(body)
+            await super().write(body, rp)
 
     fake = Busy()
     writer, _, sup = await started_writer(fake)
@@ -355,9 +355,9 @@ async def test_slow_influx_means_backpressure_not_spooling() -> None:
     gate = asyncio.Event()
 
     class Slow(FakeInflux):
-        async def write(self, body: bytes) -> None:
+        async def write(self, body: bytes, rp: str | None = None) -> None:
             await gate.wait()
-            await super().write(body)
+            await super().write(body, rp)
 
     fake = Slow()
     writer, _, sup = await started_writer(fake, batch_size=5, max_pending=10)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import subprocess
+import time
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -141,3 +143,51 @@ def test_backup_then_restore_into_a_new_database(servers: LocalServers, tmp_path
     again = wolfhub("restore", str(tmp_path / "bk"), "--influx-rpc", rpc, "--as",
                     new_db + "x", cwd=tmp_path)
     assert again.returncode == 1 and "--force" in again.stderr
+
+
+def test_retention_apply_and_routing(servers: LocalServers, tmp_path: Path) -> None:
+    import asyncio
+
+    from actors.query import Query
+    from hub import Hub, HubConfig
+
+    make_config(servers, tmp_path)
+    path = tmp_path / "config" / "cache_db.yml"
+    config = yaml.safe_load(path.read_text())
+    config["influxdb"]["retention"] = {"enabled": True, "candles": "30d", "trades": "400d"}
+    path.write_text(yaml.safe_dump(config))
+    applied = wolfhub("retention", "apply", cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    assert "wolfhub_candles" in applied.stdout and "720h0m0s" in applied.stdout
+    assert "wolfhub_trades" in applied.stdout and "9600h0m0s" in applied.stdout
+    assert "continuous query wolfhub_candle_1h" in applied.stdout
+
+    recent = int(time.time()) // 60 * 60 - 3600  # inside every policy's duration
+
+    async def scenario() -> tuple[Any, ...]:
+        async with Hub(HubConfig.from_mapping(config, environ={})) as hub:
+            await hub.write_candles_batch("px", "R", [
+                {"timestamp": recent + 60 * i, "open": 1, "high": 2, "low": 1, "close": 1,
+                 "volume": 1} for i in range(5)])
+            await hub.write_trade("px", "R", T0, "buy", 1.0, 1.0, "o1")  # 2023: beyond 400d
+            await hub.write_trade("px", "R", recent, "buy", 1.0, 1.0, "o2")
+            await hub.flush()
+            await hub.flush_all()
+            assert hub._query is not None
+            routed = await hub._query.call(Query('SELECT count("close") FROM '
+                                                 '"wolfhub_candles"."candle"'))
+            default = await hub._query.call(Query('SELECT count("close") FROM "candle"'))
+            cqs = await hub._query.call(Query("SHOW CONTINUOUS QUERIES"))
+            quarantined = await hub.quarantined()
+            return (len(await hub.query_candles("px", "R")),
+                    len(await hub.query_trades("px", "R")), routed, default, cqs, quarantined)
+
+    candles, trades, routed, default, cqs, quarantined = asyncio.run(scenario())
+    assert [q["reason"] for q in quarantined] == [
+        "partial write: points beyond retention policy dropped=1"]
+    # the hub reads where it writes; the 2023 trade is older than the policy: InfluxDB
+    # refused it, and the hub kept it in the quarantine (never dropped silently)
+    assert (candles, trades) == (5, 1)
+    assert routed[0]["series"][0]["values"][0][1] == 5
+    assert not default[0].get("series")  # nothing in the default policy
+    assert "wolfhub_candle_1h" in str(cqs)
