@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import time
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
