@@ -63,3 +63,16 @@ def test_demo_runs_without_servers_configured(tmp_path: Path) -> None:
     assert summary["get_indicator_p50_us"] > 0 and summary["write_candle_p99_us"] > 0
     # every trade the strategies made is stored (the first product's, read back)
     assert summary["trades_stored_for_BANKNIFTY-FUT"] <= summary["trades"]
+
+
+def test_example_and_the_seeds_log_lines(tmp_path: Path) -> None:
+    result = wolfhub("-v", "example", "--candles", "120", "--data", str(tmp_path / "d"),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["candles_written"] == 240 and summary["trades"] == 1
+    assert summary["position"]["size"] == 1.0
+    # the seed's connect lines, in the seed's format
+    assert "[INFO:actors._redis] Redis connected: 127.0.0.1:" in result.stderr
+    assert " db=0" in result.stderr
+    assert "[INFO:actors._influx] InfluxDB connected: http://127.0.0.1:" in result.stderr
