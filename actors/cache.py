@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 # keys whose values the near cache holds (and Redis tracks for this hub)
-NEAR_PREFIXES = ("indicator:",)
+NEAR_PREFIXES = ("indicator:", "candles:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +171,13 @@ class WindowAnswer:
     def candles(self) -> list[Candle]:
         """Ascending by time."""
         return [decode_candle(m) for m in reversed(self.members)]
+
+
+def op_window_all(key: str) -> RedisOp:
+    """The whole hot window, ascending and decoded, with the milliseconds it has left."""
+    def decode(results: list[Any]) -> tuple[tuple[Candle, ...], int]:
+        return tuple(decode_candle(m) for m in results[0]), results[1]
+    return RedisOp((("ZRANGE", key, 0, -1), ("PTTL", key)), decode)
 
 
 def op_window_range(key: str, start: int | None, end: int | None, limit: int) -> RedisOp:

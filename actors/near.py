@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 _IMMUTABLE = (int, float, str, bool, type(None))
+_DECODE: Any = object()
 
 
 class NearCache:
@@ -54,17 +55,22 @@ class NearCache:
             self.misses += 1
             return False, None
         self.hits += 1
-        return True, (value if isinstance(value, _IMMUTABLE) else orjson.loads(raw))
+        return True, (value if not raw or isinstance(value, _IMMUTABLE) else orjson.loads(raw))
 
     def ticket(self) -> int:
         return self._seq
 
-    def put(self, key: str, raw: bytes, ttl: float, ticket: int) -> None:
-        """Store a value read from Redis under ``ticket`` with ``ttl`` seconds left."""
+    def put(self, key: str, raw: bytes, ttl: float, ticket: int,
+            value: Any = _DECODE) -> None:
+        """Store a value read from Redis under ``ticket`` with ``ttl`` seconds left.
+        ``value``, when given, is the already decoded value and must be immutable (it is
+        handed out as it is)."""
         if (not self.enabled or ttl <= 0 or ticket < self._floor
                 or self._invalidated.get(key, -1) >= ticket + 1):
             return
-        self._data[key] = (time.monotonic() + ttl, orjson.loads(raw), raw)
+        if value is _DECODE:
+            value = orjson.loads(raw)
+        self._data[key] = (time.monotonic() + ttl, value, raw)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import enum
 import functools
@@ -34,6 +35,7 @@ from actors.cache import (
     op_set,
     op_trim_window,
     op_unlink,
+    op_window_all,
     op_window_range,
 )
 from actors.near import NearCache
@@ -434,11 +436,34 @@ class Hub:
         exchange, product = self._names(exchange, product)
         count = v.positive_int(count, "count")
         self._check_open()
-        ok, found = await self._redis_read(op_newest_candles(keys.candles(exchange, product),
-                                                             count))
-        if ok:
-            return list(found)
+        key = keys.candles(exchange, product)
+        if self._cache is not None and self._cache.near is not None:
+            window = await self._near_window(key)
+            if window is not None:
+                return list(window[-count:])
+        else:
+            ok, found = await self._redis_read(op_newest_candles(key, count))
+            if ok:
+                return list(found)
         return await self._cold_candles(exchange, product, None, None, count)
+
+    async def _near_window(self, key: str) -> tuple[Candle, ...] | None:
+        """The hot window from the near cache, else from Redis (then held in-process until
+        a write to it, by anyone, invalidates it); None when Redis cannot answer."""
+        assert self._cache is not None and self._cache.near is not None
+        near = self._cache.near
+        held, window = near.get(key)
+        if held:
+            result: tuple[Candle, ...] = window
+            return result
+        ticket = near.ticket()
+        ok, reply = await self._redis_read(op_window_all(key))
+        if not ok:
+            return None
+        window, pttl = reply
+        if window and pttl > 0:
+            near.put(key, b"", pttl / 1000, ticket, value=window)
+        return tuple(window)
 
     async def query_candles(self, exchange: str, product: str,
                             start_time: int | float | None = None,
@@ -463,12 +488,25 @@ class Hub:
             self._check_open()
             return await self._resampled(exchange, product, lo, hi, limit, interval)
         self._check_open()
-        ok, answer = await self._redis_read(
-            op_window_range(keys.candles(exchange, product), lo, hi, limit))
+        key = keys.candles(exchange, product)
+        if self._cache is not None and self._cache.near is not None:
+            window = await self._near_window(key)
+            if window:
+                times = [c.timestamp for c in window]
+                first = 0 if lo is None else bisect.bisect_left(times, lo)
+                last = len(times) if hi is None else bisect.bisect_right(times, hi)
+                picked = window[max(first, last - limit):last]
+                # the window's span is complete: it answers with `limit` candles in range,
+                # or when the range starts inside it
+                if len(picked) >= limit or (lo is not None and lo >= times[0]):
+                    self._counters["candle_window_hits"] += 1
+                    return list(picked)
+            return await self._cold_candles(exchange, product, lo, hi, limit)
+        ok, answer = await self._redis_read(op_window_range(key, lo, hi, limit))
         if ok and self._window_covers(answer, lo, limit):
             self._counters["candle_window_hits"] += 1
-            window: WindowAnswer = answer
-            return window.candles()
+            ranged: WindowAnswer = answer
+            return ranged.candles()
         return await self._cold_candles(exchange, product, lo, hi, limit)
 
     @staticmethod

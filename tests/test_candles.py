@@ -30,9 +30,12 @@ def random_candles(n: int, seed: int = 7) -> list[Candle]:
     return out
 
 
-@pytest.fixture
-async def windowed(config_data: dict[str, Any]) -> AsyncIterator[Hub]:
-    config_data["performance"] = {"redis_hot_data_window": WINDOW}
+@pytest.fixture(params=[True, False], ids=["near", "no-near"])
+async def windowed(config_data: dict[str, Any], request: pytest.FixtureRequest
+                   ) -> AsyncIterator[Hub]:
+    """The hot window read through the near cache, and straight from Redis."""
+    config_data["performance"] = {"redis_hot_data_window": WINDOW,
+                                  "near_cache": request.param}
     async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
         yield hub
 

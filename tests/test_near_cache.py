@@ -135,3 +135,25 @@ def test_bounded_and_off_until_tracking() -> None:
     for k in "abcde":
         near.put(k, b"1", 60, near.ticket())
     assert len(near) == 3 and "a" not in near and "e" in near
+
+
+async def test_the_hot_window_is_held_in_process_and_kept_coherent(
+        hub: Hub, servers: LocalServers) -> None:
+    from hub import Candle
+
+    await tracking_on(hub)
+    data = [Candle(1697529600 + 60 * i, 1.0, 2.0, 0.5, 1.5, float(i)) for i in range(20)]
+    await hub.write_candles_batch(EX, PR, data)
+    await asyncio.sleep(0.1)  # Redis reports our own write too; let that arrive first
+    assert await hub.query_candles(EX, PR, limit=5) == data[-5:]  # fills
+    before = (await hub.get_stats())["actors"]["cache"]["round_trips"]
+    assert await hub.query_candles(EX, PR, limit=10) == data[-10:]
+    assert await hub.query_candles(EX, PR, data[3].timestamp, data[6].timestamp) == data[3:7]
+    assert await hub.get_candles(EX, PR, count=2) == data[-2:]
+    assert (await hub.get_stats())["actors"]["cache"]["round_trips"] == before + 0  # in-process
+    # another process trims the window: this hub sees it at once
+    redis_command(servers, "ZREMRANGEBYRANK", f"candles:{EX}:{PR}", "-1", "-1")
+
+    async def trimmed() -> bool:
+        return await hub.get_candles(EX, PR, count=1) == data[-2:-1]
+    await eventually(trimmed)
