@@ -275,6 +275,28 @@ class Bench:
                             ("hub write_candle x N + flush", hub_s),
                             ("hub write_candles_batch + flush", hub_batch_s))]
 
+    async def batch_sizes(self, hub: Hub) -> None:
+        """The writer's batch size, tuned by measurement: one hub per size, same candles."""
+        n = self.sizes.write_points
+        data = candles(n, 11)
+        rows = []
+        for size in (1000, 5000, 10_000, 20_000):
+            cfg = self.config.model_copy(update={
+                "influxdb": self.config.influxdb.model_copy(update={
+                    "bucket": f"bench_batch_{size}",
+                    "batch": self.config.influxdb.batch.model_copy(update={"size": size})}),
+                "sqlite": self.config.sqlite.model_copy(update={
+                    "path": str(self.workdir / f"batch{size}.sqlite")}),
+            })
+            async with Hub(cfg, handle_sigterm=False) as sized:
+                began = time.perf_counter()
+                await sized.write_candles_batch(EX, "SIZE", data)
+                await sized.flush()
+                seconds = time.perf_counter() - began
+            rows.append({"batch.size": size, "points": n, "seconds": seconds,
+                         "points_per_s": n / seconds})
+        self.results.tables["batch_sizes"] = rows
+
     async def candle_queries(self, hub: Hub) -> None:
         product = PRODUCTS[0]
         data = candles(self.sizes.candles_per_product, 0)
@@ -372,7 +394,8 @@ class Bench:
         self.build_sqlite()
         async with Hub(self.config, handle_sigterm=False) as hub:
             for step in (self.indicator_lookups, self.single_reads, self.concurrency,
-                         self.writes, self.candle_queries, self.memory, self.invalidation):
+                         self.writes, self.batch_sizes, self.candle_queries, self.memory,
+                         self.invalidation):
                 gc.collect()
                 print(f"  {step.__name__} ...", flush=True)
                 await step(hub)

@@ -20,7 +20,7 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
         results = asyncio.run(Bench(servers, tmp_path, sizes).run())
     results.meta = {"date": "today", "machine": "test", "quick": True, "sizes": {}}
     results.goals = goals(results)
-    for table in ("indicator_lookup", "single_read", "concurrency", "writes",
+    for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
                   "candle_queries", "memory", "invalidation"):
         assert results.tables[table], table
     assert len(results.goals) == 10
