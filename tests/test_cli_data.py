@@ -37,6 +37,12 @@ def make_config(servers: LocalServers, tmp_path: Path) -> None:
     }))
 
 
+def write_csv(path: Path, data: list[list[object]]) -> None:
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["timestamp", "open", "high", "low", "close", "volume"],
+                                  *data])
+
+
 def rows(n: int) -> list[list[object]]:
     return [[T0 + 60 * i, 100.0 + i, 102.0 + i, 99.0 + i, 101.0 + i, float(i)] for i in range(n)]
 
@@ -48,16 +54,12 @@ def test_backfill_resumes_then_export_gives_the_same_csv(servers: LocalServers,
     source = tmp_path / "candles.csv"
     bad = [r[:] for r in data]
     bad[899][2] = 1.0  # high below low: refused
-    with source.open("w", newline="") as fh:
-        csv.writer(fh).writerows([["timestamp", "open", "high", "low", "close", "volume"],
-                                  *bad])
+    write_csv(source, bad)
     first = wolfhub("backfill", str(source), "--exchange", "px", "--product", "P",
                     "--batch", "500", cwd=tmp_path)
     assert first.returncode == 1 and "rows 501-1000" in first.stderr
     assert (tmp_path / "candles.csv.wolfhub-progress").read_text() == "500"
-    with source.open("w", newline="") as fh:  # fixed; run again: resumes after row 500
-        csv.writer(fh).writerows([["timestamp", "open", "high", "low", "close", "volume"],
-                                  *data])
+    write_csv(source, data)  # fixed; run again: resumes after row 500
     second = wolfhub("backfill", str(source), "--exchange", "px", "--product", "P",
                      "--batch", "500", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
@@ -75,9 +77,7 @@ def test_backfill_resumes_then_export_gives_the_same_csv(servers: LocalServers,
 def test_delete_and_cache_clear(servers: LocalServers, tmp_path: Path) -> None:
     make_config(servers, tmp_path)
     source = tmp_path / "c.csv"
-    with source.open("w", newline="") as fh:
-        csv.writer(fh).writerows([["timestamp", "open", "high", "low", "close", "volume"],
-                                  *rows(10)])
+    write_csv(source, rows(10))
     assert wolfhub("backfill", str(source), "--exchange", "px", "--product", "Q",
                    cwd=tmp_path).returncode == 0
     redis_command(servers, "SET", "indicator:px:Q:EMA:20", "1.5")
@@ -118,9 +118,7 @@ def test_doctor_all_well_then_names_a_stopped_influxdb(servers: LocalServers,
 def test_backup_then_restore_into_a_new_database(servers: LocalServers, tmp_path: Path) -> None:
     make_config(servers, tmp_path)
     source = tmp_path / "c.csv"
-    with source.open("w", newline="") as fh:
-        csv.writer(fh).writerows([["timestamp", "open", "high", "low", "close", "volume"],
-                                  *rows(300)])
+    write_csv(source, rows(300))
     assert wolfhub("backfill", str(source), "--exchange", "px", "--product", "B",
                    cwd=tmp_path).returncode == 0
     rpc = f"127.0.0.1:{servers.influx.rpc_port}"
