@@ -690,6 +690,9 @@ class Hub:
             found = [k async for k in self._matching("candles", tags, ("exchange", "product"))]
             for i in range(0, len(found), 500):
                 await self._redis(op_trim_window(found[i:i + 500], start_s, stop_s))
+            assert self._cache is not None
+            if self._cache.near is not None:  # not only when Redis' own message arrives
+                self._cache.near.invalidate(found)
         parts = ("exchange", "product", "name", "period")
         if spec.measurement in (None, "indicator") and set(tags) <= set(parts):
             found = [k async for k in self._matching("indicator", tags, parts)]

@@ -136,9 +136,10 @@ async def test_flush_all_clears_only_hub_keys_with_scan(hub: Hub, servers: Local
 async def test_delete_data_with_the_seeds_syntax(hub: Hub) -> None:
     await hub.write_candles_batch(EX, PR, [candle(i) for i in range(5)])
     await hub.write_candles_batch(EX, "NIFTY-FUT", [candle(i) for i in range(5)])
+    assert len(await hub.query_candles(EX, PR)) == 5  # the window is held in-process now
     await hub.delete_data("2000-01-01T00:00:00Z", "now",
                           f'_measurement="candle" AND product="{PR}"')
-    assert await hub.query_candles(EX, PR) == []
+    assert await hub.query_candles(EX, PR) == []  # at once, not after an invalidation
     await hub.flush_all()
     assert await hub.query_candles(EX, PR) == []
     assert len(await hub.query_candles(EX, "NIFTY-FUT")) == 5
