@@ -9,7 +9,9 @@ kill -9 of the process and a power cut.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -42,10 +44,12 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._lock: Any = None
 
     def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
@@ -53,10 +57,31 @@ class SQLiteStore:
         db.executescript(_SCHEMA)
         self._db = db
 
+    def _take_lock(self) -> None:
+        """One hub process per SQLite file: its spool must never be replayed by another."""
+        lock = open(self.path + ".lock", "a+")  # held until close()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "?"
+            lock.close()
+            raise BackendUnavailable(
+                "sqlite", f"{self.path} is in use by another hub process (pid {owner}); "
+                "give each process its own sqlite.path") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -154,7 +179,7 @@ class StateActor(Actor):
     async def setup(self) -> None:
         try:
             await anyio.to_thread.run_sync(self.store.open, limiter=self._limiter)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise BackendUnavailable("sqlite", f"cannot open {self.store.path}: {exc}") from exc
 
     async def teardown(self) -> None:

@@ -85,3 +85,14 @@ async def test_candles_survive_influx_being_down_at_close(config: HubConfig,
         await hub.flush_all()
         assert await hub.query_candles(EX, PR) == data
         assert (await hub.get_stats())["sqlite"]["outbox"] == 0
+
+
+async def test_one_hub_process_per_sqlite_file(config: HubConfig) -> None:
+    from hub import BackendUnavailable
+
+    async with Hub(config):
+        # a second hub on the same file would replay the first one's spool
+        with pytest.raises(BackendUnavailable, match="in use by another hub process"):
+            await Hub(config).start()
+    async with Hub(config) as again:  # released at close
+        assert await again.get_position(EX, PR) is None
