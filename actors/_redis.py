@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from hub._config import RedisConfig
@@ -51,12 +52,10 @@ class RedisClient:
     """redis.asyncio client built from the hub's config."""
 
     def __init__(self, config: RedisConfig) -> None:
-        if config.cluster is not None or config.sentinel is not None:
-            raise HubError("redis.cluster / redis.sentinel are not supported by this version yet")
+        if config.cluster is not None:
+            raise HubError("redis.cluster is not supported by this version yet")
         self._config = config
-        self._client = aioredis.Redis(
-            host=config.host,
-            port=config.port,
+        options: dict[str, Any] = dict(
             db=config.db,
             username=config.username,
             password=config.password.get_secret_value() if config.password else None,
@@ -71,6 +70,21 @@ class RedisClient:
             max_connections=64,
             client_name="wolfhub",
         )
+        if not config.ssl:  # a plain connection takes no TLS options
+            for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+                del options[key]
+        self._sentinel: Any = None
+        if config.sentinel is not None:
+            # every connection (pipelines, invalidations) asks the sentinels for the
+            # current master when it connects, so a failover needs only a reconnect
+            nodes = [(n.rsplit(":", 1)[0], int(n.rsplit(":", 1)[1]))
+                     for n in config.sentinel.nodes]
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                nodes, socket_timeout=config.timeout, socket_connect_timeout=config.timeout)
+            self._client: aioredis.Redis = self._sentinel.master_for(
+                config.sentinel.service_name, **options)
+        else:
+            self._client = aioredis.Redis(host=config.host, port=config.port, **options)
         self._conn: Any = None  # the pipelines' own connection
 
     async def connect(self) -> None:
@@ -83,8 +97,16 @@ class RedisClient:
             raise BackendUnavailable("redis", f"refused: {exc}") from exc
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             raise _unavailable(exc) from exc
-        log.info("Redis connected: %s:%s db=%s", self._config.host, self._config.port,
-                 self._config.db)
+        except rexc.RedisError as exc:  # e.g. MasterNotFoundError while sentinels elect
+            raise _unavailable(exc) from exc
+        if self._sentinel is not None:
+            log.info("Redis connected: master %r via sentinels %s db=%s",
+                     self._config.sentinel.service_name if self._config.sentinel else "",
+                     ",".join(self._config.sentinel.nodes if self._config.sentinel else []),
+                     self._config.db)
+        else:
+            log.info("Redis connected: %s:%s db=%s", self._config.host, self._config.port,
+                     self._config.db)
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Send all commands in one round trip; per-command errors come back as CommandFailed.
@@ -99,6 +121,10 @@ class RedisClient:
                 pool = self._client.connection_pool
                 conn = self._conn = pool.make_connection()  # type: ignore[no-untyped-call]
             try:
+                if not conn.is_connected:
+                    # connect() explicitly: a Sentinel-managed connection asks the
+                    # sentinels for the master there (the implicit connect would not)
+                    await conn.connect()
                 await conn.send_packed_command(conn.pack_commands(commands))
                 results: list[Any] = []
                 for _ in commands:
@@ -134,6 +160,13 @@ class RedisClient:
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             raise _unavailable(exc) from exc
         return result
+
+    @property
+    def forget_all_on_reconnect(self) -> bool:
+        """After a Sentinel failover the new master may lack writes the old one had
+        acknowledged: the CacheActor then drops every cached key rather than serve one
+        stale."""
+        return self._sentinel is not None
 
     async def invalidations(self, prefixes: Sequence[str]) -> AsyncIterator[list[str] | None]:
         """Keys under ``prefixes`` that any client wrote, as Redis reports them
@@ -173,3 +206,6 @@ class RedisClient:
             await self._conn.disconnect()
             self._conn = None
         await self._client.aclose()
+        if self._sentinel is not None:
+            for node in self._sentinel.sentinels:
+                await node.aclose()

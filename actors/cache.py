@@ -365,8 +365,9 @@ class CacheActor(Actor):
             return
 
     async def _forget_skipped(self) -> None:
-        """Delete what may be stale: keys whose writes were skipped while Redis was away."""
-        if self._dirty_overflow:
+        """Delete what may be stale: keys whose writes were skipped while Redis was away
+        (every hub key when a failover may have happened)."""
+        if self._dirty_overflow or getattr(self.backend, "forget_all_on_reconnect", False):
             for prefix in PREFIXES:
                 batch: list[str] = []
                 async for raw in self.backend.scan(glob_literal(prefix) + "*"):

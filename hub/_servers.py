@@ -163,6 +163,7 @@ class RedisServer(_Server):
     acl_users: list[str] = field(default_factory=list)
     # certificates from make_certificates(): serve TLS only
     tls: dict[str, Path] | None = None
+    extra: list[str] = field(default_factory=list)  # more redis-server options
 
     def command(self) -> list[str]:
         cmd = [
@@ -181,7 +182,7 @@ class RedisServer(_Server):
             cmd += ["--requirepass", self.password]
         for rule in self.acl_users:
             cmd += ["--user", *rule.split()]
-        return cmd
+        return cmd + self.extra
 
     def ready(self) -> bool:
         try:
@@ -201,6 +202,26 @@ class RedisServer(_Server):
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+@dataclass
+class SentinelServer(RedisServer):
+    """``redis-server --sentinel`` watching one master (quick failover, for tests)."""
+
+    name: str = "sentinel"
+    master_port: int = 0
+    service: str = "mymaster"
+
+    def command(self) -> list[str]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "sentinel.conf"
+        if not conf.exists():  # sentinel rewrites it with what it learns
+            conf.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 800\n"
+                f"sentinel failover-timeout {self.service} 3000\n")
+        return [_binary("redis-server"), str(conf), "--sentinel"]
 
 
 @dataclass
