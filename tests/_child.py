@@ -1,8 +1,11 @@
 """A hub in a child process, for tests that kill or signal the process itself.
 
-Usage: python tests/_child.py MODE CONFIG_JSON
+Usage: python tests/_child.py MODE CONFIG_JSON [PEER_ID PEERS]
   trades  - write trades forever, printing each index once its await returned
   candles - write 1-minute candles forever, printing each index once accepted
+  peer    - one of several hub processes: writes the same 100 candles and its own
+            indicator, then answers "read EXPECTED_JSON" lines on stdin by reading every
+            peer's indicator until they equal EXPECTED_JSON (printing what it read)
 """
 
 from __future__ import annotations
@@ -14,6 +17,27 @@ import sys
 from hub import Hub, HubConfig
 
 T0 = 1697529600
+
+
+async def peer(config: HubConfig, me: int, peers: int) -> None:
+    loop = asyncio.get_running_loop()
+    async with Hub(config) as hub:
+        await hub.write_candles_batch("px", "SHARED", [
+            {"timestamp": T0 + 60 * i, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5,
+             "volume": float(i)} for i in range(100)])
+        await hub.cache_indicator("px", "SHARED", "EMA", me, float(me))
+        await hub.flush()
+        print("ready", flush=True)
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            expected = json.loads(line.split(" ", 1)[1])
+            deadline = loop.time() + 10
+            while True:
+                seen = [await hub.get_indicator("px", "SHARED", "EMA", i)
+                        for i in range(peers)]
+                if seen == expected or loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.005)
+            print(json.dumps(seen), flush=True)
 
 
 async def main(mode: str, config: HubConfig) -> None:
@@ -32,4 +56,8 @@ async def main(mode: str, config: HubConfig) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], HubConfig.from_mapping(json.loads(sys.argv[2]))))
+    settings = HubConfig.from_mapping(json.loads(sys.argv[2]))
+    if sys.argv[1] == "peer":
+        asyncio.run(peer(settings, int(sys.argv[3]), int(sys.argv[4])))
+    else:
+        asyncio.run(main(sys.argv[1], settings))
