@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from hub import Candle, Hub
+from hub import Candle, Hub, HubConfig
 
 pytestmark = pytest.mark.anyio
 EX = "papertrader"
@@ -32,7 +34,17 @@ async def strategy(hub: Hub, i: int) -> None:
     assert [x.timestamp for x in window] == sorted({x.timestamp for x in window})
 
 
-async def test_thousand_strategies(hub: Hub) -> None:
+@pytest.fixture
+async def roomy(config_data: dict[str, Any]) -> AsyncIterator[Hub]:
+    # Correctness under load, not deadlines: on a busy 2-core machine a call queued behind
+    # 1,000 others can wait past the default 2 s and fall back (tested in test_outages.py)
+    config_data["redis"]["timeout"] = 15.0
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as opened:
+        yield opened
+
+
+async def test_thousand_strategies(roomy: Hub) -> None:
+    hub = roomy
     async with asyncio.TaskGroup() as tg:
         for i in range(N):
             tg.create_task(strategy(hub, i))
