@@ -496,28 +496,23 @@ class Hub:
                 first = 0 if lo is None else bisect.bisect_left(times, lo)
                 last = len(times) if hi is None else bisect.bisect_right(times, hi)
                 picked = window[max(first, last - limit):last]
-                # the window's span is complete: it answers with `limit` candles in range,
-                # or when the range starts inside it
-                if len(picked) >= limit or (lo is not None and lo >= times[0]):
+                if self._window_covers(len(picked), times[0], lo, limit):
                     self._counters["candle_window_hits"] += 1
                     return list(picked)
             return await self._cold_candles(exchange, product, lo, hi, limit)
         ok, answer = await self._redis_read(op_window_range(key, lo, hi, limit))
-        if ok and self._window_covers(answer, lo, limit):
+        if ok and answer.oldest is not None and self._window_covers(
+                len(answer.members), answer.oldest, lo, limit):
             self._counters["candle_window_hits"] += 1
             ranged: WindowAnswer = answer
             return ranged.candles()
         return await self._cold_candles(exchange, product, lo, hi, limit)
 
     @staticmethod
-    def _window_covers(answer: WindowAnswer, start: int | None, limit: int) -> bool:
+    def _window_covers(found: int, oldest: int, start: int | None, limit: int) -> bool:
         # The window's span [oldest, newest] is complete (see actors.cache.PUSH_CANDLES):
         # it answers when it has `limit` candles in range, or the range starts inside it.
-        if answer.oldest is None:
-            return False
-        if len(answer.members) >= limit:
-            return True
-        return start is not None and start >= answer.oldest
+        return found >= limit or (start is not None and start >= oldest)
 
     async def _cold_candles(self, exchange: str, product: str, lo: int | None,
                             hi: int | None, limit: int) -> list[Candle]:

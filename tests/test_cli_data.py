@@ -43,6 +43,15 @@ def write_csv(path: Path, data: list[list[object]]) -> None:
                                   *data])
 
 
+def backfilled(servers: LocalServers, tmp_path: Path, product: str, n: int) -> None:
+    """A config for the session servers and ``n`` candles of ``product`` loaded by the CLI."""
+    make_config(servers, tmp_path)
+    source = tmp_path / "c.csv"
+    write_csv(source, rows(n))
+    assert wolfhub("backfill", str(source), "--exchange", "px", "--product", product,
+                   cwd=tmp_path).returncode == 0
+
+
 def rows(n: int) -> list[list[object]]:
     return [[T0 + 60 * i, 100.0 + i, 102.0 + i, 99.0 + i, 101.0 + i, float(i)] for i in range(n)]
 
@@ -75,11 +84,7 @@ def test_backfill_resumes_then_export_gives_the_same_csv(servers: LocalServers,
 
 
 def test_delete_and_cache_clear(servers: LocalServers, tmp_path: Path) -> None:
-    make_config(servers, tmp_path)
-    source = tmp_path / "c.csv"
-    write_csv(source, rows(10))
-    assert wolfhub("backfill", str(source), "--exchange", "px", "--product", "Q",
-                   cwd=tmp_path).returncode == 0
+    backfilled(servers, tmp_path, "Q", 10)
     redis_command(servers, "SET", "indicator:px:Q:EMA:20", "1.5")
     redis_command(servers, "SET", "other:key", "1")
     cleared = wolfhub("cache", "clear", "--pattern", "indicator:px:*", cwd=tmp_path)
@@ -116,11 +121,7 @@ def test_doctor_all_well_then_names_a_stopped_influxdb(servers: LocalServers,
 
 
 def test_backup_then_restore_into_a_new_database(servers: LocalServers, tmp_path: Path) -> None:
-    make_config(servers, tmp_path)
-    source = tmp_path / "c.csv"
-    write_csv(source, rows(300))
-    assert wolfhub("backfill", str(source), "--exchange", "px", "--product", "B",
-                   cwd=tmp_path).returncode == 0
+    backfilled(servers, tmp_path, "B", 300)
     rpc = f"127.0.0.1:{servers.influx.rpc_port}"
     made = wolfhub("backup", str(tmp_path / "bk"), "--influx-rpc", rpc, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
