@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -10,9 +11,11 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 from hub._config import RedisConfig
 from hub.errors import BackendUnavailable, HubError
@@ -20,6 +23,8 @@ from hub.errors import BackendUnavailable, HubError
 log = logging.getLogger(__name__)
 
 Command = tuple[Any, ...]
+# a command of a cluster pipeline: caller's index, command, node it was ASKed to go to
+_Unit = tuple[int, Command, "ClusterNode | None"]
 
 
 class RedisBackend(Protocol):
@@ -48,31 +53,86 @@ def _unavailable(exc: BaseException) -> BackendUnavailable:
     return RedisUnreachable("redis", f"{type(exc).__name__}: {exc}")
 
 
+def _options(config: RedisConfig) -> dict[str, Any]:
+    """Connection options shared by every mode (single server, Sentinel, Cluster)."""
+    options: dict[str, Any] = dict(
+        username=config.username,
+        password=config.password.get_secret_value() if config.password else None,
+        ssl=config.ssl,
+        ssl_ca_certs=config.ssl_ca_certs,
+        ssl_certfile=config.ssl_certfile,
+        ssl_keyfile=config.ssl_keyfile,
+        socket_connect_timeout=config.timeout,
+        socket_timeout=config.timeout,
+        # one quick retry for a stale pooled connection; outages are the actor's business
+        retry=Retry(NoBackoff(), 1),
+        max_connections=64,
+        client_name="wolfhub",
+    )
+    if not config.ssl:  # a plain connection takes no TLS options
+        for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            del options[key]
+    return options
+
+
+def make_client(config: RedisConfig) -> RedisClient | RedisClusterClient:
+    """The backend for the configured mode: Redis Cluster, Sentinel or one server."""
+    if config.cluster is not None:
+        return RedisClusterClient(config)
+    return RedisClient(config)
+
+
+async def _exchange(conn: Any, commands: Sequence[Command], cluster: bool = False) -> list[Any]:
+    """Write ``commands`` in one go on ``conn`` and read every reply; a command's error
+    comes back in its place as CommandFailed (a cluster's redirections as redis-py's
+    MovedError/AskError/TryAgainError/ClusterDownError). Connection errors are raised."""
+    await conn.send_packed_command(conn.pack_commands(commands))
+    results: list[Any] = []
+    for _ in commands:
+        try:
+            results.append(await conn.read_response())
+        except rexc.NoScriptError as exc:
+            results.append(ScriptMissing(str(exc)))
+        except rexc.ResponseError as exc:  # MOVED/ASK/TRYAGAIN too, kept as they are
+            results.append(exc if cluster and isinstance(exc, _REDIRECTS)
+                           else CommandFailed(str(exc)))
+    return results
+
+
+_REDIRECTS = (rexc.MovedError, rexc.AskError, rexc.TryAgainError, rexc.ClusterDownError)
+
+
+async def _tracked(conn: Any, prefixes: Sequence[str]) -> AsyncIterator[list[str] | None]:
+    """Turn ``CLIENT TRACKING ON BCAST`` on for ``prefixes`` on a new RESP3 connection
+    and yield what it reports: ``[]`` once on, then key lists, None for "everything"."""
+
+    async def as_reply(message: Any) -> Any:  # hand invalidations to our reader
+        return message
+
+    await conn.connect()
+    conn._parser.set_invalidation_push_handler(as_reply)
+    args: list[Any] = ["CLIENT", "TRACKING", "ON", "BCAST"]
+    for prefix in prefixes:
+        args += ["PREFIX", prefix]
+    await conn.send_command(*args)
+    await conn.read_response()
+    yield []
+    while True:
+        message = await conn.read_response(timeout=math.inf, push_request=True)
+        if isinstance(message, list) and len(message) == 2 and message[0] == b"invalidate":
+            keys = message[1]
+            yield None if keys is None else [k.decode() for k in keys]
+
+
 class RedisClient:
-    """redis.asyncio client built from the hub's config."""
+    """redis.asyncio client built from the hub's config (one server, or Sentinel)."""
 
     def __init__(self, config: RedisConfig) -> None:
         if config.cluster is not None:
-            raise HubError("redis.cluster is not supported by this version yet")
+            raise HubError("redis.cluster: use RedisClusterClient (make_client picks it)")
         self._config = config
-        options: dict[str, Any] = dict(
-            db=config.db,
-            username=config.username,
-            password=config.password.get_secret_value() if config.password else None,
-            ssl=config.ssl,
-            ssl_ca_certs=config.ssl_ca_certs,
-            ssl_certfile=config.ssl_certfile,
-            ssl_keyfile=config.ssl_keyfile,
-            socket_connect_timeout=config.timeout,
-            socket_timeout=config.timeout,
-            # one quick retry for a stale pooled connection; outages are the actor's business
-            retry=Retry(NoBackoff(), 1),
-            max_connections=64,
-            client_name="wolfhub",
-        )
-        if not config.ssl:  # a plain connection takes no TLS options
-            for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-                del options[key]
+        options = _options(config)
+        options["db"] = config.db
         self._sentinel: Any = None
         if config.sentinel is not None:
             # every connection (pipelines, invalidations) asks the sentinels for the
@@ -125,16 +185,7 @@ class RedisClient:
                     # connect() explicitly: a Sentinel-managed connection asks the
                     # sentinels for the master there (the implicit connect would not)
                     await conn.connect()
-                await conn.send_packed_command(conn.pack_commands(commands))
-                results: list[Any] = []
-                for _ in commands:
-                    try:
-                        results.append(await conn.read_response())
-                    except rexc.NoScriptError as exc:
-                        results.append(ScriptMissing(str(exc)))
-                    except rexc.ResponseError as exc:
-                        results.append(CommandFailed(str(exc)))
-                return results
+                return await _exchange(conn, commands)
             except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
                 self._conn = None
                 await conn.disconnect()
@@ -176,25 +227,9 @@ class RedisClient:
         every invalidation after that may be missed."""
         pool = self._client.connection_pool
         conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 3})
-
-        async def as_reply(message: Any) -> Any:  # hand invalidations to our reader
-            return message
-
         try:
-            await conn.connect()  # type: ignore[no-untyped-call]
-            conn._parser.set_invalidation_push_handler(as_reply)  # type: ignore[attr-defined]
-            args: list[Any] = ["CLIENT", "TRACKING", "ON", "BCAST"]
-            for prefix in prefixes:
-                args += ["PREFIX", prefix]
-            await conn.send_command(*args)
-            await conn.read_response()
-            yield []
-            while True:
-                message = await conn.read_response(timeout=math.inf, push_request=True)
-                if isinstance(message, list) and len(message) == 2 and (
-                        message[0] == b"invalidate"):
-                    keys = message[1]
-                    yield None if keys is None else [k.decode() for k in keys]
+            async for keys in _tracked(conn, prefixes):
+                yield keys
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             raise _unavailable(exc) from exc
         finally:
@@ -209,3 +244,288 @@ class RedisClient:
         if self._sentinel is not None:
             for node in self._sentinel.sentinels:
                 await node.aclose()
+
+
+# commands without a key: sent to any master
+_KEYLESS = frozenset({"PING", "TIME", "ECHO", "INFO", "DBSIZE", "SCRIPT", "COMMAND"})
+
+
+def _key_of(command: Command) -> Any:
+    """The key a command is routed by, None when it has none."""
+    name = str(command[0]).upper()
+    if name in _KEYLESS or len(command) < 2:
+        return None
+    if name in ("EVAL", "EVALSHA"):
+        return command[3] if int(command[2]) > 0 else None
+    return command[1]
+
+
+def _slot(key: Any) -> int:
+    return key_slot(key if isinstance(key, bytes) else str(key).encode())
+
+
+class RedisClusterClient:
+    """Redis Cluster (``redis.cluster.nodes``): redis.asyncio's cluster client finds the
+    nodes and keeps the slot map; the hub's pipelines are split per master and written
+    on one dedicated connection per master, all masters at once. MOVED refreshes the
+    slot map and resends; ASK resends to the importing node after ASKING; TRYAGAIN
+    (a slot in migration) resends after a pause. Every hub key of one product carries
+    the same hash tag, so a product's commands share a slot and a node. Invalidations
+    for the near cache come from every master (one tracking connection each)."""
+
+    redirect_rounds = 5
+
+    def __init__(self, config: RedisConfig) -> None:
+        assert config.cluster is not None
+        self._config = config
+        options = _options(config)
+        self._seeds = [ClusterNode(host, int(port))
+                       for host, _, port in (n.rpartition(":") for n in config.cluster.nodes)]
+        self._client = RedisCluster(startup_nodes=self._seeds, **options)
+        self._links: dict[str, Any] = {}  # node name -> the pipelines' own connection
+
+    @property
+    def forget_all_on_reconnect(self) -> bool:
+        """A promoted replica may lack writes its master acknowledged (replication is
+        asynchronous): after an outage every cached key is dropped, as with Sentinel."""
+        return True
+
+    def _masters(self) -> list[ClusterNode]:
+        return list(self._client.get_primaries())
+
+    async def _refresh(self) -> None:
+        """Ask the cluster for its current slot map (after a failover or a MOVED)."""
+        await self._client.aclose()
+        await self._drop_links()
+        await self._client.initialize()
+
+    async def connect(self) -> None:
+        where = ",".join(self._config.cluster.nodes if self._config.cluster else [])
+        try:
+            await self._refresh()
+            masters = self._masters()
+            # every master must answer, and agree the cluster is whole
+            replies = await asyncio.gather(*(self._client.execute_command(
+                "CLUSTER", "INFO", target_nodes=m) for m in masters))
+        except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
+            raise BackendUnavailable("redis", f"credentials refused: {exc}") from exc
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.RedisClusterException,
+                rexc.ClusterError, rexc.SlotNotCoveredError) as exc:
+            raise _unavailable(exc) from exc
+        except rexc.ResponseError as exc:
+            raise BackendUnavailable("redis", f"refused: {exc}") from exc
+        except rexc.RedisError as exc:
+            raise _unavailable(exc) from exc
+        for reply in replies:
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            if "cluster_state:ok" not in text:
+                raise RedisUnreachable("redis", "cluster_state is not ok (failover under way?)")
+        log.info("Redis cluster connected: %d masters via %s", len(masters), where)
+
+    async def _link(self, node: ClusterNode) -> Any:
+        conn = self._links.get(node.name)
+        if conn is None:
+            conn = self._links[node.name] = node.connection_class(**node.connection_kwargs)
+        if not conn.is_connected:
+            await conn.connect()
+        return conn
+
+    async def _drop_links(self) -> None:
+        links, self._links = self._links, {}
+        for conn in links.values():
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+
+    async def _send_to(self, node: ClusterNode, commands: list[Command],
+                       asking: list[bool]) -> list[Any]:
+        """One pipeline on ``node``'s own connection (ASKING before redirected ones)."""
+        wire: list[Command] = []
+        for command, ask in zip(commands, asking, strict=True):
+            if ask:
+                wire.append(("ASKING",))
+            wire.append(command)
+        conn = await self._link(node)
+        try:
+            replies = await _exchange(conn, wire, cluster=True)
+        except BaseException:
+            self._links.pop(node.name, None)
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            raise
+        out: list[Any] = []
+        it = iter(replies)
+        for ask in asking:
+            if ask:
+                next(it)  # ASKING's OK
+            out.append(next(it))
+        return out
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Like RedisClient.pipeline, split per master; multi-key UNLINK/DEL is split per
+        key (keys of several slots) and answers the sum, as one command would."""
+        units: list[tuple[int, Command]] = []  # (index of the caller's command, command)
+        results: list[Any] = [None] * len(commands)
+        summed: set[int] = set()
+        for i, command in enumerate(commands):
+            name = str(command[0]).upper()
+            if name in ("UNLINK", "DEL") and len(command) > 2:
+                results[i] = 0
+                summed.add(i)
+                units.extend((i, (command[0], key)) for key in command[1:])
+            elif name == "PING":  # the pipeline's return already is the barrier
+                results[i] = True
+            else:
+                units.append((i, command))
+        todo: list[_Unit] = [(index, command, None) for index, command in units]
+        try:
+            for _ in range(self.redirect_rounds):
+                if not todo:
+                    return results
+                todo = await self._round(todo, results, summed)
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.RedisClusterException,
+                rexc.SlotNotCoveredError) as exc:
+            await self._drop_links()
+            raise _unavailable(exc) from exc
+        raise RedisUnreachable("redis", f"still redirected after {self.redirect_rounds} rounds")
+
+    async def _round(self, todo: list[_Unit], results: list[Any],
+                     summed: set[int]) -> list[_Unit]:
+        groups: dict[str, tuple[ClusterNode, list[tuple[int, Command, bool]]]] = {}
+        masters = self._masters()
+        for index, command, asked in todo:
+            if asked is not None:
+                node = asked
+            else:
+                key = _key_of(command)
+                node = (masters[0] if key is None else
+                        self._client.nodes_manager.get_node_from_slot(_slot(key)))
+            groups.setdefault(node.name, (node, []))[1].append(
+                (index, command, asked is not None))
+        answers = await asyncio.gather(*(
+            self._send_to(node, [c for _, c, _ in items], [a for _, _, a in items])
+            for node, items in groups.values()))
+        again: list[_Unit] = []
+        moved = False
+        for (_, items), replies in zip(groups.values(), answers, strict=True):
+            for (index, command, _), reply in zip(items, replies, strict=True):
+                if isinstance(reply, rexc.AskError) and not isinstance(reply, rexc.MovedError):
+                    target = self._client.nodes_manager.get_node(reply.host, reply.port)
+                    if target is None:
+                        target = ClusterNode(reply.host, reply.port,
+                                             **self._seeds[0].connection_kwargs)
+                    again.append((index, command, target))
+                elif isinstance(reply, rexc.MovedError):
+                    moved = True
+                    again.append((index, command, None))
+                elif isinstance(reply, rexc.TryAgainError):
+                    again.append((index, command, None))
+                elif isinstance(reply, rexc.ClusterDownError):
+                    raise RedisUnreachable("redis", f"cluster down: {reply}")
+                elif index in summed and isinstance(reply, int):
+                    results[index] += reply
+                else:
+                    results[index] = reply
+        if moved:
+            await self._refresh()
+        elif again:
+            await asyncio.sleep(0.05)
+        return again
+
+    async def scan(self, match: str) -> AsyncIterator[bytes]:
+        """SCAN every master in turn (cursor-based on each; never KEYS)."""
+        try:
+            for node in self._masters():
+                cursor: Any = 0
+                while True:
+                    # a pooled connection: the pipelines' own one may be busy meanwhile
+                    conn = node.acquire_connection()
+                    try:
+                        (reply,) = await _exchange(
+                            conn, [("SCAN", cursor, "MATCH", match, "COUNT", 1000)])
+                    except BaseException:
+                        await conn.disconnect()
+                        raise
+                    finally:
+                        node.release(conn)
+                    if isinstance(reply, CommandFailed):
+                        raise reply
+                    cursor, keys = reply
+                    for key in keys:
+                        yield key
+                    if int(cursor) == 0:
+                        break
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError,
+                rexc.RedisClusterException) as exc:
+            raise _unavailable(exc) from exc
+
+    async def info(self) -> dict[str, Any]:
+        """INFO of every master: counters summed, ``used_memory_human`` of the sum, the
+        rest (version...) from the first master."""
+        try:
+            masters = self._masters()
+            infos = await asyncio.gather(*(self._client.execute_command(
+                "INFO", target_nodes=m) for m in masters))
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError,
+                rexc.RedisClusterException) as exc:
+            raise _unavailable(exc) from exc
+        merged: dict[str, Any] = dict(infos[0]) if infos else {}
+        for key in ("keyspace_hits", "keyspace_misses", "connected_clients",
+                    "total_commands_processed", "used_memory"):
+            merged[key] = sum(int(i.get(key, 0)) for i in infos)
+        merged["used_memory_human"] = _human(merged["used_memory"])
+        merged["cluster_masters"] = len(masters)
+        return merged
+
+    async def invalidations(self, prefixes: Sequence[str]) -> AsyncIterator[list[str] | None]:
+        """RedisClient.invalidations, from every master at once: one RESP3 tracking
+        connection per master, merged. Losing any of them, or the set of masters
+        changing, ends the stream with RedisUnreachable (the near cache then empties)."""
+        if self._client._initialize:  # not connected yet, or since refreshed
+            await self.connect()
+        masters = self._masters()
+        queue: asyncio.Queue[list[str] | BaseException | None] = asyncio.Queue()
+        ready = 0
+
+        async def follow(node: ClusterNode) -> None:
+            conn = node.connection_class(**{**node.connection_kwargs, "protocol": 3})
+            try:
+                async for keys in _tracked(conn, prefixes):
+                    await queue.put(keys)
+            except Exception as exc:  # handed to the reader
+                await queue.put(exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+
+        tasks = [asyncio.create_task(follow(m), name=f"tracking {m.name}") for m in masters]
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    if isinstance(item, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
+                        raise _unavailable(item)
+                    raise item
+                if item == [] and ready < len(masters):
+                    ready += 1
+                    if ready == len(masters):
+                        yield []  # tracking is on everywhere from here
+                    continue
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self._drop_links()
+        await self._client.aclose()
+
+
+def _human(size: int) -> str:
+    """Bytes the way Redis prints ``used_memory_human``."""
+    value = float(size)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.2f}{unit}" if unit != "B" else f"{int(value)}B"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -37,13 +37,24 @@ class RedisTTL(_Model):
     strategies: int = Field(3600, gt=0)
 
 
+def _host_ports(nodes: list[str]) -> list[str]:
+    for node in nodes:
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected 'host:port', got {node!r}")
+    return nodes
+
+
 class RedisCluster(_Model):
+    # a few seed nodes; the others are discovered
     nodes: list[str] = Field(min_length=1)
+    _check_nodes = field_validator("nodes")(_host_ports)
 
 
 class RedisSentinel(_Model):
     nodes: list[str] = Field(min_length=1)
     service_name: str = "mymaster"
+    _check_nodes = field_validator("nodes")(_host_ports)
 
 
 class RedisConfig(_Model):
@@ -88,6 +99,14 @@ class RedisConfig(_Model):
             user = f"{parts.username}@" if parts.username else ""
             merged["url"] = f"{parts.scheme}://{user}{host}{parts.path}"
         return merged
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> RedisConfig:
+        if self.cluster is not None and self.sentinel is not None:
+            raise ValueError("cluster and sentinel: set one of them, not both")
+        if self.cluster is not None and self.db != 0:
+            raise ValueError("db: Redis Cluster has only database 0")
+        return self
 
 
 class Retention(_Model):

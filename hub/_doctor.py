@@ -12,7 +12,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from actors._influx import InfluxClient, QueryFailed, rows
-from actors._redis import RedisClient, RedisUnreachable
+from actors._redis import RedisUnreachable, make_client
 from hub._config import HubConfig
 from hub.errors import BackendUnavailable
 
@@ -39,7 +39,11 @@ async def examine(config: HubConfig, config_path: str) -> list[Finding]:
 
 async def _redis(config: HubConfig, config_path: str) -> list[Finding]:
     where = f"{config.redis.host}:{config.redis.port}"
-    client = RedisClient(config.redis)
+    if config.redis.cluster is not None:
+        where = "cluster " + ",".join(config.redis.cluster.nodes)
+    elif config.redis.sentinel is not None:
+        where = "sentinels " + ",".join(config.redis.sentinel.nodes)
+    client = make_client(config.redis)
     try:
         await client.connect()
     except RedisUnreachable as exc:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import orjson
 
 from actors._influx import InfluxBackend, InfluxClient, rows
-from actors._redis import CommandFailed, RedisBackend, RedisClient
+from actors._redis import CommandFailed, RedisBackend, make_client
 from actors._runtime import Supervisor
 from actors.cache import (
     NEAR_PREFIXES,
@@ -99,6 +99,8 @@ class Hub:
         self._sigterm_loop: asyncio.AbstractEventLoop | None = None
         self._terminating: asyncio.Task[None] | None = None
         self._redis_backend = redis_backend
+        # Redis Cluster: keys carry a hash tag per product (see hub._keys)
+        self._tagged = self.config.redis.cluster is not None
         self._influx_factory = influx_backend
         self._supervisor: Supervisor | None = None
         self._metrics: Any = None
@@ -140,7 +142,7 @@ class Hub:
         if cfg.redis.enabled:
             near = (NearCache(cfg.performance.near_cache_size)
                     if cfg.performance.near_cache else None)
-            self._cache = CacheActor(self._redis_backend or RedisClient(cfg.redis), near)
+            self._cache = CacheActor(self._redis_backend or make_client(cfg.redis), near)
             actors.append(self._cache)
         if cfg.influxdb.enabled:
             factory = self._influx_factory or (lambda: InfluxClient(cfg.influxdb))
@@ -314,7 +316,7 @@ class Hub:
         (default ``redis.ttl.indicators``). Raises ValidationError, HubClosed."""
         exchange, product = self._names(exchange, product)
         key = keys.indicator(exchange, product, v.tag(indicator, "indicator"),
-                             v.tag(period, "period"))
+                             v.tag(period, "period"), self._tagged)
         v.json_value(value, "value")
         ttl = self.config.redis.ttl.indicators if ttl is None else v.positive_int(ttl, "ttl")
         self._check_open()
@@ -326,7 +328,7 @@ class Hub:
         then cached), else ``default``. Raises ValidationError, HubClosed, and
         BackendUnavailable only when no store could answer."""
         exchange, product, name, period_s, key = _indicator_key(exchange, product, indicator,
-                                                                period)
+                                                                period, self._tagged)
         self._check_open()
         near = self._cache.near if self._cache is not None else None
         if near is not None:
@@ -377,7 +379,7 @@ class Hub:
         await self._write_lines([lp.indicator(exchange, product, name, ts, number, extra)])
         if "period" in extra:
             await self._redis_write(op_set(
-                keys.indicator(exchange, product, name, extra["period"]),
+                keys.indicator(exchange, product, name, extra["period"], self._tagged),
                 orjson.dumps(number), self.config.redis.ttl.indicators))
 
     # ---- candles ------------------------------------------------------------------
@@ -414,7 +416,8 @@ class Hub:
         newest = candles if len(candles) == 1 else sorted(
             candles, key=lambda c: c.timestamp)[-size:]
         await self._redis_write(op_push_candles(
-            keys.candles(exchange, product), newest, size, self.config.redis.ttl.candles))
+            keys.candles(exchange, product, self._tagged), newest, size,
+            self.config.redis.ttl.candles))
 
     async def cache_candles(self, exchange: str, product: str,
                             candles: Iterable[Candle | Mapping[str, Any]],
@@ -436,7 +439,7 @@ class Hub:
         exchange, product = self._names(exchange, product)
         count = v.positive_int(count, "count")
         self._check_open()
-        key = keys.candles(exchange, product)
+        key = keys.candles(exchange, product, self._tagged)
         if self._cache is not None and self._cache.near is not None:
             window = await self._near_window(key)
             if window is not None:
@@ -488,7 +491,7 @@ class Hub:
             self._check_open()
             return await self._resampled(exchange, product, lo, hi, limit, interval)
         self._check_open()
-        key = keys.candles(exchange, product)
+        key = keys.candles(exchange, product, self._tagged)
         if self._cache is not None and self._cache.near is not None:
             window = await self._near_window(key)
             if window:
@@ -625,27 +628,27 @@ class Hub:
         """Store a position (a JSON mapping). Durable in SQLite when the await returns,
         cached in Redis for ``redis.ttl.positions``."""
         exchange, product = self._names(exchange, product)
-        await self._put_state(keys.position(exchange, product), position, "position",
+        await self._put_state(keys.position(exchange, product, self._tagged), position, "position",
                               self.config.redis.ttl.positions)
 
     async def get_position(self, exchange: str, product: str) -> dict[str, Any] | None:
         """The stored position, or None. Survives a Redis flush or restart."""
         exchange, product = self._names(exchange, product)
-        return await self._get_state(keys.position(exchange, product),
+        return await self._get_state(keys.position(exchange, product, self._tagged),
                                      self.config.redis.ttl.positions)
 
     async def cache_strategy_state(self, exchange: str, product: str, strategy: str,
                                    state: Mapping[str, Any]) -> None:
         """Store a strategy's state (a JSON mapping); same durability as positions."""
         exchange, product = self._names(exchange, product)
-        key = keys.strategy(exchange, product, v.tag(strategy, "strategy"))
+        key = keys.strategy(exchange, product, v.tag(strategy, "strategy"), self._tagged)
         await self._put_state(key, state, "state", self.config.redis.ttl.strategies)
 
     async def get_strategy_state(self, exchange: str, product: str,
                                  strategy: str) -> dict[str, Any] | None:
         """The stored strategy state, or None."""
         exchange, product = self._names(exchange, product)
-        key = keys.strategy(exchange, product, v.tag(strategy, "strategy"))
+        key = keys.strategy(exchange, product, v.tag(strategy, "strategy"), self._tagged)
         return await self._get_state(key, self.config.redis.ttl.strategies)
 
     # ---- maintenance --------------------------------------------------------------
@@ -705,9 +708,9 @@ class Hub:
             if part not in tags:
                 break
             prefix.append(tags[part])
-        async for raw in self._cache.scan(keys.scan_pattern(kind, *prefix)):
+        async for raw in self._cache.scan(keys.scan_pattern(kind, *prefix, tagged=self._tagged)):
             key = raw.decode()
-            values = keys.split(key)[1:]
+            values = keys.split(key, self._tagged)[1:]
             if len(values) == len(parts) and all(
                 values[i] == tags[p] for i, p in enumerate(parts) if p in tags
             ):
@@ -807,20 +810,20 @@ def _candles(results: list[dict[str, Any]]) -> list[Candle]:
 
 
 def _indicator_key(exchange: object, product: object, indicator: object,
-                   period: object) -> tuple[str, str, str, str, str]:
+                   period: object, tagged: bool) -> tuple[str, str, str, str, str]:
     """Validated names and the Redis key, remembered: a strategy asks for the same few
     indicators over and over, and the hot read should cost a dict lookup."""
     try:
-        return _indicator_key_cached(exchange, product, indicator, period)
+        return _indicator_key_cached(exchange, product, indicator, period, tagged)
     except TypeError:  # unhashable: validate uncached, which raises ValidationError
-        return _indicator_key_uncached(exchange, product, indicator, period)
+        return _indicator_key_uncached(exchange, product, indicator, period, tagged)
 
 
 def _indicator_key_uncached(exchange: object, product: object, indicator: object,
-                            period: object) -> tuple[str, str, str, str, str]:
+                            period: object, tagged: bool) -> tuple[str, str, str, str, str]:
     ex, pr = v.tag(exchange, "exchange"), v.tag(product, "product")
     name, per = v.tag(indicator, "indicator"), v.tag(period, "period")
-    return ex, pr, name, per, keys.indicator(ex, pr, name, per)
+    return ex, pr, name, per, keys.indicator(ex, pr, name, per, tagged)
 
 
 # typed: period 1 and True must not share an entry (True is refused)

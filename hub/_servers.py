@@ -225,6 +225,91 @@ class SentinelServer(RedisServer):
 
 
 @dataclass
+class RedisClusterServers:
+    """A Redis Cluster on loopback: ``masters`` masters with ``replicas`` replicas each
+    (``redis-cli --cluster create``), quick failover (node timeout ``node_timeout_ms``)."""
+
+    directory: Path
+    masters: int = 3
+    replicas: int = 1
+    node_timeout_ms: int = 1000
+    nodes: list[RedisServer] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory).resolve()
+        count = self.masters * (1 + self.replicas)
+        self.nodes = [
+            RedisServer(self.directory / f"node{i}", name="redis-cluster", extra=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(free_port()),
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                # a killed master's replica takes over however long it was disconnected
+                "--cluster-replica-validity-factor", "0"])
+            for i in range(count)]
+
+    @property
+    def seeds(self) -> list[str]:
+        """``host:port`` of every node (config ``redis.cluster.nodes``)."""
+        return [f"127.0.0.1:{n.port}" for n in self.nodes]
+
+    def start(self, timeout: float = 60.0) -> None:
+        for node in self.nodes:
+            node.start()
+        if not (self.nodes[0].directory / "created").exists():
+            subprocess.run(
+                [_binary("redis-cli"), "--cluster", "create", *self.seeds,
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=timeout)
+            (self.nodes[0].directory / "created").touch()
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise BackendUnavailable("redis-cluster", f"not ready in {timeout}s")
+            time.sleep(0.1)
+
+    @staticmethod
+    def ask(node: RedisServer, *args: str) -> str:
+        """One command through redis-cli on ``node``; its printed reply."""
+        done = subprocess.run([_binary("redis-cli"), "-p", str(node.port), *args],
+                              capture_output=True, timeout=10)
+        return done.stdout.decode(errors="replace")
+
+    def healthy(self) -> bool:
+        """Every running node reports cluster_state:ok and sees every slot served."""
+        for node in self.nodes:
+            if node.running and "cluster_state:ok" not in self.ask(node, "CLUSTER", "INFO"):
+                return False
+        return True
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node that serves ``key`` now, as the cluster itself reports."""
+        alive = next(n for n in self.nodes if n.running)
+        slot = int(self.ask(alive, "CLUSTER", "KEYSLOT", key).strip())
+        for line in self.ask(alive, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            flags = fields[2].split(",")
+            if "master" not in flags or "fail" in flags:
+                continue
+            for part in fields[8:]:
+                lo, _, hi = part.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no master serves slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
 class InfluxServer(_Server):
     name: str = "influxd"
     rpc_port: int = field(default_factory=free_port)

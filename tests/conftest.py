@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +100,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     # in CI the real servers must be there; locally a missing binary is a clear error too
     os.environ.setdefault("WOLFHUB_TESTING", "1")
+
+
+async def failover_under_load(hub: Hub, exchange: str, product: str,
+                              kill: Callable[[], None],
+                              promoted: Callable[[], Awaitable[bool]]) -> None:
+    """Cache a position and an indicator every 10 ms while ``kill`` takes the Redis master
+    down and a replica is promoted. Every position write is durable (never lost); once
+    the cache is back, the indicator is the last value written or gone, never stale.
+    Leaves the indicator at 500.0, read back through the new master."""
+    await hub.cache_indicator(exchange, product, "EMA", 20, 1.0)
+    assert await hub.get_indicator(exchange, product, "EMA", 20) == 1.0
+    written = 0
+
+    async def load() -> None:
+        nonlocal written
+        for i in range(300):
+            await hub.cache_position(exchange, product, {"size": i})
+            await hub.cache_indicator(exchange, product, "EMA", 20, float(i))
+            written = i
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(load())
+    await asyncio.sleep(0.5)
+    kill()
+    await eventually(promoted, within=30)
+    await task
+    assert written == 299
+    assert await hub.get_position(exchange, product) == {"size": 299}
+
+    async def back() -> bool:
+        return bool((await hub.get_stats())["actors"]["cache"]["available"])
+    await eventually(back, within=30)
+    assert await hub.get_indicator(exchange, product, "EMA", 20, default="gone") in (
+        299.0, "gone")
+    await hub.cache_indicator(exchange, product, "EMA", 20, 500.0)
+    assert await hub.get_indicator(exchange, product, "EMA", 20) == 500.0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis.crc import key_slot
 
 from hub import Candle, ValidationError
 from hub import _influxql as ql
@@ -136,3 +139,37 @@ def test_json_values() -> None:
     for bad in ({"a": math.nan}, {1: "x"}, object(), [math.inf]):
         with pytest.raises(ValidationError, match="value"):
             v.json_value(bad, "value")
+
+
+NAMES = st.text(min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NAMES, NAMES, NAMES, NAMES)
+def test_cluster_keys_of_one_product_share_a_slot(exchange: str, product: str, name: str,
+                                                  period: str) -> None:
+    """Hash-tagged keys: whatever the names (braces, colons, backslashes), the four kinds
+    of one product land in one slot, distinct names give distinct keys, and split()
+    gives the names back."""
+    made = [keys.indicator(exchange, product, name, period, tagged=True),
+            keys.candles(exchange, product, tagged=True),
+            keys.position(exchange, product, tagged=True),
+            keys.strategy(exchange, product, name, tagged=True)]
+    assert len({key_slot(k.encode()) for k in made}) == 1
+    # the tag is exactly the escaped exchange:product, never cut short or empty
+    tag = made[1][len("candles:{"):-1]
+    assert "{" not in tag and "}" not in tag and tag
+    assert keys.split(made[0], tagged=True) == ["indicator", exchange, product, name, period]
+    assert keys.split(made[3], tagged=True) == ["strategy", exchange, product, name]
+    assert keys.candles(exchange, product + "x", tagged=True) != made[1]
+    assert keys.candles(exchange + ":" + product, "", tagged=True) != made[1]
+
+
+def test_cluster_keys_look_like_the_seeds_with_a_tag() -> None:
+    assert keys.indicator("binance", "BTC-USD", "RSI", "14", tagged=True) == (
+        "indicator:{binance:BTC-USD}:RSI:14")
+    assert keys.scan_pattern("indicator", "binance", tagged=True) == "indicator:{binance:*"
+    assert keys.scan_pattern("indicator", "bin", "BTC", tagged=True) == "indicator:{bin:BTC}:*"
+    assert keys.split("candles:{a\\(b\\):c}", tagged=True) == ["candles", "a{b}", "c"]
+    # untagged keys keep the seed's exact shape, braces and all
+    assert keys.candles("a{b}", "c") == "candles:a{b}:c"

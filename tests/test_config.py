@@ -52,6 +52,11 @@ def test_the_shipped_config_loads() -> None:
     ({"influxdb": {"url": "localhost:8086"}}, "influxdb.url"),
     ({"influxdb": {"retention": {"candles": "90 days"}}}, "influxdb.retention.candles"),
     ({"sqlite": {"file": "x"}}, "sqlite.file"),
+    ({"redis": {"cluster": {"nodes": ["10.0.0.1"]}}}, "redis.cluster.nodes"),
+    ({"redis": {"cluster": {"nodes": []}}}, "redis.cluster.nodes"),
+    ({"redis": {"sentinel": {"nodes": ["h:0"]}}}, "redis.sentinel.nodes"),
+    ({"redis": {"cluster": {"nodes": ["h:1"]}, "sentinel": {"nodes": ["h:2"]}}}, "redis"),
+    ({"redis": {"cluster": {"nodes": ["h:1"]}, "db": 3}}, "redis"),
     ({"extra": {}}, "extra"),
 ])
 def test_errors_name_the_key(data: dict[str, object], key: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from hub import Hub, HubConfig
 from hub._servers import LocalServers, RedisServer, SentinelServer
-from tests.conftest import eventually
+from tests.conftest import failover_under_load
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "BANKNIFTY-FUT"
@@ -53,36 +52,10 @@ async def test_failover_under_load(sentinels: dict[str, Any], config_data: dict[
     nodes = [f"127.0.0.1:{w.port}" for w in sentinels["sentinels"]]
     config_data["redis"] = {"sentinel": {"nodes": nodes, "service_name": "mymaster"},
                             "timeout": 0.5}
+    new_port = sentinels["replica"].port
+
+    async def promoted() -> bool:
+        return master_port(sentinels["sentinels"][0]) == new_port
     async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
-        await hub.cache_indicator(EX, PR, "EMA", 20, 1.0)
-        assert await hub.get_indicator(EX, PR, "EMA", 20) == 1.0
-        written = 0
-
-        async def load() -> None:
-            nonlocal written
-            for i in range(400):
-                await hub.cache_position(EX, PR, {"size": i})  # durable: never lost
-                await hub.cache_indicator(EX, PR, "EMA", 20, float(i))
-                written = i
-                await asyncio.sleep(0.01)
-
-        task = asyncio.create_task(load())
-        await asyncio.sleep(0.5)
-        sentinels["master"].kill()
-        new_port = sentinels["replica"].port
-
-        async def promoted() -> bool:
-            return master_port(sentinels["sentinels"][0]) == new_port
-        await eventually(promoted, within=30)
-        await task
-        assert written == 399
-        assert await hub.get_position(EX, PR) == {"size": 399}
-
-        async def back() -> bool:
-            return bool((await hub.get_stats())["actors"]["cache"]["available"])
-        await eventually(back, within=30)
-        # no stale read: whatever Redis holds now is the last value written, or nothing
-        assert await hub.get_indicator(EX, PR, "EMA", 20, default="gone") in (399.0, "gone")
-        await hub.cache_indicator(EX, PR, "EMA", 20, 500.0)
-        assert await hub.get_indicator(EX, PR, "EMA", 20) == 500.0
+        await failover_under_load(hub, EX, PR, sentinels["master"].kill, promoted)
         assert ask(new_port, "GET", f"indicator:{EX}:{PR}:EMA:20") == b"$5\r\n500.0\r\n"

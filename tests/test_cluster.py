@@ -1,0 +1,224 @@
+"""Redis Cluster: 3 masters + 3 replicas on loopback, started by the fixtures.
+
+Every CONTRACT.md call works on it; one product's keys share a slot (hash tags), the
+products spread over the masters; near caches follow writes on every master; MOVED
+and ASK (a slot migrated under the hub) are followed; killing a master mid-run, the
+hub carries on after its replica is promoted, with correct values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub import Candle, Hub, HubConfig
+from hub._servers import LocalServers, RedisClusterServers, RedisServer
+from tests.conftest import eventually, failover_under_load
+
+pytestmark = pytest.mark.anyio
+EX = "binance"
+PRODUCTS = [f"P{i}-USD" for i in range(12)] + ["we{ird}:name", "}"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+def cluster_config(config_data: dict[str, Any], cluster: RedisClusterServers,
+                   **performance: Any) -> HubConfig:
+    data = dict(config_data)
+    # one seed is enough: the other nodes are discovered
+    data["redis"] = {"cluster": {"nodes": cluster.seeds[:1]}, "timeout": 1.0}
+    data["performance"] = performance
+    return HubConfig.from_mapping(data, environ={})
+
+
+def flush_cluster(cluster: RedisClusterServers) -> None:
+    for node in cluster.nodes:
+        if node.running and cluster.ask(node, "ROLE").startswith("master"):
+            cluster.ask(node, "FLUSHALL")
+
+
+def node_get(node: RedisServer, key: str) -> str:
+    return RedisClusterServers.ask(node, "GET", key).strip()
+
+
+async def test_every_call_works_on_a_cluster(cluster: RedisClusterServers,
+                                             config_data: dict[str, Any]) -> None:
+    flush_cluster(cluster)
+    async with Hub(cluster_config(config_data, cluster)) as hub:
+        for i, product in enumerate(PRODUCTS):
+            await hub.cache_indicator(EX, product, "RSI", 14, 40.0 + i)
+            await hub.write_indicator(EX, product, "EMA", 1_700_000_000, 7.5 + i, period="20")
+            await hub.write_candle(EX, product, 1_700_000_000, 1, 2, 0.5, 1.5 + i, 10)
+            assert await hub.write_candles_batch(EX, product, [
+                Candle(1_700_000_060 + 60 * k, 1, 2, 0.5, 1.0 + k, 1) for k in range(3)]) == 3
+            await hub.cache_candles(EX, product, [
+                Candle(1_700_000_000, 1, 2, 0.5, 1.5 + i, 10)])
+            await hub.write_trade(EX, product, 1_700_000_000, "buy", 100.0 + i, 1.0, f"o{i}")
+            await hub.cache_position(EX, product, {"size": i})
+            await hub.cache_strategy_state(EX, product, "ema_cross", {"state": i})
+        await hub.write_metric("latency", 1.5, exchange=EX)
+        await hub.flush()
+        for i, product in enumerate(PRODUCTS):
+            assert await hub.get_indicator(EX, product, "RSI", 14) == 40.0 + i
+            assert await hub.get_indicator(EX, product, "EMA", 20) == 7.5 + i
+            window = await hub.query_candles(EX, product)
+            assert [c.timestamp for c in window] == [1_700_000_000 + 60 * k for k in range(4)]
+            assert window[0].close == 1.5 + i
+            hourly = await hub.query_candles(EX, product, interval="1h")
+            assert [(c.open, c.high, c.low, c.volume) for c in hourly] == [(1, 2, 0.5, 13)]
+            newest = await hub.get_candles(EX, product, 4)
+            assert [c.close for c in newest] == [1.5 + i, 1.0, 2.0, 3.0]
+            trades = await hub.query_trades(EX, product)
+            assert [(t.price, t.order_id) for t in trades] == [(100.0 + i, f"o{i}")]
+            assert await hub.get_position(EX, product) == {"size": i}
+            assert await hub.get_strategy_state(EX, product, "ema_cross") == {"state": i}
+        stats = await hub.get_stats()
+        assert stats["hub"]["cache_reads_failed"] == 0
+        assert stats["actors"]["cache"]["available"]
+        assert stats["used_memory_human"] and stats["connected_clients"] >= 3
+
+        # one product's four kinds of keys share a slot; the products spread over masters
+        product = "we{ird}:name"
+        slots = {cluster.ask(cluster.nodes[0], "CLUSTER", "KEYSLOT", key).strip() for key in (
+            f"indicator:{{{EX}:we\\(ird\\)\\:name}}:RSI:14",
+            f"candles:{{{EX}:we\\(ird\\)\\:name}}",
+            f"position:{{{EX}:we\\(ird\\)\\:name}}",
+            f"strategy:{{{EX}:we\\(ird\\)\\:name}}:ema_cross")}
+        assert len(slots) == 1
+        owner = cluster.master_of(f"position:{{{EX}:we\\(ird\\)\\:name}}")
+        assert node_get(owner, f"position:{{{EX}:we\\(ird\\)\\:name}}") == '{"size":12}'
+        holders = {cluster.master_of(f"position:{{{EX}:{p}}}").port for p in PRODUCTS[:12]}
+        assert len(holders) == 3
+
+        await hub.flush_all()  # SCAN + UNLINK on every master
+        assert all(cluster.ask(n, "DBSIZE").strip() == "0" for n in cluster.nodes if n.running)
+        assert await hub.get_position(EX, PRODUCTS[3]) == {"size": 3}  # durable in SQLite
+        assert await hub.get_indicator(EX, PRODUCTS[3], "RSI", 14, default="gone") == "gone"
+
+
+async def test_near_caches_follow_writes_on_every_master(
+        cluster: RedisClusterServers, config_data: dict[str, Any], tmp_path: Path) -> None:
+    flush_cluster(cluster)
+    config = cluster_config(config_data, cluster)
+    other = cluster_config({**config_data, "sqlite": {"path": str(tmp_path / "w.sqlite")}},
+                           cluster)
+    async with Hub(config) as reader, Hub(other, handle_sigterm=False) as writer:
+        async def tracking() -> bool:  # on for all three masters
+            return bool((await reader.get_stats())["actors"]["cache"]["near_cache"]["enabled"])
+        await eventually(tracking, within=10)
+        for product in PRODUCTS[:12]:
+            await writer.cache_indicator(EX, product, "RSI", 14, 1.0)
+
+        async def reported() -> bool:  # the reader heard of all 12 writes, from 3 masters
+            near = (await reader.get_stats())["actors"]["cache"]["near_cache"]
+            return int(near["invalidations"]) >= 12
+        await eventually(reported, within=10)
+        for product in PRODUCTS[:12]:
+            assert await reader.get_indicator(EX, product, "RSI", 14) == 1.0
+            assert await reader.get_indicator(EX, product, "RSI", 14) == 1.0
+        near = (await reader.get_stats())["actors"]["cache"]["near_cache"]
+        assert near["enabled"] and near["entries"] >= 12 and near["hits"] >= 12
+        for product in PRODUCTS[:12]:  # every master reports its own keys' writes
+            await writer.cache_indicator(EX, product, "RSI", 14, 2.0)
+        for product in PRODUCTS[:12]:
+            async def updated(product: str = product) -> bool:
+                return await reader.get_indicator(EX, product, "RSI", 14) == 2.0
+            await eventually(updated, within=10)
+        # a foreign client writing straight to the owning master reaches the near cache
+        key = f"indicator:{{{EX}:{PRODUCTS[5]}}}:RSI:14"
+        cluster.ask(cluster.master_of(key), "SET", key, "3.0")
+
+        async def foreign() -> bool:
+            return await reader.get_indicator(EX, PRODUCTS[5], "RSI", 14) == 3.0
+        await eventually(foreign, within=10)
+
+
+def node_id(cluster: RedisClusterServers, node: RedisServer) -> str:
+    return cluster.ask(node, "CLUSTER", "MYID").strip()
+
+
+async def test_moved_and_ask_while_a_slot_migrates(cluster: RedisClusterServers,
+                                                   config_data: dict[str, Any]) -> None:
+    """Migrate one product's slot to another master under a running hub: ASK while the
+    slot is half moved, MOVED after; every read answers from Redis, not a fallback."""
+    flush_cluster(cluster)
+    product = "MIGRATE-USD"
+    key = f"indicator:{{{EX}:{product}}}:RSI:14"
+    other = f"indicator:{{{EX}:{product}}}:RSI:28"
+    # no near cache: every read must cross to Redis
+    async with Hub(cluster_config(config_data, cluster, near_cache=False)) as hub:
+        await hub.cache_indicator(EX, product, "RSI", 14, 1.0)
+        await hub.cache_indicator(EX, product, "RSI", 28, 2.0)
+        assert await hub.get_indicator(EX, product, "RSI", 28) == 2.0  # both have landed
+        source = cluster.master_of(key)
+        assert node_get(source, key) == "1.0"
+        target = next(n for n in cluster.nodes if n.running and n is not source
+                      and cluster.ask(n, "ROLE").startswith("master"))
+        slot = cluster.ask(source, "CLUSTER", "KEYSLOT", key).strip()
+        src_id, dst_id = node_id(cluster, source), node_id(cluster, target)
+        for node, state, peer in ((target, "IMPORTING", src_id), (source, "MIGRATING", dst_id)):
+            assert cluster.ask(node, "CLUSTER", "SETSLOT", slot, state, peer).strip() == "OK"
+        # move one of the two keys: the other is still served by the source
+        moved = cluster.ask(source, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
+                            "KEYS", key)
+        assert moved.strip() == "OK"
+        # gone from the source, which now redirects: only ASK finds it
+        assert node_get(source, key).startswith("ASK ")
+        assert await hub.get_indicator(EX, product, "RSI", 14) == 1.0  # ASK -> target
+        assert await hub.get_indicator(EX, product, "RSI", 28) == 2.0  # still at the source
+        cluster.ask(source, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
+                    "KEYS", other)
+        for node in cluster.nodes:
+            if node.running and cluster.ask(node, "ROLE").startswith("master"):
+                cluster.ask(node, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+        async def settled() -> bool:
+            return cluster.master_of(key) is target
+        await eventually(settled, within=10)
+        # the hub's slot map still names the source: MOVED, refresh, resend
+        assert await hub.get_indicator(EX, product, "RSI", 14) == 1.0
+        await hub.cache_indicator(EX, product, "RSI", 14, 5.0)
+        assert await hub.get_indicator(EX, product, "RSI", 14) == 5.0
+        assert node_get(target, key) == "5.0"
+        stats = await hub.get_stats()
+        assert stats["hub"]["cache_reads_failed"] == 0
+        assert stats["actors"]["cache"]["available"] and stats["hub"]["indicator_cold_hits"] == 0
+        # give the slot back so the other tests find the layout they started with
+        for node in cluster.nodes:
+            if node.running and cluster.ask(node, "ROLE").startswith("master"):
+                cluster.ask(node, "CLUSTER", "SETSLOT", slot, "NODE", src_id)
+        cluster.ask(target, "MIGRATE", "127.0.0.1", str(source.port), "", "0", "5000",
+                    "KEYS", key, other)
+
+
+async def test_master_killed_under_load(tmp_path: Path, config_data: dict[str, Any],
+                                        servers: LocalServers) -> None:
+    own = RedisClusterServers(tmp_path / "failover")
+    own.start()
+    try:
+        product = "BANKNIFTY-FUT"
+        key = f"indicator:{{{EX}:{product}}}:EMA:20"
+        victim = own.master_of(key)
+        async with Hub(cluster_config(config_data, own)) as hub:
+            async def promoted() -> bool:
+                try:
+                    return own.master_of(key) is not victim and own.healthy()
+                except (LookupError, StopIteration):
+                    return False
+            await failover_under_load(hub, EX, product, victim.kill, promoted)
+            new_master = own.master_of(key)
+            assert node_get(new_master, key) == "500.0"
+            assert (await hub.get_stats())["actors"]["cache"]["reconnects"] >= 1
+    finally:
+        own.stop()
