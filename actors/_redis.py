@@ -17,6 +17,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from actors._runtime import cancel_and_wait
 from hub._config import RedisConfig
 from hub.errors import BackendUnavailable, HubError
 
@@ -294,14 +295,17 @@ class RedisClusterClient:
         return list(self._client.get_primaries())
 
     async def _refresh(self) -> None:
-        """Ask the cluster for its current slot map (after a failover or a MOVED)."""
-        await self._client.aclose()
-        await self._drop_links()
-        await self._client.initialize()
+        """Ask the cluster for its current slot map (after a failover or a MOVED). Safe
+        beside running pipelines: the map is swapped whole, the links stay."""
+        if self._client._initialize:
+            await self._client.initialize()
+        else:
+            await self._client.nodes_manager.initialize()
 
     async def connect(self) -> None:
         where = ",".join(self._config.cluster.nodes if self._config.cluster else [])
         try:
+            await self._drop_links()  # called when no pipeline runs: start afresh
             await self._refresh()
             masters = self._masters()
             # every master must answer, and agree the cluster is whole
@@ -480,8 +484,10 @@ class RedisClusterClient:
         """RedisClient.invalidations, from every master at once: one RESP3 tracking
         connection per master, merged. Losing any of them, or the set of masters
         changing, ends the stream with RedisUnreachable (the near cache then empties)."""
-        if self._client._initialize:  # not connected yet, or since refreshed
-            await self.connect()
+        try:  # the masters as they are now (this runs after every lost connection)
+            await self._refresh()
+        except (rexc.RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
         masters = self._masters()
         queue: asyncio.Queue[list[str] | BaseException | None] = asyncio.Queue()
         ready = 0
@@ -512,9 +518,7 @@ class RedisClusterClient:
                     continue
                 yield item
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
 
     async def close(self) -> None:
         await self._drop_links()

@@ -174,6 +174,17 @@ class _Closable(Protocol):
     async def close(self) -> None: ...
 
 
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel tasks and wait until they are done. A cancellation that lands while a
+    client library is connecting can be swallowed (seen with redis-py on uvloop): the
+    tasks still running are cancelled again until they end."""
+    pending = {t for t in tasks if t is not None}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+
+
 async def close_quietly(resource: _Closable, what: str) -> None:
     """Close a backend in teardown: a dead connection must not mask the real error."""
     try:

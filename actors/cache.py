@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from actors._redis import Command, CommandFailed, RedisBackend, RedisUnreachable, ScriptMissing
-from actors._runtime import Actor, Call, close_quietly, fail, resolve
+from actors._runtime import Actor, Call, cancel_and_wait, close_quietly, fail, resolve
 from actors.near import NearCache
 from hub._keys import PREFIXES, glob_literal
 from hub._records import Candle
@@ -264,6 +264,8 @@ class CacheActor(Actor):
                         delay = 0.05
             except BackendUnavailable as exc:
                 log.debug("invalidation link down: %s", exc)
+            except Exception as exc:  # never let the listener die
+                log.warning("invalidation link failed: %r", exc)
             near.enabled = False
             near.clear()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
@@ -271,12 +273,10 @@ class CacheActor(Actor):
 
     async def teardown(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            await cancel_and_wait(self._listener)
             self._listener = None
         if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
+            await cancel_and_wait(self._probe)
             self._probe = None
         await close_quietly(self.backend, "redis")
 

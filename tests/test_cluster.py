@@ -220,5 +220,16 @@ async def test_master_killed_under_load(tmp_path: Path, config_data: dict[str, A
             new_master = own.master_of(key)
             assert node_get(new_master, key) == "500.0"
             assert (await hub.get_stats())["actors"]["cache"]["reconnects"] >= 1
+
+            async def tracking_again() -> bool:  # invalidations from the new master too
+                near = (await hub.get_stats())["actors"]["cache"]["near_cache"]
+                return bool(near["enabled"])
+            await eventually(tracking_again, within=30)
+            new_master_set = own.ask(new_master, "SET", key, "600.0")
+            assert new_master_set.strip() == "OK"
+
+            async def followed() -> bool:  # a foreign write on the promoted master
+                return await hub.get_indicator(EX, product, "EMA", 20) == 600.0
+            await eventually(followed, within=10)
     finally:
         own.stop()
