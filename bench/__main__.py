@@ -13,8 +13,9 @@ from typing import Any
 import click
 
 from bench._report import markdown, save
+from bench._scale import scale_out
 from bench._suites import Bench, Results, Sizes
-from hub._servers import LocalServers
+from hub._servers import LocalServers, RedisClusterServers
 
 
 def machine() -> str:
@@ -84,15 +85,26 @@ def goals(r: Results) -> list[dict[str, Any]]:
 @click.option("--quick", is_flag=True, help="Small sizes (about a minute).")
 @click.option("--out", default="bench/results", show_default=True,
               type=click.Path(file_okay=False), help="Where JSON, Markdown and PNG go.")
-def main(quick: bool, out: str) -> None:
+@click.option("--processes", default="1,2,4", show_default=True,
+              help="Process counts of the scale-out table ('' to skip it).")
+def main(quick: bool, out: str, processes: str) -> None:
     """Measure the hub beside raw clients and SQLite, on local servers it starts."""
     sizes = Sizes.make(quick)
+    counts = tuple(int(p) for p in processes.split(",") if p.strip())
     with tempfile.TemporaryDirectory(prefix="wolfhub-bench-") as tmp:
         work = Path(tmp)
         click.echo("starting redis-server and influxd ...")
         with LocalServers(work / "servers") as servers:
             bench = Bench(servers, work, sizes)
             results = asyncio.run(bench.run())
+            if counts:
+                click.echo("  scale_out ...")
+                config = {**servers.config_overrides()}
+                config["influxdb"] = {**config["influxdb"], "bucket": "scale"}
+                with RedisClusterServers(work / "cluster") as cluster:
+                    results.tables["scale_out"] = scale_out(
+                        config, work, counts, candles=5_000 if quick else 20_000,
+                        rounds=40 if quick else 200, cluster_nodes=cluster.seeds[:1])
     results.meta = {"date": datetime.date.today().isoformat(), "machine": machine(),
                     "quick": quick, "sizes": sizes.__dict__}
     results.goals = goals(results)

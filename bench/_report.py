@@ -57,6 +57,8 @@ def markdown(results: Results) -> str:
          {"points_per_s": lambda v: f"{v:,.0f}/s"}),
         ("Memory and disk", "memory", {"bytes": size}),
         ("Remote write to near-cache invalidation", "invalidation", {}),
+        ("Scaling out: N processes on one Redis and one InfluxDB (aggregate)", "scale_out",
+         {"ops_per_s": lambda v: f"{v:,.0f}/s", "per_process": lambda v: f"{v:,.0f}/s"}),
     ]
     for title, key, formats in sections:
         if key in t:

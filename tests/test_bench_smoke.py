@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from bench.__main__ import goals
 from bench._report import markdown, save
-from bench._suites import Bench, Sizes
-from hub._servers import LocalServers
+from bench._scale import CLUSTER_WORKLOAD, WORKLOADS, scale_out
+from bench._suites import Bench, Results, Sizes
+from hub._servers import LocalServers, RedisClusterServers
 
 
 def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
@@ -29,3 +32,33 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     js, _md, png = save(results, tmp_path / "out")
     assert json.loads(js.read_text())["tables"]["writes"][0]["points"] == 2000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scale_out_table_runs_every_workload(tmp_path: Path) -> None:
+    """1 and 2 worker processes per workload, on one Redis + InfluxDB and on a cluster:
+    every worker reports all its work, and the table renders."""
+    with LocalServers(tmp_path / "servers") as servers, \
+            RedisClusterServers(tmp_path / "cluster") as cluster:
+        config = servers.config_overrides()
+        config["influxdb"] = {**config["influxdb"], "bucket": "scale"}
+        rows = scale_out(config, tmp_path, (1, 2), candles=200, rounds=2,
+                         cluster_nodes=cluster.seeds[:1])
+        # the candles of both processes are in InfluxDB, each once
+        count = servers_count(servers.influx.url, "scale")
+    assert [(r["workload"], r["processes"]) for r in rows] == [
+        (name, p) for name in [*WORKLOADS, CLUSTER_WORKLOAD] for p in (1, 2)]
+    for row in rows:
+        per_process = 200 if row["workload"].startswith("hub write_candle") else 2 * 2 * 50
+        assert row["ops"] == per_process * row["processes"]
+        assert row["ops_per_s"] > 0
+    assert count == 200 + 2 * 200
+    results = Results(meta={"date": "today", "machine": "test", "quick": True},
+                      tables={"scale_out": rows})
+    assert "#### Scaling out" in markdown(results)
+
+
+def servers_count(url: str, database: str) -> int:
+    query = urllib.parse.urlencode({"db": database, "q": 'SELECT count("close") FROM "candle"'})
+    with urllib.request.urlopen(f"{url}/query?{query}", timeout=10) as reply:
+        series = json.loads(reply.read())["results"][0]["series"]
+    return int(series[0]["values"][0][1])
