@@ -140,6 +140,12 @@ class InfluxClient:
             reason = exc.headers.get("X-Influxdb-Error", "") or str(exc.reason)
             if exc.status == 404 or "not found" in reason:
                 # database or retention policy dropped under us: create them, then retry
+                if self._database_ready:
+                    log.error(
+                        "InfluxDB has no database %r (HTTP %s: %s); on InfluxDB 2.x map it "
+                        "to a bucket: `influx v1 dbrp create --db %s --rp autogen "
+                        "--bucket-id <id> --default`; writes wait until it exists",
+                        self._config.bucket, exc.status, reason, self._config.bucket)
                 self._database_ready = False
             elif exc.status in (400, 413):
                 raise WriteRejected(exc.status, reason) from exc
@@ -175,9 +181,14 @@ class InfluxClient:
             reply = msgpack.unpackb(body) if packed else orjson.loads(body)
         except (orjson.JSONDecodeError, ValueError) as exc:  # e.g. an HTML page from a proxy
             raise Unavailable(f"HTTP {status}, unreadable answer: {body[:200]!r}") from exc
+        if not isinstance(reply, dict):
+            raise QueryFailed(f"HTTP {status}, unexpected answer: {body[:200]!r}")
         if "error" in reply:
             raise QueryFailed(str(reply["error"]))
-        results: list[dict[str, Any]] = reply.get("results", [])
+        if status >= 400 or "results" not in reply:
+            # InfluxDB 2.x/3.x answer errors as {"code": ..., "message": ...}
+            raise QueryFailed(f"HTTP {status}: {reply.get('message') or reply}")
+        results: list[dict[str, Any]] = reply["results"]
         for result in results:
             if "error" in result:
                 raise QueryFailed(str(result["error"]))

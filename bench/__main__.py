@@ -103,8 +103,8 @@ def main(quick: bool, out: str, processes: str) -> None:
                 config["influxdb"] = {**config["influxdb"], "bucket": "scale"}
                 with RedisClusterServers(work / "cluster") as cluster:
                     results.tables["scale_out"] = scale_out(
-                        config, work, counts, candles=5_000 if quick else 20_000,
-                        rounds=40 if quick else 200, cluster_nodes=cluster.seeds[:1])
+                        config, work, counts, candles=5_000 if quick else 60_000,
+                        rounds=40 if quick else 600, cluster_nodes=cluster.seeds[:1])
     results.meta = {"date": datetime.date.today().isoformat(), "machine": machine(),
                     "quick": quick, "sizes": sizes.__dict__}
     results.goals = goals(results)
