@@ -101,6 +101,17 @@ async def test_every_call_works_on_a_cluster(cluster: RedisClusterServers,
         holders = {cluster.master_of(f"position:{{{EX}:{p}}}").port for p in PRODUCTS[:12]}
         assert len(holders) == 3
 
+        # delete_data finds the cached keys of one product on whichever master holds them
+        gone, kept = PRODUCTS[1], PRODUCTS[2]
+        for measurement in ("candle", "indicator"):
+            await hub.delete_data("1970-01-01T00:00:00Z", "now",
+                                  f'_measurement="{measurement}" AND product="{gone}"')
+        assert await hub.query_candles(EX, gone) == []
+        assert await hub.get_indicator(EX, gone, "EMA", 20) is None
+        assert await hub.get_indicator(EX, gone, "RSI", 14) is None
+        assert len(await hub.query_candles(EX, kept)) == 4
+        assert await hub.get_indicator(EX, kept, "RSI", 14) == 42.0
+
         await hub.flush_all()  # SCAN + UNLINK on every master
         assert all(cluster.ask(n, "DBSIZE").strip() == "0" for n in cluster.nodes if n.running)
         assert await hub.get_position(EX, PRODUCTS[3]) == {"size": 3}  # durable in SQLite
