@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hub import Candle, Hub, HubConfig
 from hub._servers import LocalServers, RedisClusterServers, RedisServer
 from tests.conftest import eventually, failover_under_load
+from tests.test_cli import wolfhub
 
 pytestmark = pytest.mark.anyio
 EX = "binance"
@@ -244,3 +246,29 @@ async def test_master_killed_under_load(tmp_path: Path, config_data: dict[str, A
             await eventually(followed, within=10)
     finally:
         own.stop()
+
+
+async def test_the_command_line_on_a_cluster(cluster: RedisClusterServers,
+                                             config_data: dict[str, Any],
+                                             tmp_path: Path) -> None:
+    """`wolfhub doctor` checks every master; `wolfhub cache clear --pattern` finds keys
+    on all of them (SCAN per master, UNLINK per key)."""
+    flush_cluster(cluster)
+    async with Hub(cluster_config(config_data, cluster)) as hub:
+        for product in PRODUCTS[:12]:
+            await hub.cache_indicator(EX, product, "RSI", 14, 1.0)
+            await hub.cache_indicator(EX, product, "EMA", 20, 2.0)
+        assert await hub.get_indicator(EX, PRODUCTS[11], "EMA", 20) == 2.0  # all landed
+    data = {**config_data, "redis": {"cluster": {"nodes": cluster.seeds[:1]}}}
+    path = tmp_path / "cluster.yml"
+    path.write_text(yaml.safe_dump(data))
+    doctor = wolfhub("doctor", "--config", str(path), cwd=tmp_path)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert f"redis reachable: cluster {cluster.seeds[0]}, redis 7." in doctor.stdout
+    cleared = wolfhub("cache", "clear", "--pattern", "indicator:*:RSI:*", "--config", str(path),
+                      cwd=tmp_path)
+    assert cleared.returncode == 0, cleared.stderr
+    assert "removed 12 keys" in cleared.stdout
+    left = sum(int(cluster.ask(n, "DBSIZE")) for n in cluster.nodes
+               if n.running and cluster.ask(n, "ROLE").startswith("master"))
+    assert left == 12  # the EMA keys
