@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -284,6 +284,10 @@ class RedisClusterClient:
                        for host, _, port in (n.rpartition(":") for n in config.cluster.nodes)]
         self._client = RedisCluster(startup_nodes=self._seeds, **options)
         self._links: dict[str, Any] = {}  # node name -> the pipelines' own connection
+        # called (synchronously) when the set of masters changes: the near cache must
+        # stop holding values before a master it does not track can answer a read
+        self.on_masters_changed: Callable[[], None] | None = None
+        self._subscriptions: set[asyncio.Queue[Any]] = set()
 
     @property
     def forget_all_on_reconnect(self) -> bool:
@@ -296,11 +300,20 @@ class RedisClusterClient:
 
     async def _refresh(self) -> None:
         """Ask the cluster for its current slot map (after a failover or a MOVED). Safe
-        beside running pipelines: the map is swapped whole, the links stay."""
+        beside running pipelines: the map is swapped whole, the links stay. A new set
+        of masters (failover, a master added or removed) ends every invalidation stream:
+        they resubscribe on the masters there are now."""
         if self._client._initialize:
             await self._client.initialize()
-        else:
-            await self._client.nodes_manager.initialize()
+            return
+        before = {m.name for m in self._masters()}
+        await self._client.nodes_manager.initialize()
+        if {m.name for m in self._masters()} != before:
+            log.info("Redis cluster masters changed: %s", sorted(m.name for m in self._masters()))
+            if self.on_masters_changed is not None:
+                self.on_masters_changed()
+            for queue in self._subscriptions:
+                queue.put_nowait(RedisUnreachable("redis", "cluster masters changed"))
 
     async def connect(self) -> None:
         where = ",".join(self._config.cluster.nodes if self._config.cluster else [])
@@ -491,6 +504,7 @@ class RedisClusterClient:
         masters = self._masters()
         queue: asyncio.Queue[list[str] | BaseException | None] = asyncio.Queue()
         ready = 0
+        self._subscriptions.add(queue)
 
         async def follow(node: ClusterNode) -> None:
             conn = node.connection_class(**{**node.connection_kwargs, "protocol": 3})
@@ -518,6 +532,7 @@ class RedisClusterClient:
                     continue
                 yield item
         finally:
+            self._subscriptions.discard(queue)
             await cancel_and_wait(*tasks)
 
     async def close(self) -> None:

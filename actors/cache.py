@@ -242,9 +242,18 @@ class CacheActor(Actor):
             log.warning("Redis not reachable (%s); serving from InfluxDB/SQLite until it is",
                         exc)
             self._mark_down()
+        if self.near is not None and hasattr(self.backend, "on_masters_changed"):
+            self.backend.on_masters_changed = self._masters_changed
         if self.near is not None and self._listener is None:
             self._listener = asyncio.create_task(self._listen(self.near),
                                                  name="redis-invalidations")
+
+    def _masters_changed(self) -> None:
+        """A Redis Cluster master this hub does not track yet may answer reads: hold
+        nothing (and refuse reads in flight) until the listener tracks every master."""
+        if self.near is not None:
+            self.near.enabled = False
+            self.near.clear()
 
     async def _listen(self, near: NearCache) -> None:
         """Apply Redis' invalidations to the near cache; reconnect when the link drops.

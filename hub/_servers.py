@@ -238,14 +238,65 @@ class RedisClusterServers:
     def __post_init__(self) -> None:
         self.directory = Path(self.directory).resolve()
         count = self.masters * (1 + self.replicas)
-        self.nodes = [
-            RedisServer(self.directory / f"node{i}", name="redis-cluster", extra=[
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-port", str(free_port()),
-                "--cluster-node-timeout", str(self.node_timeout_ms),
-                # a killed master's replica takes over however long it was disconnected
-                "--cluster-replica-validity-factor", "0"])
-            for i in range(count)]
+        self.nodes = [self._node(f"node{i}") for i in range(count)]
+
+    def _node(self, name: str) -> RedisServer:
+        return RedisServer(self.directory / name, name="redis-cluster", extra=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            # the bus port must be named: port + 10000 may be taken or out of range
+            "--cluster-port", str(free_port()),
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            # a killed master's replica takes over however long it was disconnected
+            "--cluster-replica-validity-factor", "0"])
+
+    def add_node(self, timeout: float = 30.0) -> RedisServer:
+        """Start one more node and introduce it to the cluster (CLUSTER MEET): a master
+        without slots until some are moved to it."""
+        node = self._node(f"node{len(self.nodes)}")
+        node.start()
+        self.nodes.append(node)
+        bus = node.extra[node.extra.index("--cluster-port") + 1]
+        self.ask(self.nodes[0], "CLUSTER", "MEET", "127.0.0.1", str(node.port), bus)
+        deadline = time.monotonic() + timeout
+        while self.ask(node, "CLUSTER", "NODES").count("\n") < len(self.nodes):
+            if time.monotonic() > deadline:
+                raise BackendUnavailable("redis-cluster", "new node not known in time")
+            time.sleep(0.05)
+        return node
+
+    def node_id(self, node: RedisServer) -> str:
+        return self.ask(node, "CLUSTER", "MYID").strip()
+
+    def move_slot(self, slot: int, target: RedisServer, timeout: float = 30.0) -> None:
+        """Move ``slot`` with its keys to ``target``, the way redis-cli's reshard does:
+        IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE on every master."""
+        source = next(n for n in self.nodes if n.running and self._owns(n, slot))
+        src, dst = self.node_id(source), self.node_id(target)
+        self.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", src)
+        self.ask(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", dst)
+        while keys := self.ask(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split():
+            self.ask(source, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
+                     "KEYS", *keys)
+        for node in self.nodes:
+            if node.running and self.ask(node, "ROLE").startswith("master"):
+                self.ask(node, "CLUSTER", "SETSLOT", str(slot), "NODE", dst)
+        deadline = time.monotonic() + timeout
+        while not all(self._owns(target, slot, as_seen_by=n) for n in self.nodes if n.running):
+            if time.monotonic() > deadline:
+                raise BackendUnavailable("redis-cluster", f"slot {slot} not moved in time")
+            time.sleep(0.05)
+
+    def _owns(self, node: RedisServer, slot: int, as_seen_by: RedisServer | None = None) -> bool:
+        """``node`` serves ``slot``, according to ``as_seen_by`` (default: ``node``)."""
+        for line in self.ask(as_seen_by or node, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if not fields[1].startswith(f"127.0.0.1:{node.port}@"):
+                continue
+            for part in fields[8:]:
+                lo, _, hi = part.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return True
+        return False
 
     @property
     def seeds(self) -> list[str]:
@@ -282,20 +333,13 @@ class RedisClusterServers:
         return True
 
     def master_of(self, key: str) -> RedisServer:
-        """The node that serves ``key`` now, as the cluster itself reports."""
+        """The running node that serves ``key`` now, as the cluster itself reports."""
         alive = next(n for n in self.nodes if n.running)
-        slot = int(self.ask(alive, "CLUSTER", "KEYSLOT", key).strip())
-        for line in self.ask(alive, "CLUSTER", "NODES").splitlines():
-            fields = line.split()
-            flags = fields[2].split(",")
-            if "master" not in flags or "fail" in flags:
-                continue
-            for part in fields[8:]:
-                lo, _, hi = part.partition("-")
-                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
-                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
-                    return next(n for n in self.nodes if n.port == port)
-        raise LookupError(f"no master serves slot {slot}")
+        slot = int(self.ask(alive, "CLUSTER", "KEYSLOT", key))
+        for node in self.nodes:
+            if node.running and self._owns(node, slot, as_seen_by=alive):
+                return node
+        raise LookupError(f"no running master serves slot {slot}")
 
     def stop(self) -> None:
         for node in self.nodes:

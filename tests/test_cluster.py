@@ -157,10 +157,6 @@ async def test_near_caches_follow_writes_on_every_master(
         await eventually(foreign, within=10)
 
 
-def node_id(cluster: RedisClusterServers, node: RedisServer) -> str:
-    return cluster.ask(node, "CLUSTER", "MYID").strip()
-
-
 async def test_moved_and_ask_while_a_slot_migrates(cluster: RedisClusterServers,
                                                    config_data: dict[str, Any]) -> None:
     """Migrate one product's slot to another master under a running hub: ASK while the
@@ -179,7 +175,7 @@ async def test_moved_and_ask_while_a_slot_migrates(cluster: RedisClusterServers,
         target = next(n for n in cluster.nodes if n.running and n is not source
                       and cluster.ask(n, "ROLE").startswith("master"))
         slot = cluster.ask(source, "CLUSTER", "KEYSLOT", key).strip()
-        src_id, dst_id = node_id(cluster, source), node_id(cluster, target)
+        src_id, dst_id = cluster.node_id(source), cluster.node_id(target)
         for node, state, peer in ((target, "IMPORTING", src_id), (source, "MIGRATING", dst_id)):
             assert cluster.ask(node, "CLUSTER", "SETSLOT", slot, state, peer).strip() == "OK"
         # move one of the two keys: the other is still served by the source
@@ -272,3 +268,53 @@ async def test_the_command_line_on_a_cluster(cluster: RedisClusterServers,
     left = sum(int(cluster.ask(n, "DBSIZE")) for n in cluster.nodes
                if n.running and cluster.ask(n, "ROLE").startswith("master"))
     assert left == 12  # the EMA keys
+
+
+async def test_near_cache_follows_a_slot_to_a_new_master(tmp_path: Path,
+                                                         config_data: dict[str, Any]) -> None:
+    """A master added and a product's slot moved onto it under a running hub: the hub
+    finds the new master (MOVED), tracks it too, and a foreign write there reaches its
+    near cache. Until it tracks the new master, it holds nothing from it."""
+    own = RedisClusterServers(tmp_path / "grow", replicas=0)
+    own.start()
+    try:
+        product = "NEW-MASTER"
+        key = f"indicator:{{{EX}:{product}}}:RSI:14"
+        async with Hub(cluster_config(config_data, own)) as hub:
+            near = hub._cache.near if hub._cache else None
+            assert near is not None
+
+            async def tracking() -> bool:
+                return near.enabled
+            await eventually(tracking, within=10)
+            await hub.cache_indicator(EX, product, "RSI", 14, 1.0)
+            assert await hub.get_indicator(EX, product, "RSI", 14) == 1.0
+
+            async def held() -> bool:  # our own write's echo has passed: the value is held
+                return await hub.get_indicator(EX, product, "RSI", 14) == 1.0 and key in near
+            await eventually(held, within=10)
+
+            newcomer = own.add_node()
+            slot = int(own.ask(newcomer, "CLUSTER", "KEYSLOT", key))
+            own.move_slot(slot, newcomer)
+            assert own.master_of(key) is newcomer
+
+            async def dropped() -> bool:  # MIGRATE deleted it on the old master, which said so
+                return key not in near
+            await eventually(dropped, within=10)
+            # (with a TTL, as the hub's own values have: the near cache holds no value
+            # that never expires)
+            assert own.ask(newcomer, "SET", key, "2.0", "EX", "300").strip() == "OK"
+            assert await hub.get_indicator(EX, product, "RSI", 14) == 2.0  # MOVED, resent
+            await eventually(tracking, within=10)  # on all four masters again
+
+            async def held_new() -> bool:
+                return await hub.get_indicator(EX, product, "RSI", 14) == 2.0 and key in near
+            await eventually(held_new, within=10)
+            assert own.ask(newcomer, "SET", key, "3.0", "EX", "300").strip() == "OK"
+
+            async def followed() -> bool:
+                return await hub.get_indicator(EX, product, "RSI", 14) == 3.0
+            await eventually(followed, within=10)
+    finally:
+        own.stop()
