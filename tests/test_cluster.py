@@ -204,11 +204,7 @@ async def test_moved_and_ask_while_a_slot_migrates(cluster: RedisClusterServers,
         assert stats["hub"]["cache_reads_failed"] == 0
         assert stats["actors"]["cache"]["available"] and stats["hub"]["indicator_cold_hits"] == 0
         # give the slot back so the other tests find the layout they started with
-        for node in cluster.nodes:
-            if node.running and cluster.ask(node, "ROLE").startswith("master"):
-                cluster.ask(node, "CLUSTER", "SETSLOT", slot, "NODE", src_id)
-        cluster.ask(target, "MIGRATE", "127.0.0.1", str(source.port), "", "0", "5000",
-                    "KEYS", key, other)
+        cluster.move_slot(int(slot), source)
 
 
 async def test_master_killed_under_load(tmp_path: Path, config_data: dict[str, Any],
