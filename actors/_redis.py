@@ -428,8 +428,9 @@ class RedisClusterClient:
                 if isinstance(reply, rexc.AskError) and not isinstance(reply, rexc.MovedError):
                     target = self._client.nodes_manager.get_node(reply.host, reply.port)
                     if target is None:
-                        target = ClusterNode(reply.host, reply.port,
-                                             **self._seeds[0].connection_kwargs)
+                        # a node the slot map does not know yet: connect as to the others
+                        kwargs: dict[str, Any] = dict(self._client.get_connection_kwargs())
+                        target = ClusterNode(reply.host, reply.port, **kwargs)
                     again.append((index, command, target))
                 elif isinstance(reply, rexc.MovedError):
                     moved = True

@@ -17,6 +17,7 @@ import yaml
 
 from hub import Candle, Hub, HubConfig
 from hub._servers import LocalServers, RedisClusterServers, RedisServer
+from hub.compat import wolfinch
 from tests.conftest import eventually, failover_under_load
 from tests.test_cli import wolfhub
 
@@ -314,3 +315,28 @@ async def test_near_cache_follows_a_slot_to_a_new_master(tmp_path: Path,
             await eventually(followed, within=10)
     finally:
         own.stop()
+
+
+def test_the_sync_drop_in_on_a_cluster(cluster: RedisClusterServers,
+                                       config_data: dict[str, Any]) -> None:
+    """hub.compat.wolfinch's generic commands on a cluster: keys in different slots,
+    one multi-key delete across masters, values JSON as on one server."""
+    flush_cluster(cluster)
+    section = {"cluster": {"nodes": cluster.seeds[:1]}, "timeout": 2.0}
+    try:
+        redis = wolfinch.init_redis_cache({**config_data, "redis": section})
+        keys = ["k", "l", "h", "other"]
+        assert len({cluster.master_of(k).port for k in keys}) > 1  # spread over masters
+        assert redis.set("k", {"a": [1, 2.5]}, ttl=60) is True
+        assert redis.get("k") == {"a": [1, 2.5]}
+        assert redis.rpush("l", 1, 2) == 2 and redis.lrange("l", 0, -1) == [1, 2]
+        assert redis.hset("h", "f", {"x": 1}) == 1 and redis.hgetall("h") == {"f": {"x": 1}}
+        assert redis.set("other", 5) is True
+        assert redis.delete(*keys) == 4
+        assert not any(redis.exists(k) for k in keys)
+        redis.cache_indicator("papertrader", "BANKNIFTY-FUT", "EMA", 20, 44500.0)
+        assert redis.get_indicator("papertrader", "BANKNIFTY-FUT", "EMA", 20) == 44500.0
+        tagged = "indicator:{papertrader:BANKNIFTY-FUT}:EMA:20"
+        assert node_get(cluster.master_of(tagged), tagged) == "44500.0"
+    finally:
+        wolfinch.close_all()
