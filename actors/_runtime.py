@@ -174,15 +174,18 @@ class _Closable(Protocol):
     async def close(self) -> None: ...
 
 
-async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None, grace: float = 1.0) -> None:
     """Cancel tasks and wait until they are done. A cancellation that lands while a
-    client library is connecting can be swallowed (seen with redis-py on uvloop): the
-    tasks still running are cancelled again until they end."""
+    client library is connecting can be swallowed (seen with redis-py on uvloop): a task
+    still running ``grace`` seconds later is cancelled again. (Not sooner: a task may
+    take a moment to clean up, and a second cancel must not cut that short.)"""
     pending = {t for t in tasks if t is not None}
+    for task in pending:
+        task.cancel()
     while pending:
+        _, pending = await asyncio.wait(pending, timeout=grace)
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
 
 
 async def close_quietly(resource: _Closable, what: str) -> None:
