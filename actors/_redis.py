@@ -50,6 +50,16 @@ class RedisUnreachable(BackendUnavailable):
     """Redis did not answer (refused, reset, timed out): transient, worth a reconnect."""
 
 
+def _refused_credentials(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (rexc.AuthenticationError, rexc.AuthorizationError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return any(sign in text for sign in ("username-password", "WRONGPASS", "NOAUTH"))
+
+
 def _unavailable(exc: BaseException) -> BackendUnavailable:
     return RedisUnreachable("redis", f"{type(exc).__name__}: {exc}")
 
@@ -328,6 +338,8 @@ class RedisClusterClient:
             raise BackendUnavailable("redis", f"credentials refused: {exc}") from exc
         except (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.RedisClusterException,
                 rexc.ClusterError, rexc.SlotNotCoveredError) as exc:
+            if _refused_credentials(exc):  # redis-py wraps it when no seed lets it in
+                raise BackendUnavailable("redis", f"credentials refused: {exc}") from exc
             raise _unavailable(exc) from exc
         except rexc.ResponseError as exc:
             raise BackendUnavailable("redis", f"refused: {exc}") from exc
@@ -500,7 +512,7 @@ class RedisClusterClient:
         changing, ends the stream with RedisUnreachable (the near cache then empties)."""
         try:  # the masters as they are now (this runs after every lost connection)
             await self._refresh()
-        except (rexc.RedisError, OSError) as exc:
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise _unavailable(exc) from exc
         masters = self._masters()
         queue: asyncio.Queue[list[str] | BaseException | None] = asyncio.Queue()

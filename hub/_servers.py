@@ -224,6 +224,10 @@ class SentinelServer(RedisServer):
         return [_binary("redis-server"), str(conf), "--sentinel"]
 
 
+def _auth(password: str | None) -> list[str]:
+    return ["-a", password, "--no-auth-warning"] if password else []
+
+
 @dataclass
 class RedisClusterServers:
     """A Redis Cluster on loopback: ``masters`` masters with ``replicas`` replicas each
@@ -233,6 +237,7 @@ class RedisClusterServers:
     masters: int = 3
     replicas: int = 1
     node_timeout_ms: int = 1000
+    password: str | None = None  # requirepass on every node (and masterauth for replicas)
     nodes: list[RedisServer] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -241,13 +246,17 @@ class RedisClusterServers:
         self.nodes = [self._node(f"node{i}") for i in range(count)]
 
     def _node(self, name: str) -> RedisServer:
-        return RedisServer(self.directory / name, name="redis-cluster", extra=[
+        options = [
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             # the bus port must be named: port + 10000 may be taken or out of range
             "--cluster-port", str(free_port()),
             "--cluster-node-timeout", str(self.node_timeout_ms),
             # a killed master's replica takes over however long it was disconnected
-            "--cluster-replica-validity-factor", "0"])
+            "--cluster-replica-validity-factor", "0"]
+        if self.password:
+            options += ["--masterauth", self.password]
+        return RedisServer(self.directory / name, name="redis-cluster", password=self.password,
+                           extra=options)
 
     def add_node(self, timeout: float = 30.0) -> RedisServer:
         """Start one more node and introduce it to the cluster (CLUSTER MEET): a master
@@ -308,7 +317,8 @@ class RedisClusterServers:
             node.start()
         if not (self.nodes[0].directory / "created").exists():
             subprocess.run(
-                [_binary("redis-cli"), "--cluster", "create", *self.seeds,
+                [_binary("redis-cli"), *_auth(self.password), "--cluster", "create",
+                 *self.seeds,
                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True, capture_output=True, timeout=timeout)
             (self.nodes[0].directory / "created").touch()
@@ -321,8 +331,8 @@ class RedisClusterServers:
     @staticmethod
     def ask(node: RedisServer, *args: str) -> str:
         """One command through redis-cli on ``node``; its printed reply."""
-        done = subprocess.run([_binary("redis-cli"), "-p", str(node.port), *args],
-                              capture_output=True, timeout=10)
+        done = subprocess.run([_binary("redis-cli"), *_auth(node.password), "-p",
+                               str(node.port), *args], capture_output=True, timeout=10)
         return done.stdout.decode(errors="replace")
 
     def healthy(self) -> bool:

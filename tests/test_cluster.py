@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hub import Candle, Hub, HubConfig
+from hub import BackendUnavailable, Candle, Hub, HubConfig
 from hub._servers import LocalServers, RedisClusterServers, RedisServer
 from hub.compat import wolfinch
 from tests.conftest import eventually, failover_under_load
@@ -340,3 +340,31 @@ def test_the_sync_drop_in_on_a_cluster(cluster: RedisClusterServers,
         assert node_get(cluster.master_of(tagged), tagged) == "44500.0"
     finally:
         wolfinch.close_all()
+
+
+async def test_a_password_protected_cluster(tmp_path: Path,
+                                            config_data: dict[str, Any]) -> None:
+    """requirepass on every node: pipelines, tracking connections and SCAN all log in;
+    a wrong password stops the start with a clear error."""
+    own = RedisClusterServers(tmp_path / "auth", replicas=0, password="cluster-s3cret")
+    own.start()
+    try:
+        config = cluster_config(config_data, own)
+        data = config.model_dump(mode="json")
+        data["redis"]["password"] = "cluster-s3cret"
+        async with Hub(HubConfig.from_mapping(data, environ={})) as hub:
+            for product in PRODUCTS[:12]:
+                await hub.cache_indicator(EX, product, "RSI", 14, 1.0)
+            for product in PRODUCTS[:12]:
+                assert await hub.get_indicator(EX, product, "RSI", 14) == 1.0
+            stats = await hub.get_stats()
+            assert stats["hub"]["cache_reads_failed"] == 0
+            assert stats["actors"]["cache"]["near_cache"]["enabled"]
+            await hub.flush_all()
+            assert all(own.ask(n, "DBSIZE").strip() == "0" for n in own.nodes)
+        data["redis"]["password"] = "wrong"
+        with pytest.raises(BackendUnavailable, match="credentials refused"):
+            async with Hub(HubConfig.from_mapping(data, environ={})):
+                pass
+    finally:
+        own.stop()
