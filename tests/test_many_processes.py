@@ -1,17 +1,19 @@
-"""Several hub processes on one Redis and one InfluxDB: coherent reads, idempotent writes."""
+"""Several hub processes on one Redis (or one Redis Cluster) and one InfluxDB: coherent
+reads, idempotent writes."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hub import Hub, HubConfig
-from hub._servers import LocalServers
+from hub._servers import LocalServers, RedisClusterServers
 from tests.conftest import redis_command
 
 pytestmark = pytest.mark.anyio
@@ -19,8 +21,34 @@ CHILD = Path(__file__).with_name("_child.py")
 PEERS = 3
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("peers-cluster"), replicas=0)
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.mark.parametrize("redis_mode", ["one server", "cluster"])
 async def test_three_hub_processes(config_data: dict[str, Any], servers: LocalServers,
-                                   tmp_path: Path) -> None:
+                                   tmp_path: Path, redis_mode: str,
+                                   request: pytest.FixtureRequest) -> None:
+    foreign_key = "indicator:px:SHARED:EMA:0"
+
+    def foreign_write(value: str) -> None:
+        redis_command(servers, "SET", foreign_key, value)
+
+    if redis_mode == "cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("cluster")
+        for node in cluster.nodes:
+            cluster.ask(node, "FLUSHALL")
+        config_data = {**config_data, "redis": {"cluster": {"nodes": cluster.seeds[:1]}}}
+        foreign_key = "indicator:{px:SHARED}:EMA:0"
+
+        def foreign_write(value: str) -> None:
+            cluster.ask(cluster.master_of(foreign_key), "SET", foreign_key, value)
     peers = []
     try:
         for i in range(PEERS):
@@ -42,7 +70,7 @@ async def test_three_hub_processes(config_data: dict[str, Any], servers: LocalSe
         everyone = [float(i) for i in range(PEERS)]
         assert ask_all(everyone) == [everyone] * PEERS
         # another process (a plain client) overwrites one: every hub's near cache follows
-        redis_command(servers, "SET", "indicator:px:SHARED:EMA:0", "99.0")
+        foreign_write("99.0")
         changed = [99.0, *everyone[1:]]
         assert ask_all(changed) == [changed] * PEERS
     finally:
