@@ -430,9 +430,16 @@ class RedisClusterClient:
                         self._client.nodes_manager.get_node_from_slot(_slot(key)))
             groups.setdefault(node.name, (node, []))[1].append(
                 (index, command, asked is not None))
-        answers = await asyncio.gather(*(
+        # every master's answer is awaited before one's failure is raised: none is left
+        # reading on a connection about to be dropped
+        outcomes = await asyncio.gather(*(
             self._send_to(node, [c for _, c, _ in items], [a for _, _, a in items])
-            for node, items in groups.values()))
+            for node, items in groups.values()), return_exceptions=True)
+        answers: list[list[Any]] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            answers.append(outcome)
         again: list[_Unit] = []
         moved = False
         for (_, items), replies in zip(groups.values(), answers, strict=True):
