@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,9 @@ def chart(results: Results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    scale = results.tables.get("scale_out", [])
+    fig, axes = plt.subplots(1, 3 if scale else 2, figsize=(21 if scale else 14, 5.5))
+    left, right = axes[0], axes[1]
     names = [n for n in ("hub hot read", "hub cold read (Redis)", "redis.asyncio GET",
                          "sqlite PK lookup", "remote write -> near cache invalidated")
              if n in results.samples]
@@ -90,9 +93,21 @@ def chart(results: Results, path: Path) -> None:
     right.set_xscale("log")
     right.set_xlabel("candles per second until queryable (log scale)")
     right.set_title("Write throughput")
+    if scale:
+        third = axes[2]
+        for workload in dict.fromkeys(row["workload"] for row in scale):
+            rows = [row for row in scale if row["workload"] == workload]
+            third.plot([row["processes"] for row in rows], [row["ops_per_s"] for row in rows],
+                       marker="o", label=textwrap.fill(workload, 48))
+        third.set_xticks(sorted({row["processes"] for row in scale}))
+        third.set_ylim(bottom=0)
+        third.set_xlabel("processes")
+        third.set_ylabel("operations per second, all processes")
+        third.set_title("Scaling out")
+        third.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.suptitle(f"wolfinch-hub bench, {results.meta['date']}, {results.meta['machine']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
