@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.__main__ import goals
-from bench._report import markdown, save
+from bench._report import chart, markdown, save
 from bench._scale import CLUSTER_WORKLOAD, WORKLOADS, scale_out
 from bench._suites import Bench, Results, Sizes
 from hub._servers import LocalServers, RedisClusterServers
@@ -55,6 +55,8 @@ def test_scale_out_table_runs_every_workload(tmp_path: Path) -> None:
     results = Results(meta={"date": "today", "machine": "test", "quick": True},
                       tables={"scale_out": rows})
     assert "#### Scaling out" in markdown(results)
+    chart(results, tmp_path / "scale.png")  # the third panel draws from these rows
+    assert (tmp_path / "scale.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def servers_count(url: str, database: str) -> int:
