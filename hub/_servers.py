@@ -224,8 +224,12 @@ class SentinelServer(RedisServer):
         return [_binary("redis-server"), str(conf), "--sentinel"]
 
 
-def _auth(password: str | None) -> list[str]:
-    return ["-a", password, "--no-auth-warning"] if password else []
+def _cli_options(node: RedisServer) -> list[str]:
+    """redis-cli's options to reach ``node``: its password, its TLS CA."""
+    out = ["-a", node.password, "--no-auth-warning"] if node.password else []
+    if node.tls:
+        out += ["--tls", "--cacert", str(node.tls["ca"])]
+    return out
 
 
 @dataclass
@@ -238,6 +242,8 @@ class RedisClusterServers:
     replicas: int = 1
     node_timeout_ms: int = 1000
     password: str | None = None  # requirepass on every node (and masterauth for replicas)
+    # certificates from make_certificates(): clients, replication and the bus all use TLS
+    tls: dict[str, Path] | None = None
     nodes: list[RedisServer] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -255,8 +261,10 @@ class RedisClusterServers:
             "--cluster-replica-validity-factor", "0"]
         if self.password:
             options += ["--masterauth", self.password]
+        if self.tls:
+            options += ["--tls-cluster", "yes", "--tls-replication", "yes"]
         return RedisServer(self.directory / name, name="redis-cluster", password=self.password,
-                           extra=options)
+                           tls=self.tls, extra=options)
 
     def add_node(self, timeout: float = 30.0) -> RedisServer:
         """Start one more node and introduce it to the cluster (CLUSTER MEET): a master
@@ -317,7 +325,7 @@ class RedisClusterServers:
             node.start()
         if not (self.nodes[0].directory / "created").exists():
             subprocess.run(
-                [_binary("redis-cli"), *_auth(self.password), "--cluster", "create",
+                [_binary("redis-cli"), *_cli_options(self.nodes[0]), "--cluster", "create",
                  *self.seeds,
                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True, capture_output=True, timeout=timeout)
@@ -331,7 +339,7 @@ class RedisClusterServers:
     @staticmethod
     def ask(node: RedisServer, *args: str) -> str:
         """One command through redis-cli on ``node``; its printed reply."""
-        done = subprocess.run([_binary("redis-cli"), *_auth(node.password), "-p",
+        done = subprocess.run([_binary("redis-cli"), *_cli_options(node), "-p",
                                str(node.port), *args], capture_output=True, timeout=10)
         return done.stdout.decode(errors="replace")
 

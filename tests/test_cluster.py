@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from hub import BackendUnavailable, Candle, Hub, HubConfig
-from hub._servers import LocalServers, RedisClusterServers, RedisServer
+from hub._servers import LocalServers, RedisClusterServers, RedisServer, make_certificates
 from hub.compat import wolfinch
 from tests.conftest import eventually, failover_under_load
 from tests.test_cli import wolfhub
@@ -342,16 +342,18 @@ def test_the_sync_drop_in_on_a_cluster(cluster: RedisClusterServers,
         wolfinch.close_all()
 
 
-async def test_a_password_protected_cluster(tmp_path: Path,
-                                            config_data: dict[str, Any]) -> None:
-    """requirepass on every node: pipelines, tracking connections and SCAN all log in;
-    a wrong password stops the start with a clear error."""
-    own = RedisClusterServers(tmp_path / "auth", replicas=0, password="cluster-s3cret")
+async def test_a_cluster_with_password_and_tls(tmp_path: Path,
+                                               config_data: dict[str, Any]) -> None:
+    """requirepass and TLS only on every node: pipelines, tracking connections and SCAN
+    all log in over TLS; a wrong password stops the start with a clear error."""
+    certs = make_certificates(tmp_path / "certs")
+    own = RedisClusterServers(tmp_path / "auth", replicas=0, password="cluster-s3cret",
+                              tls=certs)
     own.start()
     try:
         config = cluster_config(config_data, own)
         data = config.model_dump(mode="json")
-        data["redis"]["password"] = "cluster-s3cret"
+        data["redis"].update(password="cluster-s3cret", ssl=True, ssl_ca_certs=str(certs["ca"]))
         async with Hub(HubConfig.from_mapping(data, environ={})) as hub:
             for product in PRODUCTS[:12]:
                 await hub.cache_indicator(EX, product, "RSI", 14, 1.0)
