@@ -297,6 +297,9 @@ class RedisClusterClient:
         # called (synchronously) when the set of masters changes: the near cache must
         # stop holding values before a master it does not track can answer a read
         self.on_masters_changed: Callable[[], None] | None = None
+        # called with keys read from a node that is not (yet) a master of the slot map,
+        # so no invalidation for them would arrive: the near cache must not hold them
+        self.on_untracked_keys: Callable[[list[str]], None] | None = None
         self._subscriptions: set[asyncio.Queue[Any]] = set()
 
     @property
@@ -442,6 +445,8 @@ class RedisClusterClient:
             answers.append(outcome)
         again: list[_Unit] = []
         moved = False
+        tracked = {m.name for m in masters}
+        untracked: list[str] = []  # keys answered by a node no invalidation comes from
         for (_, items), replies in zip(groups.values(), answers, strict=True):
             for (index, command, _), reply in zip(items, replies, strict=True):
                 if isinstance(reply, rexc.AskError) and not isinstance(reply, rexc.MovedError):
@@ -450,6 +455,9 @@ class RedisClusterClient:
                         # a node the slot map does not know yet: connect as to the others
                         kwargs: dict[str, Any] = dict(self._client.get_connection_kwargs())
                         target = ClusterNode(reply.host, reply.port, **kwargs)
+                    if target.name not in tracked:
+                        key = _key_of(command)
+                        untracked.append(key.decode() if isinstance(key, bytes) else str(key))
                     again.append((index, command, target))
                 elif isinstance(reply, rexc.MovedError):
                     moved = True
@@ -462,6 +470,9 @@ class RedisClusterClient:
                     results[index] += reply
                 else:
                     results[index] = reply
+        if untracked and self.on_untracked_keys is not None:
+            # before the answer is handed out: a read in flight for them is not held
+            self.on_untracked_keys(untracked)
         if moved:
             await self._refresh()
         elif again:

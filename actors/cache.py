@@ -242,8 +242,10 @@ class CacheActor(Actor):
             log.warning("Redis not reachable (%s); serving from InfluxDB/SQLite until it is",
                         exc)
             self._mark_down()
-        if self.near is not None and hasattr(self.backend, "on_masters_changed"):
-            self.backend.on_masters_changed = self._masters_changed
+        cluster: Any = self.backend  # a Redis Cluster backend tells about topology
+        if self.near is not None and hasattr(cluster, "on_masters_changed"):
+            cluster.on_masters_changed = self._masters_changed
+            cluster.on_untracked_keys = self.near.invalidate
         if self.near is not None and self._listener is None:
             self._listener = asyncio.create_task(self._listen(self.near),
                                                  name="redis-invalidations")

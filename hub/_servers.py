@@ -285,15 +285,23 @@ class RedisClusterServers:
         return self.ask(node, "CLUSTER", "MYID").strip()
 
     def move_slot(self, slot: int, target: RedisServer, timeout: float = 30.0) -> None:
-        """Move ``slot`` with its keys to ``target``, the way redis-cli's reshard does:
-        IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE on every master."""
+        """Move ``slot`` with its keys to ``target``, the way redis-cli's reshard does."""
+        self.begin_move(slot, target)
+        self.finish_move(slot, target, timeout)
+
+    def begin_move(self, slot: int, target: RedisServer) -> None:
+        """IMPORTING/MIGRATING, then MIGRATE every key: the source answers ASK for them."""
         source = next(n for n in self.nodes if n.running and self._owns(n, slot))
         src, dst = self.node_id(source), self.node_id(target)
         self.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", src)
         self.ask(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", dst)
         while keys := self.ask(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split():
             self.ask(source, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
-                     "KEYS", *keys)
+                     *self._migrate_auth(), "KEYS", *keys)
+
+    def finish_move(self, slot: int, target: RedisServer, timeout: float = 30.0) -> None:
+        """SETSLOT NODE on every master; wait until all nodes agree."""
+        dst = self.node_id(target)
         for node in self.nodes:
             if node.running and self.ask(node, "ROLE").startswith("master"):
                 self.ask(node, "CLUSTER", "SETSLOT", str(slot), "NODE", dst)
@@ -302,6 +310,9 @@ class RedisClusterServers:
             if time.monotonic() > deadline:
                 raise BackendUnavailable("redis-cluster", f"slot {slot} not moved in time")
             time.sleep(0.05)
+
+    def _migrate_auth(self) -> list[str]:
+        return ["AUTH", self.password] if self.password else []
 
     def _owns(self, node: RedisServer, slot: int, as_seen_by: RedisServer | None = None) -> bool:
         """``node`` serves ``slot``, according to ``as_seen_by`` (default: ``node``)."""

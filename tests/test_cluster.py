@@ -293,12 +293,16 @@ async def test_near_cache_follows_a_slot_to_a_new_master(tmp_path: Path,
 
             newcomer = own.add_node()
             slot = int(own.ask(newcomer, "CLUSTER", "KEYSLOT", key))
-            own.move_slot(slot, newcomer)
-            assert own.master_of(key) is newcomer
+            own.begin_move(slot, newcomer)  # the key is on the newcomer, the slot not yet
 
             async def dropped() -> bool:  # MIGRATE deleted it on the old master, which said so
                 return key not in near
             await eventually(dropped, within=10)
+            # ASK to a node the hub's slot map does not know yet
+            assert await hub.get_indicator(EX, product, "RSI", 14) == 1.0
+            assert key not in near  # not held: no master tracked for it yet
+            own.finish_move(slot, newcomer)
+            assert own.master_of(key) is newcomer
             # (with a TTL, as the hub's own values have: the near cache holds no value
             # that never expires)
             assert own.ask(newcomer, "SET", key, "2.0", "EX", "300").strip() == "OK"
