@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from redis.crc import key_slot
 
 from actors._runtime import cancel_and_wait
 from hub._config import RedisConfig
+from hub._keys import PREFIXES, glob_literal
 from hub.errors import BackendUnavailable, HubError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,12 @@ class ScriptMissing(CommandFailed):
 
 class RedisUnreachable(BackendUnavailable):
     """Redis did not answer (refused, reset, timed out): transient, worth a reconnect."""
+
+
+class SlotsUnavailable(RedisUnreachable):
+    """A Redis Cluster master is down: its slots fail fast until it is back or replaced.
+    The backend deletes every hub key on the slots' new owner before serving them again,
+    so a write skipped meanwhile needs no bookkeeping by the caller."""
 
 
 def _refused_credentials(exc: BaseException) -> bool:
@@ -301,12 +309,22 @@ class RedisClusterClient:
         # so no invalidation for them would arrive: the near cache must not hold them
         self.on_untracked_keys: Callable[[list[str]], None] | None = None
         self._subscriptions: set[asyncio.Queue[Any]] = set()
+        # slots of a master that stopped answering: they fail fast (the other masters'
+        # keys are served as usual) until the recovery task has found their owner again
+        # and deleted every hub key there
+        self._fenced: set[int] = set()
+        self._recovery: asyncio.Task[None] | None = None
 
     @property
     def forget_all_on_reconnect(self) -> bool:
         """A promoted replica may lack writes its master acknowledged (replication is
         asynchronous): after an outage every cached key is dropped, as with Sentinel."""
         return True
+
+    @property
+    def unavailable_slots(self) -> int:
+        """Slots failing fast because their master is down (0 when all are served)."""
+        return len(self._fenced)
 
     def _masters(self) -> list[ClusterNode]:
         return list(self._client.get_primaries())
@@ -323,15 +341,21 @@ class RedisClusterClient:
         await self._client.nodes_manager.initialize()
         if {m.name for m in self._masters()} != before:
             log.info("Redis cluster masters changed: %s", sorted(m.name for m in self._masters()))
-            if self.on_masters_changed is not None:
-                self.on_masters_changed()
-            for queue in self._subscriptions:
-                queue.put_nowait(RedisUnreachable("redis", "cluster masters changed"))
+            self._topology_changed("cluster masters changed")
+
+    def _topology_changed(self, why: str) -> None:
+        """The near cache holds nothing until the listener tracks every master again."""
+        if self.on_masters_changed is not None:
+            self.on_masters_changed()
+        for queue in self._subscriptions:
+            queue.put_nowait(RedisUnreachable("redis", why))
 
     async def connect(self) -> None:
         where = ",".join(self._config.cluster.nodes if self._config.cluster else [])
         try:
             await self._drop_links()  # called when no pipeline runs: start afresh
+            # a reconnect of the whole cache forgets every key itself: no fence is needed
+            self._fenced.clear()
             await self._refresh()
             masters = self._masters()
             # every master must answer, and agree the cluster is whole
@@ -429,25 +453,45 @@ class RedisClusterClient:
                 node = asked
             else:
                 key = _key_of(command)
-                node = (masters[0] if key is None else
-                        self._client.nodes_manager.get_node_from_slot(_slot(key)))
+                slot = None if key is None else _slot(key)
+                if slot in self._fenced:
+                    results[index] = SlotsUnavailable(
+                        "redis", "the master of this key is down; waiting for its replacement")
+                    continue
+                node = (masters[0] if slot is None else
+                        self._client.nodes_manager.get_node_from_slot(slot))
             groups.setdefault(node.name, (node, []))[1].append(
                 (index, command, asked is not None))
-        # every master's answer is awaited before one's failure is raised: none is left
+        # every master's answer is awaited before one's failure is handled: none is left
         # reading on a connection about to be dropped
         outcomes = await asyncio.gather(*(
             self._send_to(node, [c for _, c, _ in items], [a for _, _, a in items])
             for node, items in groups.values()), return_exceptions=True)
-        answers: list[list[Any]] = []
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
+        failed = [(node, items, outcome)
+                  for (node, items), outcome in zip(groups.values(), outcomes, strict=True)
+                  if isinstance(outcome, BaseException)]
+        for _, _, outcome in failed:
+            if not isinstance(outcome, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
                 raise outcome
-            answers.append(outcome)
+        if failed:
+            down = {node.name for node, _, _ in failed}
+            if down >= {m.name for m in masters}:  # nothing answers: the whole cache is down
+                raise failed[0][2]
+            for node, items, outcome in failed:
+                self._fence(node, outcome)
+                for index, _, _ in items:
+                    results[index] = SlotsUnavailable("redis", f"{node.name}: {outcome}")
+        answers: list[list[Any]] = []
+        ok_groups: list[tuple[ClusterNode, list[tuple[int, Command, bool]]]] = []
+        for group, answer in zip(groups.values(), outcomes, strict=True):
+            if not isinstance(answer, BaseException):
+                ok_groups.append(group)
+                answers.append(answer)
         again: list[_Unit] = []
         moved = False
         tracked = {m.name for m in masters}
         untracked: list[str] = []  # keys answered by a node no invalidation comes from
-        for (_, items), replies in zip(groups.values(), answers, strict=True):
+        for (_, items), replies in zip(ok_groups, answers, strict=True):
             for (index, command, _), reply in zip(items, replies, strict=True):
                 if isinstance(reply, rexc.AskError) and not isinstance(reply, rexc.MovedError):
                     target = self._client.nodes_manager.get_node(reply.host, reply.port)
@@ -478,6 +522,73 @@ class RedisClusterClient:
         elif again:
             await asyncio.sleep(0.05)
         return again
+
+    def _fence(self, node: ClusterNode, why: BaseException) -> None:
+        """``node`` stopped answering: fail its slots fast, and recover in the background."""
+        cache = self._client.nodes_manager.slots_cache
+        slots = {slot for slot, owners in cache.items() if owners and owners[0].name == node.name}
+        if not slots - self._fenced:
+            return
+        log.warning("Redis cluster master %s unavailable (%s): its %d slots fall back until "
+                    "it is back or replaced", node.name, why, len(slots))
+        self._fenced |= slots
+        self._topology_changed(f"cluster master {node.name} unavailable")
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover(), name="redis-cluster-recovery")
+
+    async def _recover(self) -> None:
+        """Until no slot is fenced: find the fenced slots' owners (the old master back, or
+        its promoted replica), check they answer and the cluster is whole, delete every
+        hub key there (a promoted replica may lack acknowledged writes; writes were
+        skipped meanwhile), then serve those slots again."""
+        delay = 0.05
+        while self._fenced:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
+            fenced = set(self._fenced)
+            try:
+                await self._refresh()
+                owners = {node.name: node for node in (
+                    self._client.nodes_manager.get_node_from_slot(slot) for slot in fenced)}
+                for node in owners.values():
+                    (state,) = await self._on(node, [("CLUSTER", "INFO")])
+                    if b"cluster_state:ok" not in state:
+                        raise RedisUnreachable("redis", f"{node.name}: cluster_state not ok")
+                    await self._forget_on(node)
+            except (BackendUnavailable, rexc.RedisError, rexc.RedisClusterException,
+                    OSError) as exc:
+                log.debug("redis cluster slots still unavailable: %s", exc)
+                continue
+            self._fenced -= fenced
+            log.info("Redis cluster: %d slots served again by %s", len(fenced),
+                     ", ".join(sorted(owners)))
+
+    async def _on(self, node: ClusterNode, commands: list[Command]) -> list[Any]:
+        """Commands on a pooled connection of ``node`` (not the pipelines' own)."""
+        conn = node.acquire_connection()
+        try:
+            replies = await _exchange(conn, commands)
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            node.release(conn)
+        for reply in replies:
+            if isinstance(reply, CommandFailed):
+                raise reply
+        return replies
+
+    async def _forget_on(self, node: ClusterNode) -> None:
+        """UNLINK every hub key held by ``node`` (SCAN, never KEYS)."""
+        for prefix in PREFIXES:
+            cursor: Any = 0
+            while True:
+                ((cursor, keys),) = await self._on(
+                    node, [("SCAN", cursor, "MATCH", glob_literal(prefix) + "*", "COUNT", 1000)])
+                if keys:
+                    await self._on(node, [("UNLINK", key) for key in keys])
+                if int(cursor) == 0:
+                    break
 
     async def scan(self, match: str) -> AsyncIterator[bytes]:
         """SCAN every master in turn (cursor-based on each; never KEYS)."""
@@ -567,6 +678,8 @@ class RedisClusterClient:
             await cancel_and_wait(*tasks)
 
     async def close(self) -> None:
+        await cancel_and_wait(self._recovery)
+        self._recovery = None
         await self._drop_links()
         await self._client.aclose()
 

@@ -17,7 +17,14 @@ from typing import Any
 
 import orjson
 
-from actors._redis import Command, CommandFailed, RedisBackend, RedisUnreachable, ScriptMissing
+from actors._redis import (
+    Command,
+    CommandFailed,
+    RedisBackend,
+    RedisUnreachable,
+    ScriptMissing,
+    SlotsUnavailable,
+)
 from actors._runtime import Actor, Call, cancel_and_wait, close_quietly, fail, resolve
 from actors.near import NearCache
 from hub._keys import PREFIXES, glob_literal
@@ -319,7 +326,9 @@ class CacheActor(Actor):
             op = call.payload
             mine = results[pos:pos + len(op.commands)]
             pos += len(op.commands)
-            failed = next((r for r in mine if isinstance(r, CommandFailed)), None)
+            # a command's error, or (Redis Cluster) its master being down
+            failed = next((r for r in mine if isinstance(r, (CommandFailed, BackendUnavailable))),
+                          None)
             if isinstance(failed, ScriptMissing) and not fallback and op.fallback:
                 retry.append(call)  # a restarted or flushed Redis lost the script: send it
             elif failed is not None:
@@ -336,7 +345,8 @@ class CacheActor(Actor):
 
     def _fail(self, call: Call, exc: Exception) -> None:
         op: RedisOp = call.payload
-        if op.writes:
+        # (a cluster backend forgets a down master's keys itself before serving them again)
+        if op.writes and not isinstance(exc, SlotsUnavailable):
             if len(self._dirty) + len(op.writes) > self.max_dirty:
                 self._dirty_overflow = True
             else:
@@ -412,4 +422,6 @@ class CacheActor(Actor):
                 "commands": self.commands, "skipped": self.skipped,
                 "available": self.available, "reconnects": self.reconnects,
                 "stale_keys_pending": len(self._dirty),
+                # Redis Cluster: slots of a master that is down (served again once replaced)
+                "unavailable_slots": getattr(self.backend, "unavailable_slots", 0),
                 "near_cache": self.near.statistics() if self.near is not None else None}

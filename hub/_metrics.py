@@ -50,6 +50,13 @@ class _HubCollector(Collector):
                                     value=stats["writer"]["pending"])
             yield GaugeMetricFamily("wolfhub_writer_spooling", "1 while writes go to the spool",
                                     value=int(stats["writer"]["spooling"]))
+        if "cache" in stats:
+            yield GaugeMetricFamily("wolfhub_cache_available", "1 while Redis is in use",
+                                    value=int(stats["cache"]["available"]))
+            yield GaugeMetricFamily(
+                "wolfhub_cache_unavailable_slots",
+                "Redis Cluster slots whose master is down (served again once replaced)",
+                value=stats["cache"]["unavailable_slots"])
         near = stats.get("cache", {}).get("near_cache")
         if near:
             for name in ("hits", "misses", "invalidations"):

@@ -244,6 +244,8 @@ class RedisClusterServers:
     password: str | None = None  # requirepass on every node (and masterauth for replicas)
     # certificates from make_certificates(): clients, replication and the bus all use TLS
     tls: dict[str, Path] | None = None
+    # Redis' default (yes): every node refuses queries while any slot has no live master
+    full_coverage: bool = True
     nodes: list[RedisServer] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -263,6 +265,8 @@ class RedisClusterServers:
             options += ["--masterauth", self.password]
         if self.tls:
             options += ["--tls-cluster", "yes", "--tls-replication", "yes"]
+        if not self.full_coverage:
+            options += ["--cluster-require-full-coverage", "no"]
         return RedisServer(self.directory / name, name="redis-cluster", password=self.password,
                            tls=self.tls, extra=options)
 

@@ -129,8 +129,9 @@ async def failover_under_load(hub: Hub, exchange: str, product: str,
     assert written == 299
     assert await hub.get_position(exchange, product) == {"size": 299}
 
-    async def back() -> bool:
-        return bool((await hub.get_stats())["actors"]["cache"]["available"])
+    async def back() -> bool:  # the whole cache, and (on a cluster) every slot
+        cache = (await hub.get_stats())["actors"]["cache"]
+        return bool(cache["available"]) and cache["unavailable_slots"] == 0
     await eventually(back, within=30)
     assert await hub.get_indicator(exchange, product, "EMA", 20, default="gone") in (
         299.0, "gone")

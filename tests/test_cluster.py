@@ -225,7 +225,7 @@ async def test_master_killed_under_load(tmp_path: Path, config_data: dict[str, A
             await failover_under_load(hub, EX, product, victim.kill, promoted)
             new_master = own.master_of(key)
             assert node_get(new_master, key) == "500.0"
-            assert (await hub.get_stats())["actors"]["cache"]["reconnects"] >= 1
+            assert (await hub.get_stats())["actors"]["cache"]["skipped"] >= 1  # it noticed
 
             async def tracking_again() -> bool:  # invalidations from the new master too
                 near = (await hub.get_stats())["actors"]["cache"]["near_cache"]
@@ -372,5 +372,55 @@ async def test_a_cluster_with_password_and_tls(tmp_path: Path,
         with pytest.raises(BackendUnavailable, match="credentials refused"):
             async with Hub(HubConfig.from_mapping(data, environ={})):
                 pass
+    finally:
+        own.stop()
+
+
+async def test_one_master_down_the_others_keep_serving(tmp_path: Path,
+                                                       config_data: dict[str, Any]) -> None:
+    """With cluster-require-full-coverage no, the healthy masters answer during a
+    failover: the hub keeps serving their products from Redis (values only Redis has),
+    fails fast for the dead master's products, and serves those again, never stale, once
+    the replica is promoted."""
+    own = RedisClusterServers(tmp_path / "partial", full_coverage=False)
+    own.start()
+    try:
+        async with Hub(cluster_config(config_data, own)) as hub:
+            products = PRODUCTS[:12]
+            for product in products:
+                await hub.cache_indicator(EX, product, "RSI", 14, 1.0)
+            assert await hub.get_indicator(EX, products[-1], "RSI", 14) == 1.0
+            key = f"indicator:{{{EX}:{products[0]}}}:RSI:14"
+            victim = own.master_of(key)
+            on_victim = [p for p in products
+                         if own.master_of(f"indicator:{{{EX}:{p}}}:RSI:14") is victim]
+            elsewhere = [p for p in products if p not in on_victim]
+            assert on_victim and elsewhere
+            victim.kill()
+            # the dead master's products fall back (no Redis value: the default) ...
+            for product in on_victim:
+                await hub.cache_indicator(EX, product, "RSI", 14, 2.0)  # skipped
+                assert await hub.get_indicator(EX, product, "RSI", 14, "fallback") == "fallback"
+            # ... while every other product is still read from Redis, and written there
+            for product in elsewhere:
+                assert await hub.get_indicator(EX, product, "RSI", 14) == 1.0
+                await hub.cache_indicator(EX, product, "RSI", 14, 3.0)
+                assert await hub.get_indicator(EX, product, "RSI", 14) == 3.0
+            stats = (await hub.get_stats())["actors"]["cache"]
+            assert stats["available"] and stats["skipped"] >= len(on_victim)
+            assert 5000 < stats["unavailable_slots"] < 6000  # a third of 16,384
+
+            async def replaced() -> bool:  # promoted, and served again
+                await hub.cache_indicator(EX, on_victim[0], "RSI", 14, 4.0)
+                return await hub.get_indicator(EX, on_victim[0], "RSI", 14) == 4.0
+            await eventually(replaced, within=30)
+            assert own.master_of(key) is not victim
+            assert (await hub.get_stats())["actors"]["cache"]["unavailable_slots"] == 0
+            # never stale: the skipped 2.0 left nothing older behind (keys were dropped)
+            for product in on_victim[1:]:
+                assert await hub.get_indicator(EX, product, "RSI", 14, "gone") == "gone"
+            for product in elsewhere:
+                assert await hub.get_indicator(EX, product, "RSI", 14) == 3.0
+            assert (await hub.get_stats())["actors"]["cache"]["reconnects"] == 0
     finally:
         own.stop()

@@ -41,6 +41,8 @@ async def test_metrics_are_served_and_follow_the_hub(config_data: dict[str, Any]
         assert value(text, "wolfhub_healthy") == 1
         assert value(text, 'wolfhub_call_seconds_count{actor="cache"}') >= 1
         assert "wolfhub_near_cache_hits_total" in text
+        assert value(text, "wolfhub_cache_available") == 1
+        assert value(text, "wolfhub_cache_unavailable_slots") == 0
     with pytest.raises(OSError):  # closed with the hub
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
