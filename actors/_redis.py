@@ -314,6 +314,7 @@ class RedisClusterClient:
         # and deleted every hub key there
         self._fenced: set[int] = set()
         self._recovery: asyncio.Task[None] | None = None
+        self._refreshing = asyncio.Lock()
 
     @property
     def forget_all_on_reconnect(self) -> bool:
@@ -334,11 +335,12 @@ class RedisClusterClient:
         beside running pipelines: the map is swapped whole, the links stay. A new set
         of masters (failover, a master added or removed) ends every invalidation stream:
         they resubscribe on the masters there are now."""
-        if self._client._initialize:
-            await self._client.initialize()
-            return
-        before = {m.name for m in self._masters()}
-        await self._client.nodes_manager.initialize()
+        async with self._refreshing:  # the pipeline, the listener and the recovery share it
+            if self._client._initialize:
+                await self._client.initialize()
+                return
+            before = {m.name for m in self._masters()}
+            await self._client.nodes_manager.initialize()
         if {m.name for m in self._masters()} != before:
             log.info("Redis cluster masters changed: %s", sorted(m.name for m in self._masters()))
             self._topology_changed("cluster masters changed")
