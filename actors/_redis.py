@@ -557,9 +557,12 @@ class RedisClusterClient:
                     if b"cluster_state:ok" not in state:
                         raise RedisUnreachable("redis", f"{node.name}: cluster_state not ok")
                     await self._forget_on(node)
-            except (BackendUnavailable, rexc.RedisError, rexc.RedisClusterException,
-                    OSError) as exc:
+            except (HubError, rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
+                # (HubError: a command refused, e.g. CLUSTERDOWN while the election runs)
                 log.debug("redis cluster slots still unavailable: %s", exc)
+                continue
+            except Exception:  # never leave the slots fenced for good
+                log.warning("redis cluster recovery failed; trying again", exc_info=True)
                 continue
             self._fenced -= fenced
             log.info("Redis cluster: %d slots served again by %s", len(fenced),
@@ -583,41 +586,34 @@ class RedisClusterClient:
     async def _forget_on(self, node: ClusterNode) -> None:
         """UNLINK every hub key held by ``node`` (SCAN, never KEYS)."""
         for prefix in PREFIXES:
-            cursor: Any = 0
-            while True:
-                ((cursor, keys),) = await self._on(
-                    node, [("SCAN", cursor, "MATCH", glob_literal(prefix) + "*", "COUNT", 1000)])
-                if keys:
-                    await self._on(node, [("UNLINK", key) for key in keys])
-                if int(cursor) == 0:
-                    break
+            batch: list[bytes] = []
+            async for key in self._scan_node(node, glob_literal(prefix) + "*"):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    await self._on(node, [("UNLINK", k) for k in batch])
+                    batch = []
+            if batch:
+                await self._on(node, [("UNLINK", k) for k in batch])
 
     async def scan(self, match: str) -> AsyncIterator[bytes]:
         """SCAN every master in turn (cursor-based on each; never KEYS)."""
         try:
             for node in self._masters():
-                cursor: Any = 0
-                while True:
-                    # a pooled connection: the pipelines' own one may be busy meanwhile
-                    conn = node.acquire_connection()
-                    try:
-                        (reply,) = await _exchange(
-                            conn, [("SCAN", cursor, "MATCH", match, "COUNT", 1000)])
-                    except BaseException:
-                        await conn.disconnect()
-                        raise
-                    finally:
-                        node.release(conn)
-                    if isinstance(reply, CommandFailed):
-                        raise reply
-                    cursor, keys = reply
-                    for key in keys:
-                        yield key
-                    if int(cursor) == 0:
-                        break
+                async for key in self._scan_node(node, match):
+                    yield key
         except (rexc.ConnectionError, rexc.TimeoutError, OSError,
                 rexc.RedisClusterException) as exc:
             raise _unavailable(exc) from exc
+
+    async def _scan_node(self, node: ClusterNode, match: str) -> AsyncIterator[bytes]:
+        cursor: Any = 0
+        while True:
+            ((cursor, keys),) = await self._on(
+                node, [("SCAN", cursor, "MATCH", match, "COUNT", 1000)])
+            for key in keys:
+                yield key
+            if int(cursor) == 0:
+                return
 
     async def info(self) -> dict[str, Any]:
         """INFO of every master: counters summed, ``used_memory_human`` of the sum, the
