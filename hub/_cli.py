@@ -6,7 +6,9 @@ import asyncio
 import csv
 import json
 import logging
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import click
 
 from hub._config import HubConfig
 from hub._hub import Hub
-from hub._servers import LocalServers, free_port
+from hub._servers import LocalServers, RedisClusterServers, free_port
 from hub.errors import HubError, ValidationError
 
 DEFAULT_CONFIG = "config/cache_db.yml"
@@ -230,7 +232,9 @@ def _port(url: str) -> int:
 @main.command()
 @config_option
 @data_option
-def up(config_path: str, data: str) -> None:
+@click.option("--cluster", is_flag=True,
+              help="Also start a Redis Cluster (3 masters + 3 replicas) to try redis.cluster.")
+def up(config_path: str, data: str, cluster: bool) -> None:
     """Start local redis-server and influxd on the config's ports (loopback only, generated
     configs under --data, no /etc files, no docker). They keep running until `down`."""
     try:
@@ -240,18 +244,38 @@ def up(config_path: str, data: str) -> None:
         if running and all(e["running"] for e in running.values()):
             click.echo(f"already running: redis :{running['redis']['port']}, "
                        f"influxd :{running['influxdb']['port']}")
-            return
-        influx_port = _port(cfg.influxdb.url)
-        servers = LocalServers(servers_dir, redis_port=cfg.redis.port, influx_port=influx_port,
-                               # influxd's own default (8086 -> 8088), as backup expects
-                               influx_rpc_port=_free_or_any(influx_port + 2))
-        servers.start()
-        servers.save_state()
-    except (HubError, OSError) as exc:
+        else:
+            influx_port = _port(cfg.influxdb.url)
+            servers = LocalServers(servers_dir, redis_port=cfg.redis.port,
+                                   influx_port=influx_port,
+                                   # influxd's own default (8086 -> 8088), as backup expects
+                                   influx_rpc_port=_free_or_any(influx_port + 2))
+            servers.start()
+            servers.save_state()
+            click.echo(f"redis-server on 127.0.0.1:{servers.redis.port}, influxd on "
+                       f"127.0.0.1:{servers.influx.port}; data in {servers_dir}")
+        if cluster:
+            _cluster_up(servers_dir / "cluster")
+    except (HubError, OSError, subprocess.SubprocessError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    click.echo(f"redis-server on 127.0.0.1:{servers.redis.port}, influxd on "
-               f"127.0.0.1:{servers.influx.port}; data in {servers_dir}")
+
+
+def _cluster_up(directory: Path) -> None:
+    nodes = LocalServers.saved(directory)
+    if nodes and all(e["running"] for e in nodes.values()):
+        seeds = [f"127.0.0.1:{e['port']}" for e in nodes.values()]
+        click.echo("Redis Cluster already running: " + ", ".join(seeds))
+        return
+    LocalServers.stop_saved(directory)
+    if directory.exists():  # a cache: a cluster that was stopped starts afresh
+        shutil.rmtree(directory)
+    cluster = RedisClusterServers(directory)
+    cluster.start()
+    cluster.save_state()
+    click.echo(f"Redis Cluster (3 masters + 3 replicas) on {', '.join(cluster.seeds)}; "
+               f"to use it, put in the config:\n"
+               f"  redis: {{cluster: {{nodes: ['{cluster.seeds[0]}', '{cluster.seeds[1]}']}}}}")
 
 
 @main.command()
@@ -259,6 +283,9 @@ def up(config_path: str, data: str) -> None:
 def down(data: str) -> None:
     """Stop the servers `up` started."""
     stopped = LocalServers.stop_saved(Path(data) / "servers")
+    nodes = LocalServers.stop_saved(Path(data) / "servers" / "cluster")
+    if nodes:
+        stopped.append(f"redis cluster ({len(nodes)} nodes)")
     click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
 
 
@@ -270,9 +297,11 @@ def status(data: str) -> None:
     if not state:
         click.echo("no local servers (start them with `wolfhub up`)")
         sys.exit(1)
+    nodes = LocalServers.saved(Path(data) / "servers" / "cluster")
+    state.update({f"cluster {name}": entry for name, entry in nodes.items()})
     for name, entry in state.items():
         word = "running" if entry["running"] else "NOT running"
-        click.echo(f"{name:9} {word:12} 127.0.0.1:{entry['port']}  pid {entry['pid']}")
+        click.echo(f"{name:13} {word:12} 127.0.0.1:{entry['port']}  pid {entry['pid']}")
     if not all(entry["running"] for entry in state.values()):
         sys.exit(1)
 

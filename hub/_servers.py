@@ -378,6 +378,13 @@ class RedisClusterServers:
         for node in self.nodes:
             node.stop()
 
+    def save_state(self) -> None:
+        """Pids and ports in the format of LocalServers.save_state (so ``saved`` and
+        ``stop_saved`` work on this directory too)."""
+        state = {f"node{i}": {"pid": n.process.pid if n.process else None, "port": n.port}
+                 for i, n in enumerate(self.nodes)}
+        (self.directory / "state.json").write_text(json.dumps(state, indent=1))
+
     def __enter__(self) -> RedisClusterServers:
         self.start()
         return self
@@ -499,9 +506,9 @@ class LocalServers:
             return {}
         state: dict[str, dict[str, Any]] = json.loads(path.read_text())
         for name, entry in state.items():
-            probe: _Server = (RedisServer(Path(directory) / "redis", port=entry["port"])
-                              if name == "redis" else
-                              InfluxServer(Path(directory) / "influxdb", port=entry["port"]))
+            probe: _Server = (InfluxServer(Path(directory) / "influxdb", port=entry["port"])
+                              if name == "influxdb" else  # redis, or a cluster node
+                              RedisServer(Path(directory) / name, port=entry["port"]))
             entry["running"] = _alive(entry.get("pid")) and probe.ready()
         return state
 

@@ -76,3 +76,32 @@ def test_example_and_the_seeds_log_lines(tmp_path: Path) -> None:
     assert "[INFO:actors._redis] Redis connected: 127.0.0.1:" in result.stderr
     assert " db=0" in result.stderr
     assert "[INFO:actors._influx] InfluxDB connected: http://127.0.0.1:" in result.stderr
+
+
+def test_up_with_a_local_cluster(tmp_path: Path) -> None:
+    """`wolfhub up --cluster` starts a 3+3 Redis Cluster beside the servers and says how to
+    use it; a hub configured that way works; `status` lists the nodes; `down` stops all."""
+    redis_port, influx_port = free_port(), free_port()
+    (tmp_path / "config").mkdir()
+    base = {"redis": {"host": "127.0.0.1", "port": redis_port},
+            "influxdb": {"url": f"http://127.0.0.1:{influx_port}"},
+            "sqlite": {"path": "data/wolfhub.sqlite"}}
+    (tmp_path / "config" / "cache_db.yml").write_text(yaml.safe_dump(base))
+    try:
+        up = wolfhub("up", "--cluster", cwd=tmp_path)
+        assert up.returncode == 0, up.stderr
+        snippet = up.stdout[up.stdout.index("redis: {cluster"):].strip()
+        cluster = yaml.safe_load(snippet)["redis"]["cluster"]
+        status = wolfhub("status", cwd=tmp_path)
+        assert status.returncode == 0, status.stdout
+        assert status.stdout.count(" running ") == 2 + 6
+        (tmp_path / "config" / "cache_db.yml").write_text(yaml.safe_dump(
+            {**base, "redis": {"cluster": cluster}}))
+        doctor = wolfhub("doctor", cwd=tmp_path)
+        assert "redis reachable: cluster" in doctor.stdout, doctor.stdout + doctor.stderr
+        cleared = wolfhub("cache", "clear", cwd=tmp_path)  # a hub starts on the cluster
+        assert cleared.returncode == 0, cleared.stderr
+    finally:
+        down = wolfhub("down", cwd=tmp_path)
+    assert "redis cluster (6 nodes)" in down.stdout
+    assert wolfhub("status", cwd=tmp_path).returncode == 1
