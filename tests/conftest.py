@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -39,6 +41,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServers]:
         yield local
     finally:
         local.stop()
+
+
+def wolfhub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The `wolfhub` command in a process of its own, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "hub", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=120)
 
 
 def redis_command(servers: LocalServers, *args: str) -> bytes:

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from hub._servers import free_port
-
-
-def wolfhub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hub", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=120)
+from tests.conftest import wolfhub
 
 
 def test_up_status_stats_down(tmp_path: Path) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,14 +11,9 @@ from typing import Any
 import yaml
 
 from hub._servers import LocalServers
-from tests.conftest import redis_command
+from tests.conftest import redis_command, wolfhub
 
 T0 = 1697529600
-
-
-def wolfhub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hub", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=120)
 
 
 def make_config(servers: LocalServers, tmp_path: Path) -> None:

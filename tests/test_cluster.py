@@ -18,8 +18,7 @@ import yaml
 from hub import BackendUnavailable, Candle, Hub, HubConfig
 from hub._servers import LocalServers, RedisClusterServers, RedisServer, make_certificates
 from hub.compat import wolfinch
-from tests.conftest import eventually, failover_under_load
-from tests.test_cli import wolfhub
+from tests.conftest import eventually, failover_under_load, wolfhub
 
 pytestmark = pytest.mark.anyio
 EX = "binance"
