@@ -300,8 +300,13 @@ class RedisClusterServers:
         self.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", src)
         self.ask(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", dst)
         while keys := self.ask(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split():
-            self.ask(source, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
-                     *self._migrate_auth(), "KEYS", *keys)
+            for key in keys:
+                self.migrate(source, target, key)
+
+    def migrate(self, source: RedisServer, target: RedisServer, key: str) -> str:
+        """MIGRATE one key (its single-key form) from ``source`` to ``target``."""
+        return self.ask(source, "MIGRATE", "127.0.0.1", str(target.port), key, "0", "5000",
+                        *self._migrate_auth())
 
     def finish_move(self, slot: int, target: RedisServer, timeout: float = 30.0) -> None:
         """SETSLOT NODE on every master; wait until all nodes agree."""

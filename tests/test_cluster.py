@@ -179,15 +179,12 @@ async def test_moved_and_ask_while_a_slot_migrates(cluster: RedisClusterServers,
         for node, state, peer in ((target, "IMPORTING", src_id), (source, "MIGRATING", dst_id)):
             assert cluster.ask(node, "CLUSTER", "SETSLOT", slot, state, peer).strip() == "OK"
         # move one of the two keys: the other is still served by the source
-        moved = cluster.ask(source, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
-                            "KEYS", key)
-        assert moved.strip() == "OK"
+        assert cluster.migrate(source, target, key).strip() == "OK"
         # gone from the source, which now redirects: only ASK finds it
         assert node_get(source, key).startswith("ASK ")
         assert await hub.get_indicator(EX, product, "RSI", 14) == 1.0  # ASK -> target
         assert await hub.get_indicator(EX, product, "RSI", 28) == 2.0  # still at the source
-        cluster.ask(source, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
-                    "KEYS", other)
+        assert cluster.migrate(source, target, other).strip() == "OK"
         for node in cluster.nodes:
             if node.running and cluster.ask(node, "ROLE").startswith("master"):
                 cluster.ask(node, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
