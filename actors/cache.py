@@ -49,6 +49,8 @@ class RedisOp:
     # fire-and-forget ops with the same merge key in one drained batch become one
     merge: tuple[str, int, int] | None = None
     items: tuple[Any, ...] = ()
+    # the hub began a write of ``writes`` in the near cache: end it once this op ran
+    near: bool = False
 
 
 # The hot window is a sorted set scored by candle time. Its span [oldest, newest]
@@ -299,12 +301,19 @@ class CacheActor(Actor):
         await close_quietly(self.backend, "redis")
 
     async def handle(self, batch: Sequence[Call]) -> None:
-        if self._down_since is not None:
-            error = BackendUnavailable("redis", "unreachable; reconnecting in the background")
-            for call in batch:
-                self._fail(call, error)
-            return
-        await self._execute(coalesce(batch), fallback=False)
+        try:
+            if self._down_since is not None:
+                error = BackendUnavailable("redis", "unreachable; reconnecting in the background")
+                for call in batch:
+                    self._fail(call, error)
+                return
+            await self._execute(coalesce(batch), fallback=False)
+        finally:
+            if self.near is not None:  # run or given up: the near cache may hold them again
+                ended = [key for call in batch if call.payload.near
+                         for key in call.payload.writes]
+                if ended:
+                    self.near.end_write(ended)
 
     async def _execute(self, batch: Sequence[Call], fallback: bool) -> None:
         commands: list[Command] = []

@@ -9,10 +9,21 @@ answer is stored only if no invalidation of that key came after the ticket.
 Entries never outlive the key's TTL in Redis; the cache is bounded (oldest
 insertion evicted first) and emptied whenever invalidations might have been
 missed (a disconnect of the listener).
+
+Writes made by this process close the race from the other side: ``begin_write``
+(when the hub accepts a write) keeps every answer for the key out of the cache
+until ``end_write`` (when the CacheActor has run the write, or given up on it), so
+a reader in this process never sees an older value than one it wrote, even while
+the write is still queued.
+
+Thread safety: the Wolfinch drop-in reads (``get``) and begins writes from the
+caller's thread while the hub's loop thread fills the cache; every mutation takes
+a lock, ``get`` needs none (single dict operations are atomic in CPython).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -31,6 +42,8 @@ class NearCache:
         self._seq = 0  # bumped by every invalidation
         self._floor = 0  # tickets older than this are refused
         self._invalidated: dict[str, int] = {}  # key -> seq of its last invalidation
+        self._pending: dict[str, int] = {}  # key -> this process's writes in flight
+        self._lock = threading.Lock()
         self.enabled = False  # True only while invalidations are being received
         self.hits = 0
         self.misses = 0
@@ -51,7 +64,7 @@ class NearCache:
             return False, None
         expires, value, raw = entry
         if time.monotonic() >= expires:
-            del self._data[key]
+            self._data.pop(key, None)
             self.misses += 1
             return False, None
         self.hits += 1
@@ -65,33 +78,61 @@ class NearCache:
         """Store a value read from Redis under ``ticket`` with ``ttl`` seconds left.
         ``value``, when given, is the already decoded value and must be immutable (it is
         handed out as it is)."""
-        if (not self.enabled or ttl <= 0 or ticket < self._floor
-                or self._invalidated.get(key, -1) >= ticket + 1):
-            return
         if value is _DECODE:
             value = orjson.loads(raw)
-        self._data[key] = (time.monotonic() + ttl, value, raw)
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        with self._lock:
+            if (not self.enabled or ttl <= 0 or ticket < self._floor or key in self._pending
+                    or self._invalidated.get(key, -1) >= ticket + 1):
+                return
+            self._data[key] = (time.monotonic() + ttl, value, raw)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
 
     def invalidate(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._seq += 1
-            self._invalidated[key] = self._seq
-            self._data.pop(key, None)
-            self.invalidations += 1
+        with self._lock:
+            for key in keys:
+                self._invalidate(key)
+
+    def _invalidate(self, key: str) -> None:
+        self._seq += 1
+        self._invalidated[key] = self._seq
+        self._data.pop(key, None)
+        self.invalidations += 1
         if len(self._invalidated) > 4 * self.max_entries:
             self._invalidated.clear()
             self._floor = self._seq + 1
 
+    def begin_write(self, keys: Iterable[str]) -> None:
+        """This process accepted a write of ``keys``: hold nothing for them until
+        :meth:`end_write`."""
+        with self._lock:
+            for key in keys:
+                self._pending[key] = self._pending.get(key, 0) + 1
+                self._invalidate(key)
+
+    def end_write(self, keys: Iterable[str]) -> None:
+        """The write of ``keys`` ran (or was given up): answers read from now on may be
+        held again; any read sent before now is refused."""
+        with self._lock:
+            for key in keys:
+                left = self._pending.get(key, 0) - 1
+                if left > 0:
+                    self._pending[key] = left
+                else:
+                    self._pending.pop(key, None)
+                self._invalidate(key)
+
     def clear(self) -> None:
-        """Forget everything, and refuse answers to reads already in flight."""
-        self._data.clear()
-        self._invalidated.clear()
-        self._seq += 1
-        self._floor = self._seq
+        """Forget everything, and refuse answers to reads already in flight (writes in
+        flight stay pending)."""
+        with self._lock:
+            self._data.clear()
+            self._invalidated.clear()
+            self._seq += 1
+            self._floor = self._seq
 
     def statistics(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "entries": len(self._data), "hits": self.hits,
-                "misses": self.misses, "invalidations": self.invalidations}
+                "misses": self.misses, "invalidations": self.invalidations,
+                "writes_pending": len(self._pending)}

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -64,6 +65,19 @@ class _State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A validated, encoded fire-and-forget write: InfluxDB lines and/or one cache op.
+
+    Built synchronously (so bad input raises at the call, before anything is queued)
+    and delivered to the actors afterwards; the Wolfinch drop-in builds it on the
+    caller's thread and delivers it from the hub's loop.
+    """
+
+    lines: list[str]
+    cache: RedisOp | None = None
 
 
 class Hub:
@@ -273,10 +287,42 @@ class Hub:
         """Queue a cache write without waiting for Redis (reads queue behind it, so they
         see it). A write Redis cannot take is counted as skipped, never raised."""
         if self._cache is not None:
-            if self._cache.near is not None and op.writes and op.writes[0].startswith(
-                    NEAR_PREFIXES):
-                self._cache.near.invalidate(op.writes)  # read-your-writes in this process
-            await self._cache.tell(op)
+            await self._deliver(self._begin(Accepted([], self._near_op(op))))
+
+    def _near_op(self, op: RedisOp) -> RedisOp:
+        """``op``, marked for the near cache when it writes keys the near cache holds."""
+        if (self._cache is not None and self._cache.near is not None and op.writes
+                and op.writes[0].startswith(NEAR_PREFIXES)):
+            return replace(op, near=True)
+        return op
+
+    def _begin(self, accepted: Accepted) -> Accepted:
+        """Read-your-writes in this process: from now until the cache op has run, the
+        near cache holds nothing for the keys it writes. Synchronous, any thread."""
+        op = accepted.cache
+        if op is not None and op.near and self._cache is not None and self._cache.near:
+            self._cache.near.begin_write(op.writes)
+        return accepted
+
+    async def _deliver(self, accepted: Accepted) -> None:
+        """Queue an accepted write on the actors (waits only for mailbox room)."""
+        op = accepted.cache
+        queued = False
+        try:
+            if accepted.lines and self._writer is not None:
+                await self._writer.tell(Lines(accepted.lines, None))
+            if op is not None and self._cache is not None:
+                await self._cache.tell(op)
+            queued = True
+        finally:
+            if not queued and op is not None and op.near and self._cache is not None \
+                    and self._cache.near is not None:
+                self._cache.near.end_write(op.writes)
+
+    async def _accept(self, accepted: Accepted | None) -> None:
+        self._check_open()
+        if accepted is not None:
+            await self._deliver(self._begin(accepted))
 
     async def _write_lines(self, lines: list[str], ids: list[int] | None = None) -> None:
         if self._writer is not None:
@@ -314,27 +360,39 @@ class Hub:
                               period: int | str, value: Any, ttl: int | None = None) -> None:
         """Cache an indicator value (any JSON value) in Redis for ``ttl`` seconds
         (default ``redis.ttl.indicators``). Raises ValidationError, HubClosed."""
-        exchange, product = self._names(exchange, product)
-        key = keys.indicator(exchange, product, v.tag(indicator, "indicator"),
-                             v.tag(period, "period"), self._tagged)
-        v.json_value(value, "value")
-        ttl = self.config.redis.ttl.indicators if ttl is None else v.positive_int(ttl, "ttl")
+        await self._accept(self._msg_cache_indicator(exchange, product, indicator, period,
+                                                     value, ttl))
+
+    def _msg_cache_indicator(self, exchange: object, product: object, indicator: object,
+                             period: object, value: Any, ttl: object = None) -> Accepted:
+        *_, key = _indicator_key(exchange, product, indicator, period, self._tagged)
+        data = orjson.dumps(v.json_value(value, "value"))
+        seconds = self.config.redis.ttl.indicators if ttl is None else v.positive_int(ttl, "ttl")
+        return Accepted([], self._near_op(op_set(key, data, seconds)))
+
+    def _hot_indicator(self, exchange: object, product: object, indicator: object,
+                       period: object) -> tuple[bool, Any]:
+        """(True, value) when the near cache holds the indicator, else (False, None);
+        synchronous, so the Wolfinch drop-in answers it on the caller's thread."""
+        *_, key = _indicator_key(exchange, product, indicator, period, self._tagged)
         self._check_open()
-        await self._redis_write(op_set(key, orjson.dumps(value), ttl))
+        near = self._cache.near if self._cache is not None else None
+        if near is None:
+            return False, None
+        return near.get(key)
 
     async def get_indicator(self, exchange: str, product: str, indicator: str,
                             period: int | str, default: Any = None) -> Any:
         """Read through: Redis, then the latest ``indicator`` point in InfluxDB (which is
         then cached), else ``default``. Raises ValidationError, HubClosed, and
         BackendUnavailable only when no store could answer."""
+        held, value = self._hot_indicator(exchange, product, indicator, period)
+        if held:
+            return value
         exchange, product, name, period_s, key = _indicator_key(exchange, product, indicator,
                                                                 period, self._tagged)
-        self._check_open()
         near = self._cache.near if self._cache is not None else None
         if near is not None:
-            held, value = near.get(key)
-            if held:
-                return value
             ticket = near.ticket()
         ok, reply = await self._redis_read(op_get_pttl(key))
         if ok and reply[0] is not None:
@@ -370,17 +428,23 @@ class Hub:
         """Write an ``indicator`` point (tags exchange, product, name, plus ``tags``, e.g.
         ``period=20``). With a ``period`` tag the value is also cached, so
         ``get_indicator`` sees it at once. Acknowledged on enqueue."""
+        await self._accept(self._msg_write_indicator(exchange, product, indicator_name,
+                                                     timestamp, value, tags))
+
+    def _msg_write_indicator(self, exchange: object, product: object, indicator_name: object,
+                             timestamp: object, value: object,
+                             tags: Mapping[str, Any]) -> Accepted:
         exchange, product = self._names(exchange, product)
         name = v.tag(indicator_name, "indicator_name")
         ts = v.timestamp(timestamp, "timestamp")
         number = v.number(value, "value")
         extra = self._tags(tags, _INDICATOR_TAGS)
-        self._check_open()
-        await self._write_lines([lp.indicator(exchange, product, name, ts, number, extra)])
-        if "period" in extra:
-            await self._redis_write(op_set(
-                keys.indicator(exchange, product, name, extra["period"], self._tagged),
-                orjson.dumps(number), self.config.redis.ttl.indicators))
+        line = lp.indicator(exchange, product, name, ts, number, extra)
+        if "period" not in extra:
+            return Accepted([line])
+        key = keys.indicator(exchange, product, name, extra["period"], self._tagged)
+        return Accepted([line], self._near_op(op_set(key, orjson.dumps(number),
+                                                     self.config.redis.ttl.indicators)))
 
     # ---- candles ------------------------------------------------------------------
 
@@ -389,33 +453,41 @@ class Hub:
                            volume: float) -> None:
         """Write one candle: Redis hot window + InfluxDB ``candle`` point.
         Acknowledged on enqueue; :meth:`flush` makes it queryable in InfluxDB."""
+        await self._accept(self._msg_write_candle(exchange, product, timestamp, open_price,
+                                                  high, low, close, volume))
+
+    def _msg_write_candle(self, exchange: object, product: object, timestamp: object,
+                          open_price: object, high: object, low: object, close: object,
+                          volume: object) -> Accepted:
         exchange, product = self._names(exchange, product)
         candle = Candle.checked(timestamp, open_price, high, low, close, volume)
-        self._check_open()
-        await self._write_lines([lp.candle(exchange, product, candle)])
-        await self._push_window(exchange, product, [candle], None)
+        return Accepted([lp.candle(exchange, product, candle)],
+                        self._window_op(exchange, product, [candle], None))
 
     async def write_candles_batch(self, exchange: str, product: str,
                                   candles: Iterable[Candle | Mapping[str, Any]]) -> int:
-        """Write many candles (``Candle`` objects or mappings with the seed's keys).
-        All are validated before any is written. Returns the count."""
-        exchange, product = self._names(exchange, product)
-        if isinstance(candles, (str, bytes, Mapping)) or not isinstance(candles, Iterable):
-            raise ValidationError("candles", "expected an iterable of candles")
-        checked = [Candle.coerce(c, f"candles[{i}]") for i, c in enumerate(candles)]
-        self._check_open()
-        if not checked:
-            return 0
-        await self._write_lines([lp.candle(exchange, product, c) for c in checked])
-        await self._push_window(exchange, product, checked, None)
-        return len(checked)
+        """Write many candles (``Candle`` objects, mappings with the seed's keys, or
+        objects with candle attributes such as Wolfinch's ``OHLC``). All are validated
+        before any is written. Returns the count."""
+        accepted, count = self._msg_write_candles(exchange, product, candles)
+        await self._accept(accepted)
+        return count
 
-    async def _push_window(self, exchange: str, product: str, candles: list[Candle],
-                           window: int | None) -> None:
+    def _msg_write_candles(self, exchange: object, product: object,
+                           candles: object) -> tuple[Accepted | None, int]:
+        exchange, product = self._names(exchange, product)
+        checked = _checked_candles(candles)
+        if not checked:
+            return None, 0
+        return Accepted([lp.candle(exchange, product, c) for c in checked],
+                        self._window_op(exchange, product, checked, None)), len(checked)
+
+    def _window_op(self, exchange: str, product: str, candles: list[Candle],
+                   window: int | None) -> RedisOp:
         size = window or self.config.performance.redis_hot_data_window
         newest = candles if len(candles) == 1 else sorted(
             candles, key=lambda c: c.timestamp)[-size:]
-        await self._redis_write(op_push_candles(
+        return self._near_op(op_push_candles(
             keys.candles(exchange, product, self._tagged), newest, size,
             self.config.redis.ttl.candles))
 
@@ -424,31 +496,49 @@ class Hub:
                             max_candles: int | None = None) -> None:
         """Put candles in the Redis hot window only (the seed's list), keeping at most
         ``max_candles`` (default ``performance.redis_hot_data_window``)."""
+        await self._accept(self._msg_cache_candles(exchange, product, candles, max_candles))
+
+    def _msg_cache_candles(self, exchange: object, product: object, candles: object,
+                           max_candles: object = None) -> Accepted | None:
         exchange, product = self._names(exchange, product)
-        if isinstance(candles, (str, bytes, Mapping)) or not isinstance(candles, Iterable):
-            raise ValidationError("candles", "expected an iterable of candles")
-        checked = [Candle.coerce(c, f"candles[{i}]") for i, c in enumerate(candles)]
+        checked = _checked_candles(candles)
         window = None if max_candles is None else v.positive_int(max_candles, "max_candles")
-        self._check_open()
-        if checked:
-            await self._push_window(exchange, product, checked, window)
+        if not checked or self._cache is None:
+            return None
+        return Accepted([], self._window_op(exchange, product, checked, window))
 
     async def get_candles(self, exchange: str, product: str, count: int = 100) -> list[Candle]:
         """The newest ``count`` candles of the hot window, ascending. When Redis is down
         or off, the same answer comes from InfluxDB."""
-        exchange, product = self._names(exchange, product)
-        count = v.positive_int(count, "count")
-        self._check_open()
+        exchange, product, count, window = self._hot_newest(exchange, product, count)
+        if window is not None:
+            return window
         key = keys.candles(exchange, product, self._tagged)
         if self._cache is not None and self._cache.near is not None:
-            window = await self._near_window(key)
-            if window is not None:
-                return list(window[-count:])
+            held = await self._near_window(key)
+            if held is not None:
+                return list(held[-count:])
         else:
             ok, found = await self._redis_read(op_newest_candles(key, count))
             if ok:
                 return list(found)
         return await self._cold_candles(exchange, product, None, None, count)
+
+    def _hot_newest(self, exchange: object, product: object, count: object
+                    ) -> tuple[str, str, int, list[Candle] | None]:
+        """Validated arguments of get_candles, and its answer when the near cache holds
+        the product's hot window (synchronous, any thread)."""
+        exchange, product = self._names(exchange, product)
+        number = v.positive_int(count, "count")
+        self._check_open()
+        window = self._held_window(exchange, product)
+        return exchange, product, number, None if window is None else list(window[-number:])
+
+    def _held_window(self, exchange: str, product: str) -> tuple[Candle, ...] | None:
+        if self._cache is None or self._cache.near is None:
+            return None
+        held, window = self._cache.near.get(keys.candles(exchange, product, self._tagged))
+        return window if held else None
 
     async def _near_window(self, key: str) -> tuple[Candle, ...] | None:
         """The hot window from the near cache, else from Redis (then held in-process until
@@ -478,30 +568,19 @@ class Hub:
         InfluxDB. With ``interval`` ('1m', '5m', '1h', '1d'...), InfluxDB resamples:
         first open, max high, min low, last close, summed volume per bucket.
         """
-        exchange, product = self._names(exchange, product)
-        start = v.optional_timestamp(start_time, "start_time")
-        end = v.optional_timestamp(end_time, "end_time")
-        limit = v.positive_int(limit, "limit")
-        lo = None if start is None else math.ceil(start)
-        hi = None if end is None else math.floor(end)
-        if lo is not None and hi is not None and hi < lo:
-            raise ValidationError("end_time", "end_time is before start_time")
+        exchange, product, lo, hi, limit, hot = self._hot_query(
+            exchange, product, start_time, end_time, limit, interval)
+        if hot is not None:
+            return hot
         if interval is not None:
-            ql.interval_seconds(interval)  # validates before anything runs
-            self._check_open()
             return await self._resampled(exchange, product, lo, hi, limit, interval)
-        self._check_open()
         key = keys.candles(exchange, product, self._tagged)
         if self._cache is not None and self._cache.near is not None:
             window = await self._near_window(key)
             if window:
-                times = [c.timestamp for c in window]
-                first = 0 if lo is None else bisect.bisect_left(times, lo)
-                last = len(times) if hi is None else bisect.bisect_right(times, hi)
-                picked = window[max(first, last - limit):last]
-                if self._window_covers(len(picked), times[0], lo, limit):
-                    self._counters["candle_window_hits"] += 1
-                    return list(picked)
+                picked = self._pick(window, lo, hi, limit)
+                if picked is not None:
+                    return picked
             return await self._cold_candles(exchange, product, lo, hi, limit)
         ok, answer = await self._redis_read(op_window_range(key, lo, hi, limit))
         if ok and answer.oldest is not None and self._window_covers(
@@ -510,6 +589,42 @@ class Hub:
             ranged: WindowAnswer = answer
             return ranged.candles()
         return await self._cold_candles(exchange, product, lo, hi, limit)
+
+    def _hot_query(self, exchange: object, product: object, start_time: object,
+                   end_time: object, limit: object, interval: object
+                   ) -> tuple[str, str, int | None, int | None, int, list[Candle] | None]:
+        """Validated arguments of query_candles, and its answer when the near cache's hot
+        window holds all of it (synchronous, any thread)."""
+        exchange, product = self._names(exchange, product)
+        start = v.optional_timestamp(start_time, "start_time")
+        end = v.optional_timestamp(end_time, "end_time")
+        count = v.positive_int(limit, "limit")
+        lo = None if start is None else math.ceil(start)
+        hi = None if end is None else math.floor(end)
+        if lo is not None and hi is not None and hi < lo:
+            raise ValidationError("end_time", "end_time is before start_time")
+        if interval is not None:
+            if not isinstance(interval, str):
+                raise ValidationError("interval", f"expected a string like '1h', got {interval!r}")
+            ql.interval_seconds(interval)  # validates before anything runs
+            self._check_open()
+            return exchange, product, lo, hi, count, None
+        self._check_open()
+        window = self._held_window(exchange, product)
+        hot = self._pick(window, lo, hi, count) if window else None
+        return exchange, product, lo, hi, count, hot
+
+    def _pick(self, window: tuple[Candle, ...], lo: int | None, hi: int | None,
+              limit: int) -> list[Candle] | None:
+        """The answer from a hot window, or None when the window does not cover it."""
+        times = [c.timestamp for c in window]
+        first = 0 if lo is None else bisect.bisect_left(times, lo)
+        last = len(times) if hi is None else bisect.bisect_right(times, hi)
+        picked = window[max(first, last - limit):last]
+        if not self._window_covers(len(picked), times[0], lo, limit):
+            return None
+        self._counters["candle_window_hits"] += 1
+        return list(picked)
 
     @staticmethod
     def _window_covers(found: int, oldest: int, start: int | None, limit: int) -> bool:
@@ -591,11 +706,42 @@ class Hub:
     async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None:
         """Write a ``metric`` point (tags name plus ``tags``: exchange, product,
         strategy...), time = now. Acknowledged on enqueue."""
+        await self._accept(self._msg_write_metric(metric_name, value, tags))
+
+    def _msg_write_metric(self, metric_name: object, value: object,
+                          tags: Mapping[str, Any]) -> Accepted:
         name = v.tag(metric_name, "metric_name")
         number = v.number(value, "value")
         extra = self._tags(tags, _METRIC_TAGS)
-        self._check_open()
-        await self._write_lines([lp.metric(name, number, extra, round(time.time(), 6))])
+        return Accepted([lp.metric(name, number, extra, round(time.time(), 6))])
+
+    async def write_point(self, measurement: str, tags: Mapping[str, Any] | None = None,
+                          fields: Mapping[str, Any] | None = None,
+                          timestamp: int | float | None = None) -> None:
+        """Write one point of any measurement (a trade event, a strategy signal...).
+
+        ``tags`` map names to strings or numbers (None values are left out), ``fields``
+        to numbers, bools or strings (None values are left out; numbers are stored as
+        floats, so a field never changes type); ``timestamp`` is Unix seconds, None for
+        now. Acknowledged on enqueue. Raises ValidationError, HubClosed."""
+        await self._accept(self._msg_write_point(measurement, tags, fields, timestamp))
+
+    def _msg_write_point(self, measurement: object, tags: object, fields: object,
+                         timestamp: object) -> Accepted:
+        name = v.measurement(measurement, "measurement")
+        tag_values = _point_tags(tags)
+        if fields is None or not isinstance(fields, Mapping):
+            raise ValidationError("fields", "expected a mapping of field names to values")
+        values = {v.field_key(k, "fields"): v.field_value(val, str(k))
+                  for k, val in fields.items() if val is not None}
+        if not values:
+            raise ValidationError("fields", "a point needs at least one field")
+        ts = round(time.time(), 6) if timestamp is None else v.timestamp(timestamp, "timestamp")
+        return Accepted([lp.any_point(name, tag_values, values, lp.seconds_to_ns(ts))])
+
+    def _msg_lines(self, lines: list[str]) -> Accepted:
+        """Lines already checked by the caller (the drop-in's parsed line protocol)."""
+        return Accepted(lines)
 
     # ---- positions and strategy state ---------------------------------------------
 
@@ -794,6 +940,27 @@ class Hub:
             stats["sqlite"] = {"error": str(exc)}
         stats["healthy"] = self.healthy
         return stats
+
+
+def _checked_candles(candles: object) -> list[Candle]:
+    if isinstance(candles, (str, bytes, Mapping)) or not isinstance(candles, Iterable):
+        raise ValidationError("candles", "expected an iterable of candles")
+    return [Candle.coerce(c, f"candles[{i}]") for i, c in enumerate(candles)]
+
+
+def _point_tags(tags: object) -> dict[str, str]:
+    """write_point's tags: names to strings or numbers; None values are left out."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ValidationError("tags", "expected a mapping of tag names to values")
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if value is None:
+            continue
+        name = v.field_key(key, "tags")
+        out[name] = v.tag_value(value, name)
+    return out
 
 
 def _candles(results: list[dict[str, Any]]) -> list[Candle]:

@@ -66,21 +66,35 @@ class Candle:
 
     @classmethod
     def coerce(cls, item: object, argument: str) -> Candle:
-        """A Candle, or a mapping with the seed's keys (``open_price`` is accepted for open)."""
+        """A Candle from a Candle, a mapping or an object with candle attributes.
+
+        The time is ``timestamp`` or ``time`` (Wolfinch's ``OHLC`` objects and their
+        ``serialize()`` dicts), the open ``open`` or ``open_price``; the rest are
+        ``high``, ``low``, ``close``, ``volume``. Raises ValidationError naming the item.
+        """
         if isinstance(item, Candle):
             return cls.checked(item.timestamp, item.open, item.high, item.low, item.close,
                                item.volume, argument=argument)
-        if not isinstance(item, Mapping):
+        if isinstance(item, Mapping):
+            def get(*names: str) -> object:
+                for n in names:
+                    if n in item:
+                        return item[n]
+                raise ValidationError(argument, f"missing key {names[0]!r}")
+        elif isinstance(item, (str, bytes, int, float)) or item is None:
             raise ValidationError(
-                argument, f"expected a Candle or mapping, got {type(item).__name__}")
-        try:
-            opened = item["open"] if "open" in item else item["open_price"]
-            return cls.checked(
-                item["timestamp"], opened, item["high"], item["low"], item["close"],
-                item["volume"], argument=argument,
-            )
-        except KeyError as exc:
-            raise ValidationError(argument, f"missing key {exc.args[0]!r}") from None
+                argument, f"expected a candle (object or mapping), got {type(item).__name__}")
+        else:
+            def get(*names: str) -> object:
+                for n in names:
+                    try:
+                        return getattr(item, n)
+                    except AttributeError:
+                        continue
+                raise ValidationError(
+                    argument, f"{type(item).__name__} has no attribute {names[0]!r}")
+        return cls.checked(get("timestamp", "time"), get("open", "open_price"), get("high"),
+                           get("low"), get("close"), get("volume"), argument=argument)
 
 
 @dataclass(frozen=True, slots=True)

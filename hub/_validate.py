@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 import unicodedata
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from hub.errors import ValidationError
@@ -17,9 +19,14 @@ _SAFE_ASCII = frozenset(chr(c) for c in range(0x20, 0x7F))
 
 def name(value: object, argument: str) -> str:
     """A printable, non-empty name (exchange, product, indicator, tag key or value)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if type(value) is str:
+        text = value
+    elif isinstance(value, str):
+        text = str(value)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        text = str(int(value))  # a period of 20, numpy ints too
+    else:
         raise ValidationError(argument, f"expected a string, got {type(value).__name__}")
-    text = str(value)
     if not text:
         raise ValidationError(argument, "must not be empty")
     if not _SAFE_ASCII.issuperset(text):
@@ -47,6 +54,24 @@ def tag(value: object, argument: str) -> str:
     return text
 
 
+def measurement(value: object, argument: str) -> str:
+    """A measurement name: a tag's rules, and no leading '#' (InfluxDB would read the
+    line as a comment and drop it)."""
+    text = tag(value, argument)
+    if text.startswith("#"):
+        raise ValidationError(argument, "must not start with '#' (InfluxDB reads that line "
+                                        "as a comment)")
+    return text
+
+
+def tag_value(value: object, argument: str) -> str:
+    """A tag given as a string or a number (a period of 20, a price level of 1.5)."""
+    if isinstance(value, str) or (isinstance(value, numbers.Integral)
+                                  and not isinstance(value, bool)):
+        return tag(value, argument)
+    return repr(number(value, argument))
+
+
 def field_key(value: object, argument: str, reserved: frozenset[str] = frozenset()) -> str:
     key = tag(value, argument)
     if key == "time" or key in reserved:
@@ -54,11 +79,27 @@ def field_key(value: object, argument: str, reserved: frozenset[str] = frozenset
     return key
 
 
+def _as_float(value: object) -> float | None:
+    """A plain float from any real number (int, float, numpy scalars, Decimal, Fraction);
+    None for anything else, bools included (a bool where a number belongs is a bug)."""
+    if type(value) is float:
+        return value
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, numbers.Real, Decimal)):
+        try:
+            return float(value)
+        except (OverflowError, ValueError):
+            return math.inf
+    return None
+
+
 def number(value: object, argument: str) -> float:
-    """A finite int or float (bool is refused: it is almost always a bug)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite real number as a float: int, float, numpy scalars, Decimal (bool is
+    refused: it is almost always a bug)."""
+    result = _as_float(value)
+    if result is None:
         raise ValidationError(argument, f"expected a number, got {type(value).__name__}")
-    result = float(value)
     if not math.isfinite(result):
         raise ValidationError(argument, f"must be finite, got {value!r}")
     return result
@@ -72,15 +113,21 @@ def non_negative(value: object, argument: str) -> float:
 
 
 def timestamp(value: object, argument: str) -> int | float:
-    """Unix seconds, int or float, within InfluxDB's range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError(argument, f"expected Unix seconds, got {type(value).__name__}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValidationError(argument, f"must be finite, got {value!r}")
+    """Unix seconds, int or float (numpy scalars too), within InfluxDB's range; an
+    integral float comes back as an int."""
+    if type(value) is not int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)
+        else:
+            number = _as_float(value)
+            if number is None:
+                raise ValidationError(argument,
+                                      f"expected Unix seconds, got {type(value).__name__}")
+            if not math.isfinite(number):
+                raise ValidationError(argument, f"must be finite, got {value!r}")
+            value = int(number) if number.is_integer() else number
     if not 0 <= value <= MAX_TIMESTAMP:
         raise ValidationError(argument, f"out of range (0..{MAX_TIMESTAMP}), got {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
     return value
 
 
@@ -97,47 +144,64 @@ def optional_timestamp(value: object, argument: str) -> int | float | None:
 
 
 def positive_int(value: object, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValidationError(argument, f"expected a positive int, got {value!r}")
-    return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) > 0:
+        return int(value)
+    raise ValidationError(argument, f"expected a positive int, got {value!r}")
 
 
-def json_value(value: object, argument: str, depth: int = 0) -> None:
-    """Refuse what JSON cannot carry exactly (NaN/inf, non-str keys, arbitrary objects)."""
+def json_value(value: object, argument: str, depth: int = 0) -> Any:
+    """The value as plain JSON types (numpy scalars and arrays, Decimal and tuples
+    converted); refuses what JSON cannot carry exactly (NaN/inf, non-str keys,
+    arbitrary objects)."""
     if depth > 64:
         raise ValidationError(argument, "nested too deeply")
-    if value is None or isinstance(value, (bool, int, str)):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**64:
-            raise ValidationError(argument, "integer too large for JSON")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
+    kind = type(value)
+    if value is None or kind is str or kind is bool:
+        return value
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
             raise ValidationError(argument, f"must be finite, got {value!r}")
-        return
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        if abs(int(value)) >= 2**64:
+            raise ValidationError(argument, "integer too large for JSON")
+        return int(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (float, numbers.Real, Decimal)):
+        return number(value, argument)
     if isinstance(value, (list, tuple)):
-        for item in value:
-            json_value(item, argument, depth + 1)
-        return
+        return [json_value(item, argument, depth + 1) for item in value]
     if isinstance(value, Mapping):
+        out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValidationError(argument, f"mapping keys must be strings, got {key!r}")
-            json_value(item, argument, depth + 1)
-        return
+            out[str(key)] = json_value(item, argument, depth + 1)
+        return out
+    if type(value).__name__ == "bool_" and hasattr(value, "item"):  # numpy.bool_
+        return bool(value.item())
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # a numpy array
+        return json_value(value.tolist(), argument, depth + 1)
     raise ValidationError(argument, f"{type(value).__name__} is not JSON-serialisable")
 
 
 def mapping(value: object, argument: str) -> dict[str, Any]:
+    """A JSON object (its values converted as by :func:`json_value`)."""
     if not isinstance(value, Mapping):
         raise ValidationError(argument, f"expected a mapping, got {type(value).__name__}")
-    json_value(value, argument)
-    return dict(value)
+    result: dict[str, Any] = json_value(value, argument)
+    return result
 
 
 def field_value(value: object, argument: str) -> float | bool | str:
     """An extra InfluxDB field: numbers are stored as floats so types never conflict."""
     if isinstance(value, bool):
         return value
+    if type(value).__name__ == "bool_" and hasattr(value, "item"):  # numpy.bool_
+        return bool(value.item())
     if isinstance(value, str):
         name_free = value  # strings may be empty, but never carry control characters
         for ch in name_free:

@@ -23,7 +23,10 @@ def test_line_protocol_escapes_tag_specials() -> None:
 
 def test_line_protocol_string_fields_escape_quotes_and_backslashes() -> None:
     assert lp.field('say "hi" \\ bye') == r'"say \"hi\" \\ bye"'
-    assert lp.field(True) == "true" and lp.field(3) == "3.0"
+    assert lp.field(True) == "true" and lp.field(3.0) == "3.0"
+    # an int is an integer field: only lines a caller wrote with `3i` carry one (the
+    # hub's own values are validated to floats, so its fields never change type)
+    assert lp.field(3) == "3i"
 
 
 def test_candle_line_matches_generic_encoder() -> None:
