@@ -5,18 +5,26 @@ Every drained mailbox batch runs in one worker-thread call and one transaction:
 all writers waiting in that batch share a single commit (group commit), and the
 commit is synchronous (``synchronous=FULL``) so an acknowledged write survives a
 kill -9 of the process and a power cut.
+
+Several processes may share one file (a bot, its forked UI, a diagnostic script):
+SQLite serialises their transactions, state is shared, and each process owns a
+*slot* (a lock file held with flock, released by the kernel when the process
+dies) whose outbox rows only it replays. A process taking a dead process's slot
+replays what that process left behind; no spool is ever replayed twice at once.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -36,6 +44,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL, reason TEXT NOT NULL,
     created_at REAL NOT NULL);
 """
+MAX_SLOTS = 64  # hub processes on one file at a time
+_OPEN_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 
 class SQLiteStore:
@@ -43,45 +53,70 @@ class SQLiteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.slot = 0
         self._db: sqlite3.Connection | None = None
-        self._lock: Any = None
+        self._lock: IO[str] | None = None
 
     def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._take_lock()
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
-        self._db = db
-
-    def _take_lock(self) -> None:
-        """One hub process per SQLite file: its spool must never be replayed by another."""
-        lock = open(self.path + ".lock", "a+")  # held until close()
+            self._take_slot()
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            owner = lock.read().strip() or "?"
-            lock.close()
-            raise BackendUnavailable(
-                "sqlite", f"{self.path} is in use by another hub process (pid {owner}); "
-                "give each process its own sqlite.path") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        self._lock = lock
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            _add_owner_column(db)
+        except BaseException:
+            self._release_slot()
+            raise
+        self._db = db
+        _OPEN_STORES.add(self)
 
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+    def _take_slot(self) -> None:
+        """The first free slot: ``path.lock`` (slot 0), then ``path.lock.1``, ...; held
+        until close() or the process's end."""
+        for slot in range(MAX_SLOTS):
+            name = self.path + ".lock" + (f".{slot}" if slot else "")
+            lock = open(name, "a+")  # held until close()
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+            self._lock, self.slot = lock, slot
+            if slot:
+                log.info("%s: slot %d (other hub processes use this file too)", self.path, slot)
+            return
+        raise BackendUnavailable(
+            "sqlite", f"{self.path}: all {MAX_SLOTS} slots are in use by other hub processes")
+
+    def _release_slot(self) -> None:
         if self._lock is not None:
             self._lock.close()  # releases the flock
             self._lock = None
+
+    def close(self) -> None:
+        _OPEN_STORES.discard(self)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._release_slot()
+
+    def forsake(self) -> None:
+        """In a forked child: let go of the parent's store without touching the file.
+        The connection is never closed here (closing it could checkpoint or remove the
+        parent's WAL): it is kept alive on purpose. The child's copy of the slot lock is
+        closed, so the slot frees when the parent ends even if the child lives on."""
+        if self._db is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._db))
+            self._db = None
+        self._release_slot()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -128,13 +163,14 @@ class SQLiteStore:
         ids = []
         for line in lines:
             cur = self.db.execute(
-                "INSERT INTO outbox(line, kind, created_at) VALUES (?, ?, ?)", (line, kind, now)
-            )
+                "INSERT INTO outbox(line, kind, created_at, owner) VALUES (?, ?, ?, ?)",
+                (line, kind, now, self.slot))
             ids.append(int(cur.lastrowid or 0))
         return ids
 
     def op_outbox_bounds(self) -> tuple[int, int]:
-        count, max_id = self.db.execute("SELECT count(*), max(id) FROM outbox").fetchone()
+        count, max_id = self.db.execute(
+            "SELECT count(*), max(id) FROM outbox WHERE owner = ?", (self.slot,)).fetchone()
         return int(count), int(max_id or 0)
 
     def op_outbox_done(self, ids: Sequence[int]) -> None:
@@ -142,8 +178,8 @@ class SQLiteStore:
 
     def op_outbox_load(self, after_id: int, limit: int) -> list[tuple[int, str]]:
         rows = self.db.execute(
-            "SELECT id, line FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
-        ).fetchall()
+            "SELECT id, line FROM outbox WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
+            (self.slot, after_id, limit)).fetchall()
         return [(int(r[0]), str(r[1])) for r in rows]
 
     def op_quarantine(self, items: Sequence[tuple[str, str]]) -> None:
@@ -160,9 +196,36 @@ class SQLiteStore:
         return [(str(r[0]), str(r[1])) for r in rows]
 
     def op_counts(self) -> dict[str, int]:
-        outbox = self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        outbox = self.db.execute(
+            "SELECT count(*) FROM outbox WHERE owner = ?", (self.slot,)).fetchone()[0]
+        everyone = self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         quarantined = self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-        return {"outbox": int(outbox), "quarantined": int(quarantined)}
+        # outbox: what this process will write; outbox_all: every process's on this file
+        return {"outbox": int(outbox), "outbox_all": int(everyone),
+                "quarantined": int(quarantined), "slot": self.slot}
+
+
+def _add_owner_column(db: sqlite3.Connection) -> None:
+    """Files written before slots existed: their rows belong to slot 0."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        if "owner" not in columns:
+            db.execute("ALTER TABLE outbox ADD COLUMN owner INTEGER NOT NULL DEFAULT 0")
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_by_owner ON outbox(owner, id)")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _forsake_after_fork() -> None:
+    for store in list(_OPEN_STORES):
+        store.forsake()
+    _OPEN_STORES.clear()
+
+
+os.register_at_fork(after_in_child=_forsake_after_fork)
 
 
 class StateActor(Actor):

@@ -87,12 +87,37 @@ async def test_candles_survive_influx_being_down_at_close(config: HubConfig,
         assert (await hub.get_stats())["sqlite"]["outbox"] == 0
 
 
-async def test_one_hub_process_per_sqlite_file(config: HubConfig) -> None:
-    from hub import BackendUnavailable
+async def test_hubs_sharing_a_sqlite_file_each_replay_only_their_own_spool(
+        config: HubConfig, servers: LocalServers) -> None:
+    """Two hubs on one file (as a bot and its diagnostic script would be): state is
+    shared, each spools into its own slot, and a spool is replayed only by the next
+    hub to take that slot, never by the other."""
+    from hub import Candle
 
-    async with Hub(config):
-        # a second hub on the same file would replay the first one's spool
-        with pytest.raises(BackendUnavailable, match="in use by another hub process"):
-            await Hub(config).start()
-    async with Hub(config) as again:  # released at close
-        assert await again.get_position(EX, PR) is None
+    first = [Candle(1697529600 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(50)]
+    second = [Candle(1697533200 + 60 * i, 1.0, 2.0, 0.5, 1.5, 2.0) for i in range(30)]
+    servers.influx.kill()
+    try:
+        async with Hub(config) as bot, Hub(config) as script:
+            await bot.cache_position(EX, PR, {"size": 3})
+            assert await script.get_position(EX, PR) == {"size": 3}  # one SQLite state
+            await bot.write_candles_batch(EX, PR, first)
+            await script.write_candles_batch(EX, "OTHER", second)
+            stats = [(await h.get_stats())["sqlite"] for h in (bot, script)]
+            assert [s["slot"] for s in stats] == [0, 1]
+        import sqlite3
+        with sqlite3.connect(config.sqlite.path) as db:
+            owners = dict(db.execute("SELECT owner, count(*) FROM outbox GROUP BY owner"))
+        assert owners == {0: 50, 1: 30}  # closed while InfluxDB was down: both spooled
+    finally:
+        servers.influx.start()
+    async with Hub(config) as alone:  # takes slot 0: replays the bot's spool only
+        await alone.flush()
+        assert await alone.query_candles(EX, PR, limit=10_000) == first
+        assert await alone.query_candles(EX, "OTHER") == []
+        assert (await alone.get_stats())["sqlite"]["outbox_all"] == 30
+        async with Hub(config) as next_one:  # slot 1: the script's spool
+            await next_one.flush()
+            await alone.flush_all()
+            assert await alone.query_candles(EX, "OTHER", limit=10_000) == second
+            assert (await next_one.get_stats())["sqlite"]["outbox_all"] == 0
