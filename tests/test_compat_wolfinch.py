@@ -338,6 +338,9 @@ def _query_in_child(queue: Any) -> None:
     assert influx is not None
     queue.put((influx.is_enabled(), [c["timestamp"] for c in influx.query_candles(EX, PR)],
                wolfinch.get_redis_cache().get_indicator(EX, PR, "EMA", 20)))  # type: ignore[union-attr]
+    # accepted here, not flushed: a multiprocessing child ends with os._exit, and the
+    # drop-in still delivers this before the child is gone
+    influx.write_candle(EX, "CHILD", 1697529600, 1, 2, 1, 1.5, 3)
 
 
 def test_a_forked_child_gets_a_hub_of_its_own(sections: dict[str, Any]) -> None:
@@ -356,6 +359,35 @@ def test_a_forked_child_gets_a_hub_of_its_own(sections: dict[str, Any]) -> None:
         child.join(30)
     assert child.exitcode == 0
     assert redis.get_indicator(EX, PR, "EMA", 20) == 7.0  # the parent is untouched
+    assert [c.time for c in influx.query_candles(EX, "CHILD")] == [1697529600]
+
+
+def test_threads_writing_at_once_lose_nothing_and_read_their_writes(
+        sections: dict[str, Any]) -> None:
+    redis, influx = boot(sections)
+    errors: list[BaseException] = []
+
+    def strategy(n: int) -> None:
+        try:
+            for i in range(300):
+                assert influx.write_candle(EX, f"T{n}", 1697529600 + 60 * i, 1, 2, 1, 1.5, i)
+                redis.cache_indicator(EX, f"T{n}", "EMA", 20, float(i))
+                if i % 25 == 0:  # this thread's last write, never an older value
+                    assert redis.get_indicator(EX, f"T{n}", "EMA", 20) == float(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=strategy, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert influx.flush()
+    for n in range(4):
+        got = influx.query_candles(EX, f"T{n}", limit=1000)
+        assert [c.volume for c in got] == [float(i) for i in range(300)]
+        assert redis.get_indicator(EX, f"T{n}", "EMA", 20) == 299.0
 
 
 def test_a_second_process_in_the_same_folder(sections: dict[str, Any], tmp_path: Path) -> None:
