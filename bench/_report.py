@@ -91,7 +91,7 @@ def chart(results: Results, path: Path) -> None:
     left.set_yticks(range(1, len(names) + 1), names)
     left.set_xscale("log")
     left.set_xlabel("latency per operation (µs, log scale; whiskers 1.5 IQR)")
-    left.set_title("Read latency distributions")
+    left.set_title("Latency per call (reads; the drop-in's write_candle)")
     writes = results.tables.get("writes", [])
     right.barh([w["writer"] for w in writes], [w["points_per_s"] for w in writes],
                color="tab:green")
