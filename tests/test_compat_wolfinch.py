@@ -298,7 +298,10 @@ def test_a_disabled_section_answers_with_the_seeds_defaults(sections: dict[str, 
     influx = wolfinch.init_influx_db(sections["influxdb"])  # InfluxDB alone
     assert influx.is_enabled() and not redis.is_enabled()
     assert influx.write_candle(EX, PR, 1697529600, 1, 2, 1, 1, 1) and influx.flush()
+    assert influx.write_indicator(EX, PR, "EMA", 1697529600, 3.0, period=20) and influx.flush()
     assert len(influx.query_candles(EX, PR)) == 1
+    # the disabled cache does not answer through the hub InfluxDB now runs
+    assert redis.get_candles(EX, PR) == [] and redis.get_indicator(EX, PR, "EMA", 20) is None
 
 
 def test_hot_reads_and_writes_do_not_wait_for_the_loop(sections: dict[str, Any]) -> None:

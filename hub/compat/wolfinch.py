@@ -81,9 +81,14 @@ class _Section:
         the other section's objects go on. ``close_all()`` closes the hub itself."""
         self._open = False
 
+    def _serving(self) -> bool:
+        """Open, and its section configured and enabled (cheap: no lock, no hub)."""
+        section = runtime.sections.get(self.section)
+        return self._open and section is not None and section.get("enabled") is not False
+
     def _call(self, make: Callable[[Hub], Coroutine[Any, Any, T]], default: Any) -> T:
         """Run a hub call and wait; ``default`` when disabled or no store could answer."""
-        if not self._open:
+        if not self._serving():
             return default  # type: ignore[no-any-return]
         try:
             return runtime.call(make)
@@ -93,8 +98,7 @@ class _Section:
 
     def _tell(self, build: Callable[[Hub], Accepted | None]) -> bool:
         """Queue a write validated on this thread; True once accepted."""
-        section = runtime.sections.get(self.section)
-        if not self._open or section is None or section.get("enabled") is False:
+        if not self._serving():
             return False
         try:
             return runtime.tell(build)
@@ -103,7 +107,7 @@ class _Section:
 
     def _hot(self) -> Hub | None:
         hub = runtime.hub
-        return hub if self._open and hub is not None else None
+        return hub if hub is not None and self._serving() else None
 
     def get_stats(self) -> dict[str, Any]:
         """The seed's keys (``enabled``, ``keyspace_hits``, ``used_memory_human``, ...) and
