@@ -48,6 +48,7 @@ from hub import _keys as keys
 from hub import _lineproto as lp
 from hub import _validate as v
 from hub._config import HubConfig
+from hub._fieldtypes import FieldTypes
 from hub._records import Candle, Trade
 from hub.errors import BackendUnavailable, HubClosed, HubError, ValidationError
 
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TRADE_TAGS = frozenset({"exchange", "product", "side", "order_id", "price", "size"})
+_OWN_FIELDS = {"candle": ql.CANDLE_FIELDS, "indicator": ("value",), "metric": ("value",),
+               "trade": ("price", "size")}
 _INDICATOR_TAGS = frozenset({"exchange", "product", "name"})
 _METRIC_TAGS = frozenset({"name"})
 
@@ -122,6 +125,9 @@ class Hub:
         self._writer: WriterActor | None = None
         self._query: QueryActor | None = None
         self._sqlite: StateActor | None = None
+        # the hub's own fields are floats; the rest is learnt at start and from writes
+        self._field_types = FieldTypes()
+        self._field_types.learn([(m, f, "float") for m, fs in _OWN_FIELDS.items() for f in fs])
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "indicator_cache_hits", "indicator_cache_misses", "indicator_cold_hits",
@@ -193,6 +199,29 @@ class Hub:
                 actor.observe = self._metrics.observer(actor.name)
         if self._handle_sigterm:
             self._install_sigterm()
+        await self._learn_field_types()
+
+    async def _learn_field_types(self) -> None:
+        """Field types InfluxDB already holds, so a write that would conflict is refused
+        at the call. Best effort: while InfluxDB is away, InfluxDB itself finds conflicts
+        (the point goes to the quarantine with its reason)."""
+        if self._query is None:
+            return
+        sources = [""]
+        if self.config.influxdb.retention.enabled:
+            sources += [f" FROM {ql.ident(rp)}./.*/" for rp in ql.RP_NAMES.values()]
+        try:
+            async with asyncio.timeout(min(5.0, self.config.influxdb.timeout)):
+                results = await self._influx(Query(
+                    ";".join(f"SHOW FIELD KEYS{src}" for src in sources)))
+        except (HubError, TimeoutError) as exc:
+            log.info("field types not read from InfluxDB (%s); it reports conflicts itself",
+                     exc)
+            return
+        self._field_types.learn(
+            (series["name"], field, kind)
+            for result in results for series in result.get("series", ())
+            for field, kind in series["values"])
 
     def _install_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -680,8 +709,10 @@ class Hub:
         price_f = v.number(price, "price")
         size_f = v.number(size, "size")
         order = v.tag(order_id, "order_id")
-        extra = {v.field_key(k, k, _TRADE_TAGS): v.field_value(val, k)
+        types = self._field_types
+        extra = {v.field_key(k, k, _TRADE_TAGS): types.value("trade", k, val, k)
                  for k, val in fields.items()}
+        types.claim([("trade", extra)])
         line = lp.trade(exchange, product, ts, side_s, price_f, size_f, order, extra)
         self._check_open()
         assert self._sqlite is not None
@@ -704,7 +735,8 @@ class Hub:
         results = await self._influx(Query(
             ql.select_trades(exchange, product, start, end, limit,
                              self.config.influxdb.rp_for("trade")), epoch="ns"))
-        return [_trade(r) for r in reversed(rows(results[0]))] if results else []
+        found = [_trade(r) for r in reversed(rows(results[0]))] if results else []
+        return [t for t in found if t is not None]
 
     async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None:
         """Write a ``metric`` point (tags name plus ``tags``: exchange, product,
@@ -735,15 +767,30 @@ class Hub:
         tag_values = _point_tags(tags)
         if fields is None or not isinstance(fields, Mapping):
             raise ValidationError("fields", "expected a mapping of field names to values")
-        values = {v.field_key(k, "fields"): v.field_value(val, str(k))
+        types = self._field_types
+        values = {v.field_key(k, "fields"): types.value(name, str(k), val, "fields")
                   for k, val in fields.items() if val is not None}
         if not values:
             raise ValidationError("fields", "a point needs at least one field")
         ts = round(time.time(), 6) if timestamp is None else v.timestamp(timestamp, "timestamp")
-        return Accepted([lp.any_point(name, tag_values, values, lp.seconds_to_ns(ts))])
+        line = lp.any_point(name, tag_values, values, lp.seconds_to_ns(ts))
+        types.claim([(name, values)], "fields")
+        return Accepted([line])
 
-    def _msg_lines(self, lines: list[str]) -> Accepted:
-        """Lines already checked by the caller (the drop-in's parsed line protocol)."""
+    def _msg_points(self, points: list[lp.ParsedPoint]) -> Accepted:
+        """Points read from a caller's line protocol (the drop-in's write_api): names
+        checked, field types checked against InfluxDB's and each other, re-encoded."""
+        lines = []
+        for point in points:
+            measurement = v.measurement(point.measurement, "record")
+            tags = {_tag_key(k, "record"): v.tag(val, "record")
+                    for k, val in point.tags.items()}
+            fields = {v.field_key(k, "record"): val for k, val in point.fields.items()}
+            if not fields:
+                raise ValidationError("record", f"a point of {measurement!r} has no fields")
+            ns = time.time_ns() if point.ns is None else point.ns
+            lines.append(lp.any_point(measurement, tags, fields, ns))
+        self._field_types.claim([(p.measurement, p.fields) for p in points], "record")
         return Accepted(lines)
 
     # ---- positions and strategy state ---------------------------------------------
@@ -961,9 +1008,16 @@ def _point_tags(tags: object) -> dict[str, str]:
     for key, value in tags.items():
         if value is None:
             continue
-        name = v.field_key(key, "tags")
+        name = _tag_key(key, "tags")
         out[name] = v.tag_value(value, name)
     return out
+
+
+def _tag_key(key: object, argument: str) -> str:
+    name = v.tag(key, argument)
+    if name == "time":
+        raise ValidationError(argument, "'time' cannot be a tag key (InfluxDB refuses it)")
+    return name
 
 
 def _candles(results: list[dict[str, Any]]) -> list[Candle]:
@@ -1007,7 +1061,13 @@ def _number(value: Any) -> Any:
     return float(value) if type(value) is int else value
 
 
-def _trade(row: Mapping[str, Any]) -> Trade:
+def _trade(row: Mapping[str, Any]) -> Trade | None:
+    """A Trade from a row, or None for a row another client wrote without a price, a
+    size or the hub's tags (not a trade the hub can describe)."""
+    if any(row.get(k) is None for k in ("price", "size", "exchange", "product", "side",
+                                         "order_id")):
+        log.debug("a trade row without the hub's fields skipped: %s", row)
+        return None
     ns = int(row["time"])
     ts: int | float = ns // 1_000_000_000 if ns % 1_000_000_000 == 0 else round(ns / 1e9, 6)
     known = {"time", "exchange", "product", "side", "price", "size", "order_id"}

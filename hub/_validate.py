@@ -11,8 +11,11 @@ from typing import Any
 
 from hub.errors import ValidationError
 
-# Largest Unix time (seconds) whose nanosecond value still fits InfluxDB's int64.
-MAX_TIMESTAMP = 9_223_372_035
+# Unix times (seconds) whose nanosecond values InfluxDB stores (1677-09-21 to 2262-04-11;
+# it reserves the two extreme int64 values).
+MIN_TIMESTAMP = -9_223_372_036
+MAX_TIMESTAMP = 9_223_372_036
+_MAX_NS = 9_223_372_036_854_775_806
 _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _SAFE_ASCII = frozenset(chr(c) for c in range(0x20, 0x7F))
 
@@ -41,16 +44,16 @@ def name(value: object, argument: str) -> str:
 
 
 def tag(value: object, argument: str) -> str:
-    """A name stored as an InfluxDB tag: line protocol cannot carry every backslash."""
+    """A name stored as an InfluxDB tag key or value (or a measurement).
+
+    InfluxDB 1.x reads a backslash directly before a separator as an escape, so any
+    backslash a name holds is carried by escaping the separators after it; only a
+    backslash at the very end cannot be (it would escape the separator that follows
+    the name)."""
     text = name(value, argument)
-    if "\\" in text:
-        if text.endswith("\\"):
-            raise ValidationError(argument, "must not end with a backslash")
-        for i, ch in enumerate(text[:-1]):
-            if ch == "\\" and text[i + 1] in ", =":
-                raise ValidationError(
-                    argument, "a backslash directly before ',', '=' or a space cannot be stored"
-                )
+    if text[-1] == "\\":
+        raise ValidationError(argument, "must not end with a backslash (line protocol "
+                                        "cannot carry it)")
     return text
 
 
@@ -73,9 +76,25 @@ def tag_value(value: object, argument: str) -> str:
 
 
 def field_key(value: object, argument: str, reserved: frozenset[str] = frozenset()) -> str:
-    key = tag(value, argument)
+    """A field key. InfluxDB 1.x scans the fields in backslash pairs, then cuts each key
+    at its '=' with a one-character look-back: a key ending in a backslash, or with an
+    odd run of backslashes directly before ',', '=' or a space, cannot be read back."""
+    key = name(value, argument)
     if key == "time" or key in reserved:
         raise ValidationError(argument, f"{key!r} is a reserved name")
+    if "\\" in key:
+        if key[-1] == "\\":
+            raise ValidationError(argument, "a field key must not end with a backslash")
+        run = 0
+        for ch in key:
+            if ch == "\\":
+                run += 1
+                continue
+            if run % 2 and ch in ", =":
+                raise ValidationError(argument, "an odd run of backslashes directly before "
+                                                "',', '=' or a space cannot be stored in a "
+                                                "field key")
+            run = 0
     return key
 
 
@@ -126,8 +145,10 @@ def timestamp(value: object, argument: str) -> int | float:
             if not math.isfinite(number):
                 raise ValidationError(argument, f"must be finite, got {value!r}")
             value = int(number) if number.is_integer() else number
-    if not 0 <= value <= MAX_TIMESTAMP:
-        raise ValidationError(argument, f"out of range (0..{MAX_TIMESTAMP}), got {value!r}")
+    ns = value * 1_000_000_000 if isinstance(value, int) else round(value * 1e6) * 1000
+    if not -_MAX_NS <= ns <= _MAX_NS:
+        raise ValidationError(argument, f"out of InfluxDB's range (1677-09-21 to 2262-04-11, "
+                                        f"{MIN_TIMESTAMP}..{MAX_TIMESTAMP}), got {value!r}")
     return value
 
 
@@ -202,10 +223,11 @@ def field_value(value: object, argument: str) -> float | bool | str:
         return value
     if type(value).__name__ == "bool_" and hasattr(value, "item"):  # numpy.bool_
         return bool(value.item())
-    if isinstance(value, str):
-        name_free = value  # strings may be empty, but never carry control characters
-        for ch in name_free:
-            if ch not in _SAFE_ASCII and unicodedata.category(ch) in _BAD_CATEGORIES:
-                raise ValidationError(argument, f"contains a control character {ch!r}")
-        return value
+    if isinstance(value, str):  # any text: InfluxDB stores every character of a string
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(argument, "a lone surrogate is not text (not UTF-8)"
+                                  ) from None
+        return str(value)
     return number(value, argument)

@@ -110,11 +110,34 @@ def test_bad_names(bad: object) -> None:
         v.name(bad, "exchange")
 
 
-@pytest.mark.parametrize("bad", ["ends\\", "a\\,b", "a\\ b", "a\\=b"])
-def test_backslash_positions_line_protocol_cannot_carry(bad: str) -> None:
-    with pytest.raises(ValidationError, match="product"):
-        v.tag(bad, "product")
-    assert v.tag("a\\b", "product") == "a\\b"
+@pytest.mark.parametrize("name", ["a\\b", "a\\,b", "a\\ b", "a\\=b", "\\,,=east",
+                                  "x\\\\\\=y"])
+def test_tags_carry_any_backslash_but_a_trailing_one(name: str) -> None:
+    # InfluxDB 1.x's TestParsePointUnescape stores `\,,=east`; a live influxd 1.6.7 reads
+    # all of these back byte for byte (tests/test_exactness.py)
+    assert v.tag(name, "product") == name
+    with pytest.raises(ValidationError, match=r"product.*end with a backslash"):
+        v.tag(name + "\\", "product")
+
+
+@pytest.mark.parametrize(("key", "ok"), [
+    ('a\\"b', True), ('a"b', True), ("f\\\\ x", True), ("a\\\\=b", True), ("a\\b", True),
+    ("a\\", False), ("a\\\\", False), ("a\\ b", False), ("a\\,b", False), ("a\\=b", False),
+    ("a\\\\\\ b", False),
+])
+def test_field_keys_refuse_only_what_influxdb_cannot_read_back(key: str, ok: bool) -> None:
+    if ok:
+        assert v.field_key(key, "fee") == key
+    else:
+        with pytest.raises(ValidationError, match="fee"):
+            v.field_key(key, "fee")
+
+
+def test_field_keys_escape_quotes_as_influxdb_does() -> None:
+    # a key `a\"b` was written as `a\"b`, which influxd reads as `a"b`: another field
+    assert lp.escape_field_key('a\\"b') == 'a\\\\"b'
+    assert lp.point("trade", {}, {'a\\"b': 1.0, 'a"b': 2.0}, 0) == (
+        'trade a\\\\"b=1.0,a\\"b=2.0 0')
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "1", None, True])

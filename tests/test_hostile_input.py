@@ -82,7 +82,8 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any], str]] = [
     ("write_candle", ("e", "p", T0, 1, 2, 1, 1, -5), {}, "volume"),
     ("write_candle", ("", "p", T0, 1, 2, 1, 1, 1), {}, "exchange"),
     ("write_candle", ("e", "p\nq", T0, 1, 2, 1, 1, 1), {}, "product"),
-    ("write_candle", ("e", "p", -1, 1, 2, 1, 1, 1), {}, "timestamp"),
+    ("write_candle", ("e", "p", -10**10, 1, 2, 1, 1, 1), {}, "timestamp"),  # before 1677
+    ("write_candle", ("e", "p" * 70_000, T0, 1, 2, 1, 1, 1), {}, "product"),  # key > 64 KiB
     ("write_candle", ("e", "p", "yesterday", 1, 2, 1, 1, 1), {}, "timestamp"),
     ("write_candles_batch", ("e", "p", [Candle(T0, 1, 2, 1, 1, 1),
                                         {"timestamp": T0 + 60, "open": 1, "high": 0,
@@ -100,6 +101,8 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any], str]] = [
     ("write_trade", ("e", "p", T0, "buy", 1, 1, ""), {}, "order_id"),
     ("write_trade", ("e", "p", T0, "buy", 1, 1, "o"), {"time": 1.0}, "time"),
     ("write_trade", ("e", "p", T0, "buy\\", 1, 1, "o"), {}, "side"),
+    ("write_trade", ("e", "p", T0, "buy", 1, 1, "o"), {"a\\ b": 1.0}, r"a\\ b"),
+    ("write_trade", ("e", "p", T0, "buy", 1, 1, "o"), {"seq": 2**64}, "seq"),
     ("write_metric", ("m", math.nan), {}, "value"),
     ("cache_position", ("e", "p", {"size": math.nan}), {}, "position"),
     ("cache_position", ("e", "p", [1, 2]), {}, "position"),

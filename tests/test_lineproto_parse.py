@@ -13,9 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
-from hub import ValidationError
+from hub import Hub, HubConfig, ValidationError
 from hub import _lineproto as lp
-from hub.compat._records import lines
+from hub.compat._records import points
+
+
+def lines(record: object, precision: str) -> list[str]:
+    """What the drop-in's write_api hands InfluxDB for ``record`` (a hub that is not
+    started checks and encodes the same way)."""
+    return Hub(HubConfig())._msg_points(points(record, precision)).lines
 
 # printable text without control characters (which influxdb-client would turn into
 # two-character escapes InfluxDB 1.x does not read back); a trailing backslash makes
@@ -57,6 +63,10 @@ def test_points_written_by_influxdb_client_read_back_exactly(
         assert got == value or (isinstance(value, float) and math.isclose(got, value))
 
 
+def test_a_repeated_field_is_the_last_one_as_influxd_stores_it() -> None:
+    assert lp.parse_line("m v=1,w=2,v=3i", "ns").fields == {"w": 2.0, "v": 3}
+
+
 def test_precisions_and_missing_time() -> None:
     assert lp.parse_line("m v=1 1697529600123", "ms").ns == 1697529600123 * 10**6
     assert lp.parse_line("m v=1 -5", "us").ns == -5000
@@ -66,17 +76,20 @@ def test_precisions_and_missing_time() -> None:
 
 
 @pytest.mark.parametrize(("line", "problem"), [
-    ("m", "no fields"),
-    ("m,t v=1", "not key=value"),
-    ("m,t=a=b v=1", "unescaped '='"),
+    ("m", "missing fields"),
+    ("m,t v=1", "missing tag value"),
+    ("m,t=a=b v=1", "invalid tag format"),
     ("m,t=1,t=2 v=1", "duplicate tag"),
-    ("m v=1,v=2", "duplicate field"),
-    ('m v="open', "unterminated string"),
-    ("m v=1x", "bad value"),
+    ("m,time=1 v=1", "invalid tag key 'time'"),
+    ("m time=1", "invalid field name 'time'"),
+    ('m v="open', "unbalanced quotes"),
+    ("m v=1x", "invalid number"),
     ("m v=1u", "unsigned"),
     ("m v=1 12:00", "bad timestamp"),
     ("m v=99999999999999999999i", "out of range"),
     ("m v=1 9999999999999999999", "out of InfluxDB's range"),
+    ("m v=tru", "invalid boolean"),
+    ("m v=1 1 x", "text after the timestamp"),
 ])
 def test_lines_influxdb_would_refuse_are_refused_naming_the_record(line: str,
                                                                     problem: str) -> None:
@@ -86,9 +99,12 @@ def test_lines_influxdb_would_refuse_are_refused_naming_the_record(line: str,
 
 
 def test_string_fields_may_span_lines_and_comments_are_skipped() -> None:
-    body = '# a comment\n\nm s="one\ntwo",v=1 1\n  n v=2i 2\r\n'
+    body = '# a comment\n\nm s="one\ntwo",v=1 1\n  n v=2i 2\n'
     assert [(p.measurement, p.fields) for p in map(lp.parse_line, lp.split_lines(body))] == [
         ("m", {"s": "one\ntwo", "v": 1.0}), ("n", {"v": 2})]
+    # a CRLF line ending leaves '\r' in the timestamp: influxd 1.6.7 refuses it as well
+    with pytest.raises(ValidationError, match="bad timestamp"):
+        lp.parse_line(next(lp.split_lines("n v=2i 2\r\n")), "ns")
 
 
 def test_records_are_re_encoded_in_the_hubs_encoding() -> None:
@@ -105,3 +121,16 @@ def test_records_are_re_encoded_in_the_hubs_encoding() -> None:
         lines(["m v=1 1", "m,broken 2"], "ns")  # all or nothing
     with pytest.raises(ValidationError, match="record"):
         lines(42, "ns")
+    with pytest.raises(ValidationError, match="UTF-8"):
+        lines(b"m v=\xff 1", "ns")
+
+
+def test_one_write_cannot_give_a_field_two_types() -> None:
+    # influxd refuses the whole request then ("field type conflict"); refused at the call
+    hub = Hub(HubConfig())
+    with pytest.raises(ValidationError, match="'v' of 'm' is a float field"):
+        hub._msg_points(points("m v=1 1\nm v=2i 2", "ns"))
+    hub._msg_points(points("m v=1 1", "ns"))
+    with pytest.raises(ValidationError, match="float field in InfluxDB, got a string"):
+        hub._msg_points(points('m v="x" 2', "ns"))  # learnt from the write before
+    assert hub._msg_points(points('m w="x" 2', "ns")).lines == ['m w="x" 2']

@@ -8,12 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hub import Candle, Hub, HubConfig
+from hub import Candle, Hub, HubConfig, ValidationError
 from hub._servers import LocalServers
 from tests.conftest import eventually
 
@@ -120,14 +121,23 @@ async def test_a_signal_during_load_keeps_everything_accepted(
         assert [c.timestamp for c in got] == [T0 + 60 * i for i in range(len(got))]
 
 
-async def test_a_conflicting_point_is_quarantined_and_the_others_land(hub: Hub) -> None:
-    await hub.write_trade(EX, PR, T0, "buy", 1.0, 1.0, "o1", note="text")
+async def test_a_conflicting_point_is_quarantined_and_the_others_land(
+        hub: Hub, config: HubConfig, servers: LocalServers) -> None:
+    await hub.write_trade(EX, PR, T0, "buy", 1.0, 1.0, "o1", fee=0.5)
     await hub.flush()
+    # another client fixes `note` as a string field (in the same shard: types are per
+    # shard), unknown to this hub's field types
+    foreign = urllib.request.Request(
+        f"http://127.0.0.1:{servers.influx.port}/write?db={config.influxdb.bucket}",
+        f'trade,exchange={EX},order_id=x,product={PR},side=buy price=1,size=1,note="text" '
+        f'{T0 - 1}000000000'.encode(), method="POST")
+    assert await asyncio.to_thread(lambda: urllib.request.urlopen(foreign, timeout=10).status
+                                   ) == 204
     await hub.write_trade(EX, PR, T0 + 1, "buy", 1.0, 1.0, "o2", fee=1.0)
     await hub.write_trade(EX, PR, T0 + 2, "buy", 1.0, 1.0, "o3", note=5.0)  # float vs string
     await hub.write_trade(EX, PR, T0 + 3, "buy", 1.0, 1.0, "o4", fee=2.0)
     await hub.flush()
-    assert [t.order_id for t in await hub.query_trades(EX, PR)] == ["o1", "o2", "o4"]
+    assert [t.order_id for t in await hub.query_trades(EX, PR)] == ["x", "o1", "o2", "o4"]
     bad = await hub.quarantined()
     assert len(bad) == 1
     assert "order_id=o3" in bad[0]["line"]
@@ -136,6 +146,15 @@ async def test_a_conflicting_point_is_quarantined_and_the_others_land(hub: Hub) 
     assert stats["actors"]["writer"]["quarantined"] == 1
     assert {k: stats["sqlite"][k] for k in ("outbox", "outbox_all", "quarantined")} == {
         "outbox": 0, "outbox_all": 0, "quarantined": 1}
+
+
+async def test_a_conflict_the_hub_knows_is_refused_at_the_call(hub: Hub) -> None:
+    await hub.write_trade(EX, PR, T0, "buy", 1.0, 1.0, "o1", note="text")
+    with pytest.raises(ValidationError, match=r"note.*string field"):
+        await hub.write_trade(EX, PR, T0 + 1, "buy", 1.0, 1.0, "o2", note=5.0)
+    await hub.flush()
+    assert [t.order_id for t in await hub.query_trades(EX, PR)] == ["o1"]
+    assert await hub.quarantined() == []
 
 
 async def test_redis_killed_reads_fall_back_then_recover(config_data: dict[str, Any],

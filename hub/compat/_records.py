@@ -4,13 +4,13 @@ Out: :class:`CandleRecord`, read by Wolfinch both as its ``OHLC`` objects
 (``c.time``, ``c.close``) and as the seed's dicts (``c['timestamp']``).
 In: influxdb-client style records for ``write_api.write``: line protocol text, a
 point dict, an object with ``to_line_protocol()`` (influxdb-client's ``Point``), or
-an iterable of these; turned into validated lines in the hub's own encoding.
+an iterable of these; read into points that the hub checks and encodes itself
+(``Hub._msg_points``), so no caller text reaches InfluxDB as it came.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -76,13 +76,10 @@ class CandleRecord(Mapping[str, Any]):
         return repr(self.as_dict())
 
 
-def lines(record: object, precision: object) -> list[str]:
-    """Lines in the hub's encoding for an influxdb-client style ``record``. All are
-    validated before any is returned; raises ValidationError naming what is wrong."""
-    out: list[str] = []
-    for point in _points(record, _precision(precision)):
-        out.append(_encode(point))
-    return out
+def points(record: object, precision: object) -> list[lp.ParsedPoint]:
+    """The points of an influxdb-client style ``record``, all read before any is
+    returned; raises ValidationError naming what is wrong."""
+    return list(_points(record, _precision(precision)))
 
 
 def _precision(value: object) -> str:
@@ -96,8 +93,11 @@ def _precision(value: object) -> str:
 def _points(record: object, precision: str) -> Iterator[lp.ParsedPoint]:
     if record is None:
         raise ValidationError("record", "nothing to write")
-    if isinstance(record, bytes):
-        record = record.decode("utf-8")
+    if isinstance(record, (bytes, bytearray)):
+        try:
+            record = bytes(record).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError("record", f"line protocol must be UTF-8 ({exc})") from None
     if isinstance(record, str):
         for line in lp.split_lines(record):
             yield lp.parse_line(line, precision)
@@ -160,18 +160,3 @@ def _dict_time(value: object, precision: str) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value * lp.PRECISIONS[precision]
     return round(v.number(value, "time") * lp.PRECISIONS[precision])
-
-
-def _encode(point: lp.ParsedPoint) -> str:
-    measurement = v.measurement(point.measurement, "record")
-    tags = {v.tag(k, "record"): v.tag(val, "record") for k, val in point.tags.items()}
-    fields: dict[str, lp.FieldValue] = {}
-    for key, value in point.fields.items():
-        name = v.field_key(key, "record")
-        fields[name] = value if isinstance(value, int) else v.field_value(value, name)
-    if not fields:
-        raise ValidationError("record", f"point {measurement!r} has no fields")
-    ns = time.time_ns() if point.ns is None else point.ns
-    if not lp.MIN_NS <= ns <= lp.MAX_NS:
-        raise ValidationError("record", "time out of InfluxDB's range")
-    return lp.any_point(measurement, tags, fields, ns)

@@ -31,7 +31,7 @@ import orjson
 from actors.cache import RedisOp
 from hub import _validate as v
 from hub._hub import Accepted, Hub
-from hub.compat._records import CandleRecord, lines
+from hub.compat._records import CandleRecord, points
 from hub.compat._runtime import runtime
 from hub.errors import BackendUnavailable, HubClosed, HubError, ValidationError
 
@@ -431,9 +431,9 @@ class WriteApi:
         if bucket is not None and str(bucket) != self._influx.bucket:
             raise ValidationError("bucket", f"the hub writes to {self._influx.bucket!r} "
                                             f"(influxdb.bucket), not {bucket!r}")
-        encoded = lines(record, write_precision)
-        if encoded:
-            self._influx._tell(lambda hub: hub._msg_lines(encoded))
+        read = points(record, write_precision)
+        if read:
+            self._influx._tell(lambda hub: hub._msg_points(read))
 
     def flush(self) -> None:
         self._influx.flush()
