@@ -735,7 +735,8 @@ class Hub:
         results = await self._influx(Query(
             ql.select_trades(exchange, product, start, end, limit,
                              self.config.influxdb.rp_for("trade")), epoch="ns"))
-        found = [_trade(r) for r in reversed(rows(results[0]))] if results else []
+        found = [_trade(r, self._field_types) for r in reversed(rows(results[0]))
+                 ] if results else []
         return [t for t in found if t is not None]
 
     async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None:
@@ -904,7 +905,11 @@ class Hub:
             if part not in tags:
                 break
             prefix.append(tags[part])
-        async for raw in self._cache.scan(keys.scan_pattern(kind, *prefix, tagged=self._tagged)):
+        if len(prefix) == len(parts):  # every part given: exactly one key, no wildcard
+            pattern = keys.glob_literal(keys.key(kind, *prefix, tagged=self._tagged))
+        else:
+            pattern = keys.scan_pattern(kind, *prefix, tagged=self._tagged)
+        async for raw in self._cache.scan(pattern):
             key = raw.decode()
             values = keys.split(key, self._tagged)[1:]
             if len(values) == len(parts) and all(
@@ -1055,13 +1060,21 @@ _indicator_key_cached = functools.lru_cache(maxsize=65_536, typed=True)(
     _indicator_key_uncached)
 
 
+def _field(value: Any, kind: str | None) -> Any:
+    """A field as read back: an integer field's ints stay ints (exactly); a float field's
+    whole values come as ints in JSON answers and are floats again."""
+    if type(value) is int and kind != "integer":
+        return float(value)
+    return value
+
+
 def _number(value: Any) -> Any:
     """InfluxDB's JSON prints a whole float without a point (1e16 -> 10000000000000000):
     every numeric field is stored as a float, so read it back as one."""
     return float(value) if type(value) is int else value
 
 
-def _trade(row: Mapping[str, Any]) -> Trade | None:
+def _trade(row: Mapping[str, Any], types: FieldTypes) -> Trade | None:
     """A Trade from a row, or None for a row another client wrote without a price, a
     size or the hub's tags (not a trade the hub can describe)."""
     if any(row.get(k) is None for k in ("price", "size", "exchange", "product", "side",
@@ -1071,6 +1084,7 @@ def _trade(row: Mapping[str, Any]) -> Trade | None:
     ns = int(row["time"])
     ts: int | float = ns // 1_000_000_000 if ns % 1_000_000_000 == 0 else round(ns / 1e9, 6)
     known = {"time", "exchange", "product", "side", "price", "size", "order_id"}
-    extra = {k: _number(val) for k, val in row.items() if k not in known and val is not None}
+    extra = {k: _field(val, types.get("trade", k)) for k, val in row.items()
+             if k not in known and val is not None}
     return Trade(row["exchange"], row["product"], ts, row["side"], float(row["price"]),
                  float(row["size"]), row["order_id"], extra)

@@ -1,8 +1,10 @@
 """The only place InfluxQL text is built. Every name is quoted, every value escaped.
 
-Identifiers are double-quoted and string literals single-quoted, with the
-escapes InfluxQL's scanner understands (``\\\\``, ``\\"``, ``\\'``). Times are
-integer nanoseconds. Also parses the seed's ``delete_data`` arguments.
+Identifiers are double-quoted and string literals single-quoted, with the escapes
+InfluxQL's scanner understands (``\\n``, ``\\\\``, ``\\"``, ``\\'``; the same as its
+``QuoteIdent``/``QuoteString``). Times are integer nanoseconds. Also parses the seed's
+``delete_data`` arguments: the predicate with a scanner that reads text as InfluxQL's
+(which InfluxDB 2.x's delete predicates use) and that grammar.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _RELATIVE = re.compile(r"^-([0-9]+)(s|m|h|d|w)$")
 
 
+_IDENT_ESCAPES = str.maketrans({"\n": "\\n", "\\": "\\\\", '"': '\\"'})
+_STRING_ESCAPES = str.maketrans({"\n": "\\n", "\\": "\\\\", "'": "\\'"})
+
+
 def ident(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + name.translate(_IDENT_ESCAPES) + '"'
 
 
 def literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "'" + value.translate(_STRING_ESCAPES) + "'"
 
 
 def where(tags: Mapping[str, str], start: int | float | None = None,
@@ -178,50 +184,257 @@ def parse_time(value: object, argument: str, now: float | None = None) -> int:
     return seconds_to_ns(round(parsed.timestamp(), 6))
 
 
-_KEY = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*|"(?:[^"\\]|\\.)+")\s*=\s*"((?:[^"\\]|\\.)*)"\s*')
-_AND = re.compile(r"\s*AND\s*", re.IGNORECASE)
+# ---- reading InfluxQL text (delete predicates) --------------------------------------
+# As InfluxQL's scanner (influxdata/influxql scanner.go) reads it: bare identifiers of
+# letters, digits and '_' (not starting with a digit); "quoted identifiers" and 'strings'
+# with the escapes \n \\ \" \' only (any other is a bad escape, a raw newline a bad
+# string); integers, decimals, durations (digits then letters: 2d, 0x1231); keywords
+# case-insensitive; whitespace and -- or /* */ comments between tokens.
+
+_KEYWORDS = frozenset("""
+all alter analyze any as asc begin by cardinality create continuous database databases
+default delete desc destinations diagnostics distinct drop duration end every exact
+explain field for from future grant grants group groups in inf insert into key keys kill
+limit measurement measurements name offset on order password past policy policies
+privileges queries query read replication resample retention revoke select series set
+show shard shards slimit soffset stats subscription subscriptions tag to user users values
+verbose where with write and or true false""".split())
+_OPERATORS = [("=~", "EQREGEX"), ("!~", "NEQREGEX"), ("!=", "NEQ"), ("<>", "NEQ"),
+              ("<=", "LTE"), (">=", "GTE"), ("::", "DOUBLECOLON"), ("=", "EQ"), ("<", "LT"),
+              (">", "GT"), ("(", "LPAREN"), (")", "RPAREN"), (",", "COMMA"), (";", "SEMICOLON"),
+              (":", "COLON"), ("+", "ADD"), ("-", "SUB"), ("*", "MUL"), ("/", "DIV"),
+              ("%", "MOD"), ("&", "BITWISE_AND"), ("|", "BITWISE_OR"), ("^", "BITWISE_XOR")]
 
 
-def _unescape(text: str) -> str:
-    return re.sub(r"\\(.)", r"\1", text)
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: str  # IDENT, STRING, INTEGER, NUMBER, DURATIONVAL, WS, EOF, an operator, or the
+    lit: str  # keyword upper-cased (AND, TRUE, NAME...), BADSTRING, BADESCAPE, ILLEGAL
+    pos: int
+
+
+def _is_letter(ch: str) -> bool:
+    return "a" <= ch <= "z" or "A" <= ch <= "Z"
+
+
+def _is_ident_char(ch: str) -> bool:
+    return _is_letter(ch) or "0" <= ch <= "9" or ch == "_"
+
+
+def _scan_quoted(text: str, i: int) -> tuple[Token, int]:
+    """A string or quoted identifier starting at the quote ``text[i]``."""
+    quote, j = text[i], i + 1
+    out: list[str] = []
+    while True:
+        if j >= len(text) or text[j] == "\n":
+            return Token("BADSTRING", "".join(out), i), j
+        ch = text[j]
+        if ch == quote:
+            return Token("IDENT" if quote == '"' else "STRING", "".join(out), i), j + 1
+        if ch == "\\":
+            nxt = text[j + 1] if j + 1 < len(text) else ""
+            escaped = {"n": "\n", "\\": "\\", '"': '"', "'": "'"}.get(nxt)
+            if escaped is None:
+                return Token("BADESCAPE", "\\" + nxt, j), j + 2
+            out.append(escaped)
+            j += 2
+        else:
+            out.append(ch)
+            j += 1
+
+
+def _scan_number(text: str, i: int) -> tuple[Token, int]:
+    j = i
+    while j < len(text) and text[j].isdigit() and text[j].isascii():
+        j += 1
+    if j < len(text) and text[j] == "." and j + 1 < len(text) and text[j + 1].isdigit():
+        j += 1
+        while j < len(text) and text[j].isdigit() and text[j].isascii():
+            j += 1
+        return Token("NUMBER", text[i:j], i), j
+    if j < len(text) and (_is_letter(text[j]) or text[j] == "µ"):
+        while j < len(text) and (_is_letter(text[j]) or text[j] == "µ"):
+            j += 1
+        while j < len(text) and (_is_ident_char(text[j]) or text[j] == "µ"):
+            j += 1
+        return Token("DURATIONVAL", text[i:j], i), j
+    if text[i] == ".":
+        return Token("NUMBER", text[i:j], i), j
+    return Token("INTEGER", text[i:j], i), j
+
+
+def scan(text: str) -> list[Token]:
+    """Every token of ``text``, ending with EOF (comments are left out)."""
+    tokens: list[Token] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch in " \t\n\r":
+            j = i
+            while j < len(text) and text[j] in " \t\n\r":
+                j += 1
+            tokens.append(Token("WS", text[i:j], i))
+            i = j
+        elif _is_letter(ch) or ch == "_":
+            j = i
+            while j < len(text) and _is_ident_char(text[j]):
+                j += 1
+            if j < len(text) and text[j] == '"':  # `foo"bar"` is the identifier bar
+                token, j = _scan_quoted(text, j)
+                tokens.append(Token(token.kind, token.lit, i if token.kind == "IDENT"
+                                    else token.pos))
+            else:
+                word = text[i:j]
+                kind = word.upper() if word.lower() in _KEYWORDS else "IDENT"
+                tokens.append(Token(kind, word if kind == "IDENT" else "", i))
+            i = j
+        elif (ch.isdigit() and ch.isascii()) or (ch == "." and text[i + 1:i + 2].isdigit()):
+            token, i = _scan_number(text, i)
+            tokens.append(token)
+        elif ch in "\"'":
+            token, i = _scan_quoted(text, i)
+            tokens.append(token)
+        elif text.startswith("--", i):
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end < 0:
+                tokens.append(Token("ILLEGAL", "", i))
+                i = len(text)
+            else:
+                i = end + 2
+        else:
+            for op, kind in _OPERATORS:
+                if text.startswith(op, i):
+                    tokens.append(Token(kind, "", i))
+                    i += len(op)
+                    break
+            else:
+                tokens.append(Token("ILLEGAL", ch, i))
+                i += 1
+    tokens.append(Token("EOF", "", len(text)))
+    return tokens
+
+
+# ---- the seed's delete predicate, as InfluxDB 2.x's delete API reads it --------------
+
+PREDICATE_HELP = ('an AND of key=value rules, with optional parentheses: key a bare name '
+                  '(or "double-quoted"), value a bare name, number, duration, true/false '
+                  'or "double-quoted"; _measurement names the measurement; OR, !=, =~, !~ '
+                  "and 'single-quoted' values are not supported")
+
+
+def _bad_predicate(message: str, token: Token) -> ValidationError:
+    return ValidationError("predicate", f"{message} at position {token.pos}; expected "
+                                        f"{PREDICATE_HELP}")
 
 
 def parse_predicate(predicate: object) -> tuple[str | None, dict[str, str]]:
     """``_measurement="candle" AND product="X"`` -> ("candle", {"product": "X"}).
 
-    Only an AND of equalities is accepted (the seed's syntax); anything else is a
-    ValidationError, so no text of the caller's ever reaches InfluxQL unquoted.
+    InfluxDB 2.x's predicate grammar, equality rules only: an AND of ``key=value``
+    rules, parentheses allowed. Anything else is a ValidationError naming what is
+    supported, so no text of the caller's ever reaches InfluxQL unquoted.
     """
     if predicate is None or (isinstance(predicate, str) and not predicate.strip()):
         return None, {}
     if not isinstance(predicate, str):
         raise ValidationError("predicate", f"expected a string, got {type(predicate).__name__}")
-    pos, measurement = 0, None
-    tags: dict[str, str] = {}
+    tokens = [t for t in scan(predicate) if t.kind != "WS"]
+    rules: list[tuple[str, str]] = []
+    depth, pos, expect_rule = 0, 0, True
     while True:
-        m = _KEY.match(predicate, pos)
-        if m is None:
-            raise ValidationError(
-                "predicate", f'expected key="value" [AND key="value"...] at {predicate[pos:]!r}'
-            )
-        key = m.group(1)
-        key = _unescape(key[1:-1]) if key.startswith('"') else key
-        value = _unescape(m.group(2))
+        token = tokens[pos]
+        if token.kind in ("BADSTRING", "BADESCAPE"):
+            what = "an unterminated string" if token.kind == "BADSTRING" else \
+                f"an escape InfluxQL does not define ({token.lit})"
+            raise _bad_predicate(what, token)
+        if expect_rule:
+            if token.kind == "LPAREN":
+                depth += 1
+                pos += 1
+                continue
+            key_token, op, value_tokens, pos = _rule(tokens, pos)
+            rules.append(_rule_value(key_token, op, value_tokens))
+            expect_rule = False
+            continue
+        if token.kind == "RPAREN":
+            depth -= 1
+            if depth < 0:
+                raise _bad_predicate("extra ) seen", token)
+            pos += 1
+        elif token.kind == "AND":
+            expect_rule = True
+            pos += 1
+        elif token.kind == "OR":
+            raise _bad_predicate("the logical operator OR is not supported", token)
+        elif token.kind == "EOF":
+            if depth:
+                raise _bad_predicate("extra ( seen", token)
+            break
+        else:
+            raise _bad_predicate("expected AND", token)
+    measurement: str | None = None
+    tags: dict[str, str] = {}
+    for key, value in rules:
         if key == "_measurement":
-            if measurement is not None:
-                raise ValidationError("predicate", "_measurement given twice")
+            if measurement is not None and measurement != value:
+                raise ValidationError("predicate", "_measurement given twice with different "
+                                                   "values (it could never match)")
             measurement = value
+        elif key == "_field":
+            raise ValidationError("predicate", "_field: InfluxDB 1.x deletes whole series, "
+                                               "not single fields")
         elif key in tags and tags[key] != value:
-            raise ValidationError("predicate", f"{key} given twice with different values")
+            raise ValidationError("predicate", f"{key} given twice with different values (it "
+                                               "could never match)")
         else:
             tags[key] = value
-        pos = m.end()
-        if pos == len(predicate):
-            return measurement, tags
-        a = _AND.match(predicate, pos)
-        if a is None or a.end() == pos:
-            raise ValidationError("predicate", f"expected AND at {predicate[pos:]!r}")
-        pos = a.end()
+    return measurement, tags
+
+
+def _rule(tokens: list[Token], pos: int) -> tuple[Token, Token, list[Token], int]:
+    def at(i: int) -> Token:
+        return tokens[min(i, len(tokens) - 1)]  # EOF from the end on
+
+    key = at(pos)
+    if key.kind in ("EOF", "RPAREN", "AND"):
+        raise _bad_predicate("a rule is missing", key)
+    op = at(pos + 1)
+    values: list[Token] = []
+    pos += 2
+    while at(pos).kind == "SUB":  # -5i, -1221
+        values.append(at(pos))
+        pos += 1
+    values.append(at(pos))
+    return key, op, values, min(pos + 1, len(tokens) - 1)
+
+
+def _rule_value(key: Token, op: Token, values: list[Token]) -> tuple[str, str]:
+    if key.kind == "IDENT":
+        name = key.lit
+    elif key.kind == "NAME":
+        name = "name"
+    else:
+        raise _bad_predicate("bad tag key", key)
+    if op.kind in ("NEQ", "EQREGEX", "NEQREGEX"):
+        raise _bad_predicate("only '=' is supported", op)
+    if op.kind != "EQ":
+        raise _bad_predicate("invalid operator", op)
+    *signs, last = values
+    if last.kind in ("IDENT", "DURATIONVAL", "NUMBER", "INTEGER"):
+        value = "-" * len(signs) + last.lit
+    elif last.kind in ("TRUE", "FALSE") and not signs:
+        value = last.kind.lower()
+    elif last.kind == "STRING":
+        raise _bad_predicate("a 'single-quoted' value (write it \"double-quoted\")", last)
+    elif last.kind in ("BADSTRING", "BADESCAPE"):
+        raise _bad_predicate("an unterminated string" if last.kind == "BADSTRING" else
+                             f"an escape InfluxQL does not define ({last.lit})", last)
+    else:
+        raise _bad_predicate("bad tag value", last)
+    return name, value
 
 
 def delete_spec(start: object, stop: object, predicate: object) -> DeleteSpec:

@@ -48,6 +48,11 @@ def strategy(exchange: str, product: str, name: str, tagged: bool = False) -> st
     return _key("strategy:", exchange, product, (name,), tagged)
 
 
+def key(kind: str, exchange: str, product: str, *rest: str, tagged: bool = False) -> str:
+    """The key of ``kind`` ('candles', 'indicator', ...) for the given parts."""
+    return _key(kind + ":", exchange, product, tuple(rest), tagged)
+
+
 def glob_literal(key_prefix: str) -> str:
     """Escape a literal key prefix for SCAN MATCH (no user text is ever a pattern)."""
     return key_prefix.translate(_GLOB)

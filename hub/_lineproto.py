@@ -266,7 +266,8 @@ def _scan_key(line: str) -> tuple[int, str, dict[str, str]]:
         if not _escaped(line, i) and line[i] in ", ":
             break
         i += 1
-    measurement = _replace_escapes(line[:i], ", ")
+    # the name influxd stores (and lists): its unescaping runs twice on a measurement
+    measurement = _unescape_field_key(_unescape_field_key(line[:i]))
     tags: dict[str, str] = {}
     while line[i] == ",":
         start = i + 1

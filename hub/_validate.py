@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import unicodedata
@@ -58,12 +59,17 @@ def tag(value: object, argument: str) -> str:
 
 
 def measurement(value: object, argument: str) -> str:
-    """A measurement name: a tag's rules, and no leading '#' (InfluxDB would read the
-    line as a comment and drop it)."""
+    """A measurement name: a tag's rules, no leading '#' (InfluxDB would read the line as
+    a comment), and no backslash directly before ',', '"', '=' or a space: influxd 1.6.7
+    stores such a measurement but cannot select it by name (checked live)."""
     text = tag(value, argument)
     if text.startswith("#"):
         raise ValidationError(argument, "must not start with '#' (InfluxDB reads that line "
                                         "as a comment)")
+    if "\\" in text and any(a == "\\" and b in ',"= ' for a, b in itertools.pairwise(text)):
+        raise ValidationError(argument, "a backslash directly before ',', '\"', '=' or a "
+                                        "space: InfluxDB 1.x stores that measurement but "
+                                        "cannot select it by name")
     return text
 
 

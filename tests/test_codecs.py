@@ -68,15 +68,16 @@ def test_bad_interval(bad: object) -> None:
 
 
 def test_seed_predicate() -> None:
+    assert ql.parse_predicate("product=x") == (None, {"product": "x"})  # 2.x: bare values
     m, tags = ql.parse_predicate('_measurement="candle" AND product="BANKNIFTY-FUT"')
     assert m == "candle" and tags == {"product": "BANKNIFTY-FUT"}
     m, tags = ql.parse_predicate(r'product="a \"quoted\" name" and exchange="x"')
     assert m is None and tags == {"product": 'a "quoted" name', "exchange": "x"}
 
 
-@pytest.mark.parametrize("bad", ['product="x" OR exchange="y"', "product=x",
+@pytest.mark.parametrize("bad", ['product="x" OR exchange="y"',
                                  'product="x"; DROP DATABASE trading', 'product!="x"',
-                                 'product="x" AND'])
+                                 'product="x" AND', "product='x'", 'product="x\\q"'])
 def test_predicate_refuses_anything_but_and_of_equalities(bad: str) -> None:
     with pytest.raises(ValidationError, match="predicate"):
         ql.parse_predicate(bad)

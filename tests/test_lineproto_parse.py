@@ -29,6 +29,26 @@ def lines(record: object, precision: str) -> list[str]:
 text = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N", "P", "S", "Zs")),
                min_size=1, max_size=12).filter(lambda s: not s.endswith("\\"))
 names = text.filter(lambda s: not s.startswith("#") and s != "time")
+
+
+def _backslash_before(s: str, chars: str, odd_only: bool = False) -> bool:
+    run = 0
+    for ch in s:
+        if ch == "\\":
+            run += 1
+            continue
+        if run and ch in chars and (run % 2 or not odd_only):
+            return True
+        run = 0
+    return False
+
+
+# what influxdb-client's Point can carry to InfluxDB 1.x: it escapes measurements (',',
+# ' ') and keys (',', '=', ' ') once and never '"', while 1.x unescapes a measurement twice
+# and a field key's '\"': those names it cannot write for 1.x, whatever the reader
+measurements = names.filter(lambda s: not _backslash_before(s, ',"= '))
+field_keys = names.filter(lambda s: not _backslash_before(s, '"')
+                          and not _backslash_before(s, ",= ", odd_only=True))
 field_values = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
@@ -39,8 +59,8 @@ field_values = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(measurement=names, tags=st.dictionaries(names, text, max_size=3),
-       fields=st.dictionaries(names, field_values, min_size=1, max_size=4),
+@given(measurement=measurements, tags=st.dictionaries(names, text, max_size=3),
+       fields=st.dictionaries(field_keys, field_values, min_size=1, max_size=4),
        seconds=st.integers(min_value=0, max_value=4_102_444_800))
 def test_points_written_by_influxdb_client_read_back_exactly(
         measurement: str, tags: dict[str, str], fields: dict[str, object],
