@@ -39,10 +39,15 @@ class Mailbox(Generic[T]):
         self._writable.set()
         self._waiting_senders = 0
         self._unyielded = 0  # sends in a row that did not let the loop run
+        self.closing = asyncio.Event()  # set by close(), for a receiver that waits elsewhere
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.maxsize
 
     def send_nowait(self, item: T) -> None:
         if self._closed:
@@ -89,6 +94,7 @@ class Mailbox(Generic[T]):
         self._closed = True
         self._readable.set()
         self._writable.set()
+        self.closing.set()
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -127,6 +133,8 @@ class Actor:
         self._inflight: Sequence[Call] = ()
         self.restarts = 0
         self.observe: Callable[[float], None] | None = None  # call latency, when measured
+        # why the actor is not running (crashed, waiting to restart); calls fail at once
+        self.down: str | None = None
 
     async def setup(self) -> None:
         """Connect; raising here at first start makes ``Hub.start()`` fail."""
@@ -138,7 +146,10 @@ class Actor:
         raise NotImplementedError
 
     async def call(self, payload: Any) -> Any:
-        """Send ``payload`` and wait for the reply."""
+        """Send ``payload`` and wait for the reply. Raises BackendUnavailable at once while
+        the actor is down (crashed and waiting to restart)."""
+        if self.down is not None:
+            raise BackendUnavailable(self.name, self.down)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.observe is None:
             await self.mailbox.send(Call(payload, future))
@@ -167,7 +178,7 @@ class Actor:
         self._inflight = ()
 
     def statistics(self) -> dict[str, Any]:
-        return {**self.mailbox.statistics(), "restarts": self.restarts}
+        return {**self.mailbox.statistics(), "restarts": self.restarts, "down": self.down}
 
 
 class _Closable(Protocol):
@@ -197,21 +208,35 @@ async def close_quietly(resource: _Closable, what: str) -> None:
 
 
 class Supervisor:
-    """Runs actors in one TaskGroup; restarts a crashed actor with backoff.
+    """Runs actors in one TaskGroup; restarts a crashed actor with backoff, for as long
+    as the hub runs.
 
-    More than ``max_restarts`` crashes within ``window`` seconds and the actor is
-    given up: its mailbox closes, waiting callers get BackendUnavailable, and
-    ``healthy`` turns False.
+    More than ``max_restarts`` crashes within ``window`` seconds and the actor counts
+    as unhealthy (``healthy`` turns False, the restart backoff grows to ``max_backoff``
+    seconds) until it has run ``window`` seconds without crashing. Its mailbox never
+    closes: work sent to it waits there (bounded), calls fail at once while it is down.
     """
 
-    def __init__(self, max_restarts: int = 5, window: float = 60.0) -> None:
+    def __init__(self, max_restarts: int = 5, window: float = 60.0,
+                 max_backoff: float = 60.0) -> None:
         self.max_restarts = max_restarts
         self.window = window
+        self.max_backoff = max_backoff
         self.actors: list[Actor] = []
-        self.healthy = True
+        self._crashes: dict[Actor, deque[float]] = {}
         self._tasks: dict[Actor, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """False while an actor is down or has crashed too often lately."""
+        now = time.monotonic()
+        for actor, crashes in self._crashes.items():
+            recent = sum(1 for t in crashes if t > now - self.window)
+            if actor.down is not None or recent > self.max_restarts:
+                return False
+        return True
 
     async def start(self, actors: Sequence[Actor]) -> None:
         """Start actors in order, each ready (``setup`` done) before the next starts."""
@@ -247,8 +272,7 @@ class Supervisor:
                 raise
 
     async def _supervise(self, actor: Actor, ready: asyncio.Future[None]) -> None:
-        loop = asyncio.get_running_loop()
-        crashes: deque[float] = deque()
+        crashes = self._crashes.setdefault(actor, deque(maxlen=100))
         try:
             await actor.setup()
         except Exception as exc:
@@ -266,33 +290,36 @@ class Supervisor:
                 raise
             except Exception as exc:
                 log.exception("actor %s crashed", actor.name)
-                actor.fail_inflight(BackendUnavailable(actor.name, f"actor crashed: {exc!r}"))
-                now = loop.time()
+                actor.down = f"actor crashed ({exc!r}); restarting"
+                actor.fail_inflight(BackendUnavailable(actor.name, actor.down))
+                now = time.monotonic()
                 crashes.append(now)
-                while crashes and crashes[0] < now - self.window:
-                    crashes.popleft()
-                if len(crashes) > self.max_restarts:
-                    log.error("actor %s crashed %d times in %.0fs; giving up",
-                              actor.name, len(crashes), self.window)
-                    self.healthy = False
-                    actor.mailbox.close()
-                    await self._drain_failed(actor)
-                    return
+                recent = sum(1 for t in crashes if t > now - self.window)
+                if recent > self.max_restarts:
+                    log.error("actor %s crashed %d times in %.0fs; it keeps being restarted "
+                              "(the hub reports itself unhealthy meanwhile)",
+                              actor.name, recent, self.window)
                 await actor.teardown()
-                await asyncio.sleep(min(5.0, 0.05 * 2 ** len(crashes)) * random.uniform(0.5, 1))
-                actor.restarts += 1
-                try:
-                    await actor.setup()
-                except Exception:
-                    # counted as the next crash when the actor's run fails again
-                    log.exception("actor %s could not restart", actor.name)
+                await self._restart(actor, recent)
 
-    @staticmethod
-    async def _drain_failed(actor: Actor) -> None:
-        error = BackendUnavailable(actor.name, "actor is down")
-        while batch := await actor.mailbox.receive_batch(10_000):
-            for call in batch:
-                fail(call.future, error)
+    async def _restart(self, actor: Actor, recent: int) -> None:
+        """Back off (longer the more it crashed lately), then set up again until setup
+        works; the actor is down meanwhile, so its callers fail at once."""
+        attempt = recent
+        while True:
+            cap = 5.0 if recent <= self.max_restarts else self.max_backoff
+            await asyncio.sleep(min(cap, 0.05 * 2 ** attempt) * random.uniform(0.5, 1))
+            try:
+                await actor.setup()
+            except Exception as exc:
+                log.warning("actor %s could not restart yet: %r", actor.name, exc)
+                actor.down = f"restarting after a crash: {exc!r}"
+                await actor.teardown()
+                attempt = min(attempt + 1, 20)
+                continue
+            actor.restarts += 1
+            actor.down = None
+            return
 
     def _close_all(self) -> None:
         for actor in self._tasks:

@@ -51,6 +51,10 @@ class RedisOp:
     items: tuple[Any, ...] = ()
     # the hub began a write of ``writes`` in the near cache: end it once this op ran
     near: bool = False
+    # the key this op reads, and its answer while that key may be stale in Redis (a
+    # write to it was refused): a miss, so the caller falls back instead
+    reads: str | None = None
+    miss: Any = None
 
 
 # The hot window is a sorted set scored by candle time. Its span [oldest, newest]
@@ -104,12 +108,13 @@ def op_barrier() -> RedisOp:
 
 
 def op_get(key: str) -> RedisOp:
-    return RedisOp((("GET", key),), _first)
+    return RedisOp((("GET", key),), _first, reads=key)
 
 
 def op_get_pttl(key: str) -> RedisOp:
     """GET with the milliseconds the key has left (for the near cache's expiry)."""
-    return RedisOp((("GET", key), ("PTTL", key)), lambda r: (r[0], r[1]))
+    return RedisOp((("GET", key), ("PTTL", key)), lambda r: (r[0], r[1]), reads=key,
+                   miss=(None, -2))
 
 
 def op_set(key: str, value: bytes, ttl: int, near: bool = False) -> RedisOp:
@@ -171,7 +176,7 @@ def coalesce(batch: Sequence[Call]) -> list[Call]:
 def op_newest_candles(key: str, count: int) -> RedisOp:
     def decode(results: list[Any]) -> list[Candle]:
         return [decode_candle(m) for m in results[0]]
-    return RedisOp((("ZRANGE", key, -count, -1),), decode)
+    return RedisOp((("ZRANGE", key, -count, -1),), decode, reads=key, miss=[])
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +193,8 @@ def op_window_all(key: str) -> RedisOp:
     """The whole hot window, ascending and decoded, with the milliseconds it has left."""
     def decode(results: list[Any]) -> tuple[tuple[Candle, ...], int]:
         return tuple(decode_candle(m) for m in results[0]), results[1]
-    return RedisOp((("ZRANGE", key, 0, -1), ("PTTL", key)), decode)
+    return RedisOp((("ZRANGE", key, 0, -1), ("PTTL", key)), decode, reads=key,
+                   miss=((), -2))
 
 
 def op_window_range(key: str, start: int | None, end: int | None, limit: int) -> RedisOp:
@@ -206,6 +212,8 @@ def op_window_range(key: str, start: int | None, end: int | None, limit: int) ->
             ("ZRANGE", key, 0, 0),
         ),
         decode,
+        reads=key,
+        miss=WindowAnswer([], None),
     )
 
 
@@ -241,14 +249,26 @@ class CacheActor(Actor):
         self._probe: asyncio.Task[None] | None = None
         self._dirty: set[str] = set()
         self._dirty_overflow = False
+        self._cleaner: asyncio.Task[None] | None = None
 
     @property
     def available(self) -> bool:
         return self._down_since is None
 
+    def fail_inflight(self, exc: BaseException) -> None:
+        """A crash while ops ran: Redis may hold half of them. Their keys count as
+        skipped writes, deleted before the cache serves again."""
+        for call in self._inflight:
+            op: RedisOp = call.payload
+            if op.writes:
+                self._dirty.update(op.writes)
+        super().fail_inflight(exc)
+
     async def setup(self) -> None:
         try:
             await self.backend.connect()
+            if self._dirty or self._dirty_overflow:  # restarted after a crash
+                await self._forget_skipped()
         except RedisUnreachable as exc:
             log.warning("Redis not reachable (%s); serving from InfluxDB/SQLite until it is",
                         exc)
@@ -297,6 +317,9 @@ class CacheActor(Actor):
         if self._listener is not None:
             await cancel_and_wait(self._listener)
             self._listener = None
+        if self._cleaner is not None:
+            await cancel_and_wait(self._cleaner)
+            self._cleaner = None
         if self._probe is not None:
             await cancel_and_wait(self._probe)
             self._probe = None
@@ -309,6 +332,8 @@ class CacheActor(Actor):
                 for call in batch:
                     self._fail(call, error)
                 return
+            if self._dirty:  # a key whose write Redis refused is not read until deleted
+                batch = [call for call in batch if not self._stale_read(call)]
             await self._execute(coalesce(batch), fallback=False)
         finally:
             if self.near is not None:  # run or given up: the near cache may hold them again
@@ -354,6 +379,13 @@ class CacheActor(Actor):
         if retry:
             await self._execute(retry, fallback=True)
 
+    def _stale_read(self, call: Call) -> bool:
+        op: RedisOp = call.payload
+        if op.reads is None or op.reads not in self._dirty:
+            return False
+        resolve(call.future, op.miss)
+        return True
+
     def _fail(self, call: Call, exc: Exception) -> None:
         op: RedisOp = call.payload
         # (a cluster backend forgets a down master's keys itself before serving them again)
@@ -362,6 +394,10 @@ class CacheActor(Actor):
                 self._dirty_overflow = True
             else:
                 self._dirty.update(op.writes)
+            if isinstance(exc, CommandFailed) and self._cleaner is None:
+                # Redis answers but refused the write (OOM, READONLY): the old value would
+                # be read; delete it as soon as Redis lets us
+                self._cleaner = asyncio.create_task(self._clean(), name="redis-stale-keys")
         if call.future is None:
             self.skipped += 1
             log.debug("redis write skipped: %s", exc)
@@ -395,6 +431,35 @@ class CacheActor(Actor):
             self.reconnects += 1
             self._probe = None
             return
+
+    async def _clean(self) -> None:
+        """Delete the keys whose writes Redis refused while it kept answering (UNLINK is
+        allowed under OOM; a READONLY replica refuses it until it is a master again)."""
+        delay = 0.05
+        try:
+            while self._dirty and not self._dirty_overflow:
+                keys = list(self._dirty)[:1000]
+                try:
+                    results = await self.backend.pipeline([("UNLINK", *keys)])
+                    if isinstance(results[0], (CommandFailed, BackendUnavailable)):
+                        raise results[0]
+                except BackendUnavailable as exc:
+                    if self._down_since is not None:
+                        return  # the reconnect deletes them
+                    log.debug("stale keys not deleted yet: %s", exc)
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, 2.0)
+                    continue
+                except CommandFailed as exc:
+                    log.debug("stale keys not deleted yet: %s", exc)
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, 2.0)
+                    continue
+                self._dirty.difference_update(keys)
+                if self.near is not None:
+                    self.near.invalidate(keys)
+        finally:
+            self._cleaner = None
 
     async def _forget_skipped(self) -> None:
         """Delete what may be stale: keys whose writes were skipped while Redis was away

@@ -56,23 +56,73 @@ class SQLiteStore:
         self.slot = 0
         self._db: sqlite3.Connection | None = None
         self._lock: IO[str] | None = None
+        self._inode: tuple[int, int] | None = None  # the file the connection has open
 
     def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._take_slot()
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=10000")
-            db.executescript(_SCHEMA)
-            _add_owner_column(db)
+            self._db = self._connect()
         except BaseException:
             self._release_slot()
             raise
-        self._db = db
         _OPEN_STORES.add(self)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.executescript(_SCHEMA)
+        _add_owner_column(db)
+        if self.path != ":memory:":
+            st = os.stat(self.path)
+            self._inode = (st.st_dev, st.st_ino)
+        return db
+
+    def check_file(self) -> None:
+        """The file removed (or replaced) under the running hub: an open connection would
+        go on writing to the removed file, and everything would be gone at the next
+        start. Recreate it with the state, outbox (same ids) and quarantine held."""
+        if self._inode is None or self._db is None:
+            return
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                return
+        except FileNotFoundError:
+            pass
+        old = self._db
+        state = old.execute("SELECT key, value, updated_at FROM state").fetchall()
+        outbox = old.execute("SELECT id, line, kind, created_at, owner FROM outbox").fetchall()
+        quarantine = old.execute("SELECT line, reason, created_at FROM quarantine").fetchall()
+        log.error("%s was removed or replaced under the running hub: recreating it with the "
+                  "%d states, %d outbox lines and %d quarantined points it held", self.path,
+                  len(state), len(outbox), len(quarantine))
+        old.close()  # (its WAL goes with it, so the new file cannot pick it up)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO state(key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+                "DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at "
+                "WHERE excluded.updated_at > state.updated_at", state)
+            for row in outbox:
+                try:
+                    db.execute("INSERT INTO outbox(id, line, kind, created_at, owner) "
+                               "VALUES (?, ?, ?, ?, ?)", row)
+                except sqlite3.IntegrityError:  # another process made the new file
+                    db.execute("INSERT INTO outbox(line, kind, created_at, owner) "
+                               "VALUES (?, ?, ?, ?)", row[1:])
+            db.executemany("INSERT INTO quarantine(line, reason, created_at) VALUES (?, ?, ?)",
+                           quarantine)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._db = db
 
     def _take_slot(self) -> None:
         """The first free slot: ``path.lock`` (slot 0), then ``path.lock.1``, ...; held
@@ -125,6 +175,7 @@ class SQLiteStore:
 
     def run_batch(self, ops: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Run ops in one transaction; an op's exception is returned in its slot."""
+        self.check_file()
         db = self.db
         results: list[Any] = []
         db.execute("BEGIN IMMEDIATE")

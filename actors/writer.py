@@ -4,16 +4,22 @@ loses a line it accepted.
 Two loops share the actor's state: the *intake* drains the mailbox, the *sender*
 POSTs. So ``await write_candle`` only waits for mailbox room, never for InfluxDB.
 
+- Intake: every accepted line goes into the actor's memory at once, before anything
+  else happens, so a crash of the actor's tasks never loses it (the memory belongs
+  to the actor object, which the supervisor restarts).
 - Memory mode (normal): lines wait in memory, batched by size
   (``influxdb.batch.size``) and linger (``influxdb.batch.flush_interval``).
-- Backpressure: while InfluxDB answers but more than ``influxdb.max_pending`` lines
-  wait in memory, the intake pauses (the mailbox fills, producers wait for room).
+- Backpressure: while more than ``influxdb.max_pending`` lines wait in memory, the
+  intake pauses (the mailbox fills, producers wait for room and, past
+  ``influxdb.timeout``, get BackendUnavailable saying why).
 - Spool mode: once InfluxDB has failed for ``influxdb.spool_after`` seconds, or it
   fails while more than ``influxdb.max_pending`` lines wait, or it is down at close,
-  memory is moved to the SQLite outbox and new lines go there too; the sender
-  replays the outbox in id order (per-series order is kept) and goes back to memory
-  mode once it is empty. A hub that starts with a non-empty outbox (a crash, or a
-  close during an outage) starts in spool mode.
+  memory is moved to the SQLite outbox (inserted first, then dropped from memory) and
+  later lines follow it there; the sender replays the outbox in id order (per-series
+  order is kept) and goes back to memory mode once it is empty. A hub that starts
+  with a non-empty outbox (a crash, or a close during an outage) starts in spool mode.
+- A spool that cannot take lines (a full disk, a read-only file) is not a crash: the
+  lines stay in memory, the spool is tried again with backoff, and InfluxDB too.
 - Transient failures (connection refused, timeouts, 5xx, 429, auth) are retried
   with capped, jittered exponential backoff, at least the server's Retry-After.
 - Data InfluxDB rejects (400, 413) is bisected so the good points land and only
@@ -59,8 +65,10 @@ _Entry = tuple[str, int | None]
 
 @dataclass(slots=True)
 class _Waiter:
-    spool: bool  # target is an outbox id (spool mode) or a memory sequence number
-    target: int
+    """A flush: done once the outbox is written up to ``spool`` and memory up to ``mem``."""
+
+    spool: int
+    mem: int
     future: asyncio.Future[Any]
 
 
@@ -89,6 +97,10 @@ class WriterActor(Actor):
         self._spool_max_id = 0  # highest outbox id this writer knows of
         self._spool_posted = 0  # every outbox row up to this id is written
         self._spool_inserts = 0  # spool inserts in flight
+        self._spool_error: str | None = None  # why the spool cannot take lines now
+        self._spool_retry_at = 0.0
+        self._spool_streak = 0
+        self._last_error = ""
         self._waiters: list[_Waiter] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -108,10 +120,7 @@ class WriterActor(Actor):
     async def setup(self) -> None:
         await self.backend.connect()
         count, max_id = await self.state.call(("outbox_bounds",))
-        if count:
-            if self._memory:  # restarted after a crash with lines in memory: keep order
-                await self._spool_insert([line for line, rid in self._memory if rid is None])
-                self._memory.clear()
+        if count:  # lines still in memory (a restart after a crash) follow the outbox
             self._spooling = True
             self._spool_max_id = max(self._spool_max_id, max_id)
             log.warning("%d lines waiting in the SQLite spool; replaying them first", count)
@@ -120,11 +129,18 @@ class WriterActor(Actor):
         await close_quietly(self.backend, "influxdb")
 
     async def handle(self, batch: Sequence[Call]) -> None:
-        while (len(self._memory) >= self.max_pending and not self._spooling
-               and self._failing_since is None and not self._stop.is_set()):
+        self._absorb(batch)  # first: accepted lines are the actor's from here on
+        while (len(self._memory) >= self.max_pending and not self._stop.is_set()
+               and not self.mailbox.closed):
+            # InfluxDB and the spool are slower than the producers: backpressure
             self._room.clear()
-            await self._room.wait()  # InfluxDB is slower than the producers: backpressure
-        await self._absorb(batch)
+            room = asyncio.ensure_future(self._room.wait())
+            closing = asyncio.ensure_future(self.mailbox.closing.wait())
+            try:
+                await asyncio.wait((room, closing), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                room.cancel()
+                closing.cancel()
 
     async def run(self) -> None:
         self._stop.clear()
@@ -148,25 +164,29 @@ class WriterActor(Actor):
         """True while InfluxDB writes are failing (reads should not wait on a flush)."""
         return self._failing_since is not None
 
+    def blocked_reason(self) -> str:
+        """Why writes are waiting (for the error a producer gets when it waits too long)."""
+        parts = [f"{len(self._memory)} lines wait in memory"]
+        if self._failing_since is not None:
+            parts.append(f"InfluxDB is unavailable ({self._last_error})")
+        if self._spool_error is not None:
+            parts.append(f"the SQLite spool cannot take them ({self._spool_error})")
+        return "; ".join(parts)
+
     # ---- intake -------------------------------------------------------------------
 
-    async def _absorb(self, batch: Sequence[Call]) -> None:
-        fresh: list[str] = []  # spool mode: non-durable lines, inserted together
+    def _absorb(self, batch: Sequence[Call]) -> None:
+        """Take a drained batch into memory, synchronously (nothing can fail half-way)."""
         for call in batch:
             payload = call.payload
             if payload == FLUSH:
-                if fresh:
-                    await self._spool_insert(fresh)
-                    fresh = []
                 if call.future is not None:
-                    self._add_waiter(call.future)
+                    self._waiters.append(_Waiter(self._spool_max_id, self._mem_accepted,
+                                                 call.future))
                 continue
             ids = payload.ids
-            if self._spooling:
-                if ids is None:
-                    fresh.extend(payload.lines)
-                elif ids:
-                    self._spool_max_id = max(self._spool_max_id, max(ids))
+            if self._spooling and ids:  # durable lines: in the outbox already, replayed
+                self._spool_max_id = max(self._spool_max_id, max(ids))
                 continue
             for i, line in enumerate(payload.lines):
                 row_id = None if ids is None else ids[i]
@@ -176,17 +196,8 @@ class WriterActor(Actor):
                 self._mem_accepted += 1
             if self._oldest_at is None and self._memory:
                 self._oldest_at = asyncio.get_running_loop().time()
-        if fresh:
-            await self._spool_insert(fresh)
-        self._wake.set()
-
-    def _add_waiter(self, future: asyncio.Future[Any]) -> None:
-        if self._spooling:
-            waiter = _Waiter(True, self._spool_max_id, future)
-        else:
-            waiter = _Waiter(False, self._mem_accepted, future)
-        self._waiters.append(waiter)
         self._wake_waiters()
+        self._wake.set()
 
     async def _spool_insert(self, lines: list[str]) -> None:
         self._spool_inserts += 1
@@ -209,6 +220,9 @@ class WriterActor(Actor):
         loop = asyncio.get_running_loop()
         while True:
             if self._spooling:
+                if self._memory and loop.time() >= self._spool_retry_at:
+                    await self._spill("while the spool is replayed")  # behind the outbox
+                    continue
                 if not await self._send_spool_page():
                     return
                 continue
@@ -229,7 +243,9 @@ class WriterActor(Actor):
             if not due:
                 await self._wait(self._wake, self._oldest_at + self.linger)
                 continue
-            if len(self._memory) >= self.max_pending and self._failing_since is not None:
+            failing = self._failing_since is not None
+            if (failing and len(self._memory) >= self.max_pending
+                    and now >= self._spool_retry_at):
                 await self._spill(f"InfluxDB fails with {len(self._memory)} lines waiting")
                 continue
             chunk = [self._memory[i] for i in range(min(self.batch_size, len(self._memory)))]
@@ -241,8 +257,13 @@ class WriterActor(Actor):
                 self._room.set()
                 self._wake_waiters()
             elif self._stop.is_set():
-                await self._spill("InfluxDB is unavailable at close")
-            elif now - (self._failing_since or now) >= self.spool_after:
+                if not await self._spill("InfluxDB is unavailable at close"):
+                    log.error("closing while InfluxDB is unavailable and the SQLite spool "
+                              "cannot take them: %d accepted lines are lost (%s)",
+                              len(self._memory), self._spool_error)
+                    return
+            elif (now - (self._failing_since or now) >= self.spool_after
+                  and now >= self._spool_retry_at):
                 await self._spill(f"InfluxDB has failed for {self.spool_after:g}s")
 
     async def _send_spool_page(self) -> bool:
@@ -252,10 +273,13 @@ class WriterActor(Actor):
         if not rows:
             if self._spool_inserts:
                 await self._wait(self._wake, None)
-            elif self._spool_max_id <= self._spool_posted:
-                self._spooling = False
-                log.info("spool replayed; InfluxDB writes back to normal")
-                self._wake_waiters()
+                return True
+            # every row up to the highest id known is written (durable rows are committed
+            # before the writer hears of them): memory, newer than all of them, goes next
+            self._spool_posted = max(self._spool_posted, self._spool_max_id)
+            self._spooling = False
+            log.info("spool replayed; InfluxDB writes back to normal")
+            self._wake_waiters()
             return True
         loop = asyncio.get_running_loop()
         if loop.time() < self._retry_at:
@@ -270,26 +294,48 @@ class WriterActor(Actor):
             return True
         return not self._stop.is_set()
 
-    async def _spill(self, reason: str) -> None:
-        """Move memory to the outbox and switch to spool mode (sender only)."""
+    async def _spill(self, reason: str) -> bool:
+        """Move what memory holds now to the outbox and spool from here on (sender only).
+        The lines are inserted before they leave memory; when the spool cannot take
+        them, they stay, and the spool is tried again later. True when moved."""
         snapshot = list(self._memory)
-        self._memory.clear()
-        self._mem_done = self._mem_accepted  # every memory line now lives in the outbox
-        self._oldest_at = None
-        self._spooling = True
-        moved = [w for w in self._waiters if not w.spool]
-        self._waiters = [w for w in self._waiters if w.spool]
+        fresh = [line for line, row_id in snapshot if row_id is None]
+        if not self._spooling:
+            log.warning("%s: %d lines go to the SQLite spool until it answers", reason,
+                        len(snapshot))
+        try:
+            if fresh:
+                await self._spool_insert(fresh)
+        except BackendUnavailable as exc:
+            self._spool_blocked(exc)
+            return False
+        if self._spool_error is not None:
+            log.info("the SQLite spool takes lines again")
+        self._spool_error, self._spool_streak = None, 0
         for _, row_id in snapshot:
             if row_id is not None:
                 self._spool_max_id = max(self._spool_max_id, row_id)
-        fresh = [line for line, row_id in snapshot if row_id is None]
-        log.warning("%s: %d lines go to the SQLite spool until it answers", reason, len(snapshot))
-        if fresh:
-            await self._spool_insert(fresh)
-        for waiter in moved:
-            waiter.spool, waiter.target = True, self._spool_max_id
-        self._waiters += moved
+        before = self._mem_done
+        for _ in snapshot:  # lines that arrived meanwhile stay, behind these
+            self._memory.popleft()
+        self._mem_done += len(snapshot)
+        self._oldest_at = asyncio.get_running_loop().time() if self._memory else None
+        self._spooling = True
+        for waiter in self._waiters:  # what they waited for in memory is in the outbox
+            if waiter.mem > before:
+                waiter.spool = max(waiter.spool, self._spool_max_id)
+        self._room.set()
         self._wake_waiters()
+        return True
+
+    def _spool_blocked(self, exc: BackendUnavailable) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._spool_error is None:
+            log.error("the SQLite spool cannot take lines (%s); they stay in memory (up to "
+                      "influxdb.max_pending) and the spool is tried again", exc)
+        self._spool_error = str(exc)
+        self._spool_streak = min(self._spool_streak + 1, 8)
+        self._spool_retry_at = now + min(30.0, 0.25 * 2 ** self._spool_streak)
 
     async def _wait(self, event: asyncio.Event, deadline: float | None) -> None:
         if event is self._wake:
@@ -312,7 +358,7 @@ class WriterActor(Actor):
         return True
 
     def _on_failure(self, exc: BackendUnavailable) -> None:
-        self._room.set()  # a paused intake goes on: these lines are for the spool now
+        self._last_error = str(exc)
         now = asyncio.get_running_loop().time()
         if self._failing_since is None:
             self._failing_since = now
@@ -333,8 +379,7 @@ class WriterActor(Actor):
     def _wake_waiters(self) -> None:
         still = []
         for waiter in self._waiters:
-            done = (self._spool_posted >= waiter.target if waiter.spool
-                    else self._mem_done >= waiter.target)
+            done = self._spool_posted >= waiter.spool and self._mem_done >= waiter.mem
             if done or waiter.future.done():
                 resolve(waiter.future, None)
             else:
@@ -389,4 +434,5 @@ class WriterActor(Actor):
             "quarantined": self.quarantined,
             "spooled": self.spooled,
             "replayed": self.replayed,
+            "spool_error": self._spool_error,
         }

@@ -337,13 +337,28 @@ class Hub:
             self._cache.near.begin_write(op.writes)
         return accepted
 
-    async def _deliver(self, accepted: Accepted) -> None:
-        """Queue an accepted write on the actors (waits only for mailbox room)."""
+    async def _deliver(self, accepted: Accepted, patient: bool = False) -> None:
+        """Queue an accepted write on the actors (waits only for mailbox room).
+
+        When the writer cannot take more (InfluxDB and the spool are both behind), wait
+        at most ``influxdb.timeout``, then raise BackendUnavailable saying why; nothing
+        of this write is queued then. ``patient``: the write was acknowledged already
+        (the Wolfinch drop-in's channel), so it waits as long as it takes."""
         op = accepted.cache
         queued = False
         try:
             if accepted.lines and self._writer is not None:
-                await self._writer.tell(Lines(accepted.lines, None))
+                message = Lines(accepted.lines, None)
+                if patient or not self._writer.mailbox.full:
+                    await self._writer.tell(message)
+                else:
+                    try:
+                        async with asyncio.timeout(self.config.influxdb.timeout):
+                            await self._writer.tell(message)
+                    except TimeoutError:
+                        raise BackendUnavailable(
+                            "influxdb", "the write cannot be kept now: "
+                                        f"{self._writer.blocked_reason()}") from None
             if op is not None and self._cache is not None:
                 await self._cache.tell(op)
             queued = True

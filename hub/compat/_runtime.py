@@ -20,6 +20,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -260,9 +261,17 @@ class Runtime:
             return True
 
     def _wait_for_room(self) -> None:
+        """Backpressure: the hub is behind (InfluxDB and its spool too). Wait up to
+        ``influxdb.timeout``, then raise BackendUnavailable: the write is not taken."""
         if threading.current_thread() is self.thread:
             return
+        hub = self.hub
+        deadline = time.monotonic() + (hub.config.influxdb.timeout if hub else 10.0)
         while len(self._queue) >= MAX_QUEUED // 2 and self.loop is not None:
+            if time.monotonic() >= deadline:
+                writer = hub._writer if hub is not None else None
+                why = writer.blocked_reason() if writer is not None else "the hub is behind"
+                raise BackendUnavailable("influxdb", f"the write cannot be kept now: {why}")
             self._room.clear()
             self._room.wait(0.05)
 
@@ -279,7 +288,7 @@ class Runtime:
                     self._room.set()
                 if kind == "tell":
                     try:
-                        await target._deliver(payload)
+                        await target._deliver(payload, patient=True)  # acknowledged: keep it
                     except Exception:
                         log.exception("an accepted write could not be queued on the hub")
                 elif kind == "call":

@@ -104,6 +104,9 @@ class _Section:
             return runtime.tell(build)
         except HubClosed:
             return False
+        except BackendUnavailable as exc:  # not kept: the seed's answer is False
+            log.warning("a write was not taken: %s", exc)
+            return False
 
     def _hot(self) -> Hub | None:
         hub = runtime.hub
