@@ -57,6 +57,14 @@ class Mailbox(Generic[T]):
         self._items.append(item)
         self._readable.set()
 
+    def send_past_bound(self, item: T) -> None:
+        """Queue even when full: for small messages that must not wait behind the bound
+        (a flush request; a line that is durable on disk already)."""
+        if self._closed:
+            raise HubClosed(f"{self.name} mailbox is closed")
+        self._items.append(item)
+        self._readable.set()
+
     async def send(self, item: T) -> None:
         if len(self._items) < self.maxsize and not self._closed:  # fast path: no wait
             self._items.append(item)
@@ -145,12 +153,16 @@ class Actor:
     async def handle(self, batch: Sequence[Call]) -> None:
         raise NotImplementedError
 
-    async def call(self, payload: Any) -> Any:
+    async def call(self, payload: Any, past_bound: bool = False) -> Any:
         """Send ``payload`` and wait for the reply. Raises BackendUnavailable at once while
-        the actor is down (crashed and waiting to restart)."""
+        the actor is down (crashed and waiting to restart). ``past_bound``: queue it even
+        when the mailbox is full (see Mailbox.send_past_bound)."""
         if self.down is not None:
             raise BackendUnavailable(self.name, self.down)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if past_bound:
+            self.mailbox.send_past_bound(Call(payload, future))
+            return await future
         if self.observe is None:
             await self.mailbox.send(Call(payload, future))
             return await future
@@ -217,7 +229,7 @@ class Supervisor:
     closes: work sent to it waits there (bounded), calls fail at once while it is down.
     """
 
-    def __init__(self, max_restarts: int = 5, window: float = 60.0,
+    def __init__(self, max_restarts: float = 5, window: float = 60.0,
                  max_backoff: float = 60.0) -> None:
         self.max_restarts = max_restarts
         self.window = window

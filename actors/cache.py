@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -55,6 +56,10 @@ class RedisOp:
     # write to it was refused): a miss, so the caller falls back instead
     reads: str | None = None
     miss: Any = None
+    # run sets the whole value of ``writes``: once it succeeds they are current again
+    replaces: bool = False
+    # the cleaner's op: UNLINK the keys stale at the moment it runs (filled in handle)
+    clean: bool = False
 
 
 # The hot window is a sorted set scored by candle time. Its span [oldest, newest]
@@ -118,7 +123,20 @@ def op_get_pttl(key: str) -> RedisOp:
 
 
 def op_set(key: str, value: bytes, ttl: int, near: bool = False) -> RedisOp:
-    return RedisOp((("SET", key, value, "EX", ttl),), writes=(key,), near=near)
+    return RedisOp((("SET", key, value, "EX", ttl),), writes=(key,), near=near,
+                   replaces=True)
+
+
+def op_fill(key: str, value: bytes, ttl: int) -> RedisOp:
+    """A read-through fill: set only if absent, so a value read before a concurrent
+    write never overwrites what that write set."""
+    return RedisOp((("SET", key, value, "EX", ttl, "NX"),), writes=(key,))
+
+
+def op_clean() -> RedisOp:
+    """Delete the keys stale in Redis (writes it refused), in order with the writes:
+    a write queued after it that succeeds is never deleted by it."""
+    return RedisOp((("PING",),), _first, clean=True)
 
 
 def op_unlink(keys: Sequence[str]) -> RedisOp:
@@ -332,8 +350,11 @@ class CacheActor(Actor):
                 for call in batch:
                     self._fail(call, error)
                 return
-            if self._dirty:  # a key whose write Redis refused is not read until deleted
-                batch = [call for call in batch if not self._stale_read(call)]
+            for call in batch:
+                if call.payload.clean:  # the keys stale now, deleted before what follows
+                    stale = tuple(itertools.islice(self._dirty, 1000))
+                    call.payload.items = stale
+                    call.payload.commands = (("UNLINK", *stale),) if stale else (("PING",),)
             await self._execute(coalesce(batch), fallback=False)
         finally:
             if self.near is not None:  # run or given up: the near cache may hold them again
@@ -369,7 +390,20 @@ class CacheActor(Actor):
                 retry.append(call)  # a restarted or flushed Redis lost the script: send it
             elif failed is not None:
                 self._fail(call, failed)
-            elif op.decode is None:
+                continue
+            if op.reads is not None and op.reads in self._dirty:
+                # a write to it was refused (and not since replaced, nor the key deleted,
+                # by an op before this one): Redis holds a stale value; answer a miss
+                resolve(call.future, op.miss)
+                continue
+            if self._dirty:
+                if op.clean:
+                    self._dirty.difference_update(op.items)
+                    if self.near is not None:
+                        self.near.invalidate(op.items)
+                elif op.replaces:
+                    self._dirty.difference_update(op.writes)
+            if op.decode is None:
                 resolve(call.future, None)
             else:
                 try:
@@ -378,13 +412,6 @@ class CacheActor(Actor):
                     fail(call.future, CommandFailed(f"unexpected value in Redis: {exc}"))
         if retry:
             await self._execute(retry, fallback=True)
-
-    def _stale_read(self, call: Call) -> bool:
-        op: RedisOp = call.payload
-        if op.reads is None or op.reads not in self._dirty:
-            return False
-        resolve(call.future, op.miss)
-        return True
 
     def _fail(self, call: Call, exc: Exception) -> None:
         op: RedisOp = call.payload
@@ -434,30 +461,20 @@ class CacheActor(Actor):
 
     async def _clean(self) -> None:
         """Delete the keys whose writes Redis refused while it kept answering (UNLINK is
-        allowed under OOM; a READONLY replica refuses it until it is a master again)."""
+        allowed under OOM; a READONLY replica refuses it until it is a master again).
+        The UNLINK goes through the mailbox, in order with the writes."""
         delay = 0.05
         try:
-            while self._dirty and not self._dirty_overflow:
-                keys = list(self._dirty)[:1000]
+            while (self._dirty and not self._dirty_overflow and self._down_since is None
+                   and self.down is None):
                 try:
-                    results = await self.backend.pipeline([("UNLINK", *keys)])
-                    if isinstance(results[0], (CommandFailed, BackendUnavailable)):
-                        raise results[0]
-                except BackendUnavailable as exc:
-                    if self._down_since is not None:
-                        return  # the reconnect deletes them
+                    await self.call(op_clean(), past_bound=True)
+                except (CommandFailed, BackendUnavailable) as exc:
+                    if self._down_since is not None or self.down is not None:
+                        return  # the reconnect, or the restart, deletes them
                     log.debug("stale keys not deleted yet: %s", exc)
                     await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                     delay = min(delay * 2, 2.0)
-                    continue
-                except CommandFailed as exc:
-                    log.debug("stale keys not deleted yet: %s", exc)
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, 2.0)
-                    continue
-                self._dirty.difference_update(keys)
-                if self.near is not None:
-                    self.near.invalidate(keys)
         finally:
             self._cleaner = None
 

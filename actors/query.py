@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors._influx import InfluxBackend, QueryFailed
+from actors._redis import CommandFailed
 from actors._runtime import Actor, Call, close_quietly, fail, resolve
 from actors.cache import CacheActor, RedisOp
 from hub.errors import BackendUnavailable, HubClosed
@@ -90,8 +91,10 @@ class QueryActor(Actor):
                 if op is not None:
                     try:
                         await self.cache.call(op)
-                    except BackendUnavailable:
-                        log.debug("read-through fill skipped: redis unavailable")
+                    except (BackendUnavailable, CommandFailed) as exc:
+                        # best effort: the answer stands without it (Redis down, full,
+                        # read-only); the cache actor keeps that key a miss meanwhile
+                        log.debug("read-through fill skipped: %s", exc)
         except (BackendUnavailable, QueryFailed) as exc:
             error = exc
         except asyncio.CancelledError:

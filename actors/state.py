@@ -187,6 +187,8 @@ class SQLiteStore:
                     results.append(handler(*op[1:]))
                     db.execute("RELEASE op")
                 except sqlite3.Error as exc:
+                    if not db.in_transaction:  # SQLite rolled it all back (a full disk)
+                        raise
                     db.execute("ROLLBACK TO op")
                     db.execute("RELEASE op")
                     results.append(exc)

@@ -102,6 +102,7 @@ class WriterActor(Actor):
         self._spool_streak = 0
         self._last_error = ""
         self._waiters: list[_Waiter] = []
+        self._absorbed: Sequence[Call] = ()  # the last batch taken into memory
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._room = asyncio.Event()  # set by the sender when memory shrinks or it fails
@@ -175,8 +176,16 @@ class WriterActor(Actor):
 
     # ---- intake -------------------------------------------------------------------
 
+    def fail_inflight(self, exc: BaseException) -> None:
+        """A crash (or the close) between draining a batch and taking it in: keep its
+        lines all the same, they were acknowledged."""
+        if self._inflight and self._inflight is not self._absorbed:
+            self._absorb(self._inflight)
+        super().fail_inflight(exc)
+
     def _absorb(self, batch: Sequence[Call]) -> None:
         """Take a drained batch into memory, synchronously (nothing can fail half-way)."""
+        self._absorbed = batch
         for call in batch:
             payload = call.payload
             if payload == FLUSH:

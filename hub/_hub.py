@@ -22,13 +22,14 @@ import orjson
 
 from actors._influx import InfluxBackend, InfluxClient, rows
 from actors._redis import CommandFailed, RedisBackend, make_client
-from actors._runtime import Supervisor
+from actors._runtime import Call, Supervisor
 from actors.cache import (
     NEAR_PREFIXES,
     CacheActor,
     RedisOp,
     WindowAnswer,
     op_barrier,
+    op_fill,
     op_get,
     op_get_pttl,
     op_newest_candles,
@@ -120,6 +121,8 @@ class Hub:
         self._tagged = self.config.redis.cluster is not None
         self._influx_factory = influx_backend
         self._supervisor: Supervisor | None = None
+        # restart budget and backoff of the actors (the fault tests shorten them)
+        self._supervision: dict[str, float] = {}
         self._metrics: Any = None
         self._cache: CacheActor | None = None
         self._writer: WriterActor | None = None
@@ -177,7 +180,7 @@ class Hub:
             )
             self._query = QueryActor(factory(), self._cache)
             actors += [self._writer, self._query]
-        self._supervisor = Supervisor()
+        self._supervisor = Supervisor(**self._supervision)
         try:
             await self._supervisor.start(actors)
         except BaseException:
@@ -372,9 +375,11 @@ class Hub:
         if accepted is not None:
             await self._deliver(self._begin(accepted))
 
-    async def _write_lines(self, lines: list[str], ids: list[int] | None = None) -> None:
+    async def _write_lines(self, lines: list[str], ids: list[int]) -> None:
+        """Hand durable lines (in the outbox already) to the writer: never waits, a full
+        writer must not hold up a write that is safe on disk."""
         if self._writer is not None:
-            await self._writer.tell(Lines(lines, ids))
+            self._writer.mailbox.send_past_bound(Call(Lines(lines, ids), None))
 
     async def _influx(self, query: Query) -> list[dict[str, Any]]:
         if self._query is None:
@@ -458,7 +463,7 @@ class Hub:
             found = rows(results[0]) if results else []
             if not found or found[0].get("last") is None:
                 return None
-            return op_set(key, orjson.dumps(_number(found[0]["last"])), ttl)
+            return op_fill(key, orjson.dumps(_number(found[0]["last"])), ttl)
 
         results = await self._influx(Query(
             ql.select_last_indicator(exchange, product, name, period_s,
@@ -831,7 +836,7 @@ class Hub:
         if stored is None:
             return None
         if ok:
-            await self._redis_write(op_set(key, stored, ttl))
+            await self._redis_write(op_fill(key, stored, ttl))
         loaded: dict[str, Any] = orjson.loads(stored)
         return loaded
 
@@ -870,8 +875,8 @@ class Hub:
         Raises BackendUnavailable if InfluxDB stays unreachable past
         ``influxdb.timeout`` (the writes are kept and retried)."""
         self._check_open()
-        if self._writer is not None:
-            await self._writer.call(FLUSH)
+        if self._writer is not None:  # past the bound: a flush waits for the lines, not room
+            await self._writer.call(FLUSH, past_bound=True)
 
     async def delete_data(self, start: str | int | float, stop: str | int | float,
                           predicate: str | None = None) -> None:
