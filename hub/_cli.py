@@ -106,7 +106,8 @@ def demo(config_path: str | None, data: str, duration: float, products: int,
 @config_option
 def doctor(config_path: str) -> None:
     """Check reachability, credentials, versions, database and retention, clock skew, hit
-    rate, spool and quarantine; say what to do about each problem. Exit code 1 on a FAIL."""
+    rate, spool and quarantine, free space under sqlite.path, and the running hub's health
+    (with metrics.port); say what to do about each problem. Exit code 1 on a FAIL."""
     from hub._doctor import examine
 
     try:

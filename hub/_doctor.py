@@ -5,11 +5,18 @@ Each check says what it found and, when something is wrong, what to do about it.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from actors._influx import InfluxClient, QueryFailed, rows
 from actors._redis import RedisUnreachable, make_client
@@ -17,6 +24,7 @@ from hub._config import HubConfig
 from hub.errors import BackendUnavailable
 
 SKEW_LIMIT = 2.0  # seconds
+LOW_DISK = 256 * 2**20  # bytes free under the SQLite file before doctor warns
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,9 @@ async def examine(config: HubConfig, config_path: str) -> list[Finding]:
     if config.influxdb.enabled:
         out += await _influx(config, config_path)
     out += _sqlite(config)
+    out += _disk(config)
+    if config.metrics.port is not None:
+        out += await asyncio.to_thread(_running_hub, config)
     return out
 
 
@@ -151,3 +162,49 @@ def _sqlite(config: HubConfig) -> list[Finding]:
                        "inspect them with `await hub.quarantined()` (field type conflicts "
                        "mean one field was written as two types)" if quarantined else ""))
     return out
+
+
+def _disk(config: HubConfig) -> list[Finding]:
+    """Room for the spool: InfluxDB outages are spooled to the disk under sqlite.path."""
+    directory = Path(config.sqlite.path).absolute().parent
+    while not directory.exists():
+        directory = directory.parent
+    if not os.access(directory, os.W_OK):
+        return [Finding("sqlite disk", "FAIL", f"{directory} is not writable",
+                        "durable writes and the spool need it: fix its permissions or "
+                        "mount, or point sqlite.path elsewhere")]
+    free = shutil.disk_usage(directory).free
+    if free < LOW_DISK:
+        return [Finding("sqlite disk", "warn", f"{free / 2**20:.0f} MiB free under {directory}",
+                        "an InfluxDB outage spools there; when it is full, writes are "
+                        "refused with BackendUnavailable: free space")]
+    return [Finding("sqlite disk", "ok", f"{free / 2**30:.1f} GiB free under {directory}")]
+
+
+def _running_hub(config: HubConfig) -> list[Finding]:
+    """The hub serving metrics on metrics.port: is it healthy, which actor is down."""
+    host = config.metrics.host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.metrics.port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            text = answer.read().decode()
+    except (OSError, urllib.error.URLError) as exc:
+        return [Finding("running hub", "ok", f"none serving metrics at {url} ({exc})")]
+    samples = {(s.name, s.labels.get("actor", "")): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    down = sorted(actor for (name, actor), value in samples.items()
+                  if name == "wolfhub_actor_down" and value)
+    problems = [f"actor {actor} is down (restarting)" for actor in down]
+    if samples.get(("wolfhub_writer_spool_blocked", "")):
+        problems.append("the SQLite spool cannot take lines (disk full or read-only)")
+    stale = samples.get(("wolfhub_cache_stale_keys", ""), 0)
+    if stale:
+        problems.append(f"{stale:.0f} Redis keys stale (Redis refused writes: OOM or READONLY)")
+    healthy = samples.get(("wolfhub_healthy", ""), 1) == 1
+    if not healthy and not down:
+        problems.append("an actor crashed more than 5 times in the last minute")
+    if not problems:
+        return [Finding("running hub", "ok", f"healthy ({url})")]
+    return [Finding("running hub", "warn" if healthy else "FAIL", "; ".join(problems),
+                    "the hub's log says why (tracebacks of the crashes, the Redis or SQLite "
+                    "error); it recovers by itself once the cause is gone")]

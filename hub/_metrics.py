@@ -34,11 +34,16 @@ class _HubCollector(Collector):
         depth = GaugeMetricFamily("wolfhub_mailbox_depth", "Messages waiting", labels=["actor"])
         restarts = CounterMetricFamily("wolfhub_actor_restarts", "Crash restarts",
                                        labels=["actor"])
+        down = GaugeMetricFamily("wolfhub_actor_down",
+                                 "1 while the actor crashed and waits to restart",
+                                 labels=["actor"])
         for actor, values in stats.items():
             depth.add_metric([actor], values["depth"])
             restarts.add_metric([actor], values["restarts"])
+            down.add_metric([actor], int(values["down"] is not None))
         yield depth
         yield restarts
+        yield down
         for actor, names in _COUNTERS.items():
             for name in names:
                 if actor in stats and name in stats[actor]:
@@ -50,6 +55,10 @@ class _HubCollector(Collector):
                                     value=stats["writer"]["pending"])
             yield GaugeMetricFamily("wolfhub_writer_spooling", "1 while writes go to the spool",
                                     value=int(stats["writer"]["spooling"]))
+            yield GaugeMetricFamily(
+                "wolfhub_writer_spool_blocked",
+                "1 while the SQLite spool cannot take lines (disk full, read-only)",
+                value=int(stats["writer"]["spool_error"] is not None))
         if "cache" in stats:
             yield GaugeMetricFamily("wolfhub_cache_available", "1 while Redis is in use",
                                     value=int(stats["cache"]["available"]))
@@ -57,6 +66,10 @@ class _HubCollector(Collector):
                 "wolfhub_cache_unavailable_slots",
                 "Redis Cluster slots whose master is down (served again once replaced)",
                 value=stats["cache"]["unavailable_slots"])
+            yield GaugeMetricFamily(
+                "wolfhub_cache_stale_keys",
+                "Keys whose write Redis refused (OOM, READONLY), read as misses until deleted",
+                value=stats["cache"]["stale_keys_pending"])
         near = stats.get("cache", {}).get("near_cache")
         if near:
             for name in ("hits", "misses", "invalidations"):
@@ -69,7 +82,8 @@ class _HubCollector(Collector):
             family = CounterMetricFamily(f"wolfhub_{name}", name.replace("_", " "))
             family.add_metric([], value)
             yield family
-        yield GaugeMetricFamily("wolfhub_healthy", "1 while every actor runs",
+        yield GaugeMetricFamily("wolfhub_healthy", "1 while every actor runs and none "
+                                "crashed more than 5 times in the last minute",
                                 value=int(self.hub.healthy))
 
 

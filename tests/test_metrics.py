@@ -43,6 +43,9 @@ async def test_metrics_are_served_and_follow_the_hub(config_data: dict[str, Any]
         assert "wolfhub_near_cache_hits_total" in text
         assert value(text, "wolfhub_cache_available") == 1
         assert value(text, "wolfhub_cache_unavailable_slots") == 0
+        assert value(text, 'wolfhub_actor_down{actor="writer"}') == 0
+        assert value(text, "wolfhub_writer_spool_blocked") == 0
+        assert value(text, "wolfhub_cache_stale_keys") == 0
     with pytest.raises(OSError):  # closed with the hub
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
