@@ -221,38 +221,33 @@ def _replace_escapes(text: str, chars: str) -> str:
     return text
 
 
-def _unescape_field_key(text: str) -> str:
-    """Left to right, a backslash before ',', '"', '=' or a space is dropped; any other
-    backslash is kept (so a backslash before a backslash escapes nothing)."""
+def _unescape_before(text: str, escapable: str) -> str:
+    """Left to right, a backslash before one of ``escapable`` is dropped; any other
+    backslash is kept."""
     if "\\" not in text:
         return text
     out: list[str] = []
     i = 0
     while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in ',"= ':
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in escapable:
             out.append(text[i + 1])
             i += 2
         else:
             out.append(text[i])
             i += 1
     return "".join(out)
+
+
+def _unescape_field_key(text: str) -> str:
+    """A backslash before ',', '"', '=' or a space is dropped; any other backslash is kept
+    (so a backslash before a backslash escapes nothing)."""
+    return _unescape_before(text, ',"= ')
 
 
 def _unescape_string(text: str) -> str:
     """A string field's text: ``\\"`` and ``\\\\`` are escapes, any other backslash is
     itself (read left to right, as InfluxDB does)."""
-    if "\\" not in text:
-        return text
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in '"\\':
-            out.append(text[i + 1])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    return _unescape_before(text, '"\\')
 
 
 def _scan_key(line: str) -> tuple[int, str, dict[str, str]]:

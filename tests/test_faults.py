@@ -25,6 +25,7 @@ from actors.cache import op_fill
 from hub import BackendUnavailable, Candle, Hub, HubConfig
 from hub import _keys as keys
 from hub._servers import LocalServers, RedisServer
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.anyio
 EX = "papertrader"
@@ -50,14 +51,6 @@ def report(fault: str, acknowledged: int, stored: int, **measured: int) -> None:
     extra = "".join(f" {name}={value}" for name, value in measured.items())
     print(f"\n{fault}: acknowledged={acknowledged} stored={stored} "
           f"lost={acknowledged - stored}{extra}")
-
-
-async def until(check: Any, within: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -150,7 +143,7 @@ async def test_spool_disk_full_is_backpressure_and_nothing_acknowledged_is_lost(
             else:
                 store.db.execute("PRAGMA max_page_count = 1073741823")
             servers.influx.start()
-            await until(hub_flushed(hub), within=60)
+            await eventually(hub_flushed(hub), within=60)
             stored = await counted(servers, db, "candle", "close")
             assert stored == acknowledged
             await hub.write_trade(EX, "FULL", T0 - 1, "buy", 1.0, 1.0, "after")
@@ -183,7 +176,7 @@ async def test_sqlite_file_removed_under_a_running_hub(
 
         async def spooled() -> bool:
             return bool((await hub.get_stats())["sqlite"]["outbox"])
-        await until(spooled)
+        await eventually(spooled, within=30)
         for suffix in ("", "-wal", "-shm"):  # as `rm data/wolfhub.sqlite*` would
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(str(path) + suffix)
@@ -192,7 +185,7 @@ async def test_sqlite_file_removed_under_a_running_hub(
         await hub.write_trade(EX, "RM", T0, "buy", 1.0, 1.0, "o1")
         assert await asyncio.to_thread(path.exists)  # noticed and recreated
         servers.influx.start()
-        await until(hub_flushed(hub), within=60)
+        await eventually(hub_flushed(hub), within=60)
         stored = await counted(servers, config.influxdb.bucket, "candle", "close")
         assert stored == len(candles)
         assert await counted(servers, config.influxdb.bucket, "trade", "price") == 1
@@ -310,7 +303,7 @@ async def test_influxdb_answering_500_503_and_late(fault_config: dict[str, Any],
                 await hub.write_candle(EX, "FLAKY", T0 + 60 * acknowledged, 1, 2, 0.5, 1.5, i)
                 acknowledged += 1
             await asyncio.sleep(2.0)
-        await until(hub_flushed(hub), within=60)
+        await eventually(hub_flushed(hub), within=60)
         writer = (await hub.get_stats())["actors"]["writer"]
         assert writer["retries"] >= 1 and writer["restarts"] == 0
         # Retry-After: 1 was heeded: a handful of attempts in the 503 seconds, not a storm
@@ -478,7 +471,7 @@ async def test_redis_loading_its_dataset(fault_config: dict[str, Any], servers: 
             async def back() -> bool:
                 stats = (await hub.get_stats())["actors"]["cache"]
                 return bool(stats["available"]) and not await asyncio.to_thread(redis._loading)
-            await until(back, within=60)
+            await eventually(back, within=60)
             await probe.write(3.0)
             await hub.flush()
             await probe.check()
@@ -536,8 +529,8 @@ async def test_a_crash_in_each_actor_loses_nothing_acknowledged(
 
         async def healthy() -> bool:
             return hub.healthy
-        await until(healthy, within=30)
-        await until(hub_flushed(hub), within=30)
+        await eventually(healthy, within=30)
+        await eventually(hub_flushed(hub), within=30)
         stored = await counted(servers, config.influxdb.bucket, "candle", "close")
         assert stored == acknowledged and acknowledged > 0
         assert await counted(servers, config.influxdb.bucket, "trade", "price") == trades
@@ -584,8 +577,8 @@ async def test_an_actor_crashing_past_its_budget_shows_in_stats_metrics_and_doct
 
         async def healthy() -> bool:
             return hub.healthy
-        await until(healthy, within=30)
-        await until(hub_flushed(hub), within=30)
+        await eventually(healthy, within=30)
+        await eventually(hub_flushed(hub), within=30)
         running = next(f for f in await examine(config, "") if f.check == "running hub")
         assert running.status == "ok", running
         assert writer.restarts >= 9
