@@ -52,6 +52,13 @@ class Unavailable(BackendUnavailable):
         self.retry_after = retry_after
 
 
+def _describe(exc: BaseException) -> str:
+    """A transport error in words (a timeout's own text is empty)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer in time (influxdb.timeout)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _retry_after(headers: Any) -> float | None:
     try:
         value = float(headers.get("Retry-After", ""))
@@ -154,7 +161,7 @@ class InfluxClient:
             raise Unavailable(f"HTTP {exc.status}: {reason}",
                               _retry_after(exc.headers)) from exc
         except _TRANSIENT as exc:
-            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise Unavailable(_describe(exc)) from exc
 
     async def query(self, text: str, epoch: str = "s") -> list[dict[str, Any]]:
         """Run statements; returns one result dict per statement (``series`` may be absent).
@@ -174,7 +181,7 @@ class InfluxClient:
                 status = resp.status
                 packed = resp.content_type == "application/x-msgpack"
         except _TRANSIENT as exc:
-            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise Unavailable(_describe(exc)) from exc
         if status >= 500 or status == 429:
             raise Unavailable(f"HTTP {status}: {body[:200]!r}")
         try:
@@ -201,7 +208,7 @@ class InfluxClient:
         try:
             headers: dict[str, str] = await self._client.ping()
         except _TRANSIENT as exc:
-            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise Unavailable(_describe(exc)) from exc
         return headers
 
     async def close(self) -> None:
