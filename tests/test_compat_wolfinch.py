@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -184,8 +183,12 @@ def test_candle_database_save_and_restart_import_with_wolfinch_candles(
                                 end_time=1697529780, limit=10000)
     assert [(cd["timestamp"], cd["open"], cd["volume"]) for cd in cold] == [
         (1697529600 + 60 * i, 100.0 + i, 7.0) for i in range(4)]
-    # records cross Wolfinch's UI pipe (pickle) and its JSON with `default=serialize`
-    sent = pickle.loads(pickle.dumps(imported[-1]))
+    # records cross Wolfinch's UI pipe (a multiprocessing Pipe) and its JSON with
+    # `default=serialize`
+    ours, theirs = multiprocessing.Pipe()
+    with ours, theirs:
+        ours.send(imported[-1])
+        sent = theirs.recv()
     assert sent == imported[-1] and sent.time == 1697529900
     body = json.dumps([{"ohlc": sent}], default=lambda o: o.serialize())
     assert json.loads(body) == [{"ohlc": {"time": 1697529900, "open": 105.0, "high": 106.0,
