@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from actors._redis import (
+from actors.backends.redis import (
     Command,
     CommandFailed,
     RedisBackend,
@@ -26,11 +26,11 @@ from actors._redis import (
     ScriptMissing,
     SlotsUnavailable,
 )
-from actors._runtime import Actor, Call, cancel_and_wait, close_quietly, fail, resolve
 from actors.near import NearCache
-from hub._keys import PREFIXES, glob_literal
-from hub._records import Candle
-from hub.errors import BackendUnavailable
+from actors.runtime import Actor, Call, cancel_and_wait, close_quietly, fail, resolve
+from hubdomain.errors import BackendUnavailable
+from hubdomain.keys import PREFIXES, glob_literal
+from hubdomain.records import Candle
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from actors._influx import InfluxBackend, QueryFailed
-from actors._redis import CommandFailed
-from actors._runtime import Actor, Call, close_quietly, fail, resolve
+from actors.backends.influx import InfluxBackend, QueryFailed
+from actors.backends.redis import CommandFailed
 from actors.cache import CacheActor, RedisOp
-from hub.errors import BackendUnavailable, HubClosed
+from actors.runtime import Actor, Call, close_quietly, fail, resolve
+from hubdomain.errors import BackendUnavailable, HubClosed
 
 log = logging.getLogger(__name__)
 

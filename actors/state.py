@@ -29,8 +29,8 @@ from typing import IO, Any
 import anyio.to_thread
 from anyio import CapacityLimiter
 
-from actors._runtime import Actor, Call, fail, resolve
-from hub.errors import BackendUnavailable
+from actors.runtime import Actor, Call, fail, resolve
+from hubdomain.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -43,10 +43,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from actors._influx import InfluxBackend, WriteRejected
-from actors._runtime import Actor, Call, close_quietly, fail, resolve
+from actors.backends.influx import InfluxBackend, WriteRejected
+from actors.runtime import Actor, Call, close_quietly, fail, resolve
 from actors.state import StateActor
-from hub.errors import BackendUnavailable
+from hubdomain.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ one awaitable API::
 
 from __future__ import annotations
 
-from hub._config import HubConfig
 from hub._hub import Hub
-from hub._records import Candle, Trade
 from hub.errors import BackendUnavailable, HubClosed, HubError, ValidationError
+from hubdomain.config import HubConfig
+from hubdomain.records import Candle, Trade
 
 __all__ = [
     "BackendUnavailable",

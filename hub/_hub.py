@@ -20,9 +20,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from actors._influx import InfluxBackend, InfluxClient, rows
-from actors._redis import CommandFailed, RedisBackend, make_client
-from actors._runtime import Call, Supervisor
+from actors.backends.influx import InfluxBackend, InfluxClient, rows
+from actors.backends.redis import CommandFailed, RedisBackend, make_client
 from actors.cache import (
     NEAR_PREFIXES,
     CacheActor,
@@ -42,16 +41,17 @@ from actors.cache import (
 )
 from actors.near import NearCache
 from actors.query import Query, QueryActor
+from actors.runtime import Call, Supervisor
 from actors.state import StateActor
 from actors.writer import FLUSH, Lines, WriterActor
-from hub import _influxql as ql
-from hub import _keys as keys
-from hub import _lineproto as lp
-from hub import _validate as v
-from hub._config import HubConfig
-from hub._fieldtypes import FieldTypes
-from hub._records import Candle, Trade
-from hub.errors import BackendUnavailable, HubClosed, HubError, ValidationError
+from hubdomain import influxql as ql
+from hubdomain import keys
+from hubdomain import lineproto as lp
+from hubdomain import validate as v
+from hubdomain.config import HubConfig
+from hubdomain.errors import BackendUnavailable, HubClosed, HubError, ValidationError
+from hubdomain.fieldtypes import FieldTypes
+from hubdomain.records import Candle, Trade
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -117,7 +117,7 @@ class Hub:
         self._sigterm_loop: asyncio.AbstractEventLoop | None = None
         self._terminating: asyncio.Task[None] | None = None
         self._redis_backend = redis_backend
-        # Redis Cluster: keys carry a hash tag per product (see hub._keys)
+        # Redis Cluster: keys carry a hash tag per product (see hubdomain.keys)
         self._tagged = self.config.redis.cluster is not None
         self._influx_factory = influx_backend
         self._supervisor: Supervisor | None = None
@@ -189,10 +189,11 @@ class Hub:
             raise
         self._state = _State.OPEN
         if cfg.metrics.port is not None:
-            from hub._metrics import HubMetrics  # prometheus-client only when asked for
+            from hub._metrics import HubMetrics, Observed  # prometheus-client when asked for
 
+            observed = Observed(self._actor_statistics, self._counters, lambda: self.healthy)
             try:
-                self._metrics = HubMetrics(self, cfg.metrics.host, cfg.metrics.port)
+                self._metrics = HubMetrics(observed, cfg.metrics.host, cfg.metrics.port)
             except OSError as exc:
                 await self.close()
                 raise BackendUnavailable(

@@ -7,15 +7,22 @@ hub's hot paths pay nothing for it (only mailbox calls are timed, into a histogr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from hub._hub import Hub
+
+@dataclass(frozen=True)
+class Observed:
+    """What the collector reads at each scrape (the hub hands these over)."""
+
+    actor_statistics: Callable[[], dict[str, dict[str, Any]]]
+    counters: Mapping[str, int]
+    healthy: Callable[[], bool]
 
 _COUNTERS = {
     "writer": ("points_written", "posts", "retries", "quarantined", "spooled", "replayed"),
@@ -26,11 +33,11 @@ _COUNTERS = {
 
 
 class _HubCollector(Collector):
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, observed: Observed) -> None:
+        self.observed = observed
 
     def collect(self) -> Iterator[Any]:
-        stats = self.hub._actor_statistics()
+        stats = self.observed.actor_statistics()
         depth = GaugeMetricFamily("wolfhub_mailbox_depth", "Messages waiting", labels=["actor"])
         restarts = CounterMetricFamily("wolfhub_actor_restarts", "Crash restarts",
                                        labels=["actor"])
@@ -78,25 +85,25 @@ class _HubCollector(Collector):
                 yield family
             yield GaugeMetricFamily("wolfhub_near_cache_entries", "Values held in-process",
                                     value=near["entries"])
-        for name, value in self.hub._counters.items():
+        for name, value in self.observed.counters.items():
             family = CounterMetricFamily(f"wolfhub_{name}", name.replace("_", " "))
             family.add_metric([], value)
             yield family
         yield GaugeMetricFamily("wolfhub_healthy", "1 while every actor runs and none "
                                 "crashed more than 5 times in the last minute",
-                                value=int(self.hub.healthy))
+                                value=int(self.observed.healthy()))
 
 
 class HubMetrics:
     """The registry, the latency histogram and the HTTP server of one hub."""
 
-    def __init__(self, hub: Hub, host: str, port: int) -> None:
+    def __init__(self, observed: Observed, host: str, port: int) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "wolfhub_call_seconds", "Mailbox round trip of a call, by actor", ["actor"],
             registry=self.registry,
             buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.25, 1.0, 5.0))
-        self.registry.register(_HubCollector(hub))
+        self.registry.register(_HubCollector(observed))
         self.server, self.thread = start_http_server(port, host, registry=self.registry)
 
     def observer(self, actor: str) -> Any:

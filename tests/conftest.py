@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from hub import Hub, HubConfig
-from hub._servers import LocalServers
+from wolfhub.servers import LocalServers
 
 
 @pytest.fixture(scope="session", params=[

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from actors._influx import WriteRejected
-from actors._runtime import Actor, Mailbox, MailboxFull, Supervisor, resolve
+from actors.backends.influx import WriteRejected
 from actors.query import Query, QueryActor
+from actors.runtime import Actor, Mailbox, MailboxFull, Supervisor, resolve
 from actors.state import StateActor
 from actors.writer import FLUSH, Lines, WriterActor
 from hub.errors import BackendUnavailable, HubClosed
@@ -121,7 +121,7 @@ async def test_writer_retries_transient_failures_in_order(writer_env: Any) -> No
 
 
 async def test_retry_after_is_honoured() -> None:
-    from actors._influx import Unavailable
+    from actors.backends.influx import Unavailable
 
     class Busy(FakeInflux):
         def __init__(self) -> None:
@@ -343,8 +343,8 @@ async def test_close_is_bounded_even_when_an_actor_hangs() -> None:
 
 
 def test_window_pushes_to_one_key_are_coalesced_in_order() -> None:
-    from actors._runtime import Call
     from actors.cache import coalesce, decode_candle, op_get, op_push_candles
+    from actors.runtime import Call
     from hub import Candle
 
     def c(ts: int, close: float) -> Candle:

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from hub import Candle, Hub, HubClosed, HubConfig, Trade
-from hub._servers import LocalServers
 from tests.conftest import redis_command
+from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "BANKNIFTY-FUT"

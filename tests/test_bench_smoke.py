@@ -13,7 +13,7 @@ from bench._dropin import dropin
 from bench._report import chart, markdown, save
 from bench._scale import CLUSTER_WORKLOAD, WORKLOADS, scale_out
 from bench._suites import Bench, Results, Sizes
-from hub._servers import LocalServers, RedisClusterServers
+from wolfhub.servers import LocalServers, RedisClusterServers
 
 
 def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:

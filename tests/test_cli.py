@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from hub._servers import free_port
 from tests.conftest import wolfhub
+from wolfhub.servers import free_port
 
 
 def test_up_status_stats_down(tmp_path: Path) -> None:
@@ -67,9 +67,9 @@ def test_example_and_the_seeds_log_lines(tmp_path: Path) -> None:
     assert summary["candles_written"] == 240 and summary["trades"] == 1
     assert summary["position"]["size"] == 1.0
     # the seed's connect lines, in the seed's format
-    assert "[INFO:actors._redis] Redis connected: 127.0.0.1:" in result.stderr
+    assert "[INFO:actors.backends.redis] Redis connected: 127.0.0.1:" in result.stderr
     assert " db=0" in result.stderr
-    assert "[INFO:actors._influx] InfluxDB connected: http://127.0.0.1:" in result.stderr
+    assert "[INFO:actors.backends.influx] InfluxDB connected: http://127.0.0.1:" in result.stderr
 
 
 def test_up_with_a_local_cluster(tmp_path: Path) -> None:

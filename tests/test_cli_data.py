@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from hub._servers import LocalServers
 from tests.conftest import redis_command, wolfhub
+from wolfhub.servers import LocalServers
 
 T0 = 1697529600
 

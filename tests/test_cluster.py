@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from hub import BackendUnavailable, Candle, Hub, HubConfig
-from hub._servers import LocalServers, RedisClusterServers, RedisServer, make_certificates
 from hub.compat import wolfinch
 from tests.conftest import eventually, failover_under_load, wolfhub
+from wolfhub.servers import LocalServers, RedisClusterServers, RedisServer, make_certificates
 
 pytestmark = pytest.mark.anyio
 EX = "binance"

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from hub import Candle, ValidationError
-from hub import _influxql as ql
-from hub import _keys as keys
-from hub import _lineproto as lp
-from hub import _validate as v
+from hubdomain import influxql as ql
+from hubdomain import keys
+from hubdomain import lineproto as lp
+from hubdomain import validate as v
 
 
 def test_line_protocol_escapes_tag_specials() -> None:

@@ -27,10 +27,10 @@ import pytest
 from influxdb_client import Point, WritePrecision
 
 from hub import ValidationError
-from hub._servers import LocalServers
 from hub.compat import wolfinch
 from hub.compat._runtime import runtime
 from tests.conftest import redis_command
+from wolfhub.servers import LocalServers
 
 EX, PR = "papertrader", "BANKNIFTY-FUT"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hub import Hub, HubConfig
-from hub._servers import LocalServers
 from tests.conftest import redis_command
+from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "BANKNIFTY-FUT"

@@ -29,12 +29,12 @@ from typing import Any
 import pytest
 
 from hub import Candle, Hub, HubConfig, ValidationError
-from hub import _influxql as ql
-from hub import _keys as keys
-from hub import _lineproto as lp
-from hub._servers import LocalServers
 from hub.compat._records import points
+from hubdomain import influxql as ql
+from hubdomain import keys
+from hubdomain import lineproto as lp
 from tests.conftest import redis_command
+from wolfhub.servers import LocalServers
 
 DATA = Path(__file__).parent / "data"
 EX, PR = "papertrader", "BANKNIFTY-FUT"

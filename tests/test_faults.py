@@ -23,9 +23,9 @@ import pytest
 
 from actors.cache import op_fill
 from hub import BackendUnavailable, Candle, Hub, HubConfig
-from hub import _keys as keys
-from hub._servers import LocalServers, RedisServer
+from hubdomain import keys
 from tests.conftest import eventually
+from wolfhub.servers import LocalServers, RedisServer
 
 pytestmark = pytest.mark.anyio
 EX = "papertrader"
@@ -540,8 +540,8 @@ async def test_a_crash_in_each_actor_loses_nothing_acknowledged(
 
 async def test_an_actor_crashing_past_its_budget_shows_in_stats_metrics_and_doctor(
         fault_config: dict[str, Any], servers: LocalServers) -> None:
-    from hub._doctor import examine
-    from hub._servers import free_port
+    from wolfhub.doctor import examine
+    from wolfhub.servers import free_port
 
     fault_config["metrics"] = {"port": free_port()}
     config = HubConfig.from_mapping(fault_config, environ={})
@@ -589,7 +589,7 @@ async def test_an_actor_crashing_past_its_budget_shows_in_stats_metrics_and_doct
 
 async def test_doctor_warns_of_a_small_or_read_only_disk_under_sqlite(
         fault_config: dict[str, Any], tmp_path: Path) -> None:
-    from hub._doctor import examine
+    from wolfhub.doctor import examine
 
     with small_disk(tmp_path / "doctor", size="8m") as disk:
         if disk is None:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from hub import Candle, Hub, ValidationError
-from hub._servers import LocalServers
 from tests.conftest import redis_command
+from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
 T0 = 1697529600

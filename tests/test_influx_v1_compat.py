@@ -19,9 +19,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from actors._influx import InfluxClient, QueryFailed
+from actors.backends.influx import InfluxClient, QueryFailed
 from hub import BackendUnavailable, Hub, HubConfig
-from hub._servers import free_port
+from wolfhub.servers import free_port
 
 pytestmark = pytest.mark.anyio
 TOKEN = "s3cr3t-t0ken-for-tests"

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
 from hub import Hub, HubConfig, ValidationError
-from hub import _lineproto as lp
 from hub.compat._records import points
+from hubdomain import lineproto as lp
 
 
 def lines(record: object, precision: str) -> list[str]:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from hub import Hub, HubConfig
-from hub._servers import LocalServers, RedisClusterServers
 from tests.conftest import redis_command
+from wolfhub.servers import LocalServers, RedisClusterServers
 
 pytestmark = pytest.mark.anyio
 CHILD = Path(__file__).with_name("_child.py")

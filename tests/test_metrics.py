@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hub import BackendUnavailable, Hub, HubConfig
-from hub._servers import free_port
+from wolfhub.servers import free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,8 @@ import pytest
 
 from actors.near import NearCache
 from hub import Hub, HubConfig
-from hub._servers import LocalServers
 from tests.conftest import eventually, redis_command
+from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "BANKNIFTY-FUT"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from hub import Candle, Hub, HubConfig, ValidationError
-from hub._servers import LocalServers
 from tests.conftest import eventually
+from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "BANKNIFTY-FUT"

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub import Candle, Hub, HubConfig, ValidationError
-from hub._servers import LocalServers
+from wolfhub.servers import LocalServers
 
 T0 = 1697529600
 _BAD = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
@@ -26,7 +26,7 @@ PROPERTY = settings(max_examples=60, deadline=None,
 
 
 def storable(name: str) -> bool:
-    """The contract's rule, written independently of hub._validate: no control or
+    """The contract's rule, written independently of hubdomain.validate: no control or
     invisible characters (the contract's choice for names), and no trailing backslash
     (line protocol cannot carry it; any other backslash is carried)."""
     if not name or any(unicodedata.category(ch) in _BAD for ch in name):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hub import BackendUnavailable, Hub, HubConfig
-from hub._servers import InfluxServer, RedisServer, make_certificates
+from wolfhub.servers import InfluxServer, RedisServer, make_certificates
 
 pytestmark = pytest.mark.anyio
 REDIS_PW = "r3dis-pw-Zq9"

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from hub import Hub, HubConfig
-from hub._servers import LocalServers, RedisServer, SentinelServer
 from tests.conftest import failover_under_load
+from wolfhub.servers import LocalServers, RedisServer, SentinelServer
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "BANKNIFTY-FUT"

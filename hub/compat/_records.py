@@ -14,10 +14,10 @@ import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from hub import _lineproto as lp
-from hub import _validate as v
-from hub._records import Candle
-from hub.errors import ValidationError
+from hubdomain import lineproto as lp
+from hubdomain import validate as v
+from hubdomain.errors import ValidationError
+from hubdomain.records import Candle
 
 _KEYS = ("timestamp", "open", "high", "low", "close", "volume")
 

@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
-from hub._config import HubConfig
 from hub._hub import Accepted, Hub
-from hub.errors import BackendUnavailable, HubClosed, ValidationError
+from hubdomain.config import HubConfig
+from hubdomain.errors import BackendUnavailable, HubClosed, ValidationError
 
 log = logging.getLogger("hub.compat.wolfinch")
 T = TypeVar("T")

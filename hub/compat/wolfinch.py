@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 import orjson
 
 from actors.cache import RedisOp
-from hub import _validate as v
 from hub._hub import Accepted, Hub
 from hub.compat._records import CandleRecord, points
 from hub.compat._runtime import runtime
-from hub.errors import BackendUnavailable, HubClosed, HubError, ValidationError
+from hubdomain import validate as v
+from hubdomain.errors import BackendUnavailable, HubClosed, HubError, ValidationError
 
 __all__ = [
     "CandleRecord",

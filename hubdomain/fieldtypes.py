@@ -23,9 +23,9 @@ import threading
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
-from hub import _validate as v
-from hub._lineproto import FieldValue
-from hub.errors import ValidationError
+from hubdomain import validate as v
+from hubdomain.errors import ValidationError
+from hubdomain.lineproto import FieldValue
 
 EXACT_FLOAT_INT = 2**53
 

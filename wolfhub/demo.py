@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from hub._config import HubConfig
 from hub._hub import Hub
-from hub._records import Candle
+from hubdomain.config import HubConfig
+from hubdomain.records import Candle
 
 EXCHANGE = "papertrader"
 PRODUCTS = ["BANKNIFTY-FUT", "NIFTY-FUT", "FINNIFTY-FUT", "MIDCPNIFTY-FUT", "SENSEX-FUT",

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import anyio
 import click
 
-from hub._config import HubConfig
 from hub._hub import Hub
-from hub._servers import LocalServers, RedisClusterServers, free_port
-from hub.errors import HubError, ValidationError
+from hubdomain.config import HubConfig
+from hubdomain.errors import HubError, ValidationError
+from wolfhub.servers import LocalServers, RedisClusterServers, free_port
 
 DEFAULT_CONFIG = "config/cache_db.yml"
 
@@ -80,7 +80,7 @@ def _run_job(config_path: str | None, data: str, name: str, job: Any) -> Any:
 @click.option("--candles", default=600, show_default=True, help="1-minute candles per product.")
 def example(config_path: str | None, data: str, candles: int) -> None:
     """Open a hub, write and read candles, indicators, a trade and a position."""
-    from hub._example import run
+    from wolfhub.example import run
 
     summary = _run_job(config_path, data, "example", lambda cfg: run(cfg, candles))
     click.echo(json.dumps(summary, indent=2, default=str))
@@ -95,7 +95,7 @@ def example(config_path: str | None, data: str, candles: int) -> None:
 def demo(config_path: str | None, data: str, duration: float, products: int,
          speed: float) -> None:
     """Simulated papertrader feed + EMA/RSI strategies on the hub, with a live view."""
-    from hub._demo import run as run_demo
+    from wolfhub.demo import run as run_demo
 
     summary = _run_job(config_path, data, "demo",
                        lambda cfg: run_demo(cfg, duration, products, speed))
@@ -108,7 +108,7 @@ def doctor(config_path: str) -> None:
     """Check reachability, credentials, versions, database and retention, clock skew, hit
     rate, spool and quarantine, free space under sqlite.path, and the running hub's health
     (with metrics.port); say what to do about each problem. Exit code 1 on a FAIL."""
-    from hub._doctor import examine
+    from wolfhub.doctor import examine
 
     try:
         findings = _run(examine(_config_or_default(config_path), config_path))
@@ -131,7 +131,7 @@ def doctor(config_path: str) -> None:
 def backup_cmd(config_path: str, folder: str, influx_rpc: str | None) -> None:
     """InfluxDB (influxd backup -portable), the SQLite state and a Redis snapshot
     (BGSAVE, when Redis runs on this machine), into one new folder."""
-    from hub._backup import backup, default_rpc
+    from wolfhub.backup import backup, default_rpc
 
     cfg = _config_or_default(config_path)
     try:
@@ -154,7 +154,7 @@ def restore_cmd(config_path: str, folder: str, influx_rpc: str | None, database:
                 force: bool) -> None:
     """Restore what `backup` wrote (stop hubs using the SQLite file first). Redis is a
     cache and refills by itself."""
-    from hub._backup import default_rpc, restore
+    from wolfhub.backup import default_rpc, restore
 
     cfg = _config_or_default(config_path)
     try:
@@ -177,8 +177,8 @@ def retention_apply(config_path: str) -> None:
     (candles 90d, indicators 30d, trades 365d, metrics 180d by default) and a continuous
     query that downsamples 1-minute candles to 1 hour. Hubs write and read there when
     influxdb.retention.enabled is true."""
-    from actors._influx import InfluxClient, QueryFailed, rows
-    from hub import _influxql as ql
+    from actors.backends.influx import InfluxClient, QueryFailed, rows
+    from hubdomain import influxql as ql
 
     cfg = _config_or_default(config_path)
     db = cfg.influxdb.bucket

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors._influx import InfluxClient, QueryFailed, rows
-from actors._redis import RedisUnreachable, make_client
-from hub._config import HubConfig
-from hub.errors import BackendUnavailable
+from actors.backends.influx import InfluxClient, QueryFailed, rows
+from actors.backends.redis import RedisUnreachable, make_client
+from hubdomain.config import HubConfig
+from hubdomain.errors import BackendUnavailable
 
 SKEW_LIMIT = 2.0  # seconds
 LOW_DISK = 256 * 2**20  # bytes free under the SQLite file before doctor warns

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub._influxql import ident, literal
-from hub.errors import BackendUnavailable
+from hubdomain.errors import BackendUnavailable
+from hubdomain.influxql import ident, literal
 
 log = logging.getLogger(__name__)
 

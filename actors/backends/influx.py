@@ -18,9 +18,9 @@ import aiohttp
 import msgpack
 import orjson
 
-from hub._config import InfluxConfig
-from hub._influxql import create_database, retention_statements
-from hub.errors import BackendUnavailable, HubError
+from hubdomain.config import InfluxConfig
+from hubdomain.errors import BackendUnavailable, HubError
+from hubdomain.influxql import create_database, retention_statements
 
 with warnings.catch_warnings():
     # aioinflux warns at import when pandas is absent; the hub never uses DataFrames.

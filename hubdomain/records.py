@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub import _validate as v
-from hub.errors import ValidationError
+from hubdomain import validate as v
+from hubdomain.errors import ValidationError
 
 __all__ = ["Candle", "Trade"]
 

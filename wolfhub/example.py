@@ -7,9 +7,9 @@ import random
 import time
 from typing import Any
 
-from hub._config import HubConfig
 from hub._hub import Hub
-from hub._records import Candle
+from hubdomain.config import HubConfig
+from hubdomain.records import Candle
 
 EXCHANGE = "papertrader"
 PRODUCTS = ("BANKNIFTY-FUT", "NIFTY-FUT")

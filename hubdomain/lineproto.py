@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from hub._records import Candle
-from hub.errors import ValidationError
+from hubdomain.errors import ValidationError
+from hubdomain.records import Candle
 
 _TAG_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import redis
 
-from hub._config import HubConfig
-from hub._servers import _binary
-from hub.errors import BackendUnavailable, HubError
+from hubdomain.config import HubConfig
+from hubdomain.errors import BackendUnavailable, HubError
+from wolfhub.servers import _binary
 
 
 def default_rpc(config: HubConfig) -> str:

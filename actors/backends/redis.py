@@ -18,10 +18,10 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from actors._runtime import cancel_and_wait
-from hub._config import RedisConfig
-from hub._keys import PREFIXES, glob_literal
-from hub.errors import BackendUnavailable, HubError
+from actors.runtime import cancel_and_wait
+from hubdomain.config import RedisConfig
+from hubdomain.errors import BackendUnavailable, HubError
+from hubdomain.keys import PREFIXES, glob_literal
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from hub._lineproto import seconds_to_ns
-from hub.errors import ValidationError
+from hubdomain.errors import ValidationError
+from hubdomain.lineproto import seconds_to_ns
 
 CANDLE_FIELDS = ("open", "high", "low", "close", "volume")
 _INTERVAL = re.compile(r"^([1-9][0-9]*)(s|m|h|d|w)$")

@@ -18,8 +18,8 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from hub._influxql import RP_1H, RP_NAMES
-from hub.errors import ValidationError
+from hubdomain.errors import ValidationError
+from hubdomain.influxql import RP_1H, RP_NAMES
 
 __all__ = ["HubConfig"]
 

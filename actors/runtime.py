@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from hub.errors import BackendUnavailable, HubClosed, HubError
+from hubdomain.errors import BackendUnavailable, HubClosed, HubError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from hub.errors import ValidationError
+from hubdomain.errors import ValidationError
 
 # Unix times (seconds) whose nanosecond values InfluxDB stores (1677-09-21 to 2262-04-11;
 # it reserves the two extreme int64 values).

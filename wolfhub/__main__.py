@@ -1,0 +1,5 @@
+"""``python -m wolfhub``: the ``wolfhub`` command."""
+
+from wolfhub.cli import main
+
+main()
