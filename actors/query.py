@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from actors.backends.influx import InfluxBackend, QueryFailed
 from actors.backends.redis import CommandFailed
-from actors.cache import CacheActor, RedisOp
-from actors.runtime import Actor, Call, close_quietly, fail, resolve
+from actors.cache.actor import CacheActor
+from actors.cache.ops import RedisOp
+from actors.runtime import Actor, Envelope, Request, close_quietly, fail, resolve
 from hubdomain.errors import BackendUnavailable, HubClosed
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Query:
+class Query(Request[list[dict[str, Any]]]):
     """Run ``text``; when ``key`` is set, concurrent equal keys share one run.
 
     ``fill`` builds a Redis op from the answer (read-through); it is sent to the
@@ -33,7 +34,7 @@ class Query:
     text: str
     epoch: str = "s"
     key: str | None = None
-    fill: Any = None  # Callable[[list[dict]], RedisOp | None]
+    fill: Callable[[list[dict[str, Any]]], RedisOp[Any] | None] | None = None
 
 
 class QueryActor(Actor):
@@ -63,9 +64,14 @@ class QueryActor(Actor):
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def handle(self, batch: Sequence[Call]) -> None:
+    async def run_query(self, query: Query) -> list[dict[str, Any]]:
+        """The statements' results, one dict per statement (``series`` may be absent).
+        Raises BackendUnavailable, QueryFailed."""
+        return await self.ask(query)
+
+    async def handle(self, batch: Sequence[Envelope]) -> None:
         for call in batch:
-            query: Query = call.payload
+            query: Query = call.message
             if call.future is None:
                 continue
             if query.key is not None:
@@ -87,10 +93,10 @@ class QueryActor(Actor):
                 self.queries += 1
                 results = await self.backend.query(query.text, epoch=query.epoch)
             if query.fill is not None and self.cache is not None:
-                op: RedisOp | None = query.fill(results)
+                op: RedisOp[Any] | None = query.fill(results)
                 if op is not None:
                     try:
-                        await self.cache.call(op)
+                        await self.cache.perform(op)
                     except (BackendUnavailable, CommandFailed) as exc:
                         # best effort: the answer stands without it (Redis down, full,
                         # read-only); the cache actor keeps that key a miss meanwhile

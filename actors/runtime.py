@@ -20,6 +20,7 @@ from hubdomain.errors import BackendUnavailable, HubClosed, HubError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class MailboxFull(HubError):
@@ -112,11 +113,18 @@ class Mailbox(Generic[T]):
         }
 
 
-@dataclass(slots=True)
-class Call:
-    """One message: what to do, and where to put the answer (None: fire and forget)."""
+class Request(Generic[R]):
+    """A message answered with an ``R``: :meth:`Actor.ask` returns what its actor
+    resolves it with, so each actor's typed methods are checked end to end."""
 
-    payload: Any
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class Envelope:
+    """A message in a mailbox, and where its answer goes (None: nobody waits for one)."""
+
+    message: Any
     future: asyncio.Future[Any] | None
 
 
@@ -131,14 +139,17 @@ def fail(future: asyncio.Future[Any] | None, exc: BaseException) -> None:
 
 
 class Actor:
-    """Base actor: ``setup`` (connect), ``handle`` each drained batch, ``teardown``."""
+    """Base actor: ``setup`` (connect), ``handle`` each drained batch, ``teardown``.
+
+    Callers use the typed methods each actor defines over :meth:`ask` (a request and
+    its reply) and :meth:`tell` (fire and forget)."""
 
     name = "actor"
     batch_limit = 512
 
     def __init__(self, mailbox_size: int = 10_000) -> None:
-        self.mailbox: Mailbox[Call] = Mailbox(self.name, mailbox_size)
-        self._inflight: Sequence[Call] = ()
+        self.mailbox: Mailbox[Envelope] = Mailbox(self.name, mailbox_size)
+        self._inflight: Sequence[Envelope] = ()
         self.restarts = 0
         self.observe: Callable[[float], None] | None = None  # call latency, when measured
         # why the actor is not running (crashed, waiting to restart); calls fail at once
@@ -150,32 +161,36 @@ class Actor:
     async def teardown(self) -> None:
         """Release connections; must not raise."""
 
-    async def handle(self, batch: Sequence[Call]) -> None:
+    async def handle(self, batch: Sequence[Envelope]) -> None:
         raise NotImplementedError
 
-    async def call(self, payload: Any, past_bound: bool = False) -> Any:
-        """Send ``payload`` and wait for the reply. Raises BackendUnavailable at once while
-        the actor is down (crashed and waiting to restart). ``past_bound``: queue it even
-        when the mailbox is full (see Mailbox.send_past_bound)."""
+    async def ask(self, request: Request[R], *, past_bound: bool = False) -> R:
+        """Send ``request`` and wait for its answer. Raises BackendUnavailable at once
+        while the actor is down (crashed and waiting to restart). ``past_bound``: queue
+        it even when the mailbox is full (see Mailbox.send_past_bound)."""
         if self.down is not None:
             raise BackendUnavailable(self.name, self.down)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         if past_bound:
-            self.mailbox.send_past_bound(Call(payload, future))
+            self.mailbox.send_past_bound(Envelope(request, future))
             return await future
         if self.observe is None:
-            await self.mailbox.send(Call(payload, future))
+            await self.mailbox.send(Envelope(request, future))
             return await future
         began = time.perf_counter()
         try:
-            await self.mailbox.send(Call(payload, future))
+            await self.mailbox.send(Envelope(request, future))
             return await future
         finally:
             self.observe(time.perf_counter() - began)
 
-    async def tell(self, payload: Any) -> None:
-        """Send ``payload`` without waiting for a reply (waits only for mailbox room)."""
-        await self.mailbox.send(Call(payload, None))
+    async def tell(self, message: object) -> None:
+        """Send ``message`` without waiting for an answer (waits only for mailbox room)."""
+        await self.mailbox.send(Envelope(message, None))
+
+    def tell_past_bound(self, message: object) -> None:
+        """Send ``message`` now, even when the mailbox is full (never waits)."""
+        self.mailbox.send_past_bound(Envelope(message, None))
 
     async def run(self) -> None:
         """Drain the mailbox until it is closed and empty."""
@@ -185,8 +200,8 @@ class Actor:
             self._inflight = ()
 
     def fail_inflight(self, exc: BaseException) -> None:
-        for call in self._inflight:
-            fail(call.future, exc)
+        for envelope in self._inflight:
+            fail(envelope.future, exc)
         self._inflight = ()
 
     def statistics(self) -> dict[str, Any]:

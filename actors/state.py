@@ -1,284 +1,106 @@
 """StateActor: SQLite (WAL) for positions, strategy state, the write outbox/spool and
-the quarantine of rejected points.
+the quarantine of rejected points (the store itself: ``actors.backends.sqlite``).
 
 Every drained mailbox batch runs in one worker-thread call and one transaction:
 all writers waiting in that batch share a single commit (group commit), and the
 commit is synchronous (``synchronous=FULL``) so an acknowledged write survives a
 kill -9 of the process and a power cut.
-
-Several processes may share one file (a bot, its forked UI, a diagnostic script):
-SQLite serialises their transactions, state is shared, and each process owns a
-*slot* (a lock file held with flock, released by the kernel when the process
-dies) whose outbox rows only it replays. A process taking a dead process's slot
-replays what that process left behind; no spool is ever replayed twice at once.
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
-import logging
-import os
-import sqlite3
-import time
-import weakref
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
 
-from actors.runtime import Actor, Call, fail, resolve
+from actors.backends.sqlite import SQLiteStore
+from actors.runtime import Actor, Envelope, Request, fail, resolve
 from hubdomain.errors import BackendUnavailable
 
-log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY, value BLOB NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL, kind TEXT NOT NULL,
-    created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL, reason TEXT NOT NULL,
-    created_at REAL NOT NULL);
-"""
-MAX_SLOTS = 64  # hub processes on one file at a time
-_OPEN_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+R = TypeVar("R")
 
 
-class SQLiteStore:
-    """Synchronous store; only ever used from one thread at a time (the actor's)."""
+class StateOp(Request[R]):
+    """A request the StateActor runs on the store, inside the batch's transaction."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.slot = 0
-        self._db: sqlite3.Connection | None = None
-        self._lock: IO[str] | None = None
-        self._inode: tuple[int, int] | None = None  # the file the connection has open
+    __slots__ = ()
 
-    def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._take_slot()
-        try:
-            self._db = self._connect()
-        except BaseException:
-            self._release_slot()
-            raise
-        _OPEN_STORES.add(self)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=10000")
-        db.executescript(_SCHEMA)
-        _add_owner_column(db)
-        if self.path != ":memory:":
-            st = os.stat(self.path)
-            self._inode = (st.st_dev, st.st_ino)
-        return db
-
-    def check_file(self) -> None:
-        """The file removed (or replaced) under the running hub: an open connection would
-        go on writing to the removed file, and everything would be gone at the next
-        start. Recreate it with the state, outbox (same ids) and quarantine held."""
-        if self._inode is None or self._db is None:
-            return
-        try:
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == self._inode:
-                return
-        except FileNotFoundError:
-            pass
-        old = self._db
-        state = old.execute("SELECT key, value, updated_at FROM state").fetchall()
-        outbox = old.execute("SELECT id, line, kind, created_at, owner FROM outbox").fetchall()
-        quarantine = old.execute("SELECT line, reason, created_at FROM quarantine").fetchall()
-        log.error("%s was removed or replaced under the running hub: recreating it with the "
-                  "%d states, %d outbox lines and %d quarantined points it held", self.path,
-                  len(state), len(outbox), len(quarantine))
-        old.close()  # (its WAL goes with it, so the new file cannot pick it up)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = self._connect()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(
-                "INSERT INTO state(key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
-                "DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at "
-                "WHERE excluded.updated_at > state.updated_at", state)
-            for row in outbox:
-                try:
-                    db.execute("INSERT INTO outbox(id, line, kind, created_at, owner) "
-                               "VALUES (?, ?, ?, ?, ?)", row)
-                except sqlite3.IntegrityError:  # another process made the new file
-                    db.execute("INSERT INTO outbox(line, kind, created_at, owner) "
-                               "VALUES (?, ?, ?, ?)", row[1:])
-            db.executemany("INSERT INTO quarantine(line, reason, created_at) VALUES (?, ?, ?)",
-                           quarantine)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._db = db
-
-    def _take_slot(self) -> None:
-        """The first free slot: ``path.lock`` (slot 0), then ``path.lock.1``, ...; held
-        until close() or the process's end."""
-        for slot in range(MAX_SLOTS):
-            name = self.path + ".lock" + (f".{slot}" if slot else "")
-            lock = open(name, "a+")  # held until close()
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                continue
-            lock.seek(0)
-            lock.truncate()
-            lock.write(str(os.getpid()))
-            lock.flush()
-            self._lock, self.slot = lock, slot
-            if slot:
-                log.info("%s: slot %d (other hub processes use this file too)", self.path, slot)
-            return
-        raise BackendUnavailable(
-            "sqlite", f"{self.path}: all {MAX_SLOTS} slots are in use by other hub processes")
-
-    def _release_slot(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # releases the flock
-            self._lock = None
-
-    def close(self) -> None:
-        _OPEN_STORES.discard(self)
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        self._release_slot()
-
-    def forsake(self) -> None:
-        """In a forked child: let go of the parent's store without touching the file.
-        The connection is never closed here (closing it could checkpoint or remove the
-        parent's WAL): it is kept alive on purpose. The child's copy of the slot lock is
-        closed, so the slot frees when the parent ends even if the child lives on."""
-        if self._db is not None:
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._db))
-            self._db = None
-        self._release_slot()
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "store is not open"
-        return self._db
-
-    def run_batch(self, ops: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Run ops in one transaction; an op's exception is returned in its slot."""
-        self.check_file()
-        db = self.db
-        results: list[Any] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for op in ops:
-                handler: Callable[..., Any] = getattr(self, "op_" + op[0])
-                try:
-                    db.execute("SAVEPOINT op")
-                    results.append(handler(*op[1:]))
-                    db.execute("RELEASE op")
-                except sqlite3.Error as exc:
-                    if not db.in_transaction:  # SQLite rolled it all back (a full disk)
-                        raise
-                    db.execute("ROLLBACK TO op")
-                    db.execute("RELEASE op")
-                    results.append(exc)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return results
-
-    # ---- ops (called inside run_batch) ----
-    def op_put(self, key: str, value: bytes) -> None:
-        self.db.execute(
-            "INSERT INTO state(key, value, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
-            (key, value, time.time()),
-        )
-
-    def op_get(self, key: str) -> bytes | None:
-        row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def op_outbox_add(self, lines: Sequence[str], kind: str) -> list[int]:
-        now = time.time()
-        ids = []
-        for line in lines:
-            cur = self.db.execute(
-                "INSERT INTO outbox(line, kind, created_at, owner) VALUES (?, ?, ?, ?)",
-                (line, kind, now, self.slot))
-            ids.append(int(cur.lastrowid or 0))
-        return ids
-
-    def op_outbox_bounds(self) -> tuple[int, int]:
-        count, max_id = self.db.execute(
-            "SELECT count(*), max(id) FROM outbox WHERE owner = ?", (self.slot,)).fetchone()
-        return int(count), int(max_id or 0)
-
-    def op_outbox_done(self, ids: Sequence[int]) -> None:
-        self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-
-    def op_outbox_load(self, after_id: int, limit: int) -> list[tuple[int, str]]:
-        rows = self.db.execute(
-            "SELECT id, line FROM outbox WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
-            (self.slot, after_id, limit)).fetchall()
-        return [(int(r[0]), str(r[1])) for r in rows]
-
-    def op_quarantine(self, items: Sequence[tuple[str, str]]) -> None:
-        now = time.time()
-        self.db.executemany(
-            "INSERT INTO quarantine(line, reason, created_at) VALUES (?, ?, ?)",
-            [(line, reason, now) for line, reason in items],
-        )
-
-    def op_quarantined(self, limit: int) -> list[tuple[str, str]]:
-        rows = self.db.execute(
-            "SELECT line, reason FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [(str(r[0]), str(r[1])) for r in rows]
-
-    def op_counts(self) -> dict[str, int]:
-        outbox = self.db.execute(
-            "SELECT count(*) FROM outbox WHERE owner = ?", (self.slot,)).fetchone()[0]
-        everyone = self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        quarantined = self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-        # outbox: what this process will write; outbox_all: every process's on this file
-        return {"outbox": int(outbox), "outbox_all": int(everyone),
-                "quarantined": int(quarantined), "slot": self.slot}
+    def run(self, store: SQLiteStore) -> R:
+        raise NotImplementedError
 
 
-def _add_owner_column(db: sqlite3.Connection) -> None:
-    """Files written before slots existed: their rows belong to slot 0."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-        if "owner" not in columns:
-            db.execute("ALTER TABLE outbox ADD COLUMN owner INTEGER NOT NULL DEFAULT 0")
-        db.execute("CREATE INDEX IF NOT EXISTS outbox_by_owner ON outbox(owner, id)")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+@dataclass(frozen=True, slots=True)
+class Put(StateOp[None]):
+    key: str
+    value: bytes
+
+    def run(self, store: SQLiteStore) -> None:
+        store.put(self.key, self.value)
 
 
-def _forsake_after_fork() -> None:
-    for store in list(_OPEN_STORES):
-        store.forsake()
-    _OPEN_STORES.clear()
+@dataclass(frozen=True, slots=True)
+class Get(StateOp[bytes | None]):
+    key: str
+
+    def run(self, store: SQLiteStore) -> bytes | None:
+        return store.get(self.key)
 
 
-os.register_at_fork(after_in_child=_forsake_after_fork)
+@dataclass(frozen=True, slots=True)
+class OutboxAdd(StateOp[list[int]]):
+    lines: Sequence[str]
+    kind: str
+
+    def run(self, store: SQLiteStore) -> list[int]:
+        return store.outbox_add(self.lines, self.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBounds(StateOp[tuple[int, int]]):
+    def run(self, store: SQLiteStore) -> tuple[int, int]:
+        return store.outbox_bounds()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxDone(StateOp[None]):
+    ids: Sequence[int]
+
+    def run(self, store: SQLiteStore) -> None:
+        store.outbox_done(self.ids)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLoad(StateOp[list[tuple[int, str]]]):
+    after_id: int
+    limit: int
+
+    def run(self, store: SQLiteStore) -> list[tuple[int, str]]:
+        return store.outbox_load(self.after_id, self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine(StateOp[None]):
+    items: Sequence[tuple[str, str]]
+
+    def run(self, store: SQLiteStore) -> None:
+        store.quarantine(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined(StateOp[list[tuple[str, str]]]):
+    limit: int
+
+    def run(self, store: SQLiteStore) -> list[tuple[str, str]]:
+        return store.quarantined(self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts(StateOp[dict[str, int]]):
+    def run(self, store: SQLiteStore) -> dict[str, int]:
+        return store.counts()
 
 
 class StateActor(Actor):
@@ -292,32 +114,63 @@ class StateActor(Actor):
         self._limiter = CapacityLimiter(1)
         self.commits = 0
 
+    # ---- what callers use ----
+
+    async def put(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``; committed when it returns."""
+        await self.ask(Put(key, value))
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.ask(Get(key))
+
+    async def outbox_add(self, lines: Sequence[str], kind: str) -> list[int]:
+        """Commit lines to the outbox; their ids, in order."""
+        return await self.ask(OutboxAdd(lines, kind))
+
+    async def outbox_bounds(self) -> tuple[int, int]:
+        """(lines waiting, highest id) of this process's outbox."""
+        return await self.ask(OutboxBounds())
+
+    async def outbox_done(self, ids: Sequence[int]) -> None:
+        """Forget delivered outbox lines (fire and forget: a line left behind is only
+        written again, which InfluxDB takes as the same point)."""
+        await self.tell(OutboxDone(ids))
+
+    async def outbox_load(self, after_id: int, limit: int) -> list[tuple[int, str]]:
+        return await self.ask(OutboxLoad(after_id, limit))
+
+    async def quarantine(self, items: Sequence[tuple[str, str]]) -> None:
+        await self.ask(Quarantine(items))
+
+    async def quarantined(self, limit: int) -> list[tuple[str, str]]:
+        return await self.ask(Quarantined(limit))
+
+    async def counts(self) -> dict[str, int]:
+        return await self.ask(Counts())
+
+    # ---- the actor ----
+
     async def setup(self) -> None:
-        try:
-            await anyio.to_thread.run_sync(self.store.open, limiter=self._limiter)
-        except (sqlite3.Error, OSError) as exc:
-            raise BackendUnavailable("sqlite", f"cannot open {self.store.path}: {exc}") from exc
+        await anyio.to_thread.run_sync(self.store.open, limiter=self._limiter)
 
     async def teardown(self) -> None:
         await anyio.to_thread.run_sync(self.store.close, limiter=self._limiter)
 
-    async def handle(self, batch: Sequence[Call]) -> None:
-        ops = [call.payload for call in batch]
+    async def handle(self, batch: Sequence[Envelope]) -> None:
+        ops = [envelope.message.run for envelope in batch]
         try:
             results = await anyio.to_thread.run_sync(
-                self.store.run_batch, ops, limiter=self._limiter
-            )
-        except sqlite3.Error as exc:
-            error = BackendUnavailable("sqlite", f"{type(exc).__name__}: {exc}")
-            for call in batch:
-                fail(call.future, error)
+                self.store.run_batch, ops, limiter=self._limiter)
+        except BackendUnavailable as exc:
+            for envelope in batch:
+                fail(envelope.future, exc)
             return
         self.commits += 1
-        for call, result in zip(batch, results, strict=True):
-            if isinstance(result, sqlite3.Error):
-                fail(call.future, BackendUnavailable("sqlite", str(result)))
+        for envelope, result in zip(batch, results, strict=True):
+            if isinstance(result, BackendUnavailable):
+                fail(envelope.future, result)
             else:
-                resolve(call.future, result)
+                resolve(envelope.future, result)
 
     def statistics(self) -> dict[str, Any]:
         return {**super().statistics(), "commits": self.commits}

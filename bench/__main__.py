@@ -16,7 +16,7 @@ from bench._dropin import dropin
 from bench._report import markdown, save
 from bench._scale import scale_out
 from bench._suites import Bench, Results, Sizes
-from hub._servers import LocalServers, RedisClusterServers
+from wolfhub.servers import LocalServers, RedisClusterServers
 
 
 def machine() -> str:

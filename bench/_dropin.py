@@ -12,8 +12,8 @@ import orjson
 import redis
 
 from bench._suites import EX, PRODUCTS, Results, Sizes, candles, pct, timed
-from hub._servers import LocalServers
 from hub.compat import wolfinch
+from wolfhub.servers import LocalServers
 
 
 def dropin(servers: LocalServers, workdir: Path, sizes: Sizes, results: Results) -> None:
@@ -93,7 +93,7 @@ def _until_held(cache: wolfinch.RedisCache, product: str) -> None:
     for _ in range(1000):
         cache.get_indicator(EX, product, "EMA", 20)
         assert runtime.hub is not None
-        if runtime.hub._hot_indicator(EX, product, "EMA", 20)[0]:
+        if runtime.hub.intake.hot_indicator(EX, product, "EMA", 20)[0]:
             return
         time.sleep(0.005)
     raise RuntimeError("the near cache never held the indicator")

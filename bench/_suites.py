@@ -19,11 +19,11 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from actors._influx import InfluxClient, aioinflux
+from actors.backends.influx import InfluxClient, aioinflux
 from hub import Candle, Hub, HubConfig
-from hub import _influxql as ql
-from hub import _lineproto as lp
-from hub._servers import LocalServers
+from hubdomain import influxql as ql
+from hubdomain import lineproto as lp
+from wolfhub.servers import LocalServers
 
 EX = "papertrader"
 PRODUCTS = ["BANKNIFTY-FUT", "NIFTY-FUT", "FINNIFTY-FUT", "MIDCPNIFTY-FUT", "SENSEX-FUT"]

@@ -21,7 +21,7 @@ class Observed:
     """What the collector reads at each scrape (the hub hands these over)."""
 
     actor_statistics: Callable[[], dict[str, dict[str, Any]]]
-    counters: Mapping[str, int]
+    counters: Callable[[], Mapping[str, int]]
     healthy: Callable[[], bool]
 
 _COUNTERS = {
@@ -85,7 +85,7 @@ class _HubCollector(Collector):
                 yield family
             yield GaugeMetricFamily("wolfhub_near_cache_entries", "Values held in-process",
                                     value=near["entries"])
-        for name, value in self.observed.counters.items():
+        for name, value in self.observed.counters().items():
             family = CounterMetricFamily(f"wolfhub_{name}", name.replace("_", " "))
             family.add_metric([], value)
             yield family

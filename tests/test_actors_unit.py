@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from actors.backends.influx import WriteRejected
 from actors.query import Query, QueryActor
-from actors.runtime import Actor, Mailbox, MailboxFull, Supervisor, resolve
+from actors.runtime import Actor, Envelope, Mailbox, MailboxFull, Request, Supervisor, resolve
 from actors.state import StateActor
-from actors.writer import FLUSH, Lines, WriterActor
+from actors.writer import Lines, WriterActor
 from hub.errors import BackendUnavailable, HubClosed
 
 pytestmark = pytest.mark.anyio
@@ -95,7 +96,7 @@ async def test_writer_batches_by_size_and_keeps_order(writer_env: Any) -> None:
     writer, fake, _ = writer_env
     for i in range(250):
         await writer.tell(Lines([f"m v={i} {i}"]))
-    await writer.call(FLUSH)
+    await writer.flush()
     assert fake.written == [f"m v={i} {i}" for i in range(250)]
     assert [len(p) for p in fake.posts][:2] == [100, 100]
 
@@ -115,7 +116,7 @@ async def test_writer_retries_transient_failures_in_order(writer_env: Any) -> No
     fake.down = 3
     await writer.tell(Lines([f"m v={i} {i}" for i in range(10)]))
     await writer.tell(Lines([f"m v={i} {i}" for i in range(10, 20)]))
-    await writer.call(FLUSH)
+    await writer.flush()
     assert fake.written == [f"m v={i} {i}" for i in range(20)]
     assert writer.statistics()["retries"] == 3
 
@@ -137,7 +138,7 @@ async def test_retry_after_is_honoured() -> None:
     fake = Busy()
     writer, _, sup = await started_writer(fake)
     await writer.tell(Lines(["m v=1 1"]))
-    await writer.call(FLUSH)
+    await writer.flush()
     assert fake.written == ["m v=1 1"]
     # not before the server allowed (the default backoff here is 0.05-0.1 s; 10 ms is for
     # the loop clock, which uvloop keeps in milliseconds)
@@ -150,9 +151,9 @@ async def test_flush_reports_a_long_outage(writer_env: Any) -> None:
     fake.down = 10_000
     await writer.tell(Lines(["m v=1 1"]))
     with pytest.raises(BackendUnavailable, match="kept and retried"):
-        await writer.call(FLUSH)
+        await writer.flush()
     fake.down = 0
-    await writer.call(FLUSH)
+    await writer.flush()
     assert fake.written == ["m v=1 1"]
 
 
@@ -161,9 +162,9 @@ async def test_rejected_points_are_isolated_and_quarantined(writer_env: Any) -> 
     lines = [f"m v={i} {i}" for i in range(9)]
     lines[4] = "m BAD=1 4"
     await writer.tell(Lines(lines))
-    await writer.call(FLUSH)
+    await writer.flush()
     assert sorted(fake.written) == sorted(lines[:4] + lines[5:])
-    assert await state.call(("quarantined", 10)) == [("m BAD=1 4", "field type conflict")]
+    assert await state.quarantined(10) == [("m BAD=1 4", "field type conflict")]
     assert writer.statistics()["quarantined"] == 1
 
 
@@ -172,7 +173,7 @@ async def test_after_a_spooled_outage_flush_works_again() -> None:
     writer, _, sup = await started_writer(fake, spool_after=0.0)
     fake.down = 3
     await writer.tell(Lines([f"m v={i} {i}" for i in range(10)]))
-    await writer.call(FLUSH)  # spooled, replayed, flushed
+    await writer.flush()  # spooled, replayed, flushed
     assert writer.statistics()["spooled"] == 10 and writer.statistics()["replayed"] == 10
     for _ in range(100):  # the sender finds the outbox empty and leaves spool mode
         if not writer.statistics()["spooling"]:
@@ -180,7 +181,7 @@ async def test_after_a_spooled_outage_flush_works_again() -> None:
         await asyncio.sleep(0.01)
     assert writer.statistics()["spooling"] is False
     await writer.tell(Lines(["m v=10 10"]))
-    await asyncio.wait_for(writer.call(FLUSH), 5)
+    await asyncio.wait_for(writer.flush(), 5)
     assert fake.written == [f"m v={i} {i}" for i in range(11)]
     await sup.stop()
 
@@ -190,15 +191,15 @@ async def test_outbox_lines_are_deleted_once_written_and_replayed_at_start() -> 
     state = StateActor(":memory:")
     sup = Supervisor()
     await sup.start([state])
-    ids = await state.call(("outbox_add", ["t v=1 1", "t v=2 2"], "trade"))
+    ids = await state.outbox_add(["t v=1 1", "t v=2 2"], "trade")
     # a new writer replays the outbox before anything else
     writer = WriterActor(fake, state, batch_size=100, linger=0.01, give_up_after=1)
     sup2 = Supervisor()
     await sup2.start([writer])
     await writer.tell(Lines(["t v=3 3"], None))
-    await writer.call(FLUSH)
+    await writer.flush()
     assert fake.written == ["t v=1 1", "t v=2 2", "t v=3 3"]
-    assert await state.call(("outbox_load", 0, 10)) == []
+    assert await state.outbox_load(0, 10) == []
     assert ids == [1, 2]
     await sup2.stop()
     await sup.stop()
@@ -211,7 +212,7 @@ async def test_close_spools_what_influx_cannot_take() -> None:
     await writer.tell(Lines(["m v=1 1", "m v=2 2"]))
     writer.mailbox.close()
     await sup._tasks[writer]
-    assert await state.call(("outbox_load", 0, 10)) == [(1, "m v=1 1"), (2, "m v=2 2")]
+    assert await state.outbox_load(0, 10) == [(1, "m v=1 1"), (2, "m v=2 2")]
     await sup.stop()
 
 
@@ -221,8 +222,8 @@ async def test_query_singleflight_shares_one_query() -> None:
     query = QueryActor(fake, None)
     sup = Supervisor()
     await sup.start([query])
-    calls = [asyncio.create_task(query.call(Query("SELECT 1", key="k"))) for _ in range(50)]
-    other = asyncio.create_task(query.call(Query("SELECT 2", key="other")))
+    calls = [asyncio.create_task(query.run_query(Query("SELECT 1", key="k"))) for _ in range(50)]
+    other = asyncio.create_task(query.run_query(Query("SELECT 2", key="other")))
     await asyncio.sleep(0.01)
     fake.query_gate.set()
     results = await asyncio.gather(*calls, other)
@@ -230,6 +231,11 @@ async def test_query_singleflight_shares_one_query() -> None:
     assert all(r == results[0] for r in results[:50])
     assert query.statistics()["shared"] == 49
     await sup.stop()
+
+
+@dataclass(frozen=True)
+class Echo(Request[Any]):
+    value: Any
 
 
 class Crashy(Actor):
@@ -244,9 +250,9 @@ class Crashy(Actor):
 
     async def handle(self, batch: Any) -> None:
         for call in batch:
-            if call.payload == "boom":
+            if call.message.value == "boom":
                 raise RuntimeError("bug")
-            resolve(call.future, call.payload * 2)
+            resolve(call.future, call.message.value * 2)
 
 
 async def _restarted(actor: Actor) -> None:
@@ -262,20 +268,20 @@ async def test_supervisor_restarts_a_crashed_actor_and_callers_never_hang() -> N
     sup = Supervisor(max_restarts=2, window=1.0, max_backoff=0.3)
     await sup.start([actor])
     with pytest.raises(BackendUnavailable, match="crashed"):
-        await actor.call("boom")
+        await actor.ask(Echo("boom"))
     # while it waits to restart, a call fails at once (no hang), a tell waits its turn
     with pytest.raises(BackendUnavailable, match="restarting"):
-        await actor.call(1)
+        await actor.ask(Echo(1))
     await _restarted(actor)
-    assert await actor.call(21) == 42
+    assert await actor.ask(Echo(21)) == 42
     assert actor.setups == 2 and actor.restarts == 1
     for _ in range(2):
         with pytest.raises(BackendUnavailable):
-            await actor.call("boom")
+            await actor.ask(Echo("boom"))
         await _restarted(actor)
     # past the budget: unhealthy, yet still restarted; never given up, never HubClosed
     assert sup.healthy is False
-    assert await asyncio.wait_for(actor.call(5), 5) == 10
+    assert await asyncio.wait_for(actor.ask(Echo(5)), 5) == 10
     assert actor.mailbox.closed is False
     await asyncio.sleep(1.1)  # a window without a crash: healthy again by itself
     assert sup.healthy is True
@@ -296,13 +302,13 @@ async def test_cancelled_caller_leaves_no_pending_reply() -> None:
     actor = Slow()
     sup = Supervisor()
     await sup.start([actor])
-    task = asyncio.create_task(actor.call("x"))
+    task = asyncio.create_task(actor.ask(Echo("x")))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     gate.set()
-    assert await actor.call("y") == "late"  # the actor carried on; no InvalidStateError
+    assert await actor.ask(Echo("y")) == "late"  # the actor carried on; no InvalidStateError
     await sup.stop()
 
 
@@ -343,22 +349,21 @@ async def test_close_is_bounded_even_when_an_actor_hangs() -> None:
 
 
 def test_window_pushes_to_one_key_are_coalesced_in_order() -> None:
-    from actors.cache import coalesce, decode_candle, op_get, op_push_candles
-    from actors.runtime import Call
+    from actors.cache.ops import coalesce, decode_candle, op_get, op_push_candles
     from hub import Candle
 
     def c(ts: int, close: float) -> Candle:
         return Candle(ts, 1.0, 2.0, 0.5, close, 1.0)
 
     batch = [
-        Call(op_push_candles("k", [c(120, 1.0)], 10, 60), None),
-        Call(op_get("other"), None),
-        Call(op_push_candles("k2", [c(60, 9.0)], 10, 60), None),
-        Call(op_push_candles("k", [c(60, 2.0), c(120, 3.0)], 10, 60), None),
+        Envelope(op_push_candles("k", [c(120, 1.0)], 10, 60), None),
+        Envelope(op_get("other"), None),
+        Envelope(op_push_candles("k2", [c(60, 9.0)], 10, 60), None),
+        Envelope(op_push_candles("k", [c(60, 2.0), c(120, 3.0)], 10, 60), None),
     ]
     out = coalesce(batch)
     assert len(out) == 3  # k's two pushes became one, placed where the first one was
-    merged = out[0].payload
+    merged = out[0].message
     assert merged.commands[0][:7] == ("EVALSHA", merged.commands[0][1], 1, "k", 10, 60, 60)
     items = merged.items
     pairs = [(items[i], decode_candle(items[i + 1]).close) for i in range(0, len(items), 2)]
@@ -383,6 +388,6 @@ async def test_slow_influx_means_backpressure_not_spooling() -> None:
     assert stats["spooled"] == 0 and stats["pending"] <= 10 + 5
     assert stats["depth"] > 0  # the rest waits in the mailbox
     gate.set()
-    await writer.call(FLUSH)
+    await writer.flush()
     assert fake.written == [f"m v={i} {i}" for i in range(40)]
     await sup.stop()

@@ -103,7 +103,7 @@ async def test_metric_is_written_with_time_now(hub: Hub, config: HubConfig) -> N
     await hub.flush()
     assert hub._query is not None
     from actors.query import Query
-    results = await hub._query.call(Query('SELECT * FROM "metric"'))
+    results = await hub._query.run_query(Query('SELECT * FROM "metric"'))
     series = results[0]["series"][0]
     row = dict(zip(series["columns"], series["values"][0], strict=True))
     assert row["name"] == "pnl" and row["value"] == 12.5 and row["strategy"] == "ema"

@@ -87,8 +87,8 @@ async def test_bounded_ranges(windowed: Hub) -> None:
 async def test_hot_window_is_trimmed_and_ttl_set(windowed: Hub) -> None:
     await windowed.write_candles_batch(EX, PR, random_candles(80))
     assert windowed._cache is not None
-    from actors.cache import RedisOp
-    card, ttl = await windowed._cache.call(RedisOp(
+    from actors.cache.ops import RedisOp
+    card, ttl = await windowed._cache.perform(RedisOp(
         (("ZCARD", f"candles:{EX}:{PR}"), ("TTL", f"candles:{EX}:{PR}")), lambda r: r))
     assert card == WINDOW
     assert 590 < ttl <= 600

@@ -166,10 +166,10 @@ def test_retention_apply_and_routing(servers: LocalServers, tmp_path: Path) -> N
             await hub.flush()
             await hub.flush_all()
             assert hub._query is not None
-            routed = await hub._query.call(Query('SELECT count("close") FROM '
+            routed = await hub._query.run_query(Query('SELECT count("close") FROM '
                                                  '"wolfhub_candles"."candle"'))
-            default = await hub._query.call(Query('SELECT count("close") FROM "candle"'))
-            cqs = await hub._query.call(Query("SHOW CONTINUOUS QUERIES"))
+            default = await hub._query.run_query(Query('SELECT count("close") FROM "candle"'))
+            cqs = await hub._query.run_query(Query("SHOW CONTINUOUS QUERIES"))
             quarantined = await hub.quarantined()
             return (len(await hub.query_candles("px", "R")),
                     len(await hub.query_trades("px", "R")), routed, default, cqs, quarantined)

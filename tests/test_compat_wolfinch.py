@@ -138,7 +138,7 @@ def test_boot_starts_each_section_on_its_own_and_keeps_earlier_objects(
     redis = wolfinch.init_redis_cache(sections["redis"])
     assert redis.is_enabled() and redis.enabled
     assert wolfinch.get_influx_db() is None  # Redis' init started no InfluxDB
-    assert runtime.hub is not None and runtime.hub._writer is None
+    assert runtime.hub is not None and runtime.hub.intake.writer is None
     assert redis.set("k", 1) is True
     influx = wolfinch.init_influx_db(sections["influxdb"])
     # the object kept from the first init still works on the hub that now has both
@@ -313,7 +313,7 @@ def test_hot_reads_and_writes_do_not_wait_for_the_loop(sections: dict[str, Any])
     for _ in range(1000):  # read until held in-process (Redis echoes our own write first)
         assert redis.get_indicator(EX, PR, "EMA", 20) == 1.0
         assert runtime.hub is not None
-        if runtime.hub._hot_indicator(EX, PR, "EMA", 20)[0]:
+        if runtime.hub.intake.hot_indicator(EX, PR, "EMA", 20)[0]:
             break
         time.sleep(0.01)
     assert runtime.loop is not None

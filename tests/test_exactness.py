@@ -138,7 +138,7 @@ def test_the_corpus_reads_as_influxd_reads_it() -> None:
         parsed, errors = _ours(text, vector["precision"])
         if "field type conflict" in vector["error"]:  # one write, two types for a field
             with pytest.raises(ValidationError, match=r"field|record"):
-                hub._msg_points(parsed)
+                hub.intake.points(parsed)
                 raise ValidationError("record", "every line of it was refused")
             hub = Hub(HubConfig())
             classes["type conflict (refused)"] = classes.get("type conflict (refused)", 0) + 1
@@ -166,7 +166,7 @@ def test_lines_that_crash_influxd_reach_it_only_in_the_hubs_encoding(
     for vector in crashed:
         raw = base64.b64decode(vector["text_b64"])
         try:
-            encoded = hub._msg_points(points(raw, PRECISION[vector["precision"]])).lines
+            encoded = hub.intake.points(points(raw, PRECISION[vector["precision"]])).lines
         except ValidationError:
             continue  # refused at the call: nothing reaches InfluxDB
         write(url, "crash_probe", "\n".join(encoded).encode())

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from actors.cache import op_fill
+from actors.cache.ops import op_fill
 from hub import BackendUnavailable, Candle, Hub, HubConfig
 from hubdomain import keys
 from tests.conftest import eventually
@@ -366,7 +366,7 @@ class ReadBack:
         points = await counted(servers, db, "indicator", "value", where)
         state = self.hub._sqlite
         assert state is not None
-        last = await state.call(("get", keys.position(EX, self.product, False)))
+        last = await state.get(keys.position(EX, self.product, False))
         assert last is not None and orjson.loads(last) == self.position
         return points + self.positions_kept
 
@@ -421,12 +421,12 @@ async def test_a_read_through_fill_never_overwrites_a_newer_write(
         assert cache is not None
         await hub.cache_indicator(EX, "FILL", "EMA", 20, 4.0)
         await hub.cache_position(EX, "FILL", {"size": 4})
-        await cache.call(op_fill(keys.indicator(EX, "FILL", "EMA", "20", False), b"3.0", 60))
-        await cache.call(op_fill(keys.position(EX, "FILL", False), b'{"size":3}', 60))
+        await cache.perform(op_fill(keys.indicator(EX, "FILL", "EMA", "20", False), b"3.0", 60))
+        await cache.perform(op_fill(keys.position(EX, "FILL", False), b'{"size":3}', 60))
         assert await hub.get_indicator(EX, "FILL", "EMA", 20) == 4.0
         assert await hub.get_position(EX, "FILL") == {"size": 4}
         await hub.flush_all()  # on a miss the fill does land
-        await cache.call(op_fill(keys.position(EX, "FILL", False), b'{"size":3}', 60))
+        await cache.perform(op_fill(keys.position(EX, "FILL", False), b'{"size":3}', 60))
         assert await hub.get_position(EX, "FILL") == {"size": 3}
 
 
@@ -492,7 +492,8 @@ async def test_a_crash_in_each_actor_loses_nothing_acknowledged(
     hub = Hub(config)
     hub._supervision = {"window": 2.0, "max_backoff": 0.3}
     async with hub:
-        target = {"writer": hub._writer, "cache": hub._cache, "state": hub._sqlite,
+        target = {"writer": hub._writer, "cache": hub._cache and hub._cache.actor,
+                  "state": hub._sqlite,
                   "query": hub._query}[actor]
         assert target is not None
         handle = target.handle

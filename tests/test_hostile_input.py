@@ -130,4 +130,4 @@ async def test_bad_input_is_refused_and_writes_nothing(
     assert {k: stats["sqlite"][k] for k in ("outbox", "outbox_all", "quarantined")} == {
         "outbox": 0, "outbox_all": 0, "quarantined": 0}
     assert hub._sqlite is not None
-    assert await hub._sqlite.call(("get", "position:e:p")) is None
+    assert await hub._sqlite.get("position:e:p") is None

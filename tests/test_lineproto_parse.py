@@ -21,7 +21,7 @@ from hubdomain import lineproto as lp
 def lines(record: object, precision: str) -> list[str]:
     """What the drop-in's write_api hands InfluxDB for ``record`` (a hub that is not
     started checks and encodes the same way)."""
-    return Hub(HubConfig())._msg_points(points(record, precision)).lines
+    return Hub(HubConfig()).intake.points(points(record, precision)).lines
 
 # printable text without control characters (which influxdb-client would turn into
 # two-character escapes InfluxDB 1.x does not read back); a trailing backslash makes
@@ -149,8 +149,8 @@ def test_one_write_cannot_give_a_field_two_types() -> None:
     # influxd refuses the whole request then ("field type conflict"); refused at the call
     hub = Hub(HubConfig())
     with pytest.raises(ValidationError, match="'v' of 'm' is a float field"):
-        hub._msg_points(points("m v=1 1\nm v=2i 2", "ns"))
-    hub._msg_points(points("m v=1 1", "ns"))
+        hub.intake.points(points("m v=1 1\nm v=2i 2", "ns"))
+    hub.intake.points(points("m v=1 1", "ns"))
     with pytest.raises(ValidationError, match="float field in InfluxDB, got a string"):
-        hub._msg_points(points('m v="x" 2', "ns"))  # learnt from the write before
-    assert hub._msg_points(points('m w="x" 2', "ns")).lines == ['m w="x" 2']
+        hub.intake.points(points('m v="x" 2', "ns"))  # learnt from the write before
+    assert hub.intake.points(points('m w="x" 2', "ns")).lines == ['m w="x" 2']

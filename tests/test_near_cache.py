@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from actors.near import NearCache
+from actors.cache import NearCache
 from hub import Hub, HubConfig
 from tests.conftest import eventually, redis_command
 from wolfhub.servers import LocalServers

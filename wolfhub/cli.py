@@ -355,7 +355,7 @@ def cache_clear(config_path: str, pattern: str | None) -> None:
         if pattern is None:
             await hub.flush_all()
             return -1
-        return await hub._clear_pattern(pattern)
+        return await hub.clear_cache(pattern)
 
     removed = _with_hub(config_path, work)
     click.echo("cleared the hub's keys" if removed < 0 else f"removed {removed} keys")

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -30,13 +30,35 @@ Command = tuple[Any, ...]
 _Unit = tuple[int, Command, "ClusterNode | None"]
 
 
+# where a paged SCAN goes on: (the node it runs on, that node's cursor)
+ScanCursor = tuple[str, int]
+
+
 class RedisBackend(Protocol):
-    """What the CacheActor needs from Redis; in-memory fakes implement it for unit tests."""
+    """Everything the CacheActor uses of Redis; in-memory fakes implement it for unit
+    tests. Errors are the hub's (see :func:`mapped`), never redis-py's."""
+
+    # called (synchronously) when the set of masters changes (Redis Cluster): the near
+    # cache must stop holding values before a master it does not track can answer
+    on_masters_changed: Callable[[], None] | None
+    # called with keys read from a node no invalidation comes from (Redis Cluster)
+    on_untracked_keys: Callable[[list[str]], None] | None
+
+    @property
+    def forget_all_on_reconnect(self) -> bool:
+        """After an outage every cached key is dropped (a failover may have lost
+        writes the old master acknowledged)."""
+
+    @property
+    def unavailable_slots(self) -> int:
+        """Redis Cluster slots whose master is down (0 elsewhere)."""
 
     async def connect(self) -> None: ...
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]: ...
-    def scan(self, match: str) -> AsyncIterator[bytes]: ...
+    async def scan_page(self, match: str,
+                        cursor: ScanCursor | None) -> tuple[ScanCursor | None, list[bytes]]: ...
     async def info(self) -> dict[str, Any]: ...
+    def invalidations(self, prefixes: Sequence[str]) -> AsyncIterator[list[str] | None]: ...
     async def close(self) -> None: ...
 
 
@@ -68,8 +90,28 @@ def _refused_credentials(exc: BaseException) -> bool:
     return any(sign in text for sign in ("username-password", "WRONGPASS", "NOAUTH"))
 
 
-def _unavailable(exc: BaseException) -> BackendUnavailable:
+# what redis-py raises when a server does not answer as it should
+_REDIS_ERRORS = (rexc.RedisError, rexc.RedisClusterException, OSError)
+
+
+def _translate(exc: BaseException) -> BackendUnavailable:
+    """redis-py's exception as the hub's: refused credentials are a config problem
+    (no reconnect will help), a refused command at connect is the server's answer,
+    everything else is an outage worth a reconnect."""
+    if _refused_credentials(exc):
+        return BackendUnavailable("redis", f"credentials refused: {exc}")
+    if isinstance(exc, rexc.ResponseError) and not isinstance(exc, rexc.ClusterError):
+        return BackendUnavailable("redis", f"refused: {exc}")
     return RedisUnreachable("redis", f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def mapped() -> Iterator[None]:
+    """The one place redis-py's exceptions become the hub's (``raise ... from``)."""
+    try:
+        yield
+    except _REDIS_ERRORS as exc:
+        raise _translate(exc) from exc
 
 
 def _options(config: RedisConfig) -> dict[str, Any]:
@@ -165,19 +207,12 @@ class RedisClient:
         else:
             self._client = aioredis.Redis(host=config.host, port=config.port, **options)
         self._conn: Any = None  # the pipelines' own connection
+        self.on_masters_changed: Callable[[], None] | None = None  # (one server: never)
+        self.on_untracked_keys: Callable[[list[str]], None] | None = None
 
     async def connect(self) -> None:
-        try:
+        with mapped():  # (MasterNotFoundError while sentinels elect: unreachable)
             await self._client.ping()
-        except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
-            # a subclass of ConnectionError in redis-py: a config problem, not an outage
-            raise BackendUnavailable("redis", f"credentials refused: {exc}") from exc
-        except rexc.ResponseError as exc:
-            raise BackendUnavailable("redis", f"refused: {exc}") from exc
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
-        except rexc.RedisError as exc:  # e.g. MasterNotFoundError while sentinels elect
-            raise _unavailable(exc) from exc
         if self._sentinel is not None:
             log.info("Redis connected: master %r via sentinels %s db=%s",
                      self._config.sentinel.service_name if self._config.sentinel else "",
@@ -209,7 +244,11 @@ class RedisClient:
                 self._conn = None
                 await conn.disconnect()
                 if attempt == 2 or isinstance(exc, rexc.TimeoutError):
-                    raise _unavailable(exc) from exc
+                    raise _translate(exc) from exc
+            except _REDIS_ERRORS as exc:
+                self._conn = None
+                await conn.disconnect()
+                raise _translate(exc) from exc
             except BaseException:
                 # cancelled mid-reply: the connection's state is unknown, never reuse it
                 self._conn = None
@@ -217,19 +256,23 @@ class RedisClient:
                 raise
         raise AssertionError("unreachable")
 
-    async def scan(self, match: str) -> AsyncIterator[bytes]:
-        try:
-            async for key in self._client.scan_iter(match=match, count=1000):
-                yield key
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
+    async def scan_page(self, match: str,
+                        cursor: ScanCursor | None) -> tuple[ScanCursor | None, list[bytes]]:
+        """One SCAN step (cursor-based, never KEYS)."""
+        with mapped():
+            after, keys = await self._client.scan(
+                cursor=0 if cursor is None else cursor[1], match=match, count=1000)
+        found = [k if isinstance(k, bytes) else k.encode() for k in keys]
+        return (None if int(after) == 0 else ("", int(after))), found
 
     async def info(self) -> dict[str, Any]:
-        try:
+        with mapped():
             result: dict[str, Any] = await self._client.info()
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
         return result
+
+    @property
+    def unavailable_slots(self) -> int:
+        return 0
 
     @property
     def forget_all_on_reconnect(self) -> bool:
@@ -247,10 +290,9 @@ class RedisClient:
         pool = self._client.connection_pool
         conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 3})
         try:
-            async for keys in _tracked(conn, prefixes):
-                yield keys
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
+            with mapped():
+                async for keys in _tracked(conn, prefixes):
+                    yield keys
         finally:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
@@ -363,17 +405,8 @@ class RedisClusterClient:
             # every master must answer, and agree the cluster is whole
             replies = await asyncio.gather(*(self._client.execute_command(
                 "CLUSTER", "INFO", target_nodes=m) for m in masters))
-        except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
-            raise BackendUnavailable("redis", f"credentials refused: {exc}") from exc
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.RedisClusterException,
-                rexc.ClusterError, rexc.SlotNotCoveredError) as exc:
-            if _refused_credentials(exc):  # redis-py wraps it when no seed lets it in
-                raise BackendUnavailable("redis", f"credentials refused: {exc}") from exc
-            raise _unavailable(exc) from exc
-        except rexc.ResponseError as exc:
-            raise BackendUnavailable("redis", f"refused: {exc}") from exc
-        except rexc.RedisError as exc:
-            raise _unavailable(exc) from exc
+        except _REDIS_ERRORS as exc:  # (redis-py wraps refused credentials when no seed
+            raise _translate(exc) from exc  # lets it in: still told apart)
         for reply in replies:
             text = reply.decode() if isinstance(reply, bytes) else str(reply)
             if "cluster_state:ok" not in text:
@@ -440,10 +473,9 @@ class RedisClusterClient:
                 if not todo:
                     return results
                 todo = await self._round(todo, results, summed)
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.RedisClusterException,
-                rexc.SlotNotCoveredError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_links()
-            raise _unavailable(exc) from exc
+            raise _translate(exc) from exc
         raise RedisUnreachable("redis", f"still redirected after {self.redirect_rounds} rounds")
 
     async def _round(self, todo: list[_Unit], results: list[Any],
@@ -595,15 +627,31 @@ class RedisClusterClient:
             if batch:
                 await self._on(node, [("UNLINK", k) for k in batch])
 
-    async def scan(self, match: str) -> AsyncIterator[bytes]:
-        """SCAN every master in turn (cursor-based on each; never KEYS)."""
-        try:
-            for node in self._masters():
-                async for key in self._scan_node(node, match):
-                    yield key
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError,
-                rexc.RedisClusterException) as exc:
-            raise _unavailable(exc) from exc
+    async def scan_page(self, match: str,
+                        cursor: ScanCursor | None) -> tuple[ScanCursor | None, list[bytes]]:
+        """One SCAN step; the masters in turn, by name (cursor-based, never KEYS). A
+        master gone between pages ends its part of the walk."""
+        with mapped():
+            masters = sorted(self._masters(), key=lambda m: m.name)
+            if not masters:
+                return None, []
+            names = [m.name for m in masters]
+            if cursor is None:
+                index, at = 0, 0
+            elif cursor[0] in names:
+                index, at = names.index(cursor[0]), cursor[1]
+            else:
+                index = next((i for i, n in enumerate(names) if n > cursor[0]), len(names))
+                if index == len(names):
+                    return None, []
+                at = 0
+            ((after, keys),) = await self._on(
+                masters[index], [("SCAN", at, "MATCH", match, "COUNT", 1000)])
+        if int(after) != 0:
+            return (names[index], int(after)), list(keys)
+        if index + 1 < len(names):
+            return (names[index + 1], 0), list(keys)
+        return None, list(keys)
 
     async def _scan_node(self, node: ClusterNode, match: str) -> AsyncIterator[bytes]:
         cursor: Any = 0
@@ -618,13 +666,10 @@ class RedisClusterClient:
     async def info(self) -> dict[str, Any]:
         """INFO of every master: counters summed, ``used_memory_human`` of the sum, the
         rest (version...) from the first master."""
-        try:
+        with mapped():
             masters = self._masters()
             infos = await asyncio.gather(*(self._client.execute_command(
                 "INFO", target_nodes=m) for m in masters))
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError,
-                rexc.RedisClusterException) as exc:
-            raise _unavailable(exc) from exc
         merged: dict[str, Any] = dict(infos[0]) if infos else {}
         for key in ("keyspace_hits", "keyspace_misses", "connected_clients",
                     "total_commands_processed", "used_memory"):
@@ -637,10 +682,8 @@ class RedisClusterClient:
         """RedisClient.invalidations, from every master at once: one RESP3 tracking
         connection per master, merged. Losing any of them, or the set of masters
         changing, ends the stream with RedisUnreachable (the near cache then empties)."""
-        try:  # the masters as they are now (this runs after every lost connection)
+        with mapped():  # the masters as they are now (this runs after every lost connection)
             await self._refresh()
-        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
-            raise _unavailable(exc) from exc
         masters = self._masters()
         queue: asyncio.Queue[list[str] | BaseException | None] = asyncio.Queue()
         ready = 0
@@ -662,9 +705,7 @@ class RedisClusterClient:
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
-                    if isinstance(item, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
-                        raise _unavailable(item)
-                    raise item
+                    raise _translate(item) if isinstance(item, _REDIS_ERRORS) else item
                 if item == [] and ready < len(masters):
                     ready += 1
                     if ready == len(masters):

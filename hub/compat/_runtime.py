@@ -25,7 +25,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
-from hub._hub import Accepted, Hub
+from hub._hub import Hub
+from hub._intake import Accepted
 from hubdomain.config import HubConfig
 from hubdomain.errors import BackendUnavailable, HubClosed, ValidationError
 
@@ -91,7 +92,8 @@ class Runtime:
             hub = self._running_hub()
             if hub is None:
                 return False
-            return (hub._cache is not None) if section == "redis" else (hub._writer is not None)
+            intake = hub.intake
+            return (intake.cache is not None) if section == "redis" else (intake.writer is not None)
 
     def setting(self, section: str, key: str, default: Any) -> Any:
         value = self.sections.get(section, {}).get(key, default)
@@ -255,9 +257,9 @@ class Runtime:
             if hub is None:
                 return False
             accepted = build(hub)
-            hub._check_open()
+            hub.intake.check_open()
             if accepted is not None:
-                self._push(("tell", hub._begin(accepted), hub))
+                self._push(("tell", hub.intake.begin(accepted), hub))
             return True
 
     def _wait_for_room(self) -> None:
@@ -269,8 +271,7 @@ class Runtime:
         deadline = time.monotonic() + (hub.config.influxdb.timeout if hub else 10.0)
         while len(self._queue) >= MAX_QUEUED // 2 and self.loop is not None:
             if time.monotonic() >= deadline:
-                writer = hub._writer if hub is not None else None
-                why = writer.blocked_reason() if writer is not None else "the hub is behind"
+                why = hub.intake.blocked_reason() if hub is not None else "the hub is behind"
                 raise BackendUnavailable("influxdb", f"the write cannot be kept now: {why}")
             self._room.clear()
             self._room.wait(0.05)
@@ -288,7 +289,8 @@ class Runtime:
                     self._room.set()
                 if kind == "tell":
                     try:
-                        await target._deliver(payload, patient=True)  # acknowledged: keep it
+                        # acknowledged to its caller already: kept however long it takes
+                        await target.intake.deliver(payload, patient=True)
                     except Exception:
                         log.exception("an accepted write could not be queued on the hub")
                 elif kind == "call":

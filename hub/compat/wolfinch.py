@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from actors.cache import RedisOp
-from hub._hub import Accepted, Hub
+from hub._hub import Hub
+from hub._intake import Accepted
 from hub.compat._records import CandleRecord, points
 from hub.compat._runtime import runtime
 from hubdomain import validate as v
@@ -140,7 +140,7 @@ class RedisCache(_Section):
     # ---- the seed's domain methods ----
     def cache_indicator(self, exchange: str, product: str, indicator: str, period: Any,
                         value: Any, ttl: int | None = None) -> bool:
-        return self._tell(lambda hub: hub._msg_cache_indicator(
+        return self._tell(lambda hub: hub.intake.cache_indicator(
             exchange, product, indicator, period, value, ttl or None))
 
     def get_indicator(self, exchange: str, product: str, indicator: str, period: Any,
@@ -148,7 +148,7 @@ class RedisCache(_Section):
         hub = self._hot()
         if hub is not None:
             try:
-                held, value = hub._hot_indicator(exchange, product, indicator, period)
+                held, value = hub.intake.hot_indicator(exchange, product, indicator, period)
                 if held:
                     return value
             except HubClosed:  # the hub is being restarted: ask the new one
@@ -159,7 +159,7 @@ class RedisCache(_Section):
 
     def cache_candles(self, exchange: str, product: str, candles: Iterable[Any],
                       max_candles: int | None = None) -> bool:
-        return self._tell(lambda hub: hub._msg_cache_candles(exchange, product, candles,
+        return self._tell(lambda hub: hub.intake.cache_candles(exchange, product, candles,
                                                              max_candles))
 
     def get_candles(self, exchange: str, product: str, count: int = 100
@@ -167,7 +167,7 @@ class RedisCache(_Section):
         hub = self._hot()
         if hub is not None:
             try:
-                window = hub._hot_newest(exchange, product, count)[3]
+                window = hub.intake.hot_newest(exchange, product, count)[3]
                 if window is not None:
                     return [CandleRecord.of(c) for c in window]
             except HubClosed:
@@ -205,9 +205,8 @@ class RedisCache(_Section):
     def _command(self, *command: Any, decode: Any = None, default: Any = None) -> Any:
         if not self.is_enabled():
             return default
-        op = RedisOp((command,), (lambda r: decode(r[0])) if decode else (lambda r: r[0]))
         try:
-            return runtime.call(lambda hub: hub._redis(op))
+            return runtime.call(lambda hub: hub.intake.command(command, decode or _same))
         except HubError as exc:
             if isinstance(exc, ValidationError):
                 raise
@@ -303,15 +302,13 @@ class _RedisClient:
         v.name(pattern, "pattern")
 
         async def scan(hub: Hub) -> list[bytes]:
-            if hub._cache is None:
-                return []
-            return [key async for key in hub._cache.scan(pattern)]
+            return [key.encode() for key in await hub.intake.matching(pattern)]
         found: list[bytes] = self._cache._call(scan, [])
         return found
 
     def info(self, section: str | None = None) -> dict[str, Any]:
         async def info(hub: Hub) -> dict[str, Any]:
-            return {} if hub._cache is None else await hub._cache.info()
+            return await hub.intake.redis_info()
         result: dict[str, Any] = self._cache._call(info, {})
         return result
 
@@ -356,16 +353,16 @@ class InfluxDB(_Section):
 
     def write_candle(self, exchange: str, product: str, timestamp: int, open_price: float,
                      high: float, low: float, close: float, volume: float) -> bool:
-        return self._tell(lambda hub: hub._msg_write_candle(
+        return self._tell(lambda hub: hub.intake.write_candle(
             exchange, product, timestamp, open_price, high, low, close, volume))
 
     def write_candles_batch(self, exchange: str, product: str, candles: Iterable[Any]
                             ) -> bool:
-        return self._tell(lambda hub: hub._msg_write_candles(exchange, product, candles)[0])
+        return self._tell(lambda hub: hub.intake.write_candles(exchange, product, candles)[0])
 
     def write_indicator(self, exchange: str, product: str, indicator_name: str,
                         timestamp: float, value: float, **tags: Any) -> bool:
-        return self._tell(lambda hub: hub._msg_write_indicator(
+        return self._tell(lambda hub: hub.intake.write_indicator(
             exchange, product, indicator_name, timestamp, value, tags))
 
     def write_trade(self, exchange: str, product: str, timestamp: float, side: str,
@@ -377,14 +374,14 @@ class InfluxDB(_Section):
             exchange, product, timestamp, side, price, size, order_id, **fields)), False)
 
     def write_metric(self, metric_name: str, value: float, **tags: Any) -> bool:
-        return self._tell(lambda hub: hub._msg_write_metric(metric_name, value, tags))
+        return self._tell(lambda hub: hub.intake.write_metric(metric_name, value, tags))
 
     def write_point(self, measurement: str, tags: Mapping[str, Any] | None = None,
                     fields: Mapping[str, Any] | None = None,
                     timestamp: float | None = None) -> bool:
         """Any point, as Wolfinch's indicator logger writes them (timestamp in seconds,
         None for now)."""
-        return self._tell(lambda hub: hub._msg_write_point(measurement, tags, fields,
+        return self._tell(lambda hub: hub.intake.write_point(measurement, tags, fields,
                                                            timestamp))
 
     def query_candles(self, exchange: str, product: str, start_time: float | None = None,
@@ -393,7 +390,7 @@ class InfluxDB(_Section):
         hub = self._hot()
         if hub is not None:
             try:
-                hot = hub._hot_query(exchange, product, start_time, end_time, limit,
+                hot = hub.intake.hot_query(exchange, product, start_time, end_time, limit,
                                      interval)[5]
                 if hot is not None:
                     return [CandleRecord.of(c) for c in hot]
@@ -436,7 +433,7 @@ class WriteApi:
                                             f"(influxdb.bucket), not {bucket!r}")
         read = points(record, write_precision)
         if read:
-            self._influx._tell(lambda hub: hub._msg_points(read))
+            self._influx._tell(lambda hub: hub.intake.points(read))
 
     def flush(self) -> None:
         self._influx.flush()
@@ -530,3 +527,7 @@ def close_all() -> None:
         obj._open = False
     _globals.clear()
     runtime.close()
+
+
+def _same(reply: Any) -> Any:
+    return reply

@@ -1,0 +1,289 @@
+"""The one module that talks to SQLite (stdlib sqlite3): the hub's durable state, the
+write outbox/spool and the quarantine, in one WAL file; maps sqlite3's errors once.
+
+Several processes may share one file (a bot, its forked UI, a diagnostic script):
+SQLite serialises their transactions, state is shared, and each process owns a
+*slot* (a lock file held with flock, released by the kernel when the process
+dies) whose outbox rows only it replays. A process taking a dead process's slot
+replays what that process left behind; no spool is ever replayed twice at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from hubdomain.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def unavailable(exc: sqlite3.Error | OSError) -> BackendUnavailable:
+    """sqlite3's (and the file system's) errors as the hub's."""
+    return BackendUnavailable("sqlite", f"{type(exc).__name__}: {exc}")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL, kind TEXT NOT NULL,
+    created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL, reason TEXT NOT NULL,
+    created_at REAL NOT NULL);
+"""
+MAX_SLOTS = 64  # hub processes on one file at a time
+_OPEN_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+class SQLiteStore:
+    """Synchronous store; only ever used from one thread at a time (the actor's)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.slot = 0
+        self._db: sqlite3.Connection | None = None
+        self._lock: IO[str] | None = None
+        self._inode: tuple[int, int] | None = None  # the file the connection has open
+
+    def open(self) -> None:
+        """Open (creating it) and take a slot; raises BackendUnavailable."""
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                self._take_slot()
+            try:
+                self._db = self._connect()
+            except BaseException:
+                self._release_slot()
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise BackendUnavailable("sqlite", f"cannot open {self.path}: {exc}") from exc
+        _OPEN_STORES.add(self)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.executescript(_SCHEMA)
+        _add_owner_column(db)
+        if self.path != ":memory:":
+            st = os.stat(self.path)
+            self._inode = (st.st_dev, st.st_ino)
+        return db
+
+    def check_file(self) -> None:
+        """The file removed (or replaced) under the running hub: an open connection would
+        go on writing to the removed file, and everything would be gone at the next
+        start. Recreate it with the state, outbox (same ids) and quarantine held."""
+        if self._inode is None or self._db is None:
+            return
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                return
+        except FileNotFoundError:
+            pass
+        old = self._db
+        state = old.execute("SELECT key, value, updated_at FROM state").fetchall()
+        outbox = old.execute("SELECT id, line, kind, created_at, owner FROM outbox").fetchall()
+        quarantine = old.execute("SELECT line, reason, created_at FROM quarantine").fetchall()
+        log.error("%s was removed or replaced under the running hub: recreating it with the "
+                  "%d states, %d outbox lines and %d quarantined points it held", self.path,
+                  len(state), len(outbox), len(quarantine))
+        old.close()  # (its WAL goes with it, so the new file cannot pick it up)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO state(key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+                "DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at "
+                "WHERE excluded.updated_at > state.updated_at", state)
+            for row in outbox:
+                try:
+                    db.execute("INSERT INTO outbox(id, line, kind, created_at, owner) "
+                               "VALUES (?, ?, ?, ?, ?)", row)
+                except sqlite3.IntegrityError:  # another process made the new file
+                    db.execute("INSERT INTO outbox(line, kind, created_at, owner) "
+                               "VALUES (?, ?, ?, ?)", row[1:])
+            db.executemany("INSERT INTO quarantine(line, reason, created_at) VALUES (?, ?, ?)",
+                           quarantine)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._db = db
+
+    def _take_slot(self) -> None:
+        """The first free slot: ``path.lock`` (slot 0), then ``path.lock.1``, ...; held
+        until close() or the process's end."""
+        for slot in range(MAX_SLOTS):
+            name = self.path + ".lock" + (f".{slot}" if slot else "")
+            lock = open(name, "a+")  # held until close()
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+            self._lock, self.slot = lock, slot
+            if slot:
+                log.info("%s: slot %d (other hub processes use this file too)", self.path, slot)
+            return
+        raise BackendUnavailable(
+            "sqlite", f"{self.path}: all {MAX_SLOTS} slots are in use by other hub processes")
+
+    def _release_slot(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    def close(self) -> None:
+        _OPEN_STORES.discard(self)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._release_slot()
+
+    def forsake(self) -> None:
+        """In a forked child: let go of the parent's store without touching the file.
+        The connection is never closed here (closing it could checkpoint or remove the
+        parent's WAL): it is kept alive on purpose. The child's copy of the slot lock is
+        closed, so the slot frees when the parent ends even if the child lives on."""
+        if self._db is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._db))
+            self._db = None
+        self._release_slot()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store is not open"
+        return self._db
+
+    def run_batch(self, ops: Sequence[Callable[[SQLiteStore], Any]]) -> list[Any]:
+        """Run ``ops`` (each called with this store) in one transaction, each in a
+        savepoint of its own: an op's failure comes back in its place as
+        BackendUnavailable, and the others commit. Raises BackendUnavailable when the
+        transaction itself fails (a full disk rolls the whole of it back)."""
+        try:
+            self.check_file()
+            db = self.db
+            results: list[Any] = []
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for op in ops:
+                    try:
+                        db.execute("SAVEPOINT op")
+                        results.append(op(self))
+                        db.execute("RELEASE op")
+                    except sqlite3.Error as exc:
+                        if not db.in_transaction:  # SQLite rolled it all back
+                            raise
+                        db.execute("ROLLBACK TO op")
+                        db.execute("RELEASE op")
+                        results.append(unavailable(exc))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise unavailable(exc) from exc
+        return results
+
+    # ---- what the ops do (called inside run_batch) ----
+    def put(self, key: str, value: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO state(key, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+            (key, value, time.time()),
+        )
+
+    def get(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def outbox_add(self, lines: Sequence[str], kind: str) -> list[int]:
+        now = time.time()
+        ids = []
+        for line in lines:
+            cur = self.db.execute(
+                "INSERT INTO outbox(line, kind, created_at, owner) VALUES (?, ?, ?, ?)",
+                (line, kind, now, self.slot))
+            ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    def outbox_bounds(self) -> tuple[int, int]:
+        count, max_id = self.db.execute(
+            "SELECT count(*), max(id) FROM outbox WHERE owner = ?", (self.slot,)).fetchone()
+        return int(count), int(max_id or 0)
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    def outbox_load(self, after_id: int, limit: int) -> list[tuple[int, str]]:
+        rows = self.db.execute(
+            "SELECT id, line FROM outbox WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
+            (self.slot, after_id, limit)).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def quarantine(self, items: Sequence[tuple[str, str]]) -> None:
+        now = time.time()
+        self.db.executemany(
+            "INSERT INTO quarantine(line, reason, created_at) VALUES (?, ?, ?)",
+            [(line, reason, now) for line, reason in items],
+        )
+
+    def quarantined(self, limit: int) -> list[tuple[str, str]]:
+        rows = self.db.execute(
+            "SELECT line, reason FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        outbox = self.db.execute(
+            "SELECT count(*) FROM outbox WHERE owner = ?", (self.slot,)).fetchone()[0]
+        everyone = self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        quarantined = self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        # outbox: what this process will write; outbox_all: every process's on this file
+        return {"outbox": int(outbox), "outbox_all": int(everyone),
+                "quarantined": int(quarantined), "slot": self.slot}
+
+
+def _add_owner_column(db: sqlite3.Connection) -> None:
+    """Files written before slots existed: their rows belong to slot 0."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        if "owner" not in columns:
+            db.execute("ALTER TABLE outbox ADD COLUMN owner INTEGER NOT NULL DEFAULT 0")
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_by_owner ON outbox(owner, id)")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _forsake_after_fork() -> None:
+    for store in list(_OPEN_STORES):
+        store.forsake()
+    _OPEN_STORES.clear()
+
+
+os.register_at_fork(after_in_child=_forsake_after_fork)
+
+

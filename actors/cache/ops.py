@@ -1,0 +1,277 @@
+"""What the hub asks of Redis, as data: :class:`RedisOp` (commands, how their replies
+become an answer, which keys they read and write), the builders of every op the hub
+sends, the hot-window script, and the window rule it keeps. Pure, so unit-tested
+without Redis.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+
+from actors.backends.redis import Command
+from actors.runtime import Envelope, Request
+from hubdomain.records import Candle
+
+R = TypeVar("R")
+
+# keys whose values the near cache holds (and Redis tracks for this hub)
+NEAR_PREFIXES = ("indicator:", "candles:")
+
+
+@dataclass(slots=True)  # not frozen: built per write on the hot path (5x cheaper)
+class RedisOp(Request[R]):
+    """Redis commands sent in one pipeline with others, and how their replies become
+    the answer (``decode``; None: the answer is None)."""
+
+    commands: tuple[Command, ...]
+    decode: Callable[[list[Any]], R] | None = None
+    # keys this op writes: if it cannot run, they may be stale in Redis afterwards
+    writes: tuple[str, ...] = ()
+    # sent instead when Redis answers NOSCRIPT (EVAL for an EVALSHA)
+    fallback: tuple[Command, ...] | None = None
+    # fire-and-forget ops with the same merge key in one drained batch become one
+    merge: tuple[str, int, int] | None = None
+    items: tuple[Any, ...] = ()
+    # the hub began a write of ``writes`` in the near cache: end it once this op ran
+    near: bool = False
+    # the key this op reads, and its answer while that key may be stale in Redis (a
+    # write to it was refused) or holds what the hub cannot read: a miss, so the
+    # caller falls back instead
+    reads: str | None = None
+    miss: Any = None
+    # run sets the whole value of ``writes``: once it succeeds they are current again
+    replaces: bool = False
+    # the cleaner's op: UNLINK the keys stale at the moment it runs (filled in handle)
+    clean: bool = False
+
+
+# The hot window is a sorted set scored by candle time. Its span [oldest, newest]
+# is kept complete: a candle older than the oldest one held is not added (it would
+# open a gap), a candle at an existing time replaces it (idempotent), then the set
+# is trimmed to the window size and its TTL refreshed. Atomic, one round trip.
+PUSH_CANDLES = """
+local key = KEYS[1]
+local window = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+local lo = nil
+if first[2] then lo = tonumber(first[2]) end
+local added = 0
+for i = 3, #ARGV, 2 do
+  local ts = tonumber(ARGV[i])
+  if lo == nil or ts >= lo then
+    redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
+    redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+    if lo == nil then lo = ts end
+    added = added + 1
+  end
+end
+if added > 0 then
+  redis.call('ZREMRANGEBYRANK', key, 0, -window - 1)
+  redis.call('EXPIRE', key, ttl)
+end
+return added
+"""
+
+
+def encode_candle(c: Candle) -> bytes:
+    return orjson.dumps([c.timestamp, c.open, c.high, c.low, c.close, c.volume])
+
+
+def decode_candle(raw: bytes) -> Candle:
+    ts, o, h, low, c, vol = orjson.loads(raw)
+    return Candle(int(ts), float(o), float(h), float(low), float(c), float(vol))
+
+
+def _first(results: list[Any]) -> Any:
+    return results[0]
+
+
+# ---- op builders: pure, so they are unit-tested without Redis ----
+
+def op_barrier() -> RedisOp[None]:
+    """A PING through the mailbox: returns once every op queued before it has run
+    (for work done outside the mailbox, like SCAN)."""
+    return RedisOp((("PING",),))
+
+
+def op_get(key: str) -> RedisOp[bytes | None]:
+    """The raw value (the Wolfinch drop-in's own keys)."""
+    return RedisOp((("GET", key),), _first, reads=key)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A JSON value read from Redis: decoded, as stored, and its milliseconds left."""
+
+    value: Any
+    raw: bytes
+    pttl: int
+
+
+def op_get_value(key: str) -> RedisOp[Held | None]:
+    """A JSON value with the milliseconds the key has left (for the near cache's
+    expiry); None when absent. A value that is not JSON is a miss (see CacheActor)."""
+    def decode(results: list[Any]) -> Held | None:
+        raw, pttl = results
+        return None if raw is None else Held(orjson.loads(raw), raw, pttl)
+    return RedisOp((("GET", key), ("PTTL", key)), decode, reads=key)
+
+
+def op_get_mapping(key: str) -> RedisOp[dict[str, Any] | None]:
+    """A JSON object (a position, a strategy's state); None when absent. Anything else
+    stored there is a miss."""
+    def decode(results: list[Any]) -> dict[str, Any] | None:
+        if results[0] is None:
+            return None
+        value = orjson.loads(results[0])
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+        return value
+    return RedisOp((("GET", key),), decode, reads=key)
+
+
+def op_set(key: str, value: bytes, ttl: int, near: bool = False) -> RedisOp[None]:
+    return RedisOp((("SET", key, value, "EX", ttl),), writes=(key,), near=near,
+                   replaces=True)
+
+
+def op_fill(key: str, value: bytes, ttl: int) -> RedisOp[None]:
+    """A read-through fill: set only if absent, so a value read before a concurrent
+    write never overwrites what that write set."""
+    return RedisOp((("SET", key, value, "EX", ttl, "NX"),), writes=(key,))
+
+
+def op_clean() -> RedisOp[Any]:
+    """Delete the keys stale in Redis (writes it refused), in order with the writes:
+    a write queued after it that succeeds is never deleted by it."""
+    return RedisOp((("PING",),), _first, clean=True)
+
+
+def op_unlink(keys: Sequence[str]) -> RedisOp[int]:
+    return RedisOp((("UNLINK", *keys),), _first)
+
+
+PUSH_CANDLES_SHA = hashlib.sha1(PUSH_CANDLES.encode()).hexdigest()
+
+
+def op_push_candles(key: str, candles: Sequence[Candle], window: int, ttl: int,
+                    near: bool = False) -> RedisOp[int]:
+    ordered = candles if len(candles) == 1 else sorted(candles, key=lambda c: c.timestamp)
+    args: list[Any] = []
+    for c in ordered:
+        args += [c.timestamp, encode_candle(c)]
+    return _push(key, window, ttl, tuple(args), near)
+
+
+def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
+          near: bool = False) -> RedisOp[int]:
+    return RedisOp((("EVALSHA", PUSH_CANDLES_SHA, 1, key, window, ttl, *items),), _first,
+                   (key,), fallback=(("EVAL", PUSH_CANDLES, 1, key, window, ttl, *items),),
+                   merge=(key, window, ttl), items=items, near=near)
+
+
+def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
+    """Merge fire-and-forget window pushes to the same key into one script call.
+    Candles keep their order (a later write of the same time still wins)."""
+    groups: dict[tuple[str, int, int], list[RedisOp[Any]]] = {}
+    out: list[Envelope] = []
+    for call in batch:
+        op: RedisOp[Any] = call.message
+        if op.merge is None or call.future is not None:
+            out.append(call)
+            continue
+        group = groups.get(op.merge)
+        if group is None:
+            groups[op.merge] = [op]
+            out.append(call)
+        else:
+            group.append(op)
+    for i, call in enumerate(out):
+        op = call.message
+        group = groups.get(op.merge) if op.merge is not None and call.future is None else None
+        if group is not None and len(group) > 1:
+            pairs = [(g.items[j], g.items[j + 1]) for g in group
+                     for j in range(0, len(g.items), 2)]
+            pairs.sort(key=lambda p: p[0])  # stable: same-time candles keep their order
+            assert op.merge is not None
+            key, window, ttl = op.merge
+            out[i] = Envelope(_push(key, window, ttl, tuple(x for p in pairs for x in p)), None)
+    return out
+
+
+def op_newest_candles(key: str, count: int) -> RedisOp[list[Candle]]:
+    def decode(results: list[Any]) -> list[Candle]:
+        return [decode_candle(m) for m in results[0]]
+    return RedisOp((("ZRANGE", key, -count, -1),), decode, reads=key, miss=[])
+
+
+@dataclass(frozen=True, slots=True)
+class WindowAnswer:
+    candles: list[Candle]  # ascending by time
+    oldest: int | None  # oldest time held in the window, None when empty
+
+
+def op_window_all(key: str) -> RedisOp[tuple[tuple[Candle, ...], int]]:
+    """The whole hot window, ascending and decoded, with the milliseconds it has left."""
+    def decode(results: list[Any]) -> tuple[tuple[Candle, ...], int]:
+        return tuple(decode_candle(m) for m in results[0]), results[1]
+    return RedisOp((("ZRANGE", key, 0, -1), ("PTTL", key)), decode, reads=key,
+                   miss=((), -2))
+
+
+def op_window_range(key: str, start: int | None, end: int | None,
+                    limit: int) -> RedisOp[WindowAnswer]:
+    """The newest ``limit`` candles in [start, end], plus the window's oldest time."""
+    hi = "+inf" if end is None else end
+    lo = "-inf" if start is None else start
+
+    def decode(results: list[Any]) -> WindowAnswer:
+        oldest = decode_candle(results[1][0]).timestamp if results[1] else None
+        return WindowAnswer([decode_candle(m) for m in reversed(results[0])], oldest)
+
+    return RedisOp(
+        (
+            ("ZRANGE", key, hi, lo, "BYSCORE", "REV", "LIMIT", 0, limit),
+            ("ZRANGE", key, 0, 0),
+        ),
+        decode,
+        reads=key,
+        miss=WindowAnswer([], None),
+    )
+
+
+def op_trim_window(keys: Sequence[str], start_ts: float, stop_ts: float) -> RedisOp[None]:
+    return RedisOp(tuple(("ZREMRANGEBYSCORE", k, start_ts, stop_ts) for k in keys),
+                   writes=tuple(keys))
+
+
+
+
+# ---- the window rule (what PUSH_CANDLES keeps true) ----
+
+def covers(found: int, oldest: int, start: int | None, limit: int) -> bool:
+    """Whether a hot window answers a query: its span [oldest, newest] is complete, so
+    it does when it holds ``limit`` candles in range, or the range starts inside it."""
+    return found >= limit or (start is not None and start >= oldest)
+
+
+def pick(window: Sequence[Candle], lo: int | None, hi: int | None,
+         limit: int) -> list[Candle] | None:
+    """The newest ``limit`` candles of ``window`` (ascending) in [lo, hi], or None
+    when the window does not cover the query."""
+    if not window:
+        return None
+    times = [c.timestamp for c in window]
+    first = 0 if lo is None else bisect.bisect_left(times, lo)
+    last = len(times) if hi is None else bisect.bisect_right(times, hi)
+    picked = window[max(first, last - limit):last]
+    if not covers(len(picked), times[0], lo, limit):
+        return None
+    return list(picked)

@@ -1,0 +1,329 @@
+"""The synchronous front door: every fire-and-forget write is validated and encoded here
+into an :class:`Accepted` message (on the caller's thread, so bad input raises before
+anything is queued), then delivered to the actors; and hot reads are answered here
+from the near cache without crossing a mailbox. The Hub's coroutines and the Wolfinch
+drop-in (which calls it from its callers' threads) both go through it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from actors.cache import CacheService
+from actors.cache.ops import RedisOp, op_push_candles, op_set, pick
+from actors.writer import WriterActor
+from hubdomain import influxql as ql
+from hubdomain import keys
+from hubdomain import lineproto as lp
+from hubdomain import validate as v
+from hubdomain.config import HubConfig
+from hubdomain.errors import BackendUnavailable, ValidationError
+from hubdomain.fieldtypes import FieldTypes
+from hubdomain.records import Candle
+
+_INDICATOR_TAGS = frozenset({"exchange", "product", "name"})
+_METRIC_TAGS = frozenset({"name"})
+
+
+@dataclass(slots=True)  # not frozen: built per write on the hot path
+class Accepted:
+    """A validated, encoded fire-and-forget write: InfluxDB lines and/or one cache op.
+
+    Built synchronously (so bad input raises at the call, before anything is queued)
+    and delivered to the actors afterwards; the Wolfinch drop-in builds it on the
+    caller's thread and delivers it from the hub's loop.
+    """
+
+    lines: list[str]
+    cache: RedisOp[Any] | None = None
+
+
+class Intake:
+    def __init__(self, config: HubConfig, field_types: FieldTypes, counters: dict[str, int],
+                 check_open: Callable[[], None]) -> None:
+        self.config = config
+        # Redis Cluster: keys carry a hash tag per product (see hubdomain.keys)
+        self.tagged = config.redis.cluster is not None
+        self.field_types = field_types
+        self.counters = counters
+        self._check_open = check_open
+        self.cache: CacheService | None = None  # set when the hub starts
+        self.writer: WriterActor | None = None
+
+    def check_open(self) -> None:
+        """Raises HubClosed unless the hub is open."""
+        self._check_open()
+
+    def blocked_reason(self) -> str:
+        """Why writes wait (InfluxDB and the spool behind), for a refusal's message."""
+        return self.writer.blocked_reason() if self.writer is not None else "the hub is behind"
+
+    @property
+    def near_on(self) -> bool:
+        return self.cache is not None and self.cache.near is not None
+
+    def begin(self, accepted: Accepted) -> Accepted:
+        """Read-your-writes in this process: from now until the cache op has run, the
+        near cache holds nothing for the keys it writes. Synchronous, any thread."""
+        if accepted.cache is not None and self.cache is not None:
+            accepted.cache = self.cache.prepare(accepted.cache)
+        return accepted
+
+    async def deliver(self, accepted: Accepted, patient: bool = False) -> None:
+        """Queue an accepted write on the actors (waits only for mailbox room).
+
+        When the writer cannot take more (InfluxDB and the spool are both behind), wait
+        at most ``influxdb.timeout``, then raise BackendUnavailable saying why; nothing
+        of this write is queued then. ``patient``: the write was acknowledged already
+        (the Wolfinch drop-in's channel), so it waits as long as it takes."""
+        op = accepted.cache
+        queued = False
+        try:
+            if accepted.lines and self.writer is not None:
+                await self.writer.write(
+                    accepted.lines, within=None if patient else self.config.influxdb.timeout)
+            if op is not None and self.cache is not None:
+                await self.cache.enqueue(op)
+            queued = True
+        finally:
+            if not queued and op is not None and self.cache is not None:
+                self.cache.abandon(op)
+
+    # ---- the Wolfinch drop-in's generic Redis API (keys it names itself) --------------
+
+    async def command(self, command: tuple[Any, ...], decode: Callable[[Any], Any]) -> Any:
+        """One Redis command on a key the caller names; ``decode`` turns the reply into
+        the answer. Raises BackendUnavailable (HubError when Redis refuses it, or the
+        reply cannot be decoded)."""
+        if self.cache is None:
+            raise BackendUnavailable("redis", "disabled in the config (redis.enabled)")
+        return await self.cache.perform(RedisOp((command,), lambda replies: decode(replies[0])))
+
+    async def matching(self, pattern: str) -> list[str]:
+        """Keys matching a Redis glob (SCAN, never KEYS)."""
+        if self.cache is None:
+            return []
+        return [key async for key in self.cache.keys(pattern)]
+
+    async def redis_info(self) -> dict[str, Any]:
+        return {} if self.cache is None else await self.cache.info()
+
+    # ---- encoders: each validates everything before it builds anything ---------------
+
+    def cache_indicator(self, exchange: object, product: object, indicator: object,
+                             period: object, value: Any, ttl: object = None) -> Accepted:
+        *_, key = _indicator_key(exchange, product, indicator, period, self.tagged)
+        data = orjson.dumps(v.json_value(value, "value"))
+        seconds = self.config.redis.ttl.indicators if ttl is None else v.positive_int(ttl, "ttl")
+        return Accepted([], op_set(key, data, seconds, self.near_on))
+
+    def write_indicator(self, exchange: object, product: object, indicator_name: object,
+                             timestamp: object, value: object,
+                             tags: Mapping[str, Any]) -> Accepted:
+        exchange, product = _names(exchange, product)
+        name = v.tag(indicator_name, "indicator_name")
+        ts = v.timestamp(timestamp, "timestamp")
+        number = v.number(value, "value")
+        extra = _tags(tags, _INDICATOR_TAGS)
+        line = lp.indicator(exchange, product, name, ts, number, extra)
+        if "period" not in extra:
+            return Accepted([line])
+        key = keys.indicator(exchange, product, name, extra["period"], self.tagged)
+        return Accepted([line], op_set(key, orjson.dumps(number),
+                                       self.config.redis.ttl.indicators, self.near_on))
+
+    def write_candle(self, exchange: object, product: object, timestamp: object,
+                          open_price: object, high: object, low: object, close: object,
+                          volume: object) -> Accepted:
+        exchange, product = _names(exchange, product)
+        candle = Candle.checked(timestamp, open_price, high, low, close, volume)
+        return Accepted([lp.candle(exchange, product, candle)],
+                        self._window_op(exchange, product, [candle], None))
+
+    def write_candles(self, exchange: object, product: object,
+                           candles: object) -> tuple[Accepted | None, int]:
+        exchange, product = _names(exchange, product)
+        checked = _checked_candles(candles)
+        if not checked:
+            return None, 0
+        return Accepted([lp.candle(exchange, product, c) for c in checked],
+                        self._window_op(exchange, product, checked, None)), len(checked)
+
+    def cache_candles(self, exchange: object, product: object, candles: object,
+                           max_candles: object = None) -> Accepted | None:
+        exchange, product = _names(exchange, product)
+        checked = _checked_candles(candles)
+        window = None if max_candles is None else v.positive_int(max_candles, "max_candles")
+        if not checked or self.cache is None:
+            return None
+        return Accepted([], self._window_op(exchange, product, checked, window))
+
+    def _window_op(self, exchange: str, product: str, candles: list[Candle],
+                   window: int | None) -> RedisOp[int]:
+        size = window or self.config.performance.redis_hot_data_window
+        newest = candles if len(candles) == 1 else sorted(
+            candles, key=lambda c: c.timestamp)[-size:]
+        return op_push_candles(keys.candles(exchange, product, self.tagged), newest, size,
+                               self.config.redis.ttl.candles, self.near_on)
+
+    def write_metric(self, metric_name: object, value: object,
+                          tags: Mapping[str, Any]) -> Accepted:
+        name = v.tag(metric_name, "metric_name")
+        number = v.number(value, "value")
+        extra = _tags(tags, _METRIC_TAGS)
+        return Accepted([lp.metric(name, number, extra, round(time.time(), 6))])
+
+    def write_point(self, measurement: object, tags: object, fields: object,
+                         timestamp: object) -> Accepted:
+        name = v.measurement(measurement, "measurement")
+        tag_values = _point_tags(tags)
+        if fields is None or not isinstance(fields, Mapping):
+            raise ValidationError("fields", "expected a mapping of field names to values")
+        types = self.field_types
+        values = {v.field_key(k, "fields"): types.value(name, str(k), val, "fields")
+                  for k, val in fields.items() if val is not None}
+        if not values:
+            raise ValidationError("fields", "a point needs at least one field")
+        ts = round(time.time(), 6) if timestamp is None else v.timestamp(timestamp, "timestamp")
+        line = lp.any_point(name, tag_values, values, lp.seconds_to_ns(ts))
+        types.claim([(name, values)], "fields")
+        return Accepted([line])
+
+    def points(self, points: list[lp.ParsedPoint]) -> Accepted:
+        """Points read from a caller's line protocol (the drop-in's write_api): names
+        checked, field types checked against InfluxDB's and each other, re-encoded."""
+        lines = []
+        for point in points:
+            measurement = v.measurement(point.measurement, "record")
+            tags = {_tag_key(k, "record"): v.tag(val, "record")
+                    for k, val in point.tags.items()}
+            fields = {v.field_key(k, "record"): val for k, val in point.fields.items()}
+            if not fields:
+                raise ValidationError("record", f"a point of {measurement!r} has no fields")
+            ns = time.time_ns() if point.ns is None else point.ns
+            lines.append(lp.any_point(measurement, tags, fields, ns))
+        self.field_types.claim([(p.measurement, p.fields) for p in points], "record")
+        return Accepted(lines)
+
+    # ---- hot reads: the near cache's answers, synchronous, any thread ----------------
+
+    def hot_indicator(self, exchange: object, product: object, indicator: object,
+                       period: object) -> tuple[bool, Any]:
+        """(True, value) when the near cache holds the indicator, else (False, None);
+        synchronous, so the Wolfinch drop-in answers it on the caller's thread."""
+        *_, key = _indicator_key(exchange, product, indicator, period, self.tagged)
+        self._check_open()
+        return (False, None) if self.cache is None else self.cache.held(key)
+
+    def hot_newest(self, exchange: object, product: object, count: object
+                    ) -> tuple[str, str, int, list[Candle] | None]:
+        """Validated arguments of get_candles, and its answer when the near cache holds
+        the product's hot window (synchronous, any thread)."""
+        exchange, product = _names(exchange, product)
+        number = v.positive_int(count, "count")
+        self._check_open()
+        window = self._held_window(exchange, product)
+        return exchange, product, number, None if window is None else list(window[-number:])
+
+    def _held_window(self, exchange: str, product: str) -> tuple[Candle, ...] | None:
+        if self.cache is None:
+            return None
+        held, window = self.cache.held(keys.candles(exchange, product, self.tagged))
+        return window if held else None
+
+    def hot_query(self, exchange: object, product: object, start_time: object,
+                   end_time: object, limit: object, interval: object
+                   ) -> tuple[str, str, int | None, int | None, int, list[Candle] | None]:
+        """Validated arguments of query_candles, and its answer when the near cache's hot
+        window holds all of it (synchronous, any thread)."""
+        exchange, product = _names(exchange, product)
+        start = v.optional_timestamp(start_time, "start_time")
+        end = v.optional_timestamp(end_time, "end_time")
+        count = v.positive_int(limit, "limit")
+        lo = None if start is None else math.ceil(start)
+        hi = None if end is None else math.floor(end)
+        if lo is not None and hi is not None and hi < lo:
+            raise ValidationError("end_time", "end_time is before start_time")
+        if interval is not None:
+            if not isinstance(interval, str):
+                raise ValidationError("interval", f"expected a string like '1h', got {interval!r}")
+            ql.interval_seconds(interval)  # validates before anything runs
+            self._check_open()
+            return exchange, product, lo, hi, count, None
+        self._check_open()
+        window = self._held_window(exchange, product)
+        hot = pick(window, lo, hi, count) if window else None
+        if hot is not None:
+            self.counters["candle_window_hits"] += 1
+        return exchange, product, lo, hi, count, hot
+
+
+def _names(exchange: object, product: object) -> tuple[str, str]:
+    return v.tag(exchange, "exchange"), v.tag(product, "product")
+
+
+def _tags(tags: Mapping[str, object], reserved: frozenset[str]) -> dict[str, str]:
+    out = {}
+    for key, value in tags.items():
+        name = v.tag(key, "tags")
+        if name in reserved or name == "time":
+            raise ValidationError(key, f"{name!r} is set by the hub and cannot be a tag")
+        out[name] = v.tag(value, key)
+    return out
+
+
+def _checked_candles(candles: object) -> list[Candle]:
+    if isinstance(candles, (str, bytes, Mapping)) or not isinstance(candles, Iterable):
+        raise ValidationError("candles", "expected an iterable of candles")
+    return [Candle.coerce(c, f"candles[{i}]") for i, c in enumerate(candles)]
+
+
+def _point_tags(tags: object) -> dict[str, str]:
+    """write_point's tags: names to strings or numbers; None values are left out."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ValidationError("tags", "expected a mapping of tag names to values")
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if value is None:
+            continue
+        name = _tag_key(key, "tags")
+        out[name] = v.tag_value(value, name)
+    return out
+
+
+def _tag_key(key: object, argument: str) -> str:
+    name = v.tag(key, argument)
+    if name == "time":
+        raise ValidationError(argument, "'time' cannot be a tag key (InfluxDB refuses it)")
+    return name
+
+
+def _indicator_key(exchange: object, product: object, indicator: object,
+                   period: object, tagged: bool) -> tuple[str, str, str, str, str]:
+    """Validated names and the Redis key, remembered: a strategy asks for the same few
+    indicators over and over, and the hot read should cost a dict lookup."""
+    try:
+        return _indicator_key_cached(exchange, product, indicator, period, tagged)
+    except TypeError:  # unhashable: validate uncached, which raises ValidationError
+        return _indicator_key_uncached(exchange, product, indicator, period, tagged)
+
+
+def _indicator_key_uncached(exchange: object, product: object, indicator: object,
+                            period: object, tagged: bool) -> tuple[str, str, str, str, str]:
+    ex, pr = v.tag(exchange, "exchange"), v.tag(product, "product")
+    name, per = v.tag(indicator, "indicator"), v.tag(period, "period")
+    return ex, pr, name, per, keys.indicator(ex, pr, name, per, tagged)
+
+
+# typed: period 1 and True must not share an entry (True is refused)
+_indicator_key_cached = functools.lru_cache(maxsize=65_536, typed=True)(
+    _indicator_key_uncached)
