@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from actors.backoff import Backoff
 from hubdomain.errors import BackendUnavailable, HubClosed, HubError
 
 log = logging.getLogger(__name__)
@@ -332,17 +332,17 @@ class Supervisor:
     async def _restart(self, actor: Actor, recent: int) -> None:
         """Back off (longer the more it crashed lately), then set up again until setup
         works; the actor is down meanwhile, so its callers fail at once."""
-        attempt = recent
+        backoff = Backoff(first=0.05,
+                          cap=5.0 if recent <= self.max_restarts else self.max_backoff)
+        backoff.attempts = recent
         while True:
-            cap = 5.0 if recent <= self.max_restarts else self.max_backoff
-            await asyncio.sleep(min(cap, 0.05 * 2 ** attempt) * random.uniform(0.5, 1))
+            await backoff.sleep()
             try:
                 await actor.setup()
             except Exception as exc:
                 log.warning("actor %s could not restart yet: %r", actor.name, exc)
                 actor.down = f"restarting after a crash: {exc!r}"
                 await actor.teardown()
-                attempt = min(attempt + 1, 20)
                 continue
             actor.restarts += 1
             actor.down = None

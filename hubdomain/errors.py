@@ -8,7 +8,10 @@
     └── HubClosed                    the hub is closing or closed; open a new one
 
 Each backend's own exceptions are mapped to these exactly once, in the backend
-module that talks to it, always chained (``raise ... from exc``).
+module that talks to it (``actors/backends/``), always chained (``raise ... from exc``).
+The engine raises subclasses of BackendUnavailable that say more (Redis refused a
+command, InfluxDB refused a query, a Redis Cluster master is down...): catch
+BackendUnavailable. Nothing else leaves a public call (tests/test_error_tree.py).
 """
 
 from __future__ import annotations

@@ -49,10 +49,11 @@ def wolfhub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, timeout=120)
 
 
-def redis_command(servers: LocalServers, *args: str) -> bytes:
+def redis_command(servers: LocalServers, *args: str | bytes) -> bytes:
     """Send one command with a plain socket (no client library in the way)."""
-    payload = f"*{len(args)}\r\n".encode() + b"".join(
-        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
+    raw = [a if isinstance(a, bytes) else a.encode() for a in args]
+    payload = f"*{len(raw)}\r\n".encode() + b"".join(
+        f"${len(a)}\r\n".encode() + a + b"\r\n" for a in raw
     )
     with socket.create_connection(("127.0.0.1", servers.redis.port), timeout=5) as s:
         s.sendall(payload)

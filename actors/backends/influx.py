@@ -1,16 +1,19 @@
 """The one module that talks to InfluxDB (aioinflux over aiohttp); maps its errors once.
 
 aioinflux is archived upstream: it is imported here only, created inside the
-running loop (its ``__init__`` reads the current loop), and only its ``write``,
-``query`` and ``close`` are used.
+running loop (its ``__init__`` reads the current loop), and only its public ``write``,
+``ping`` and ``close`` are used. Queries go over an aiohttp session of this module's
+own (asking for MessagePack, which aioinflux's ``query`` cannot decode).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -40,8 +43,11 @@ class WriteRejected(HubError):
         super().__init__(f"influxdb rejected the write ({status}): {reason}")
 
 
-class QueryFailed(HubError):
-    """InfluxDB answered a query with an error."""
+class QueryFailed(BackendUnavailable):
+    """InfluxDB answered a query with an error (the caller sees a BackendUnavailable)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("influxdb", message)
 
 
 class Unavailable(BackendUnavailable):
@@ -77,12 +83,39 @@ class InfluxBackend(Protocol):
 _TRANSIENT = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
+def _translate(exc: BaseException) -> HubError:
+    """aioinflux's and aiohttp's exceptions as the hub's: data InfluxDB refuses (400,
+    413) is WriteRejected (retrying cannot help); anything else is Unavailable, with the
+    server's Retry-After when it sent one."""
+    if isinstance(exc, InfluxDBWriteError):
+        reason = exc.headers.get("X-Influxdb-Error", "") or str(exc.reason)
+        if exc.status in (400, 413) and not _missing_database(exc.status, reason):
+            return WriteRejected(exc.status, reason)
+        return Unavailable(f"HTTP {exc.status}: {reason}", _retry_after(exc.headers))
+    return Unavailable(_describe(exc))
+
+
+def _missing_database(status: int, reason: str) -> bool:
+    return status == 404 or "not found" in reason
+
+
+@contextlib.contextmanager
+def mapped() -> Iterator[None]:
+    """The one place aioinflux's and aiohttp's exceptions become the hub's."""
+    try:
+        yield
+    except (InfluxDBWriteError, *_TRANSIENT) as exc:
+        raise _translate(exc) from exc
+
+
 class InfluxClient:
     """InfluxDB 1.x HTTP API (also the v1-compatible API of 2.x/3.x with a token)."""
 
     def __init__(self, config: InfluxConfig) -> None:
         self._config = config
         self._client: Any = None
+        self._session: aiohttp.ClientSession | None = None  # for queries
+        self._query_url = ""
         self._database_ready = False
 
     async def connect(self) -> None:
@@ -102,24 +135,24 @@ class InfluxClient:
         """aioinflux's client; built inside the running loop (its __init__ reads it)."""
         cfg = self._config
         url = urlsplit(cfg.url)
-        kwargs: dict[str, Any] = {}
+        headers: dict[str, str] = {}
         # the header is built here: aioinflux's username/password path uses aiohttp's
         # deprecated BasicAuth
         if cfg.token is not None:
-            kwargs["headers"] = {"Authorization": f"Token {cfg.token.get_secret_value()}"}
+            headers["Authorization"] = f"Token {cfg.token.get_secret_value()}"
         elif cfg.username is not None:
             secret = cfg.password.get_secret_value() if cfg.password else ""
             basic = base64.b64encode(f"{cfg.username}:{secret}".encode()).decode()
-            kwargs["headers"] = {"Authorization": f"Basic {basic}"}
+            headers["Authorization"] = f"Basic {basic}"
+        port = url.port or (443 if url.scheme == "https" else 8086)
+        path = (url.path.rstrip("/") + "/") if url.path else "/"
         self._client = InfluxDBClient(
-            host=url.hostname,
-            port=url.port or (443 if url.scheme == "https" else 8086),
-            path=(url.path.rstrip("/") + "/") if url.path else "/",
-            ssl=url.scheme == "https",
-            db=cfg.bucket,
-            timeout=cfg.timeout,
-            **kwargs,
-        )
+            host=url.hostname, port=port, path=path, ssl=url.scheme == "https",
+            db=cfg.bucket, timeout=cfg.timeout, **({"headers": headers} if headers else {}))
+        self._session = aiohttp.ClientSession(
+            headers={**headers, "Accept": "application/x-msgpack"},
+            timeout=aiohttp.ClientTimeout(total=cfg.timeout))
+        self._query_url = f"{url.scheme}://{url.hostname}:{port}{path}query"
 
     async def _ensure_database(self) -> None:
         try:
@@ -141,47 +174,45 @@ class InfluxClient:
         later) or WriteRejected (the data)."""
         if not self._database_ready:
             await self._ensure_database()
-        try:
-            await self._client.write(body, rp=rp)
-        except InfluxDBWriteError as exc:
-            reason = exc.headers.get("X-Influxdb-Error", "") or str(exc.reason)
-            if exc.status == 404 or "not found" in reason:
-                # database or retention policy dropped under us: create them, then retry
-                if self._database_ready:
-                    log.error(
-                        "InfluxDB has no database %r (HTTP %s: %s); on InfluxDB 2.x map it "
-                        "to a bucket: `influx v1 dbrp create --db %s --rp autogen "
-                        "--bucket-id <id> --default`; writes wait until it exists",
-                        self._config.bucket, exc.status, reason, self._config.bucket)
-                self._database_ready = False
-            elif exc.status in (400, 413):
-                raise WriteRejected(exc.status, reason) from exc
-            elif exc.status in (401, 403):
-                log.error("InfluxDB refused the credentials (HTTP %s): %s", exc.status, reason)
-            raise Unavailable(f"HTTP {exc.status}: {reason}",
-                              _retry_after(exc.headers)) from exc
-        except _TRANSIENT as exc:
-            raise Unavailable(_describe(exc)) from exc
+        with mapped():
+            try:
+                await self._client.write(body, rp=rp)
+            except InfluxDBWriteError as exc:
+                self._write_refused(exc)
+                raise
+
+    def _write_refused(self, exc: InfluxDBWriteError) -> None:
+        """What a refused write says about the server, logged (the error is mapped by
+        :func:`mapped`)."""
+        reason = exc.headers.get("X-Influxdb-Error", "") or str(exc.reason)
+        if _missing_database(exc.status, reason):
+            # database or retention policy dropped under us: create them, then retry
+            if self._database_ready:
+                log.error(
+                    "InfluxDB has no database %r (HTTP %s: %s); on InfluxDB 2.x map it "
+                    "to a bucket: `influx v1 dbrp create --db %s --rp autogen "
+                    "--bucket-id <id> --default`; writes wait until it exists",
+                    self._config.bucket, exc.status, reason, self._config.bucket)
+            self._database_ready = False
+        elif exc.status in (401, 403):
+            log.error("InfluxDB refused the credentials (HTTP %s): %s", exc.status, reason)
 
     async def query(self, text: str, epoch: str = "s") -> list[dict[str, Any]]:
         """Run statements; returns one result dict per statement (``series`` may be absent).
 
-        POSTs on aioinflux's own session asking for MessagePack, which influxd 1.x
-        encodes markedly faster than JSON for large answers (and carries floats
-        exactly); a server that answers JSON anyway is parsed with orjson. aioinflux's
-        own ``query`` decodes with the stdlib json module, several times slower."""
-        if self._client._session is None:
-            await self._client.create_session()
+        Asks for MessagePack, which influxd 1.x encodes markedly faster than JSON for
+        large answers (and carries floats exactly); a server that answers JSON anyway is
+        parsed with orjson. (aioinflux's ``query`` decodes JSON with the stdlib json
+        module, several times slower.)"""
+        if self._session is None:
+            self._make_client()
+        assert self._session is not None
         data = {"q": text, "db": self._config.bucket, "epoch": epoch}
-        try:
-            async with self._client._session.post(
-                    self._client.url.format(endpoint="query"), data=data,
-                    headers={"Accept": "application/x-msgpack"}) as resp:
+        with mapped():
+            async with self._session.post(self._query_url, data=data) as resp:
                 body = await resp.read()
                 status = resp.status
                 packed = resp.content_type == "application/x-msgpack"
-        except _TRANSIENT as exc:
-            raise Unavailable(_describe(exc)) from exc
         if status >= 500 or status == 429:
             raise Unavailable(f"HTTP {status}: {body[:200]!r}")
         try:
@@ -205,13 +236,14 @@ class InfluxClient:
         """The /ping answer's headers (X-Influxdb-Version, Date). Raises Unavailable."""
         if self._client is None:
             self._make_client()
-        try:
+        with mapped():
             headers: dict[str, str] = await self._client.ping()
-        except _TRANSIENT as exc:
-            raise Unavailable(_describe(exc)) from exc
         return headers
 
     async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._client is not None:
             await self._client.close()
             self._client = None

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -18,6 +17,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from actors.backoff import Backoff
 from actors.runtime import cancel_and_wait
 from hubdomain.config import RedisConfig
 from hubdomain.errors import BackendUnavailable, HubError
@@ -62,8 +62,13 @@ class RedisBackend(Protocol):
     async def close(self) -> None: ...
 
 
-class CommandFailed(HubError):
-    """Redis answered one command with an error (WRONGTYPE, script error...)."""
+class CommandFailed(BackendUnavailable):
+    """Redis answered one command with an error (OOM, READONLY, WRONGTYPE, a script
+    error...); ``reply`` is Redis' own text. The caller sees a BackendUnavailable."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__("redis", reply)
+        self.reply = reply
 
 
 class ScriptMissing(CommandFailed):
@@ -575,10 +580,9 @@ class RedisClusterClient:
         its promoted replica), check they answer and the cluster is whole, delete every
         hub key there (a promoted replica may lack acknowledged writes; writes were
         skipped meanwhile), then serve those slots again."""
-        delay = 0.05
+        backoff = Backoff()
         while self._fenced:
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 2.0)
+            await backoff.sleep()
             fenced = set(self._fenced)
             try:
                 await self._refresh()

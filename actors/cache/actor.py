@@ -246,8 +246,8 @@ class CacheActor(Actor):
             if isinstance(failed, ScriptMissing) and not fallback and op.fallback:
                 retry.append(envelope)  # a restarted or flushed Redis lost the script: send it
                 continue
-            if (failed is not None and op.reads is not None
-                    and str(failed).startswith("WRONGTYPE")):
+            if (isinstance(failed, CommandFailed) and op.reads is not None
+                    and failed.reply.startswith("WRONGTYPE")):
                 self._unreadable(envelope, failed)  # another client's value, of another type
                 continue
             if failed is not None:
