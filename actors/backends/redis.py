@@ -176,6 +176,9 @@ async def _tracked(conn: Any, prefixes: Sequence[str]) -> AsyncIterator[list[str
         return message
 
     await conn.connect()
+    # redis.asyncio has no public way to receive invalidation pushes on a connection of
+    # one's own (its client-side caching is sync-only): this is the one private member
+    # of redis-py the hub uses, checked by the near-cache tests on every version
     conn._parser.set_invalidation_push_handler(as_reply)
     args: list[Any] = ["CLIENT", "TRACKING", "ON", "BCAST"]
     for prefix in prefixes:
@@ -362,6 +365,7 @@ class RedisClusterClient:
         self._fenced: set[int] = set()
         self._recovery: asyncio.Task[None] | None = None
         self._refreshing = asyncio.Lock()
+        self._initialized = False  # the client has read the slot map once
 
     @property
     def forget_all_on_reconnect(self) -> bool:
@@ -383,8 +387,9 @@ class RedisClusterClient:
         of masters (failover, a master added or removed) ends every invalidation stream:
         they resubscribe on the masters there are now."""
         async with self._refreshing:  # the pipeline, the listener and the recovery share it
-            if self._client._initialize:
+            if not self._initialized:
                 await self._client.initialize()
+                self._initialized = True
                 return
             before = {m.name for m in self._masters()}
             await self._client.nodes_manager.initialize()
@@ -725,6 +730,7 @@ class RedisClusterClient:
         self._recovery = None
         await self._drop_links()
         await self._client.aclose()
+        self._initialized = False
 
 
 def _human(size: int) -> str:
