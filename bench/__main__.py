@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import uvloop
 
 from bench._dropin import dropin
+from bench._mailbox import mailbox_vs_stream
 from bench._report import markdown, save
 from bench._scale import scale_out
 from bench._suites import Bench, Results, Sizes
@@ -109,6 +111,9 @@ def main(quick: bool, out: str, processes: str) -> None:
         with LocalServers(work / "servers") as servers:
             bench = Bench(servers, work, sizes)
             results = asyncio.run(bench.run())
+            click.echo("  mailbox ...")
+            results.tables["mailbox"] = uvloop.run(mailbox_vs_stream(
+                20_000 if quick else 200_000, 2_000 if quick else 20_000))
             click.echo("  dropin ...")
             dropin(servers, work, sizes, results)
             if counts:

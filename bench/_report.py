@@ -62,6 +62,8 @@ def markdown(results: Results) -> str:
          "dropin", {}),
         ("Synchronous candle writes until queryable", "dropin_writes",
          {"points_per_s": lambda v: f"{v:,.0f}/s"}),
+        ("The actors' mailbox beside anyio's memory object stream (uvloop)", "mailbox",
+         {"tells_per_s": lambda v: f"{v:,.0f}/s"}),
         ("Scaling out: N processes on one Redis and one InfluxDB (aggregate)", "scale_out",
          {"ops_per_s": lambda v: f"{v:,.0f}/s", "per_process": lambda v: f"{v:,.0f}/s"}),
     ]

@@ -8,8 +8,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import uvloop
+
 from bench.__main__ import goals
 from bench._dropin import dropin
+from bench._mailbox import mailbox_vs_stream
 from bench._report import chart, markdown, save
 from bench._scale import CLUSTER_WORKLOAD, WORKLOADS, scale_out
 from bench._suites import Bench, Results, Sizes
@@ -23,6 +26,9 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     with LocalServers(tmp_path / "servers") as servers:
         results = asyncio.run(Bench(servers, tmp_path, sizes).run())
         dropin(servers, tmp_path, sizes, results)
+    results.tables["mailbox"] = uvloop.run(mailbox_vs_stream(500, 50, rounds=1))
+    assert [row["queue"] for row in results.tables["mailbox"]] == [
+        "actors.runtime.Mailbox", "anyio memory object stream"]
     results.meta = {"date": "today", "machine": "test", "quick": True, "sizes": {}}
     results.goals = goals(results)
     for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
@@ -33,6 +39,7 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     text = markdown(results)
     assert "| hub hot (near cache) |" in text and "#### Goals" in text
     assert "| drop-in get_indicator, near cache |" in text
+    assert "| anyio memory object stream |" in text
     js, _md, png = save(results, tmp_path / "out")
     assert json.loads(js.read_text())["tables"]["writes"][0]["points"] == 2000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
