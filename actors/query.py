@@ -2,21 +2,18 @@
 
 Requests with the same ``key`` while one is in flight share its answer: a
 thousand strategies missing the same indicator cost one query. Read-through
-fills go back to Redis through the CacheActor.
+fills go back to the cache through the callback a query carries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from actors.backends.influx import InfluxBackend, QueryFailed
-from actors.backends.redis import CommandFailed
-from actors.cache.actor import CacheActor
-from actors.cache.ops import RedisOp
 from actors.runtime import Actor, Envelope, Request, close_quietly, fail, resolve
 from hubdomain.errors import BackendUnavailable, HubClosed
 
@@ -27,24 +24,22 @@ log = logging.getLogger(__name__)
 class Query(Request[list[dict[str, Any]]]):
     """Run ``text``; when ``key`` is set, concurrent equal keys share one run.
 
-    ``fill`` builds a Redis op from the answer (read-through); it is sent to the
-    CacheActor before the callers are answered, so a caller's next read hits.
+    ``fill`` gets the answer (read-through: it queues a cache fill) and is awaited
+    before the callers are answered, so a caller's next read hits.
     """
 
     text: str
     epoch: str = "s"
     key: str | None = None
-    fill: Callable[[list[dict[str, Any]]], RedisOp[Any] | None] | None = None
+    fill: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
 
 
 class QueryActor(Actor):
     name = "query"
 
-    def __init__(self, backend: InfluxBackend, cache: CacheActor | None,
-                 concurrency: int = 8) -> None:
+    def __init__(self, backend: InfluxBackend, concurrency: int = 8) -> None:
         super().__init__(mailbox_size=10_000)
         self.backend = backend
-        self.cache = cache
         self._slots = asyncio.Semaphore(concurrency)
         self._flights: dict[str, list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -92,15 +87,8 @@ class QueryActor(Actor):
             async with self._slots:
                 self.queries += 1
                 results = await self.backend.query(query.text, epoch=query.epoch)
-            if query.fill is not None and self.cache is not None:
-                op: RedisOp[Any] | None = query.fill(results)
-                if op is not None:
-                    try:
-                        await self.cache.perform(op)
-                    except (BackendUnavailable, CommandFailed) as exc:
-                        # best effort: the answer stands without it (Redis down, full,
-                        # read-only); the cache actor keeps that key a miss meanwhile
-                        log.debug("read-through fill skipped: %s", exc)
+            if query.fill is not None:
+                await query.fill(results)
         except (BackendUnavailable, QueryFailed) as exc:
             error = exc
         except asyncio.CancelledError:

@@ -81,8 +81,8 @@ def _write(influx: wolfinch.InfluxDB, c: Any) -> None:
 def _near() -> Any:
     from hub.compat._runtime import runtime
 
-    assert runtime.hub is not None and runtime.hub._cache is not None
-    return runtime.hub._cache.near
+    assert runtime.hub is not None and runtime.hub.intake.cache is not None
+    return runtime.hub.intake.cache.near
 
 
 def _until_held(cache: wolfinch.RedisCache, product: str) -> None:

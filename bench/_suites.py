@@ -183,10 +183,10 @@ class Bench:
         lite = timed(lambda: db.execute("SELECT value FROM indicators WHERE key = ?",
                                         (key,)).fetchone(), n)
         cold = []
-        assert hub._cache is not None
+        assert hub.intake.cache is not None
         for i in range(n):
-            if hub._cache.near is not None:
-                hub._cache.near.clear()
+            if hub.intake.cache.near is not None:
+                hub.intake.cache.near.clear()
             began = time.perf_counter()
             await hub.get_indicator(EX, PRODUCTS[0], "EMA", i % 1000)
             cold.append(time.perf_counter() - began)
@@ -366,8 +366,8 @@ class Bench:
 
     async def invalidation(self, hub: Hub) -> None:
         """A write by another process reaches this hub's near cache."""
-        assert hub._cache is not None
-        near = hub._cache.near
+        assert hub.intake.cache is not None
+        near = hub.intake.cache.near
         if near is None:
             self.results.tables["invalidation"] = [{"note": "near cache disabled"}]
             return

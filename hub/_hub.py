@@ -18,7 +18,6 @@ import orjson
 from actors.backends.influx import InfluxBackend, InfluxClient, rows
 from actors.backends.redis import RedisBackend, make_client
 from actors.cache import MISS, CacheActor, CacheService, NearCache
-from actors.cache.ops import RedisOp, op_fill
 from actors.query import Query, QueryActor
 from actors.runtime import Supervisor
 from actors.state import StateActor
@@ -147,7 +146,7 @@ class Hub:
                 rp_for=cfg.influxdb.rp_for if cfg.influxdb.retention.enabled else None,
             )
             self.intake.writer = self._writer
-            self._query = QueryActor(factory(), self._cache.actor if self._cache else None)
+            self._query = QueryActor(factory())
             actors += [self._writer, self._query]
         self._supervisor = Supervisor(**self._supervision)
         try:
@@ -309,16 +308,17 @@ class Hub:
             return default
         ttl = self.config.redis.ttl.indicators
 
-        def fill(results: list[dict[str, Any]]) -> RedisOp[None] | None:
+        cache = self._cache
+
+        async def fill(results: list[dict[str, Any]]) -> None:
             found = rows(results[0]) if results else []
-            if not found or found[0].get("last") is None:
-                return None
-            return op_fill(key, orjson.dumps(_number(found[0]["last"])), ttl)
+            if cache is not None and found and found[0].get("last") is not None:
+                await cache.fill(key, orjson.dumps(_number(found[0]["last"])), ttl)
 
         results = await self._influx(Query(
             ql.select_last_indicator(exchange, product, name, period_s,
                                      self.config.influxdb.rp_for("indicator")),
-            key=key, fill=fill if self._cache is not None else None,
+            key=key, fill=fill if cache is not None else None,
         ))
         found = rows(results[0]) if results else []
         if not found or found[0].get("last") is None:
@@ -513,7 +513,7 @@ class Hub:
         if stored is None:
             return None
         if answered and self._cache is not None:
-            await self._cache.fill(key, stored, ttl)
+            await self._cache.fill(key, stored, ttl, wait=False)
         loaded: dict[str, Any] = orjson.loads(stored)
         return loaded
 

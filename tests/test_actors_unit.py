@@ -219,7 +219,7 @@ async def test_close_spools_what_influx_cannot_take() -> None:
 async def test_query_singleflight_shares_one_query() -> None:
     fake = FakeInflux()
     fake.query_gate = asyncio.Event()
-    query = QueryActor(fake, None)
+    query = QueryActor(fake)
     sup = Supervisor()
     await sup.start([query])
     calls = [asyncio.create_task(query.run_query(Query("SELECT 1", key="k"))) for _ in range(50)]

@@ -19,7 +19,7 @@ import redis
 
 from hubdomain.config import HubConfig
 from hubdomain.errors import BackendUnavailable, HubError
-from wolfhub.servers import _binary
+from wolfhub.servers import binary
 
 
 def default_rpc(config: HubConfig) -> str:
@@ -28,7 +28,7 @@ def default_rpc(config: HubConfig) -> str:
 
 
 def _influxd(*args: str) -> None:
-    done = subprocess.run([_binary("influxd"), *args], capture_output=True, text=True,
+    done = subprocess.run([binary("influxd"), *args], capture_output=True, text=True,
                           timeout=600)
     if done.returncode != 0:
         raise BackendUnavailable("influxdb", f"influxd {args[0]} failed: "

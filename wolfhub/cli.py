@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import anyio
 import click
 
-from hub._hub import Hub
+from hub import Hub
 from hubdomain.config import HubConfig
 from hubdomain.errors import HubError, ValidationError
 from wolfhub.servers import LocalServers, RedisClusterServers, free_port

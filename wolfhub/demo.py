@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from hub._hub import Hub
+from hub import Hub
 from hubdomain.config import HubConfig
 from hubdomain.records import Candle
 

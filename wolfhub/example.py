@@ -7,7 +7,7 @@ import random
 import time
 from typing import Any
 
-from hub._hub import Hub
+from hub import Hub
 from hubdomain.config import HubConfig
 from hubdomain.records import Candle
 

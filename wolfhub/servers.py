@@ -58,7 +58,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _binary(name: str) -> str:
+def binary(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if path is None:
         raise BackendUnavailable("local", f"{name} not found; {INSTALL_HINT}")
@@ -140,7 +140,7 @@ def make_certificates(directory: Path) -> dict[str, Path]:
     paths = {n: directory / f"{n}.pem" for n in ("ca", "ca-key", "cert", "key")}
     ext = directory / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run = [_binary("openssl")]
+    run = [binary("openssl")]
     subprocess.run([*run, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=wolfhub-test-ca", "-keyout", str(paths["ca-key"]),
                     "-out", str(paths["ca"])], check=True, capture_output=True)
@@ -167,7 +167,7 @@ class RedisServer(_Server):
 
     def command(self) -> list[str]:
         cmd = [
-            _binary("redis-server"), "--bind", "127.0.0.1",
+            binary("redis-server"), "--bind", "127.0.0.1",
             "--dir", str(self.directory), "--save", "", "--appendonly", "no",
             "--daemonize", "no", "--loglevel", "warning", "--protected-mode", "yes",
         ]
@@ -221,7 +221,7 @@ class SentinelServer(RedisServer):
                 f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 2\n"
                 f"sentinel down-after-milliseconds {self.service} 800\n"
                 f"sentinel failover-timeout {self.service} 3000\n")
-        return [_binary("redis-server"), str(conf), "--sentinel"]
+        return [binary("redis-server"), str(conf), "--sentinel"]
 
 
 def _cli_options(node: RedisServer) -> list[str]:
@@ -345,7 +345,7 @@ class RedisClusterServers:
             node.start()
         if not (self.nodes[0].directory / "created").exists():
             subprocess.run(
-                [_binary("redis-cli"), *_cli_options(self.nodes[0]), "--cluster", "create",
+                [binary("redis-cli"), *_cli_options(self.nodes[0]), "--cluster", "create",
                  *self.seeds,
                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True, capture_output=True, timeout=timeout)
@@ -359,7 +359,7 @@ class RedisClusterServers:
     @staticmethod
     def ask(node: RedisServer, *args: str) -> str:
         """One command through redis-cli on ``node``; its printed reply."""
-        done = subprocess.run([_binary("redis-cli"), *_cli_options(node), "-p",
+        done = subprocess.run([binary("redis-cli"), *_cli_options(node), "-p",
                                str(node.port), *args], capture_output=True, timeout=10)
         return done.stdout.decode(errors="replace")
 
@@ -437,7 +437,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def command(self) -> list[str]:
         conf = self.directory / "influxdb.conf"
         conf.write_text(self.config_text())
-        return [_binary("influxd"), "run", "-config", str(conf)]
+        return [binary("influxd"), "run", "-config", str(conf)]
 
     def ready(self) -> bool:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=0.5)

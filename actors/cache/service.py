@@ -88,9 +88,18 @@ class CacheService:
         """Cache ``data`` under ``key`` for ``ttl`` seconds (fire and forget)."""
         await self.enqueue(self.prepare(op_set(key, data, ttl)))
 
-    async def fill(self, key: str, data: bytes, ttl: int) -> None:
-        """A read-through fill: set unless a write got there first."""
-        await self.enqueue(op_fill(key, data, ttl))
+    async def fill(self, key: str, data: bytes, ttl: int, *, wait: bool = True) -> None:
+        """A read-through fill: set unless a write got there first; done when it returns
+        (``wait``), or only queued (the hub's own reads queue behind it either way).
+        Best effort: the answer stands without it (Redis away, full, read-only, the hub
+        closing)."""
+        try:
+            if wait:
+                await self.perform(op_fill(key, data, ttl))
+            else:
+                await self.enqueue(op_fill(key, data, ttl))
+        except HubError as exc:
+            log.debug("read-through fill skipped: %s", exc)
 
     # ---- reads ----------------------------------------------------------------------
 
