@@ -58,6 +58,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(BackendUnavailable):
+    """The server could not listen: its port was taken."""
+
+
 def binary(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if path is None:
@@ -71,6 +75,8 @@ class _Server:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     name: str = "server"
+    # the ports were given (a config names them): never move to others
+    fixed_ports: bool = False
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -79,7 +85,25 @@ class _Server:
         raise NotImplementedError
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start (or restart) the server and wait until it answers."""
+        """Start (or restart) the server and wait until it answers. At a first start, a
+        port taken since :func:`free_port` chose it (another process was quicker) is
+        replaced by a fresh one, a few times."""
+        for attempt in range(5):
+            try:
+                self._start(timeout)
+                self._started = True
+                return
+            except PortTaken:
+                if self.fixed_ports or getattr(self, "_started", False) or attempt == 4:
+                    raise
+                log.info("%s: a port was taken meanwhile; trying fresh ports", self.name)
+                self.fresh_ports()
+
+    def fresh_ports(self) -> None:
+        """New free ports for a server that has never run (its data has no port in it)."""
+        self.port = free_port()
+
+    def _start(self, timeout: float) -> None:
         if self.running:
             return
         self.directory = self.directory.resolve()
@@ -95,7 +119,10 @@ class _Server:
             if self.process.poll() is not None:
                 tail = (self.directory / f"{self.name}.log").read_text(errors="replace")[-2000:]
                 code = self.process.returncode
-                raise BackendUnavailable(self.name, f"exited with {code}: {tail}")
+                self.process = None
+                error = PortTaken if "address already in use" in tail.lower() \
+                    else BackendUnavailable
+                raise error(self.name, f"exited with {code}: {tail}")
             if self.ready():
                 log.info("%s listening on 127.0.0.1:%s", self.name, self.port)
                 return
@@ -165,6 +192,11 @@ class RedisServer(_Server):
     tls: dict[str, Path] | None = None
     extra: list[str] = field(default_factory=list)  # more redis-server options
 
+    def fresh_ports(self) -> None:
+        super().fresh_ports()
+        if "--cluster-port" in self.extra:  # a cluster node's bus port too
+            self.extra[self.extra.index("--cluster-port") + 1] = str(free_port())
+
     def command(self) -> list[str]:
         cmd = [
             binary("redis-server"), "--bind", "127.0.0.1",
@@ -211,6 +243,10 @@ class SentinelServer(RedisServer):
     name: str = "sentinel"
     master_port: int = 0
     service: str = "mymaster"
+
+    def fresh_ports(self) -> None:
+        super().fresh_ports()
+        (self.directory / "sentinel.conf").unlink(missing_ok=True)  # it names the port
 
     def command(self) -> list[str]:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -405,6 +441,10 @@ class InfluxServer(_Server):
     # (user, password): auth-enabled server with this admin user
     admin: tuple[str, str] | None = None
 
+    def fresh_ports(self) -> None:
+        super().fresh_ports()
+        self.rpc_port = free_port()
+
     def config_text(self) -> str:
         d = self.directory
         return f"""reporting-enabled = false
@@ -485,10 +525,13 @@ class LocalServers:
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory).resolve()  # the servers run with cwd there
-        self.redis = RedisServer(self.directory / "redis", port=self.redis_port or free_port())
+        self.redis = RedisServer(self.directory / "redis", port=self.redis_port or free_port(),
+                                 fixed_ports=self.redis_port is not None)
         self.influx = InfluxServer(self.directory / "influxdb",
                                    port=self.influx_port or free_port(),
-                                   rpc_port=self.influx_rpc_port or free_port())
+                                   rpc_port=self.influx_rpc_port or free_port(),
+                                   fixed_ports=self.influx_port is not None
+                                   or self.influx_rpc_port is not None)
 
     # ---- detached servers (wolfhub up / down / status) ----
 
