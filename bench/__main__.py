@@ -16,6 +16,7 @@ import uvloop
 from bench._dropin import dropin
 from bench._mailbox import mailbox_vs_stream
 from bench._report import markdown, save
+from bench._rss import hub_rss
 from bench._scale import scale_out
 from bench._suites import Bench, Results, Sizes
 from wolfhub.servers import LocalServers, RedisClusterServers
@@ -46,6 +47,7 @@ def goals(r: Results) -> list[dict[str, Any]]:
     q = {row["query"]: row for row in t["candle_queries"]}
     q100, q10k = q["last 100 candles"], q["last 10,000 candles"]
     mem = t["memory"][0]["bytes"]
+    rss = next((row for row in t["memory"] if "RSS" in row["store"]), None)
     inv = t["invalidation"][0]
 
     def goal(name: str, target: str, measured: str, met: bool) -> dict[str, Any]:
@@ -75,6 +77,9 @@ def goals(r: Results) -> list[dict[str, Any]]:
         goal("Redis memory, 1,000 candles x 5 products", "< 1 MB", f"{mem / 1e6:.2f} MB",
              mem < 1_000_000),
     ]
+    if rss is not None:  # the budget: 150 MB for 300 products x 1,000 candles
+        out.append(goal("hub RSS per hot-window candle", "<= 500 B",
+                        f"{rss['per_candle']:.0f} B", rss["per_candle"] <= 500))
     if "dropin" in t:
         calls = {row["call"]: row["p50"] for row in t["dropin"]}
         seed = calls["seed: sync redis-py GET + decode"]
@@ -111,6 +116,8 @@ def main(quick: bool, out: str, processes: str) -> None:
         with LocalServers(work / "servers") as servers:
             bench = Bench(servers, work, sizes)
             results = asyncio.run(bench.run())
+            click.echo("  hub RSS ...")
+            results.tables["memory"].append(hub_rss(servers, work, 30 if quick else 300))
             click.echo("  mailbox ...")
             results.tables["mailbox"] = uvloop.run(mailbox_vs_stream(
                 20_000 if quick else 200_000, 2_000 if quick else 20_000))

@@ -24,7 +24,7 @@ from actors.state import StateActor
 from actors.writer import WriterActor
 from hub._intake import Accepted, Intake, _indicator_key, _names
 from hubdomain import influxql as ql
-from hubdomain import keys
+from hubdomain import jsonbytes, keys
 from hubdomain import lineproto as lp
 from hubdomain import validate as v
 from hubdomain.config import HubConfig
@@ -313,7 +313,7 @@ class Hub:
         async def fill(results: list[dict[str, Any]]) -> None:
             found = rows(results[0]) if results else []
             if cache is not None and found and found[0].get("last") is not None:
-                await cache.fill(key, orjson.dumps(_number(found[0]["last"])), ttl)
+                await cache.fill(key, jsonbytes.dumps(_number(found[0]["last"])), ttl)
 
         results = await self._influx(Query(
             ql.select_last_indicator(exchange, product, name, period_s,
@@ -492,7 +492,7 @@ class Hub:
     # ---- positions and strategy state ---------------------------------------------
 
     async def _put_state(self, key: str, value: object, argument: str, ttl: int) -> None:
-        data = orjson.dumps(v.mapping(value, argument))
+        data = jsonbytes.dumps(v.mapping(value, argument))
         self._check_open()
         assert self._sqlite is not None
         await self._sqlite.put(key, data)

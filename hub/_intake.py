@@ -14,13 +14,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from actors.cache import CacheService
 from actors.cache.ops import RedisOp, op_push_candles, op_set, pick
 from actors.writer import WriterActor
 from hubdomain import influxql as ql
-from hubdomain import keys
+from hubdomain import jsonbytes, keys
 from hubdomain import lineproto as lp
 from hubdomain import validate as v
 from hubdomain.config import HubConfig
@@ -120,7 +118,7 @@ class Intake:
     def cache_indicator(self, exchange: object, product: object, indicator: object,
                              period: object, value: Any, ttl: object = None) -> Accepted:
         *_, key = _indicator_key(exchange, product, indicator, period, self.tagged)
-        data = orjson.dumps(v.json_value(value, "value"))
+        data = jsonbytes.dumps(v.json_value(value, "value"))
         seconds = self.config.redis.ttl.indicators if ttl is None else v.positive_int(ttl, "ttl")
         return Accepted([], op_set(key, data, seconds, self.near_on))
 
@@ -136,7 +134,7 @@ class Intake:
         if "period" not in extra:
             return Accepted([line])
         key = keys.indicator(exchange, product, name, extra["period"], self.tagged)
-        return Accepted([line], op_set(key, orjson.dumps(number),
+        return Accepted([line], op_set(key, jsonbytes.dumps(number),
                                        self.config.redis.ttl.indicators, self.near_on))
 
     def write_candle(self, exchange: object, product: object, timestamp: object,

@@ -16,6 +16,7 @@ import orjson
 
 from actors.backends.redis import Command
 from actors.runtime import Envelope, Request
+from hubdomain import jsonbytes
 from hubdomain.records import Candle
 
 R = TypeVar("R")
@@ -81,7 +82,7 @@ return added
 
 
 def encode_candle(c: Candle) -> bytes:
-    return orjson.dumps([c.timestamp, c.open, c.high, c.low, c.close, c.volume])
+    return jsonbytes.dumps([c.timestamp, c.open, c.high, c.low, c.close, c.volume])
 
 
 def decode_candle(raw: bytes) -> Candle:

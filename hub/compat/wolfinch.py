@@ -32,6 +32,7 @@ from hub._hub import Hub
 from hub._intake import Accepted
 from hub.compat._records import CandleRecord, points
 from hub.compat._runtime import runtime
+from hubdomain import jsonbytes
 from hubdomain import validate as v
 from hubdomain.errors import BackendUnavailable, HubClosed, HubError, ValidationError
 
@@ -219,7 +220,7 @@ class RedisCache(_Section):
 
     @staticmethod
     def _dump(value: Any) -> bytes:
-        return orjson.dumps(v.json_value(value, "value"))
+        return jsonbytes.dumps(v.json_value(value, "value"))
 
     @staticmethod
     def _load(raw: bytes | None) -> Any:
