@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from hubdomain import validate as v
 from hubdomain.config import HubConfig
 from hubdomain.errors import BackendUnavailable, ValidationError
 from hubdomain.fieldtypes import FieldTypes
-from hubdomain.records import Candle
+from hubdomain.records import Candle, Row, candle_rows
 
 _INDICATOR_TAGS = frozenset({"exchange", "product", "name"})
 _METRIC_TAGS = frozenset({"name"})
@@ -143,32 +143,32 @@ class Intake:
         exchange, product = _names(exchange, product)
         candle = Candle.checked(timestamp, open_price, high, low, close, volume)
         return Accepted([lp.candle(exchange, product, candle)],
-                        self._window_op(exchange, product, [candle], None))
+                        self._window_op(exchange, product, [(candle.timestamp, candle.open,
+                                        candle.high, candle.low, candle.close, candle.volume)],
+                                        None))
 
     def write_candles(self, exchange: object, product: object,
                            candles: object) -> tuple[Accepted | None, int]:
         exchange, product = _names(exchange, product)
-        checked = _checked_candles(candles)
-        if not checked:
+        rows = candle_rows(candles)
+        if not rows:
             return None, 0
-        return Accepted([lp.candle(exchange, product, c) for c in checked],
-                        self._window_op(exchange, product, checked, None)), len(checked)
+        return Accepted(lp.candle_lines(exchange, product, rows),
+                        self._window_op(exchange, product, rows, None)), len(rows)
 
     def cache_candles(self, exchange: object, product: object, candles: object,
                            max_candles: object = None) -> Accepted | None:
         exchange, product = _names(exchange, product)
-        checked = _checked_candles(candles)
+        checked = candle_rows(candles)
         window = None if max_candles is None else v.positive_int(max_candles, "max_candles")
         if not checked or self.cache is None:
             return None
         return Accepted([], self._window_op(exchange, product, checked, window))
 
-    def _window_op(self, exchange: str, product: str, candles: list[Candle],
+    def _window_op(self, exchange: str, product: str, rows: list[Row],
                    window: int | None) -> RedisOp[int]:
         size = window or self.config.performance.redis_hot_data_window
-        newest = candles if len(candles) == 1 else sorted(
-            candles, key=lambda c: c.timestamp)[-size:]
-        return op_push_candles(keys.candles(exchange, product, self.tagged), newest, size,
+        return op_push_candles(keys.candles(exchange, product, self.tagged), rows, size,
                                self.config.redis.ttl.candles, self.near_on)
 
     def write_metric(self, metric_name: object, value: object,
@@ -275,12 +275,6 @@ def _tags(tags: Mapping[str, object], reserved: frozenset[str]) -> dict[str, str
             raise ValidationError(key, f"{name!r} is set by the hub and cannot be a tag")
         out[name] = v.tag(value, key)
     return out
-
-
-def _checked_candles(candles: object) -> list[Candle]:
-    if isinstance(candles, (str, bytes, Mapping)) or not isinstance(candles, Iterable):
-        raise ValidationError("candles", "expected an iterable of candles")
-    return [Candle.coerce(c, f"candles[{i}]") for i, c in enumerate(candles)]
 
 
 def _point_tags(tags: object) -> dict[str, str]:

@@ -9,12 +9,12 @@ backslash directly before the separator; string fields may span lines).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 from hubdomain.errors import ValidationError
-from hubdomain.records import Candle
+from hubdomain.records import Candle, Row
 
 _TAG_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
@@ -112,6 +112,13 @@ def _candle_prefix(exchange: str, product: str) -> str:
     key = "candle" + tag_set({"exchange": exchange, "product": product})
     check_key_size(key, ["volume"], {"exchange": exchange, "product": product})
     return key + " "
+
+
+def candle_lines(exchange: str, product: str, rows: Iterable[Row]) -> list[str]:
+    """Lines of checked candle rows (timestamp, open, high, low, close, volume)."""
+    prefix = _candle_prefix(exchange, product)
+    return [f"{prefix}open={o!r},high={h!r},low={lo!r},close={c!r},volume={v!r} {t}000000000"
+            for t, o, h, lo, c, v in rows]
 
 
 def candle(exchange: str, product: str, c: Candle) -> str:

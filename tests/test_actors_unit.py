@@ -350,10 +350,9 @@ async def test_close_is_bounded_even_when_an_actor_hangs() -> None:
 
 def test_window_pushes_to_one_key_are_coalesced_in_order() -> None:
     from actors.cache.ops import coalesce, decode_candle, op_get, op_push_candles
-    from hub import Candle
 
-    def c(ts: int, close: float) -> Candle:
-        return Candle(ts, 1.0, 2.0, 0.5, close, 1.0)
+    def c(ts: int, close: float) -> tuple[int, float, float, float, float, float]:
+        return (ts, 1.0, 2.0, 0.5, close, 1.0)
 
     batch = [
         Envelope(op_push_candles("k", [c(120, 1.0)], 10, 60), None),

@@ -114,6 +114,28 @@ async def test_old_backfill_does_not_punch_holes_in_the_window(windowed: Hub) ->
     assert await windowed.query_candles(EX, PR, limit=5) == data[-5:]
 
 
+async def test_every_candle_shape_stores_the_same_candles(windowed: Hub) -> None:
+    """Tuples of floats (the fast path), lists, ints, mappings and Candles, out of order,
+    more than the window, values near the float limit: the window and InfluxDB agree."""
+    data = random_candles(WINDOW + 20)
+    big = Candle(T0 - 60, 1e308, 1.5e308, 1e308, 1.2e308, 1e308)  # a finite sum overflows
+    shapes: list[object] = [big]
+    for i, c in enumerate(data):
+        row = (c.timestamp, c.open, c.high, c.low, c.close, c.volume)
+        shapes.append([row, list(row), c, c.as_dict(),
+                       (c.timestamp, int(c.open), int(c.high) + 1, int(c.low),
+                        int(c.close), int(c.volume))][i % 5])
+    random.Random(3).shuffle(shapes)
+    assert await windowed.write_candles_batch(EX, PR, shapes) == WINDOW + 21
+    expected = [big] + [
+        Candle(c.timestamp, float(int(c.open)), float(int(c.high) + 1), float(int(c.low)),
+               float(int(c.close)), c.volume) if i % 5 == 4 else c
+        for i, c in enumerate(data)]
+    assert await windowed.query_candles(EX, PR, limit=WINDOW) == expected[-WINDOW:]
+    await windowed.flush()
+    assert await windowed.query_candles(EX, PR, limit=WINDOW + 21) == expected
+
+
 async def test_1h_resampling_matches_ohlcv_computed_here(hub: Hub) -> None:
     data = random_candles(60 * 5 + 17)  # five full hours and a partial one
     await hub.write_candles_batch(EX, PR, data)

@@ -17,7 +17,7 @@ import orjson
 from actors.backends.redis import Command
 from actors.runtime import Envelope, Request
 from hubdomain import jsonbytes
-from hubdomain.records import Candle
+from hubdomain.records import Candle, Row
 
 R = TypeVar("R")
 
@@ -81,8 +81,11 @@ return added
 """
 
 
-def encode_candle(c: Candle) -> bytes:
-    return jsonbytes.dumps([c.timestamp, c.open, c.high, c.low, c.close, c.volume])
+def encode_candle(c: Candle | Row) -> bytes:
+    """A window member: [timestamp, open, high, low, close, volume] as compact JSON."""
+    if isinstance(c, Candle):
+        return jsonbytes.dumps((c.timestamp, c.open, c.high, c.low, c.close, c.volume))
+    return jsonbytes.dumps(c)
 
 
 def decode_candle(raw: bytes) -> Candle:
@@ -162,13 +165,22 @@ def op_unlink(keys: Sequence[str]) -> RedisOp[int]:
 PUSH_CANDLES_SHA = hashlib.sha1(PUSH_CANDLES.encode()).hexdigest()
 
 
-def op_push_candles(key: str, candles: Sequence[Candle], window: int, ttl: int,
+def op_push_candles(key: str, rows: Sequence[Row], window: int, ttl: int,
                     near: bool = False) -> RedisOp[int]:
-    ordered = candles if len(candles) == 1 else sorted(candles, key=lambda c: c.timestamp)
+    """Push checked candle rows into a hot window (the newest ``window`` matter)."""
+    ordered = rows if _ascending(rows) else sorted(rows, key=_time)
     args: list[Any] = []
-    for c in ordered:
-        args += [c.timestamp, encode_candle(c)]
+    for row in ordered[-window:]:
+        args += [row[0], encode_candle(row)]
     return _push(key, window, ttl, tuple(args), near)
+
+
+def _time(row: Row) -> int:
+    return row[0]
+
+
+def _ascending(rows: Sequence[Row]) -> bool:
+    return all(rows[i][0] <= rows[i + 1][0] for i in range(len(rows) - 1))
 
 
 def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
