@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class CsvQuery(Request[bytes]):
+    """Run one statement; the answer is InfluxDB's CSV bytes."""
+
+    text: str
+    epoch: str = "s"
+
+
+@dataclass(frozen=True, slots=True)
 class Query(Request[list[dict[str, Any]]]):
     """Run ``text``; when ``key`` is set, concurrent equal keys share one run.
 
@@ -59,6 +67,10 @@ class QueryActor(Actor):
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def run_csv(self, query: CsvQuery) -> bytes:
+        """One statement's answer as CSV bytes (see InfluxBackend.query_csv)."""
+        return await self.ask(query)
+
     async def run_query(self, query: Query) -> list[dict[str, Any]]:
         """The statements' results, one dict per statement (``series`` may be absent).
         Raises BackendUnavailable, QueryFailed."""
@@ -66,8 +78,13 @@ class QueryActor(Actor):
 
     async def handle(self, batch: Sequence[Envelope]) -> None:
         for call in batch:
-            query: Query = call.message
+            query = call.message
             if call.future is None:
+                continue
+            if isinstance(query, CsvQuery):
+                task = asyncio.create_task(self._serve_csv(query, call.future))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
                 continue
             if query.key is not None:
                 waiting = self._flights.get(query.key)
@@ -79,6 +96,22 @@ class QueryActor(Actor):
             task = asyncio.create_task(self._serve(query, call.future))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _serve_csv(self, query: CsvQuery, future: asyncio.Future[Any]) -> None:
+        try:
+            async with self._slots:
+                self.queries += 1
+                body = await self.backend.query_csv(query.text, epoch=query.epoch)
+        except (BackendUnavailable, QueryFailed) as exc:
+            fail(future, exc)
+        except asyncio.CancelledError:
+            fail(future, HubClosed("hub is closing"))
+            raise
+        except Exception as exc:  # a bug must reach the caller, never hang it
+            log.exception("query failed")
+            fail(future, BackendUnavailable("influxdb", f"query failed: {exc!r}"))
+        else:
+            resolve(future, body)
 
     async def _serve(self, query: Query, future: asyncio.Future[Any]) -> None:
         error: BaseException | None = None

@@ -18,7 +18,7 @@ import orjson
 from actors.backends.influx import InfluxBackend, InfluxClient, rows
 from actors.backends.redis import RedisBackend, make_client
 from actors.cache import MISS, CacheActor, CacheService, NearCache
-from actors.query import Query, QueryActor
+from actors.query import CsvQuery, Query, QueryActor
 from actors.runtime import Supervisor
 from actors.state import StateActor
 from actors.writer import WriterActor
@@ -345,11 +345,14 @@ class Hub:
                                                   high, low, close, volume))
 
     async def write_candles_batch(self, exchange: str, product: str,
-                                  candles: Iterable[Candle | Mapping[str, Any]]) -> int:
-        """Write many candles (``Candle`` objects, mappings with the seed's keys, or
-        objects with candle attributes such as Wolfinch's ``OHLC``). All are validated
-        before any is written. Returns the count."""
-        accepted, count = self.intake.write_candles(exchange, product, candles)
+                                  candles: Iterable[Candle | Mapping[str, Any]], *,
+                                  window: bool = True) -> int:
+        """Write many candles (``Candle`` objects, ``(timestamp, open, high, low, close,
+        volume)`` tuples, mappings with the seed's keys, or objects with candle attributes
+        such as Wolfinch's ``OHLC``). All are validated before any is written. Returns the
+        count. ``window=False`` writes InfluxDB only: for bulk loads that put the newest
+        candles in the hot window themselves (``cache_candles``), once, at the end."""
+        accepted, count = self.intake.write_candles(exchange, product, candles, window)
         await self._accept(accepted)
         return count
 
@@ -396,6 +399,24 @@ class Hub:
                 self._counters["candle_window_hits"] += 1
                 return found
         return await self._cold_candles(exchange, product, lo, hi, limit)
+
+    async def query_candles_csv(self, exchange: str, product: str,
+                                start_time: int | float | None = None,
+                                end_time: int | float | None = None,
+                                limit: int = 1000) -> bytes:
+        """The candles ``query_candles`` selects, as InfluxDB's CSV answer (header
+        ``name,tags,time,open,high,low,close,volume``, newest first, times in Unix
+        seconds), read from InfluxDB after a flush: for columnar readers, which build
+        their arrays from it without a Python object per row (``wolfhub.columnar``)."""
+        exchange, product, lo, hi, limit = self.intake.range_args(
+            exchange, product, start_time, end_time, limit)
+        self._check_open()
+        if self._query is None:
+            raise BackendUnavailable("influxdb", "disabled in the config (influxdb.enabled)")
+        self._counters["candle_cold_queries"] += 1
+        await self._read_your_writes()
+        return await self._query.run_csv(CsvQuery(ql.select_candles(
+            exchange, product, lo, hi, limit, self.config.influxdb.rp_for("candle"))))
 
     async def _cold_candles(self, exchange: str, product: str, lo: int | None,
                             hi: int | None, limit: int) -> list[Candle]:

@@ -147,14 +147,15 @@ class Intake:
                                         candle.high, candle.low, candle.close, candle.volume)],
                                         None))
 
-    def write_candles(self, exchange: object, product: object,
-                           candles: object) -> tuple[Accepted | None, int]:
+    def write_candles(self, exchange: object, product: object, candles: object,
+                      window: bool = True) -> tuple[Accepted | None, int]:
         exchange, product = _names(exchange, product)
         rows = candle_rows(candles)
         if not rows:
             return None, 0
         return Accepted(lp.candle_lines(exchange, product, rows),
-                        self._window_op(exchange, product, rows, None)), len(rows)
+                        self._window_op(exchange, product, rows, None) if window else None
+                        ), len(rows)
 
     def cache_candles(self, exchange: object, product: object, candles: object,
                            max_candles: object = None) -> Accepted | None:
@@ -236,11 +237,10 @@ class Intake:
         held, window = self.cache.held(keys.candles(exchange, product, self.tagged))
         return window if held else None
 
-    def hot_query(self, exchange: object, product: object, start_time: object,
-                   end_time: object, limit: object, interval: object
-                   ) -> tuple[str, str, int | None, int | None, int, list[Candle] | None]:
-        """Validated arguments of query_candles, and its answer when the near cache's hot
-        window holds all of it (synchronous, any thread)."""
+    def range_args(self, exchange: object, product: object, start_time: object,
+                   end_time: object, limit: object) -> tuple[str, str, int | None, int | None,
+                                                             int]:
+        """Validated names, whole-second bounds and limit of a candle range query."""
         exchange, product = _names(exchange, product)
         start = v.optional_timestamp(start_time, "start_time")
         end = v.optional_timestamp(end_time, "end_time")
@@ -249,6 +249,15 @@ class Intake:
         hi = None if end is None else math.floor(end)
         if lo is not None and hi is not None and hi < lo:
             raise ValidationError("end_time", "end_time is before start_time")
+        return exchange, product, lo, hi, count
+
+    def hot_query(self, exchange: object, product: object, start_time: object,
+                   end_time: object, limit: object, interval: object
+                   ) -> tuple[str, str, int | None, int | None, int, list[Candle] | None]:
+        """Validated arguments of query_candles, and its answer when the near cache's hot
+        window holds all of it (synchronous, any thread)."""
+        exchange, product, lo, hi, count = self.range_args(exchange, product, start_time,
+                                                           end_time, limit)
         if interval is not None:
             if not isinstance(interval, str):
                 raise ValidationError("interval", f"expected a string like '1h', got {interval!r}")

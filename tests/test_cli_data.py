@@ -49,33 +49,6 @@ def rows(n: int) -> list[list[object]]:
     return [[T0 + 60 * i, 100.0 + i, 102.0 + i, 99.0 + i, 101.0 + i, float(i)] for i in range(n)]
 
 
-def test_backfill_resumes_then_export_gives_the_same_csv(servers: LocalServers,
-                                                         tmp_path: Path) -> None:
-    make_config(servers, tmp_path)
-    data = rows(1200)
-    source = tmp_path / "candles.csv"
-    bad = [r[:] for r in data]
-    bad[899][2] = 1.0  # high below low: refused
-    write_csv(source, bad)
-    first = wolfhub("backfill", str(source), "--exchange", "px", "--product", "P",
-                    "--batch", "500", cwd=tmp_path)
-    assert first.returncode == 1 and "rows 501-1000" in first.stderr
-    assert (tmp_path / "candles.csv.wolfhub-progress").read_text() == "500"
-    write_csv(source, data)  # fixed; run again: resumes after row 500
-    second = wolfhub("backfill", str(source), "--exchange", "px", "--product", "P",
-                     "--batch", "500", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    assert "1200 of 1200 candles stored (700 this run)" in second.stdout
-    redis_command(servers, "FLUSHALL")  # so export reads InfluxDB
-    out = tmp_path / "out.csv"
-    exported = wolfhub("export", "px", "P", "--out", str(out), cwd=tmp_path)
-    assert exported.returncode == 0, exported.stderr
-    with out.open() as fh:
-        got = list(csv.reader(fh))
-    assert got[0] == ["timestamp", "open", "high", "low", "close", "volume"]
-    assert [[int(r[0]), *map(float, r[1:])] for r in got[1:]] == data
-
-
 def test_delete_and_cache_clear(servers: LocalServers, tmp_path: Path) -> None:
     backfilled(servers, tmp_path, "Q", 10)
     redis_command(servers, "SET", "indicator:px:Q:EMA:20", "1.5")

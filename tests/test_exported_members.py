@@ -57,5 +57,10 @@ def test_methods_follow_the_contract() -> None:
     for name, params in CONTRACT_METHODS.items():
         method = getattr(Hub, name)
         assert inspect.iscoroutinefunction(method), name
-        got = [p for p in inspect.signature(method).parameters if p != "self"]
+        signature = inspect.signature(method).parameters.values()
+        got = [p.name for p in signature
+               if p.name != "self" and p.kind is not inspect.Parameter.KEYWORD_ONLY]
         assert got == params, name
+        # additions beyond the contract are keyword-only with defaults: contract calls work
+        extra = [p for p in signature if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        assert all(p.default is not inspect.Parameter.empty for p in extra), name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -10,16 +11,16 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import click
 
 from hub import Hub
 from hubdomain.config import HubConfig
-from hubdomain.errors import HubError, ValidationError
+from hubdomain.errors import HubError
 from wolfhub.servers import LocalServers, RedisClusterServers, free_port
 
 DEFAULT_CONFIG = "config/cache_db.yml"
@@ -385,86 +386,116 @@ CSV_FIELDS = ("timestamp", "open", "high", "low", "close", "volume")
 @click.argument("product")
 @click.option("--start", type=float, help="Unix seconds (inclusive).")
 @click.option("--end", type=float, help="Unix seconds (inclusive).")
-@click.option("--out", type=click.File("w"), default="-", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
+              show_default=True, help="parquet needs the 'columnar' extra (pyarrow).")
+@click.option("--out", default="-", show_default=True, help="File to write ('-': stdout).")
 def export(config_path: str, exchange: str, product: str, start: float | None,
-           end: float | None, out: Any) -> None:
-    """Candles to CSV (timestamp,open,high,low,close,volume), ascending."""
+           end: float | None, fmt: str, out: str) -> None:
+    """Candles to CSV (timestamp,open,high,low,close,volume) or Parquet, ascending."""
+    if fmt == "parquet":
+        try:
+            from wolfhub import columnar
+        except HubError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+        async def frame(hub: Hub) -> Any:
+            return await columnar.candles_table(hub, exchange, product, start, end)
+
+        table = _with_hub(config_path, frame)
+        columnar.write_parquet(table, sys.stdout.buffer if out == "-" else out)
+        return
+
     async def work(hub: Hub) -> list[Any]:
         return await hub.query_candles(exchange, product, start, end, limit=100_000_000)
 
     found = _with_hub(config_path, work)
-    writer = csv.writer(out)
-    writer.writerow(CSV_FIELDS)
-    for c in found:
-        writer.writerow([c.timestamp, c.open, c.high, c.low, c.close, c.volume])
+    with contextlib.ExitStack() as stack:
+        fh = sys.stdout if out == "-" else stack.enter_context(
+            open(out, "w", newline="", encoding="utf-8"))
+        writer = csv.writer(fh)
+        writer.writerow(CSV_FIELDS)
+        for c in found:
+            writer.writerow([c.timestamp, c.open, c.high, c.low, c.close, c.volume])
 
 
 @main.command()
 @config_option
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--exchange", required=True)
-@click.option("--product", required=True)
-@click.option("--batch", default=5000, show_default=True, help="Candles per write.")
-def backfill(config_path: str, file: str, exchange: str, product: str, batch: int) -> None:
-    """Load candles from a CSV (timestamp,open,high,low,close,volume; a header row), with a
-    progress bar. Resumable: rows already stored are skipped when run again."""
-    from rich.progress import Progress
+@click.option("--product", help="The product of every row. Default: a product/symbol column, "
+                                "else the file's name (BTCUSDT-1m-2024-01.csv -> BTCUSDT).")
+@click.option("--batch", default=5000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Rows per write.")
+@click.option("--skip-bad", is_flag=True, help="Skip and count bad rows instead of stopping.")
+@click.option("--restart", is_flag=True, help="Ignore the resume marker: load every row.")
+@click.option("--time-unit", type=click.Choice(["auto", "s", "ms", "us", "ns"]),
+              default="auto", show_default=True,
+              help="Unit of numeric times (auto: by magnitude).")
+def backfill(config_path: str, files: tuple[Path, ...], exchange: str, product: str | None,
+             batch: int, skip_bad: bool, restart: bool, time_unit: str) -> None:
+    """Load candles from CSV files (.csv, .gz, .zip; a header row naming timestamp, open,
+    high, low, close, volume and optionally product, or no header as in Binance's kline
+    dumps) or Parquet files (with the 'columnar' extra). Resumable per file and
+    destination: rows already stored are skipped when run again."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    progress_file = Path(file + ".wolfhub-progress")
-    done = int(progress_file.read_text()) if progress_file.exists() else 0
-    with open(file, newline="") as fh:
-        total = max(0, sum(1 for _ in fh) - 1)
+    from wolfhub.backfill import BadRow, Report
+    from wolfhub.backfill import backfill as load
 
-    async def work(hub: Hub) -> int:
-        written = done
-        marker = anyio.Path(progress_file)
-        with Progress() as bar:
-            task = bar.add_task(f"{exchange} {product}", total=total, completed=done)
-            chunk: list[dict[str, str]] = []
-            header: list[str] | None = None
-            number = 0
-            async with await anyio.open_file(file, newline="") as fh:
-                async for line in fh:
-                    fields = next(csv.reader([line]), [])
-                    if header is None:
-                        header = fields
-                        continue
-                    number += 1
-                    if number <= done or not fields:
-                        continue
-                    chunk.append(dict(zip(header, fields, strict=False)))
-                    if len(chunk) >= batch:
-                        await _backfill_chunk(hub, exchange, product, chunk, written)
-                        await hub.flush()  # stored before the marker moves
-                        written = number
-                        await marker.write_text(str(written))
-                        bar.update(task, completed=written)
-                        chunk = []
-            if chunk:
-                await _backfill_chunk(hub, exchange, product, chunk, written)
-                await hub.flush()
-                written = number
-                await marker.write_text(str(written))
-                bar.update(task, completed=written)
-        return written
+    config = _config_or_default(config_path)
+    destination = f"{config.influxdb.url}/{config.influxdb.bucket}"
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.percentage:>3.0f}%"),
+                        TextColumn("{task.fields[rows]:>12,} rows  {task.fields[rate]:>9,.0f}/s"),
+                        TimeRemainingColumn(), console=Console(stderr=True))
+    task = progress.add_task(f"{exchange}", total=None, rows=0, rate=0.0)
 
-    written = _with_hub(config_path, work)
-    click.echo(f"{written} of {total} candles stored ({written - done} this run)")
+    def tick(report: Report) -> None:
+        progress.update(task, total=report.bytes_total, completed=report.bytes_done,
+                        rows=report.rows, rate=report.rate)
 
+    report = Report(tick=tick)
 
-async def _backfill_chunk(hub: Hub, exchange: str, product: str, chunk: list[dict[str, str]],
-                          first: int) -> None:
-    candles = []
-    for offset, row in enumerate(chunk):
-        try:
-            candles.append({k: (int(row[k]) if k == "timestamp" else float(row[k]))
-                            for k in CSV_FIELDS})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HubError(f"row {first + offset + 1}: {exc!r}") from None
+    async def work(hub: Hub) -> Report:
+        with progress:
+            return await load(hub, list(files), exchange, product, destination=destination,
+                              batch=batch, skip_bad=skip_bad, restart=restart,
+                              time_unit=time_unit, report=report)
+
     try:
-        await hub.write_candles_batch(exchange, product, candles)
-    except ValidationError as exc:
-        raise HubError(f"rows {first + 1}-{first + len(chunk)}: {exc}") from None
+        _with_hub_raising(config, work)
+    except BadRow as exc:
+        for line in report.lines:
+            click.echo(line)
+        click.echo(f"error: {exc}", err=True)
+        click.echo("the rows before it are stored; fix it and run again to resume there, "
+                   "or pass --skip-bad", err=True)
+        sys.exit(1)
+    except (HubError, OSError) as exc:
+        for line in report.lines:
+            click.echo(line)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for line in report.lines:
+        click.echo(line)
+    for bad in report.bad[:5]:
+        click.echo(f"skipped: {bad}", err=True)
+    if report.skipped > 5:
+        click.echo(f"skipped: ... and {report.skipped - 5} more", err=True)
+    click.echo(f"{report.stored:,} candles in {time.monotonic() - report.began:.1f}s "
+               f"({report.rate:,.0f} rows/s)" + (f"; {report.skipped:,} bad rows skipped"
+                                                 if report.skipped else ""))
+
+
+def _with_hub_raising(config: HubConfig, work: Any) -> Any:
+    async def go() -> Any:
+        async with Hub(config, handle_sigterm=False) as hub:
+            return await work(hub)
+
+    return _run(go())
 
 
 if __name__ == "__main__":  # pragma: no cover

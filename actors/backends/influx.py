@@ -77,6 +77,7 @@ class InfluxBackend(Protocol):
     async def connect(self) -> None: ...
     async def write(self, body: bytes, rp: str | None = None) -> None: ...
     async def query(self, text: str, epoch: str = "s") -> list[dict[str, Any]]: ...
+    async def query_csv(self, text: str, epoch: str = "s") -> bytes: ...
     async def close(self) -> None: ...
 
 
@@ -231,6 +232,25 @@ class InfluxClient:
             if "error" in result:
                 raise QueryFailed(str(result["error"]))
         return results
+
+    async def query_csv(self, text: str, epoch: str = "s") -> bytes:
+        """One statement's answer as InfluxDB's CSV (``name,tags,time,<columns>``; empty
+        when nothing matched), for columnar readers: no Python object per row."""
+        if self._session is None:
+            self._make_client()
+        assert self._session is not None
+        data = {"q": text, "db": self._config.bucket, "epoch": epoch}
+        with mapped():
+            async with self._session.post(self._query_url, data=data,
+                                          headers={"Accept": "application/csv"}) as resp:
+                body = await resp.read()
+                status = resp.status
+        if status >= 500 or status == 429:
+            raise Unavailable(f"HTTP {status}: {body[:200]!r}")
+        if status >= 400 or body.startswith(b"error\n"):
+            message = body.split(b"\n", 1)[-1].strip().strip(b'"')
+            raise QueryFailed(f"HTTP {status}: {message[:300].decode(errors='replace')}")
+        return body
 
     async def ping(self) -> dict[str, str]:
         """The /ping answer's headers (X-Influxdb-Version, Date). Raises Unavailable."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice, repeat
 
 from actors.runtime import fail, resolve
 
@@ -51,6 +53,13 @@ class Accumulator:
         if self.oldest_at is None:
             self.oldest_at = now
 
+    def extend(self, lines: Sequence[str], now: float) -> None:
+        """Many lines without outbox rows at once (a batch write)."""
+        self._entries.extend(zip(lines, repeat(None)))
+        self.accepted += len(lines)
+        if self.oldest_at is None and lines:
+            self.oldest_at = now
+
     def due(self, now: float, closing: bool) -> bool:
         """A POST should go now: a full batch, a flush or the close waiting, memory at
         its bound, or the oldest line has lingered long enough."""
@@ -65,7 +74,7 @@ class Accumulator:
 
     def chunk(self) -> list[Entry]:
         """The next batch, oldest first (they stay until :meth:`drop`)."""
-        return [self._entries[i] for i in range(min(self.batch_size, len(self._entries)))]
+        return list(islice(self._entries, self.batch_size))
 
     def snapshot(self) -> list[Entry]:
         return list(self._entries)

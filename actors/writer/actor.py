@@ -185,8 +185,11 @@ class WriterActor(Actor):
             if self.spool.active and ids:  # durable lines: in the outbox already, replayed
                 self.spool.knows(ids)
                 continue
+            if ids is None:
+                self.memory.extend(message.lines, now)
+                continue
             for i, line in enumerate(message.lines):
-                row_id = None if ids is None else ids[i]
+                row_id = ids[i]
                 if row_id is not None and row_id <= self.spool.posted:
                     continue  # written from the spool already
                 self.memory.add(line, row_id, now)

@@ -1,0 +1,328 @@
+"""wolfhub backfill against the session's real servers: formats traders download, resume
+markers keyed by destination, bad rows, kill -9 at random moments, Parquet."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import redis_command, wolfhub
+from tests.test_cli_data import T0, make_config, rows, write_csv
+from wolfhub.backfill import BINANCE_KLINE, BadRow, find_layout, parse_batch, product_from_name
+from wolfhub.backfill import Source as BackfillSource
+from wolfhub.servers import LocalServers
+
+# The example kline of Binance's REST API documentation (GET /api/v3/klines), the row
+# layout of the CSV dumps on data.binance.vision: open time (ms), open, high, low, close,
+# volume, close time, quote asset volume, number of trades, taker buy base volume, taker
+# buy quote volume, ignore.
+BINANCE_EXAMPLE = ["1499040000000", "0.01634790", "0.80000000", "0.01575800", "0.01577100",
+                   "148976.11427815", "1499644799999", "2434.19055334", "308",
+                   "1756.87402397", "28.46694368", "0"]
+
+
+def influx(servers: LocalServers, tmp_path: Path, query: str) -> list[list[Any]]:
+    """An InfluxQL answer straight from influxd's HTTP API (no hub code in the way)."""
+    config = yaml.safe_load((tmp_path / "config" / "cache_db.yml").read_text())
+    url = (f"http://127.0.0.1:{servers.influx.port}/query?"
+           + urllib.parse.urlencode({"db": config["influxdb"]["bucket"], "q": query}))
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        result = json.load(answer)["results"][0]
+    series = result.get("series", [])
+    return series[0]["values"] if series else []
+
+
+def count(servers: LocalServers, tmp_path: Path, product: str, exchange: str = "px") -> int:
+    found = influx(servers, tmp_path, "SELECT count(close) FROM candle WHERE exchange='"
+                   f"{exchange}' AND product='{product}'")
+    return int(found[0][1]) if found else 0
+
+
+def _epoch_s(servers: LocalServers, tmp_path: Path, product: str,
+             exchange: str) -> list[list[Any]]:
+    config = yaml.safe_load((tmp_path / "config" / "cache_db.yml").read_text())
+    url = (f"http://127.0.0.1:{servers.influx.port}/query?" + urllib.parse.urlencode({
+        "db": config["influxdb"]["bucket"], "epoch": "s",
+        "q": "SELECT open, high, low, close, volume FROM candle WHERE "
+             f"exchange='{exchange}' AND product='{product}' ORDER BY time"}))
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        result = json.load(answer)["results"][0]
+    series = result.get("series", [])
+    return [list(r) for r in series[0]["values"]] if series else []
+
+
+# ---- parsing, without servers ----------------------------------------------------------
+
+def test_layouts_of_what_traders_download() -> None:
+    binance = find_layout(BINANCE_EXAMPLE, "k.csv")
+    assert not binance.header and binance.names == BINANCE_KLINE
+    parsed = parse_batch([BINANCE_EXAMPLE], binance, 0, "k.csv", 1, False)
+    assert parsed.groups[None] == [(1499040000, 0.0163479, 0.8, 0.015758, 0.015771,
+                                    148976.11427815)]
+    # Binance's futures dumps and pandas' to_csv carry a header; names vary
+    header = find_layout(["Open Time", "Open", "High", "Low", "Close", "Volume", "Symbol"],
+                         "f.csv")
+    assert header.header and (header.time, header.product) == (0, 6)
+    with pytest.raises(BadRow, match=r"f\.csv, line 1, column header: no column for high"):
+        find_layout(["time", "open", "low", "close", "volume"], "f.csv")
+
+
+@pytest.mark.parametrize("cell,seconds", [
+    ("1499040000", 1499040000), ("1499040000000", 1499040000),  # s, ms
+    ("1735689600000000", 1735689600),  # µs: Binance's spot dumps since 2025
+    ("1735689600000000000", 1735689600), ("1697529600.0", 1697529600),
+    ("2023-10-17T08:00:00Z", 1697529600), ("2023-10-17 08:00:00", 1697529600),
+    ("2023-10-17T10:00:00+02:00", 1697529600),
+])
+def test_times_in_every_unit(cell: str, seconds: int) -> None:
+    layout = find_layout(["time", "open", "high", "low", "close", "volume"], "t.csv")
+    parsed = parse_batch([[cell, "1", "2", "0.5", "1.5", "3"]], layout, 0, "t.csv", 2, False)
+    assert not parsed.bad and parsed.groups[None][0][0] == seconds
+
+
+@pytest.mark.parametrize("row,column,reason", [
+    (["1499040000500", "1", "2", "0.5", "1", "1"], "time", "not a whole second"),
+    (["x", "1", "2", "0.5", "1", "1"], "time", "expected Unix time or an ISO 8601 date"),
+    (["1499040000", "1", "2", "0.5", "nan", "1"], "close", "must be finite"),
+    (["1499040000", "1", "0.4", "0.5", "1", "1"], "high", "below low"),
+    (["1499040000", "1", "2", "0.5", "1", "-1"], "volume", "negative"),
+    (["1499040000", "1", "2", "0.5", "one", "1"], "close", "expected a number"),
+    (["1499040000", "1", "2"], "-", "expected 6 columns"),
+    (["9000000000000000000000", "1", "2", "0.5", "1", "1"], "time", "outside InfluxDB's range"),
+])
+def test_a_bad_row_is_named_by_line_and_column(row: list[str], column: str,
+                                               reason: str) -> None:
+    layout = find_layout(["time", "open", "high", "low", "close", "volume"], "b.csv")
+    good = ["1499040060", "1", "2", "0.5", "1", "1"]
+    stopped = parse_batch([good, row, good], layout, 0, "b.csv", 10, skip_bad=False)
+    assert stopped.stopped_at == 1 and stopped.groups[None] == [(1499040060, 1.0, 2.0, 0.5,
+                                                                 1.0, 1.0)]
+    bad = stopped.bad[0]
+    assert (bad.source, bad.line, bad.column) == ("b.csv", 11, column) and reason in bad.reason
+    skipped = parse_batch([good, row, good], layout, 0, "b.csv", 10, skip_bad=True)
+    assert len(skipped.groups[None]) == 2 and [b.line for b in skipped.bad] == [11]
+
+
+def test_products_named_by_the_file() -> None:
+    def name(path: str, member: str | None = None) -> str:
+        return product_from_name(BackfillSource(Path(path), member))
+
+    assert name("BTCUSDT-1m-2024-01.zip", "BTCUSDT-1m-2024-01.csv") == "BTCUSDT"
+    assert name("data/ETHUSDT-1h-2024-03-15.csv") == "ETHUSDT"
+    assert name("NIFTY-FUT.csv.gz") == "NIFTY-FUT"
+    assert name("1000SHIBUSDT-5m-2023-12.csv") == "1000SHIBUSDT"
+
+
+# ---- the command, on the real servers --------------------------------------------------
+
+def test_a_bad_row_stops_after_the_rows_before_it_then_the_run_resumes(
+        servers: LocalServers, tmp_path: Path) -> None:
+    make_config(servers, tmp_path)
+    data = rows(1200)
+    source = tmp_path / "candles.csv"
+    bad = [r[:] for r in data]
+    bad[899][2] = 1.0  # row 900 (line 901): high below low
+    write_csv(source, bad)
+    first = wolfhub("backfill", str(source), "--exchange", "px", "--product", "P",
+                    "--batch", "500", cwd=tmp_path)
+    assert first.returncode == 1
+    assert f"{source}, line 901, column high: high 1.0 is below low 998.0" in first.stderr
+    assert count(servers, tmp_path, "P") == 899  # every row before it, no more
+    write_csv(source, data)  # fixed; run again: resumes at row 900
+    second = wolfhub("backfill", str(source), "--exchange", "px", "--product", "P",
+                     "--batch", "500", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "1200 of 1200 candles stored (301 this run)" in second.stdout
+    assert _epoch_s(servers, tmp_path, "P", "px") == data
+    # the hot window holds the newest candles, as after live writes
+    assert redis_command(servers, "ZCARD", "candles:px:P") == b":1000\r\n"
+    redis_command(servers, "FLUSHALL")  # so export reads InfluxDB
+    out = tmp_path / "out.csv"
+    exported = wolfhub("export", "px", "P", "--out", str(out), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    with out.open() as fh:
+        got = list(csv.reader(fh))
+    assert got[0] == ["timestamp", "open", "high", "low", "close", "volume"]
+    assert [[int(r[0]), *map(float, r[1:])] for r in got[1:]] == data
+
+
+def test_the_marker_is_kept_per_destination(servers: LocalServers, tmp_path: Path) -> None:
+    make_config(servers, tmp_path)
+    source = tmp_path / "c.csv"
+    write_csv(source, rows(300))
+    for product in ("A", "B"):  # the same file for another product loads every row
+        done = wolfhub("backfill", str(source), "--exchange", "px", "--product", product,
+                       cwd=tmp_path)
+        assert "300 of 300 candles stored (300 this run)" in done.stdout, done.stderr
+        assert count(servers, tmp_path, product) == 300
+    again = wolfhub("backfill", str(source), "--exchange", "px", "--product", "A",
+                    cwd=tmp_path)
+    assert "300 of 300 candles stored (0 this run)" in again.stdout
+    # another database: everything again
+    config = yaml.safe_load((tmp_path / "config" / "cache_db.yml").read_text())
+    config["influxdb"]["bucket"] += "_other"
+    (tmp_path / "config" / "cache_db.yml").write_text(yaml.safe_dump(config))
+    other = wolfhub("backfill", str(source), "--exchange", "px", "--product", "A",
+                    cwd=tmp_path)
+    assert "300 of 300 candles stored (300 this run)" in other.stdout, other.stderr
+    assert count(servers, tmp_path, "A") == 300
+    restarted = wolfhub("backfill", str(source), "--exchange", "px", "--product", "A",
+                        "--restart", cwd=tmp_path)
+    assert "(300 this run)" in restarted.stdout
+
+
+def test_binance_zip_gzip_and_a_product_column_in_one_run(servers: LocalServers,
+                                                          tmp_path: Path) -> None:
+    make_config(servers, tmp_path)
+    # a data.binance.vision monthly archive: no header, ms open times, 12 columns
+    klines = []
+    for i in range(500):
+        row = BINANCE_EXAMPLE[:]
+        row[0] = str(1499040000000 + 60_000 * i)
+        row[6] = str(1499040000000 + 60_000 * i + 59_999)
+        klines.append(row)
+    member = "BTCUSDT-1m-2017-07.csv"
+    with zipfile.ZipFile(tmp_path / "BTCUSDT-1m-2017-07.zip", "w",
+                         zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(member, "\n".join(",".join(r) for r in klines) + "\n")
+    # a gzip'd CSV with a header, a symbol column and µs times, two products interleaved
+    with gzip.open(tmp_path / "mixed.csv.gz", "wt", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["open_time", "symbol", "open", "high", "low", "close", "volume"])
+        for i in range(200):
+            for symbol, base in (("ETHUSDT", 2000.0), ("SOLUSDT", 20.0)):
+                out.writerow([(1735689600 + 60 * i) * 10**6, symbol, base + i, base + i + 2,
+                              base + i - 1, base + i + 1, 10.0])
+    done = wolfhub("backfill", str(tmp_path / "BTCUSDT-1m-2017-07.zip"),
+                   str(tmp_path / "mixed.csv.gz"), "--exchange", "binance", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"({member}): 500 of 500 candles stored" in done.stdout
+    assert "mixed.csv.gz: 400 of 400 candles stored" in done.stdout
+    btc = _epoch_s(servers, tmp_path, "BTCUSDT", "binance")
+    assert len(btc) == 500 and btc[0] == [1499040000, 0.0163479, 0.8, 0.015758, 0.015771,
+                                          148976.11427815]
+    eth = _epoch_s(servers, tmp_path, "ETHUSDT", "binance")
+    assert len(eth) == 200 and eth[-1] == [1735689600 + 60 * 199, 2199.0, 2201.0, 2198.0,
+                                           2200.0, 10.0]
+    assert count(servers, tmp_path, "SOLUSDT", "binance") == 200
+
+
+def test_skip_bad_counts_and_names_them(servers: LocalServers, tmp_path: Path) -> None:
+    make_config(servers, tmp_path)
+    data: list[list[object]] = [list(r) for r in rows(100)]
+    data[10][4] = "n/a"
+    data[20][1] = "nan"
+    data[30][0] = "yesterday"
+    source = tmp_path / "dirty.csv"
+    write_csv(source, data)
+    done = wolfhub("backfill", str(source), "--exchange", "px", "--product", "D",
+                   "--skip-bad", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "97 of 100 candles stored (97 this run, 3 bad rows skipped)" in done.stdout
+    assert f"{source}, line 12, column close: expected a number, got 'n/a'" in done.stderr
+    assert f"{source}, line 22, column open: must be finite" in done.stderr
+    assert f"{source}, line 32, column timestamp" in done.stderr
+    assert count(servers, tmp_path, "D") == 97
+
+
+def test_parquet_in_and_out(servers: LocalServers, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    make_config(servers, tmp_path)
+    data = rows(12_345)
+    table = pa.table({
+        "timestamp": pa.array([r[0] * 1000 for r in data], pa.timestamp("ms", tz="UTC")),
+        "open": [r[1] for r in data], "high": [r[2] for r in data],
+        "low": [r[3] for r in data], "close": [r[4] for r in data],
+        "volume": [r[5] for r in data]})
+    pq.write_table(table, tmp_path / "NIFTY.parquet", row_group_size=5000)
+    done = wolfhub("backfill", str(tmp_path / "NIFTY.parquet"), "--exchange", "px",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "12345 of 12345 candles stored" in done.stdout
+    assert _epoch_s(servers, tmp_path, "NIFTY", "px") == data
+    redis_command(servers, "FLUSHALL")
+    out = tmp_path / "out.parquet"
+    exported = wolfhub("export", "px", "NIFTY", "--format", "parquet", "--out", str(out),
+                       cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    back = pq.read_table(out)
+    assert back.column_names == ["timestamp", "open", "high", "low", "close", "volume"]
+    assert [[int(t.timestamp()), *rest] for t, *rest in zip(
+        *(back.column(n).to_pylist() for n in back.column_names), strict=True)] == data
+
+
+def test_killed_at_random_moments_every_row_is_stored_once(servers: LocalServers,
+                                                           tmp_path: Path) -> None:
+    """kill -9 mid-run, three times, then a run to the end: the marker never claims a row
+    InfluxDB lacks, and in the end every row is there with its values, once."""
+    make_config(servers, tmp_path)
+    n = 200_000
+    data = rows(n)
+    source = tmp_path / "big.csv"
+    write_csv(source, data)
+    marker = tmp_path / "big.csv.wolfhub-progress"
+    seed = int.from_bytes(os.urandom(4), "big")
+    rnd = random.Random(seed)
+    claims = []
+    for _ in range(3):
+        run = subprocess.Popen([sys.executable, "-m", "hub", "backfill", str(source),
+                                "--exchange", "px", "--product", "K"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rnd.uniform(0.4, 1.4))
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        claimed = 0
+        if marker.exists():
+            entries = json.loads(marker.read_text())["entries"]
+            claimed = next(iter(entries.values()))["rows"] if entries else 0
+        present = influx(servers, tmp_path, "SELECT count(close) FROM candle WHERE "
+                         f"product='K' AND time < {(T0 + 60 * claimed) * 10**9}")
+        assert (int(present[0][1]) if present else 0) == claimed, f"seed {seed}"
+        claims.append(claimed)
+    assert min(claims) < n, f"no kill landed mid-run: {claims}"
+    finished = wolfhub("backfill", str(source), "--exchange", "px", "--product", "K",
+                       cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert f"{n} of {n} candles stored" in finished.stdout
+    assert count(servers, tmp_path, "K") == n
+    got = _epoch_s(servers, tmp_path, "K", "px")
+    assert got == data, f"seed {seed}"
+
+
+@pytest.mark.anyio
+async def test_candles_as_an_arrow_table_match_query_candles(hub: Any) -> None:
+    pytest.importorskip("pyarrow")
+    from hub import ValidationError
+    from wolfhub.columnar import candles_table
+
+    data = rows(3000)
+    await hub.write_candles_batch("px", "T", [tuple(r) for r in data])
+    table = await candles_table(hub, "px", "T", limit=2500)
+    assert table.column_names == ["timestamp", "open", "high", "low", "close", "volume"]
+    got = [[int(t.timestamp()), *rest] for t, *rest in zip(
+        *(table.column(n).to_pylist() for n in table.column_names), strict=True)]
+    expected = [[c.timestamp, c.open, c.high, c.low, c.close, c.volume]
+                for c in await hub.query_candles("px", "T", limit=2500)]
+    assert got == expected == data[-2500:]
+    ranged = await candles_table(hub, "px", "T", T0 + 60, T0 + 120)
+    assert ranged.num_rows == 2 and ranged.column("open").to_pylist() == [101.0, 102.0]
+    empty = await candles_table(hub, "px", "nothing")
+    assert empty.num_rows == 0 and empty.schema == table.schema
+    with pytest.raises(ValidationError, match="limit"):
+        await candles_table(hub, "px", "T", limit=0)
