@@ -146,6 +146,7 @@ class Hub:
                 rp_for=cfg.influxdb.rp_for if cfg.influxdb.retention.enabled else None,
             )
             self.intake.writer = self._writer
+            self.intake.state = self._sqlite
             self._query = QueryActor(factory())
             actors += [self._writer, self._query]
         self._supervisor = Supervisor(**self._supervision)

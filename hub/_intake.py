@@ -16,6 +16,7 @@ from typing import Any
 
 from actors.cache import CacheService
 from actors.cache.ops import RedisOp, op_push_candles, op_set, pick
+from actors.state import StateActor
 from actors.writer import WriterActor
 from hubdomain import influxql as ql
 from hubdomain import jsonbytes, keys
@@ -54,6 +55,7 @@ class Intake:
         self._check_open = check_open
         self.cache: CacheService | None = None  # set when the hub starts
         self.writer: WriterActor | None = None
+        self.state: StateActor | None = None  # the outbox, for influxdb.durable
 
     def check_open(self) -> None:
         """Raises HubClosed unless the hub is open."""
@@ -85,8 +87,12 @@ class Intake:
         queued = False
         try:
             if accepted.lines and self.writer is not None:
-                await self.writer.write(
-                    accepted.lines, within=None if patient else self.config.influxdb.timeout)
+                if self.state is not None and self.config.influxdb.durable:
+                    ids = await self.state.outbox_add(accepted.lines, "durable")
+                    self.writer.write_durable(accepted.lines, ids)
+                else:
+                    await self.writer.write(accepted.lines, within=None if patient
+                                            else self.config.influxdb.timeout)
             if op is not None and self.cache is not None:
                 await self.cache.enqueue(op)
             queued = True

@@ -148,6 +148,9 @@ class InfluxConfig(_Model):
     spool_after: float = Field(5.0, ge=0)
     # lines allowed to wait in memory before they move to the spool
     max_pending: int = Field(200_000, gt=0)
+    # every accepted write is committed to the SQLite outbox before its await returns
+    # (as trades always are): nothing acknowledged is lost to kill -9 or power loss
+    durable: bool = False
 
     def policies(self) -> dict[str, str]:
         """Retention policy name -> duration, for every policy the hub manages."""

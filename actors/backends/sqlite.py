@@ -218,14 +218,18 @@ class SQLiteStore:
         return None if row is None else bytes(row[0])
 
     def outbox_add(self, lines: Sequence[str], kind: str) -> list[int]:
+        """Insert lines (inside run_batch's BEGIN IMMEDIATE: no other connection writes
+        meanwhile, so AUTOINCREMENT hands this statement consecutive ids)."""
+        if not lines:
+            return []
+        if not self.db.in_transaction:
+            raise sqlite3.ProgrammingError("outbox_add runs inside run_batch's transaction")
         now = time.time()
-        ids = []
-        for line in lines:
-            cur = self.db.execute(
-                "INSERT INTO outbox(line, kind, created_at, owner) VALUES (?, ?, ?, ?)",
-                (line, kind, now, self.slot))
-            ids.append(int(cur.lastrowid or 0))
-        return ids
+        self.db.executemany(
+            "INSERT INTO outbox(line, kind, created_at, owner) VALUES (?, ?, ?, ?)",
+            [(line, kind, now, self.slot) for line in lines])
+        last = int(self.db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        return list(range(last - len(lines) + 1, last + 1))
 
     def outbox_bounds(self) -> tuple[int, int]:
         count, max_id = self.db.execute(
@@ -233,7 +237,15 @@ class SQLiteStore:
         return int(count), int(max_id or 0)
 
     def outbox_done(self, ids: Sequence[int]) -> None:
-        self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        """Delete delivered rows: one range delete per run of consecutive ids (a batch
+        of durable lines is one run)."""
+        runs: list[tuple[int, int]] = []
+        for i in sorted(ids):
+            if runs and i == runs[-1][1] + 1:
+                runs[-1] = (runs[-1][0], i)
+            else:
+                runs.append((i, i))
+        self.db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", runs)
 
     def outbox_load(self, after_id: int, limit: int) -> list[tuple[int, str]]:
         rows = self.db.execute(

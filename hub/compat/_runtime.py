@@ -258,9 +258,18 @@ class Runtime:
                 return False
             accepted = build(hub)
             hub.intake.check_open()
-            if accepted is not None:
-                self._push(("tell", hub.intake.begin(accepted), hub))
-            return True
+            if accepted is None:
+                return True
+            accepted = hub.intake.begin(accepted)
+            if not (hub.config.influxdb.durable and accepted.lines) \
+                    or threading.current_thread() is self.thread:
+                self._push(("tell", accepted, hub))
+                return True
+            # influxdb.durable: acknowledged once in the SQLite outbox, in channel order
+            future: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._push(("barrier", hub.intake.deliver(accepted, patient=True), future))
+        self._wait(future)
+        return True
 
     def _wait_for_room(self) -> None:
         """Backpressure: the hub is behind (InfluxDB and its spool too). Wait up to
