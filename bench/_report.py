@@ -54,6 +54,7 @@ def markdown(results: Results) -> str:
         ("Candle queries (median)", "candle_queries", {}),
         ("Writes until queryable", "writes",
          {"points_per_s": lambda v: f"{v:,.0f}/s"}),
+        ("Backfill of a candle CSV", "backfill", {"rows_per_s": lambda v: f"{v:,.0f}/s"}),
         ("Writer batch size (write_candles_batch + flush, one hub per size)", "batch_sizes",
          {"points_per_s": lambda v: f"{v:,.0f}/s"}),
         ("Memory and disk", "memory", {"bytes": size}),

@@ -244,9 +244,21 @@ class Bench:
         hub_s = time.perf_counter() - began
 
         began = time.perf_counter()
-        await hub.write_candles_batch(EX, "HUBB", data)
+        for i in range(0, n, 5000):
+            await hub.write_candles_batch(EX, "HUBB", data[i:i + 5000])
         await hub.flush()
         hub_batch_s = time.perf_counter() - began
+
+        durable = self.config.model_copy(update={
+            "influxdb": self.config.influxdb.model_copy(update={"durable": True}),
+            "sqlite": self.config.sqlite.model_copy(update={
+                "path": str(self.workdir / "durable.sqlite")})})
+        async with Hub(durable, handle_sigterm=False) as kept:
+            began = time.perf_counter()
+            for i in range(0, n, 5000):
+                await kept.write_candles_batch(EX, "HUBD", data[i:i + 5000])
+            await kept.flush()
+            durable_s = time.perf_counter() - began
 
         m = self.sizes.seed_write_points  # the seed: one synchronous POST per point
         conn = http.client.HTTPConnection("127.0.0.1", self.servers.influx.port)
@@ -273,7 +285,8 @@ class Bench:
                             ("sqlite executemany", sqlite_s),
                             ("aioinflux 5,000-line batches, prebuilt", raw_s),
                             ("hub write_candle x N + flush", hub_s),
-                            ("hub write_candles_batch + flush", hub_batch_s))]
+                            ("hub write_candles_batch + flush", hub_batch_s),
+                            ("hub write_candles_batch + flush, durable", durable_s))]
 
     async def batch_sizes(self, hub: Hub) -> None:
         """The writer's batch size, tuned by measurement: one hub per size, same candles."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import uvloop
 
 from bench.__main__ import goals
+from bench._backfill import backfill_table
 from bench._dropin import dropin
 from bench._mailbox import mailbox_vs_stream
 from bench._report import chart, markdown, save
@@ -26,6 +27,9 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     with LocalServers(tmp_path / "servers") as servers:
         results = asyncio.run(Bench(servers, tmp_path, sizes).run())
         dropin(servers, tmp_path, sizes, results)
+        results.tables["backfill"] = backfill_table(servers, tmp_path, (3000,))
+        # what the backfill row timed landed in InfluxDB (BF3000 and the raw RAW3000)
+        loaded = servers_count(servers.influx.url, "bench_bf")
     results.tables["mailbox"] = uvloop.run(mailbox_vs_stream(500, 50, rounds=1))
     assert [row["queue"] for row in results.tables["mailbox"]] == [
         "actors.runtime.Mailbox", "anyio memory object stream"]
@@ -34,7 +38,11 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
                   "candle_queries", "memory", "invalidation", "dropin", "dropin_writes"):
         assert results.tables[table], table
-    assert len(results.goals) == 12
+    assert len(results.goals) == 15
+    loaders = {row["loader"]: row["rows"] for row in results.tables["backfill"]}
+    assert loaders == {"aioinflux 5,000-line batches, prebuilt (3,000 rows)": 3000,
+                       "wolfhub backfill, whole process (3,000-row CSV)": 3000}
+    assert loaded == 2 * 3000
     assert results.tables["dropin_writes"][0]["points"] == 200
     text = markdown(results)
     assert "| hub hot (near cache) |" in text and "#### Goals" in text
