@@ -7,7 +7,7 @@ import time
 import pytest
 
 from hub import Candle, Hub, HubClosed, HubConfig, Trade
-from tests.conftest import redis_command
+from tests.conftest import eventually, redis_command
 from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +23,11 @@ def candle(i: int, base: float = 100.0) -> Candle:
 async def test_indicator_cache_roundtrip_uses_the_seed_key(hub: Hub, servers: LocalServers
                                                            ) -> None:
     await hub.cache_indicator(EX, PR, "EMA", 20, 44500.0)
-    assert await hub.get_indicator(EX, PR, "EMA", 20) == 44500.0
+    assert await hub.get_indicator(EX, PR, "EMA", 20) == 44500.0  # in-process at once
+
+    async def in_redis() -> bool:  # the SET itself follows without being awaited
+        return redis_command(servers, "GET", f"indicator:{EX}:{PR}:EMA:20") != b"$-1\r\n"
+    await eventually(in_redis, within=2)
     assert redis_command(servers, "GET", f"indicator:{EX}:{PR}:EMA:20") == b"$7\r\n44500.0\r\n"
     ttl = int(redis_command(servers, "TTL", f"indicator:{EX}:{PR}:EMA:20")[1:])
     assert 290 < ttl <= 300
@@ -39,6 +43,11 @@ async def test_get_indicator_reads_through_influx_then_caches(hub: Hub, servers:
     await hub.write_indicator(EX, PR, "RSI", T0 + 60, 99.0, period=7)
     await hub.flush()
     redis_command(servers, "FLUSHALL")
+
+    async def flushed() -> bool:  # Redis' invalidation reached the near cache
+        near = hub._cache.near if hub._cache is not None else None
+        return near is None or f"indicator:{EX}:{PR}:RSI:14" not in near
+    await eventually(flushed, within=2)
     assert await hub.get_indicator(EX, PR, "RSI", 14) == 55.5
     assert redis_command(servers, "EXISTS", f"indicator:{EX}:{PR}:RSI:14") == b":1\r\n"
     stats = (await hub.get_stats())["hub"]

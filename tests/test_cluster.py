@@ -220,7 +220,10 @@ async def test_master_killed_under_load(tmp_path: Path, config_data: dict[str, A
                     return False
             await failover_under_load(hub, EX, product, victim.kill, promoted)
             new_master = own.master_of(key)
-            assert node_get(new_master, key) == "500.0"
+
+            async def landed() -> bool:  # read back in-process at once, the SET follows
+                return node_get(new_master, key) == "500.0"
+            await eventually(landed, within=5)
             assert (await hub.get_stats())["actors"]["cache"]["skipped"] >= 1  # it noticed
 
             async def tracking_again() -> bool:  # invalidations from the new master too
@@ -284,7 +287,8 @@ async def test_near_cache_follows_a_slot_to_a_new_master(tmp_path: Path,
             assert await hub.get_indicator(EX, product, "RSI", 14) == 1.0
 
             async def held() -> bool:  # our own write's echo has passed: the value is held
-                return await hub.get_indicator(EX, product, "RSI", 14) == 1.0 and key in near
+                return (not near.expecting(key) and key in near
+                        and await hub.get_indicator(EX, product, "RSI", 14) == 1.0)
             await eventually(held, within=10)
 
             newcomer = own.add_node()
@@ -394,8 +398,15 @@ async def test_one_master_down_the_others_keep_serving(tmp_path: Path,
             assert on_victim and elsewhere
             victim.kill()
             # the dead master's products fall back (no Redis value: the default) ...
+            near = hub._cache.near if hub._cache else None
             for product in on_victim:
                 await hub.cache_indicator(EX, product, "RSI", 14, 2.0)  # skipped
+                # read back in-process until the write fails, then the fallback
+                dead_key = f"indicator:{{{EX}:{product}}}:RSI:14"
+
+                async def failed(dead_key: str = dead_key) -> bool:
+                    return near is None or dead_key not in near
+                await eventually(failed, within=5)
                 assert await hub.get_indicator(EX, product, "RSI", 14, "fallback") == "fallback"
             # ... while every other product is still read from Redis, and written there
             for product in elsewhere:
@@ -408,10 +419,11 @@ async def test_one_master_down_the_others_keep_serving(tmp_path: Path,
 
             async def replaced() -> bool:  # promoted, and served again
                 await hub.cache_indicator(EX, on_victim[0], "RSI", 14, 4.0)
-                return await hub.get_indicator(EX, on_victim[0], "RSI", 14) == 4.0
+                slots = (await hub.get_stats())["actors"]["cache"]["unavailable_slots"]
+                return slots == 0 and node_get(own.master_of(key), key) == "4.0"
             await eventually(replaced, within=30)
             assert own.master_of(key) is not victim
-            assert (await hub.get_stats())["actors"]["cache"]["unavailable_slots"] == 0
+            assert await hub.get_indicator(EX, on_victim[0], "RSI", 14) == 4.0
             # never stale: the skipped 2.0 left nothing older behind (keys were dropped)
             for product in on_victim[1:]:
                 assert await hub.get_indicator(EX, product, "RSI", 14, "gone") == "gone"

@@ -25,6 +25,7 @@ CALLS: dict[str, Callable[[Hub], Awaitable[Any]]] = {
     "write_candle": lambda h: h.write_candle(EX, PR, T0, 1, 2, 0.5, 1.5, 3),
     "write_candles_batch": lambda h: h.write_candles_batch(EX, PR, [Candle(T0, 1, 2, 0.5, 1.5, 3)]),
     "query_candles": lambda h: h.query_candles(EX, PR, limit=5),
+    "query_candles_csv": lambda h: h.query_candles_csv(EX, PR, limit=5),
     "cache_candles": lambda h: h.cache_candles(EX, PR, [Candle(T0, 1, 2, 0.5, 1.5, 3)]),
     "get_candles": lambda h: h.get_candles(EX, PR, 5),
     "write_trade": lambda h: h.write_trade(EX, PR, T0, "buy", 1.0, 1.0, "o1"),

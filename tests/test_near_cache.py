@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.cache import NearCache
 from hub import Hub, HubConfig
@@ -157,3 +159,93 @@ async def test_the_hot_window_is_held_in_process_and_kept_coherent(
     async def trimmed() -> bool:
         return await hub.get_candles(EX, PR, count=1) == data[-2:-1]
     await eventually(trimmed)
+
+
+async def test_a_value_this_hub_wrote_is_a_hit_at_once(hub: Hub, servers: LocalServers) -> None:
+    """The strategy pattern: cache an indicator, then read it. No round trip to Redis for
+    the read, and another client's later write still reaches this hub."""
+    await tracking_on(hub)
+    before = (await hub.get_stats())["actors"]["cache"]
+    for i in range(50):
+        await hub.cache_indicator(EX, PR, "EMA", 20, float(i))
+        assert await hub.get_indicator(EX, PR, "EMA", 20) == float(i)
+    await asyncio.sleep(0.05)  # the writes' own invalidations arrive: they keep the value
+    assert await hub.get_indicator(EX, PR, "EMA", 20) == 49.0
+    after = (await hub.get_stats())["actors"]["cache"]
+    near = after["near_cache"]
+    assert near["hits"] - before["near_cache"]["hits"] >= 45  # not a read went to Redis
+    assert near["misses"] - before["near_cache"]["misses"] <= 5  # (the first may race its SET)
+    assert KEY in near_of(hub)
+    redis_command(servers, "SET", KEY, "7.5", "EX", "300")  # another process, later
+
+    async def fresh() -> bool:
+        return await hub.get_indicator(EX, PR, "EMA", 20) == 7.5
+    await eventually(fresh, within=2)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_own_writes_never_hold_a_value_another_write_replaced(data: st.DataObject) -> None:
+    """A model of Redis, the CacheActor's FIFO and the invalidation link: own SETs (some
+    failing before or after they ran), other clients' SETs, and the near cache's own
+    re-reads run in some order; invalidations arrive in Redis' order, several writes
+    folded into one message at random (BCAST does that), interleaved at random with the
+    replies. Whenever the near cache holds a value, it is an own write not yet answered,
+    or every write Redis ran after it still has its invalidation on the way; once all
+    has arrived, it holds Redis' value or nothing."""
+    near = NearCache(10)
+    near.enabled = True
+    todo = list(enumerate(data.draw(st.lists(
+        st.sampled_from(["own", "own", "other", "own_fail_before", "own_fail_after"]),
+        min_size=1, max_size=8))))
+    redis_log: list[int] = []  # values, in the order Redis ran the writes
+    queued: list[tuple[str, int, int]] = []  # the CacheActor's FIFO: (kind, value, ticket)
+    unsettled: set[int] = set()  # own values whose reply has not come
+    invalidations: list[int] = []  # positions in redis_log, not delivered yet
+    replies: list[tuple[str, int | None, int]] = []
+    while todo or queued or invalidations or replies:
+        step = data.draw(st.sampled_from([name for name, ready in (
+            ("issue", todo), ("run", queued), ("inv", invalidations), ("reply", replies))
+            if ready]))
+        if step == "issue":
+            value, kind = todo.pop(0)
+            if kind == "other":  # another client: runs at once
+                redis_log.append(value)
+                invalidations.append(len(redis_log) - 1)
+            else:
+                ticket = near.begin_write(["k"], own=(orjson.dumps(value), 60))
+                queued.append((kind, value, ticket))
+                unsettled.add(value)
+        elif step == "run":
+            kind, value, ticket = queued.pop(0)
+            if kind == "again":  # the near cache's re-read
+                replies.append((kind, redis_log[-1] if redis_log else None, ticket))
+            elif kind == "own_fail_before":  # refused: never ran
+                replies.append((kind, value, ticket))
+            else:
+                redis_log.append(value)
+                invalidations.append(len(redis_log) - 1)
+                replies.append((kind, value, ticket))
+        elif step == "inv":  # one message for one or more writes
+            folded = data.draw(st.integers(1, len(invalidations)))
+            del invalidations[:folded]
+            if near.invalidated(["k"]):
+                queued.append(("again", -1, near.ticket()))
+        else:
+            kind, value, ticket = replies.pop(0)
+            if kind == "again":
+                if value is not None:
+                    near.put("k", orjson.dumps(value), 60, ticket)
+                continue
+            unsettled.discard(value)  # type: ignore[arg-type]
+            if kind == "own":
+                near.own_written("k", orjson.dumps(value), 60, ticket)
+            else:
+                near.own_failed("k")
+            near.end_write(["k"])
+        held, value = near.get("k")
+        if held and value not in unsettled:
+            newer = set(range(redis_log.index(value) + 1, len(redis_log)))
+            assert newer <= set(invalidations), (redis_log, value)
+    held, value = near.get("k")
+    assert not held or value == redis_log[-1]

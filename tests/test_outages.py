@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from hub import Candle, Hub, HubConfig, ValidationError
-from tests.conftest import eventually
+from tests.conftest import eventually, redis_command
 from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
@@ -184,10 +184,15 @@ async def test_redis_killed_reads_fall_back_then_recover(config_data: dict[str, 
             return bool((await hub.get_stats())["actors"]["cache"]["available"])
 
         await eventually(back)
-        hits = (await hub.get_stats())["hub"]["indicator_cache_hits"]
+        misses = (await hub.get_stats())["hub"]["indicator_cache_misses"]
         await hub.cache_indicator(EX, PR, "EMA", 20, 44600.0)
         assert await hub.get_indicator(EX, PR, "EMA", 20) == 44600.0
-        assert (await hub.get_stats())["hub"]["indicator_cache_hits"] == hits + 1
+        assert (await hub.get_stats())["hub"]["indicator_cache_misses"] == misses
+
+        async def in_redis() -> bool:  # the write reaches the recovered Redis
+            return redis_command(servers, "GET", f"indicator:{EX}:{PR}:EMA:20") \
+                == b"$7\r\n44600.0\r\n"
+        await eventually(in_redis, within=5)
 
 
 async def test_frozen_redis_never_serves_a_stale_position(config_data: dict[str, Any],

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hub import Hub, HubConfig
-from tests.conftest import failover_under_load
+from tests.conftest import eventually, failover_under_load
 from wolfhub.servers import LocalServers, RedisServer, SentinelServer
 
 pytestmark = pytest.mark.anyio
@@ -58,4 +58,7 @@ async def test_failover_under_load(sentinels: dict[str, Any], config_data: dict[
         return master_port(sentinels["sentinels"][0]) == new_port
     async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
         await failover_under_load(hub, EX, PR, sentinels["master"].kill, promoted)
-        assert ask(new_port, "GET", f"indicator:{EX}:{PR}:EMA:20") == b"$5\r\n500.0\r\n"
+
+        async def landed() -> bool:  # read back in-process at once, the SET follows
+            return ask(new_port, "GET", f"indicator:{EX}:{PR}:EMA:20") == b"$5\r\n500.0\r\n"
+        await eventually(landed, within=5)

@@ -32,7 +32,7 @@ from actors.backends.redis import (
 )
 from actors.backoff import Backoff
 from actors.cache.near import NearCache
-from actors.cache.ops import NEAR_PREFIXES, RedisOp, coalesce, op_clean
+from actors.cache.ops import NEAR_PREFIXES, Held, RedisOp, coalesce, op_clean, op_get_value
 from actors.runtime import Actor, Envelope, Request, cancel_and_wait, close_quietly, fail, resolve
 from hubdomain.errors import BackendUnavailable
 from hubdomain.keys import PREFIXES, glob_literal
@@ -85,6 +85,7 @@ class CacheActor(Actor):
         self._dirty: set[str] = set()
         self._dirty_overflow = False
         self._cleaner: asyncio.Task[None] | None = None
+        self._refills: set[asyncio.Task[None]] = set()  # reads of keys this hub wrote
 
     # ---- what callers use (CacheService) ------------------------------------------
 
@@ -135,8 +136,9 @@ class CacheActor(Actor):
                                                      name="redis-invalidations")
 
     async def teardown(self) -> None:
-        await cancel_and_wait(self._listener, self._cleaner, self._probe)
+        await cancel_and_wait(self._listener, self._cleaner, self._probe, *self._refills)
         self._listener = self._cleaner = self._probe = None
+        self._refills.clear()
         await close_quietly(self.backend, "redis")
 
     def _masters_changed(self) -> None:
@@ -156,7 +158,9 @@ class CacheActor(Actor):
                     if keys is None:
                         near.clear()
                     elif keys:
-                        near.invalidate(keys)
+                        again = near.invalidated(keys)
+                        if again:
+                            self._read_again(near, again)
                     else:  # tracking is on from here
                         near.clear()
                         near.enabled = True
@@ -168,6 +172,21 @@ class CacheActor(Actor):
             near.enabled = False
             near.clear()
             await backoff.sleep()
+
+    def _read_again(self, near: NearCache, keys: list[str]) -> None:
+        """Keys this hub wrote were invalidated (by its own write, or another's): read
+        them again behind the writes queued now, so the next read is a hit."""
+        task = asyncio.create_task(self._refill(near, keys, near.ticket()),
+                                   name="near-cache refill")
+        self._refills.add(task)
+        task.add_done_callback(self._refills.discard)
+
+    async def _refill(self, near: NearCache, keys: list[str], ticket: int) -> None:
+        found = await asyncio.gather(*(self.perform(op_get_value(key)) for key in keys),
+                                     return_exceptions=True)
+        for key, held in zip(keys, found, strict=True):
+            if isinstance(held, Held) and held.pttl > 0:
+                near.put(key, held.raw, held.pttl / 1000, ticket)
 
     # ---- the mailbox ----------------------------------------------------------------
 
@@ -236,6 +255,7 @@ class CacheActor(Actor):
         self.commands += len(commands)
         pos = 0
         retry: list[Envelope] = []
+        retried: set[str] = set()  # keys of ops sent again: later ops on them go again too
         for envelope in batch:
             op = envelope.message
             mine = results[pos:pos + len(op.commands)]
@@ -245,6 +265,13 @@ class CacheActor(Actor):
                           None)
             if isinstance(failed, ScriptMissing) and not fallback and op.fallback:
                 retry.append(envelope)  # a restarted or flushed Redis lost the script: send it
+                retried.update(op.writes)
+                continue
+            if retried and (op.reads in retried or retried.intersection(op.writes)):
+                # it ran before the script it follows: answered (or written) again after
+                # it, so a read never misses a write queued before it
+                retry.append(envelope)
+                retried.update(op.writes)
                 continue
             if (isinstance(failed, CommandFailed) and op.reads is not None
                     and failed.reply.startswith("WRONGTYPE")):
@@ -265,6 +292,11 @@ class CacheActor(Actor):
                         self.near.invalidate(op.items)
                 elif op.replaces:
                     self._dirty.difference_update(op.writes)
+            if op.own and op.near and self.near is not None:
+                _, key, value, _, ttl = op.commands[0]
+                self.near.own_written(key, value, ttl, op.ticket)
+                self.near.end_write(op.writes)
+                op.near = False
             if op.decode is None:
                 resolve(envelope.future, None)
                 continue
@@ -294,6 +326,8 @@ class CacheActor(Actor):
 
     def _fail(self, envelope: Envelope, exc: Exception) -> None:
         op: RedisOp[Any] = envelope.message
+        if op.own and op.near and self.near is not None:
+            self.near.own_failed(op.writes[0])
         # (a cluster backend forgets a down master's keys itself before serving them again)
         if op.writes and not isinstance(exc, SlotsUnavailable):
             self._stale(op.writes, clean_now=isinstance(exc, CommandFailed))

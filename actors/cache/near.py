@@ -16,6 +16,15 @@ until ``end_write`` (when the CacheActor has run the write, or given up on it), 
 a reader in this process never sees an older value than one it wrote, even while
 the write is still queued.
 
+A value this process writes (a plain SET) is held from the moment the write is
+accepted, so reading it back is a hit instead of a round trip (the read is ordered
+right after the write, as any near-cache hit is ordered before invalidations still
+on their way); it is dropped if the write fails. Redis cannot say who wrote a key,
+and in BCAST mode it folds several writes of a key into one invalidation, so an
+invalidation is never taken as this process's own: it evicts, always. For a key this
+process wrote, the CacheActor then reads the key again at once (a ticketed read
+behind the write, like any other), so the next read is a hit again.
+
 Thread safety: the Wolfinch drop-in reads (``get``) and begins writes from the
 caller's thread while the hub's loop thread fills the cache; every mutation takes
 a lock, ``get`` needs none (single dict operations are atomic in CPython).
@@ -43,6 +52,7 @@ class NearCache:
         self._floor = 0  # tickets older than this are refused
         self._invalidated: dict[str, int] = {}  # key -> seq of its last invalidation
         self._pending: dict[str, int] = {}  # key -> this process's writes in flight
+        self._own: dict[str, int] = {}  # key -> invalidations its own SETs will cause
         self._lock = threading.Lock()
         self.enabled = False  # True only while invalidations are being received
         self.hits = 0
@@ -90,9 +100,51 @@ class NearCache:
                 self._data.popitem(last=False)
 
     def invalidate(self, keys: Iterable[str]) -> None:
+        """Evict ``keys`` (this process knows they changed)."""
         with self._lock:
             for key in keys:
                 self._invalidate(key)
+
+    def invalidated(self, keys: Iterable[str]) -> list[str]:
+        """Redis says ``keys`` were written: evict them. Returns those this process wrote
+        since their last invalidation (worth reading again at once)."""
+        again = []
+        with self._lock:
+            own = self._own
+            for key in keys:
+                if own.pop(key, 0):
+                    again.append(key)
+                self._invalidate(key)
+        return again
+
+    def expecting(self, key: str) -> bool:
+        """True while an own write of ``key`` still has its invalidation to come."""
+        return key in self._own
+
+    def own_written(self, key: str, raw: bytes, ttl: float, ticket: int) -> None:
+        """This process's SET of ``key`` (begun at ``ticket``) ran: hold its value, unless
+        another write of the key may be newer (an invalidation beyond the expected ones
+        came since, another write of this process is still in flight, or the
+        invalidation link was lost meanwhile)."""
+        value = orjson.loads(raw)
+        with self._lock:
+            if (not self.enabled or ttl <= 0 or ticket < self._floor
+                    or self._pending.get(key, 0) > 1
+                    or self._invalidated.get(key, -1) > ticket):
+                return
+            self._hold(key, raw, ttl, value)
+
+    def own_failed(self, key: str) -> None:
+        """This process's SET of ``key`` failed or may not have run: drop the value held
+        for it, and expect no invalidation from it (if it did run, its invalidation
+        evicts)."""
+        with self._lock:
+            self._data.pop(key, None)
+            expected = self._own.get(key, 0)
+            if expected > 1:
+                self._own[key] = expected - 1
+            else:
+                self._own.pop(key, None)
 
     def _invalidate(self, key: str) -> None:
         self._seq += 1
@@ -103,13 +155,29 @@ class NearCache:
             self._invalidated.clear()
             self._floor = self._seq + 1
 
-    def begin_write(self, keys: Iterable[str]) -> None:
-        """This process accepted a write of ``keys``: hold nothing for them until
-        :meth:`end_write`."""
+    def begin_write(self, keys: Iterable[str], own: tuple[bytes, float] | None = None
+                    ) -> int:
+        """This process accepted a write of ``keys``: until :meth:`end_write`, hold no
+        answer read from Redis for them. ``own``: the write is a plain SET of one key to
+        ``(raw, ttl)``: that value is held at once (this process reads what it wrote,
+        without a round trip), its invalidation is expected, and :meth:`own_written` or
+        :meth:`own_failed` settles it. Returns the write's ticket."""
+        value = _DECODE if own is None else orjson.loads(own[0])
         with self._lock:
             for key in keys:
                 self._pending[key] = self._pending.get(key, 0) + 1
                 self._invalidate(key)
+                if own is not None:
+                    self._own[key] = self._own.get(key, 0) + 1
+                    if self.enabled and own[1] > 0:
+                        self._hold(key, own[0], own[1], value)
+            return self._seq
+
+    def _hold(self, key: str, raw: bytes, ttl: float, value: Any) -> None:
+        self._data[key] = (time.monotonic() + ttl, value, raw)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
 
     def end_write(self, keys: Iterable[str]) -> None:
         """The write of ``keys`` ran (or was given up): answers may be held again. Only
@@ -129,6 +197,7 @@ class NearCache:
         with self._lock:
             self._data.clear()
             self._invalidated.clear()
+            self._own.clear()
             self._seq += 1
             self._floor = self._seq
 

@@ -50,6 +50,10 @@ class RedisOp(Request[R]):
     replaces: bool = False
     # the cleaner's op: UNLINK the keys stale at the moment it runs (filled in handle)
     clean: bool = False
+    # a plain SET of one key: once it ran, the near cache may hold the value it set
+    # (``ticket``: the near cache's sequence when the write began)
+    own: bool = False
+    ticket: int = 0
 
 
 # The hot window is a sorted set scored by candle time. Its span [oldest, newest]
@@ -143,7 +147,7 @@ def op_get_mapping(key: str) -> RedisOp[dict[str, Any] | None]:
 
 def op_set(key: str, value: bytes, ttl: int, near: bool = False) -> RedisOp[None]:
     return RedisOp((("SET", key, value, "EX", ttl),), writes=(key,), near=near,
-                   replaces=True)
+                   replaces=True, own=True)
 
 
 def op_fill(key: str, value: bytes, ttl: int) -> RedisOp[None]:

@@ -71,12 +71,18 @@ class CacheService:
             if not op.writes[0].startswith(NEAR_PREFIXES):
                 return op
             op = replace(op, near=True)
-        near.begin_write(op.writes)
+        own = None
+        if op.own:
+            _, _, raw, _, ttl = op.commands[0]
+            own = (raw, ttl)
+        op.ticket = near.begin_write(op.writes, own=own)
         return op
 
     def abandon(self, op: RedisOp[Any]) -> None:
         """A prepared write that was not queued after all."""
         if op.near and self.near is not None:
+            if op.own:
+                self.near.own_failed(op.writes[0])
             self.near.end_write(op.writes)
 
     async def enqueue(self, op: RedisOp[Any]) -> None:
