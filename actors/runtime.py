@@ -58,6 +58,14 @@ class Mailbox(Generic[T]):
         self._items.append(item)
         self._readable.set()
 
+    def offer(self, item: T) -> bool:
+        """Queue ``item`` if there is room now (True); False when full. Never waits: the
+        caller awaits :meth:`send` instead, and lets the loop run now and then."""
+        if len(self._items) >= self.maxsize:
+            return False
+        self.send_nowait(item)
+        return True
+
     def send_past_bound(self, item: T) -> None:
         """Queue even when full: for small messages that must not wait behind the bound
         (a flush request; a line that is durable on disk already)."""
@@ -187,6 +195,10 @@ class Actor:
     async def tell(self, message: object) -> None:
         """Send ``message`` without waiting for an answer (waits only for mailbox room)."""
         await self.mailbox.send(Envelope(message, None))
+
+    def offer(self, message: object) -> bool:
+        """Send ``message`` if the mailbox has room now; False when it is full."""
+        return self.mailbox.offer(Envelope(message, None))
 
     def tell_past_bound(self, message: object) -> None:
         """Send ``message`` now, even when the mailbox is full (never waits)."""

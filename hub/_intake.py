@@ -7,6 +7,7 @@ drop-in (which calls it from its callers' threads) both go through it.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import time
@@ -25,7 +26,7 @@ from hubdomain import validate as v
 from hubdomain.config import HubConfig
 from hubdomain.errors import BackendUnavailable, ValidationError
 from hubdomain.fieldtypes import FieldTypes
-from hubdomain.records import Candle, Row, candle_rows
+from hubdomain.records import Candle, Row, candle_row, candle_rows
 
 _INDICATOR_TAGS = frozenset({"exchange", "product", "name"})
 _METRIC_TAGS = frozenset({"name"})
@@ -56,6 +57,7 @@ class Intake:
         self.cache: CacheService | None = None  # set when the hub starts
         self.writer: WriterActor | None = None
         self.state: StateActor | None = None  # the outbox, for influxdb.durable
+        self._delivered = 0
 
     def check_open(self) -> None:
         """Raises HubClosed unless the hub is open."""
@@ -90,12 +92,16 @@ class Intake:
                 if self.state is not None and self.config.influxdb.durable:
                     ids = await self.state.outbox_add(accepted.lines, "durable")
                     self.writer.write_durable(accepted.lines, ids)
-                else:
+                elif not self.writer.offer_lines(accepted.lines):  # full: wait for room
                     await self.writer.write(accepted.lines, within=None if patient
                                             else self.config.influxdb.timeout)
-            if op is not None and self.cache is not None:
+            if op is not None and self.cache is not None and not self.cache.offer(op):
                 await self.cache.enqueue(op)
             queued = True
+            self._delivered += 1
+            if self._delivered >= 256:  # a producer that never waits must not starve the
+                self._delivered = 0     # actors: let the loop run now and then
+                await asyncio.sleep(0)
         finally:
             if not queued and op is not None and self.cache is not None:
                 self.cache.abandon(op)
@@ -147,11 +153,9 @@ class Intake:
                           open_price: object, high: object, low: object, close: object,
                           volume: object) -> Accepted:
         exchange, product = _names(exchange, product)
-        candle = Candle.checked(timestamp, open_price, high, low, close, volume)
-        return Accepted([lp.candle(exchange, product, candle)],
-                        self._window_op(exchange, product, [(candle.timestamp, candle.open,
-                                        candle.high, candle.low, candle.close, candle.volume)],
-                                        None))
+        row = candle_row(timestamp, open_price, high, low, close, volume)
+        return Accepted(lp.candle_lines(exchange, product, (row,)),
+                        self._window_op(exchange, product, [row], None))
 
     def write_candles(self, exchange: object, product: object, candles: object,
                       window: bool = True) -> tuple[Accepted | None, int]:

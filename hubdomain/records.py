@@ -9,7 +9,7 @@ from typing import Any
 from hubdomain import validate as v
 from hubdomain.errors import ValidationError
 
-__all__ = ["Candle", "CheckedRows", "Row", "Trade", "candle_rows"]
+__all__ = ["Candle", "CheckedRows", "Row", "Trade", "candle_row", "candle_rows"]
 
 # a checked candle as the write paths carry it: (timestamp, open, high, low, close, volume)
 Row = tuple[int, float, float, float, float, float]
@@ -109,6 +109,21 @@ class Candle:
                     argument, f"{type(item).__name__} has no attribute {names[0]!r}")
         return cls.checked(get("timestamp", "time"), get("open", "open_price"), get("high"),
                            get("low"), get("close"), get("volume"), argument=argument)
+
+
+def candle_row(timestamp: object, open: object, high: object, low: object, close: object,
+               volume: object) -> Row:
+    """One checked row from ``write_candle``'s arguments: plain ints and floats take a
+    fast path, anything else (or anything it doubts) ``Candle.checked``, which names
+    the argument."""
+    if (type(timestamp) is int and v.MIN_TIMESTAMP < timestamp < v.MAX_TIMESTAMP
+            and type(open) is float and type(high) is float and type(low) is float
+            and type(close) is float and type(volume) is float):
+        total = open + high + low + close + volume
+        if total - total == 0.0 and high >= low and volume >= 0.0:
+            return (timestamp, open, high, low, close, volume)
+    c = Candle.checked(timestamp, open, high, low, close, volume)
+    return (c.timestamp, c.open, c.high, c.low, c.close, c.volume)
 
 
 def candle_rows(items: object, argument: str = "candles") -> list[Row]:

@@ -85,6 +85,10 @@ class CacheService:
                 self.near.own_failed(op.writes[0])
             self.near.end_write(op.writes)
 
+    def offer(self, op: RedisOp[Any]) -> bool:
+        """Queue a prepared write if the mailbox has room now (never waits)."""
+        return self.actor.offer(op)
+
     async def enqueue(self, op: RedisOp[Any]) -> None:
         """Queue a prepared write without waiting for Redis (reads queue behind it, so
         they see it). A write Redis cannot take is counted as skipped, never raised."""

@@ -99,6 +99,10 @@ class WriterActor(Actor):
             raise BackendUnavailable(
                 "influxdb", f"the write cannot be kept now: {self.blocked_reason()}") from None
 
+    def offer_lines(self, lines: Sequence[str]) -> bool:
+        """Queue lines if the mailbox has room now (never waits); False otherwise."""
+        return super().offer(Lines(lines))
+
     def write_durable(self, lines: Sequence[str], ids: Sequence[int]) -> None:
         """Queue lines that are in the outbox already (rows ``ids``): never waits, a
         full writer must not hold up a write that is safe on disk."""
