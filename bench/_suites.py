@@ -219,6 +219,27 @@ class Bench:
                     await asyncio.gather(*(one(i) for i in range(n)))
                 row[name] = statistics.median(await atimed(all_of, 5))
             rows.append(row)
+        # the case: 100 strategies reading 1,000 distinct keys, each once, none
+        # held in process (the near cache is emptied before each timed run)
+        per = 1000 // 100
+        cold: dict[str, list[float]] = {"redis.asyncio pool": [], "hub": []}
+        near = hub.intake.cache.near if hub.intake.cache is not None else None
+        for _ in range(5):
+            for name in cold:
+                if near is not None:
+                    near.clear()
+
+                async def strategy(i: int, name: str = name) -> None:
+                    for j in range(per):
+                        if name == "hub":
+                            await hub.get_indicator(EX, PRODUCTS[0], "EMA", i * per + j)
+                        else:
+                            await raw.get(f"indicator:{EX}:{PRODUCTS[0]}:EMA:{i * per + j}")
+                began = time.perf_counter()
+                await asyncio.gather(*(strategy(i) for i in range(100)))
+                cold[name].append(time.perf_counter() - began)
+        rows.append({"strategies": "100, 1,000 distinct cold keys", "reads": 1000,
+                     **{name: statistics.median(times) for name, times in cold.items()}})
         self.results.tables["concurrency"] = rows
         await raw.aclose()
         await pool.disconnect()

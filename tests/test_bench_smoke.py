@@ -38,7 +38,7 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
                   "candle_queries", "memory", "invalidation", "dropin", "dropin_writes"):
         assert results.tables[table], table
-    assert len(results.goals) == 15
+    assert len(results.goals) == 16
     loaders = {row["loader"]: row["rows"] for row in results.tables["backfill"]}
     assert loaders == {"aioinflux 5,000-line batches, prebuilt (3,000 rows)": 3000,
                        "wolfhub backfill, whole process (3,000-row CSV)": 3000}
