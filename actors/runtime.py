@@ -192,6 +192,24 @@ class Actor:
         finally:
             self.observe(time.perf_counter() - began)
 
+    async def ask_within(self, request: Request[R], seconds: float) -> R:
+        """``ask``, failing with TimeoutError after ``seconds`` (the request may still
+        run; its answer is dropped). One timer per call, not a timeout scope: this is
+        the cold read's path."""
+        if self.down is not None:
+            raise BackendUnavailable(self.name, self.down)
+        if self.observe is not None or self.mailbox.full:
+            async with asyncio.timeout(seconds):  # waits for room, or measured
+                return await self.ask(request)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self.mailbox.send_nowait(Envelope(request, future))
+        timer = loop.call_later(seconds, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
     async def tell(self, message: object) -> None:
         """Send ``message`` without waiting for an answer (waits only for mailbox room)."""
         await self.mailbox.send(Envelope(message, None))
@@ -388,3 +406,8 @@ class Supervisor:
 
     def statistics(self) -> dict[str, Any]:
         return {actor.name: actor.statistics() for actor in self._tasks}
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())

@@ -123,8 +123,7 @@ class CacheService:
         """Run one op within ``redis.timeout``. Raises BackendUnavailable (and
         CommandFailed when Redis refuses a command)."""
         try:
-            async with asyncio.timeout(self.timeout):
-                answer: R = await self.actor.perform(op)
+            answer: R = await self.actor.ask_within(op, self.timeout)
         except TimeoutError:
             raise BackendUnavailable("redis", f"no reply within {self.timeout}s") from None
         return answer
