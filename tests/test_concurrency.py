@@ -67,3 +67,41 @@ async def test_thousand_strategies(roomy: Hub) -> None:
     assert stats["actors"]["state"]["commits"] * 10 < 2 * N
     assert {k: stats["sqlite"][k] for k in ("outbox", "outbox_all", "quarantined")} == {
         "outbox": 0, "outbox_all": 0, "quarantined": 0}
+
+
+async def test_many_cold_reads_of_distinct_keys_share_round_trips(
+        hub: Hub, servers: Any) -> None:
+    """300 coroutines each read a key no one read before, written by another client: some
+    plain values, a JSON object, a key of another type, one that is not JSON, one without
+    a TTL and missing ones. Each gets its own answer; the reads share a few round trips."""
+    from tests.conftest import redis_command
+
+    expected: dict[int, Any] = {}
+    for i in range(300):
+        key = f"indicator:{EX}:MANY:EMA:{i}"
+        if i % 50 == 7:
+            redis_command(servers, "HSET", key, "f", "v")  # another type: a miss
+            expected[i] = "none"
+        elif i % 50 == 8:
+            redis_command(servers, "SET", key, b"\xff not json", "EX", "300")
+            expected[i] = "none"
+        elif i % 50 == 9:
+            expected[i] = "none"  # missing
+        elif i % 50 == 10:
+            redis_command(servers, "SET", key, '{"macd": 1.5}')  # no TTL: never held
+            expected[i] = {"macd": 1.5}
+        else:
+            redis_command(servers, "SET", key, str(i * 0.5), "EX", "300")
+            expected[i] = i * 0.5
+    before = (await hub.get_stats())["actors"]["cache"]
+    got = await asyncio.gather(*(hub.get_indicator(EX, "MANY", "EMA", i, default="none")
+                                 for i in range(300)))
+    assert dict(enumerate(got)) == expected
+    after = (await hub.get_stats())["actors"]["cache"]
+    assert after["round_trips"] - before["round_trips"] < 30  # pipelined
+    # and few commands: reads batched into script calls, not a GET and a PTTL per key
+    assert after["commands"] - before["commands"] < 100, after["commands"] - before["commands"]
+    near = hub._cache.near if hub._cache is not None else None
+    if near is not None:
+        assert f"indicator:{EX}:MANY:EMA:10" not in near  # no TTL: read from Redis each time
+        assert f"indicator:{EX}:MANY:EMA:11" in near

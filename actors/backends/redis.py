@@ -51,6 +51,10 @@ class RedisBackend(Protocol):
         writes the old master acknowledged)."""
 
     @property
+    def multi_key_scripts(self) -> bool:
+        """One script may read keys of any slot (not on a Redis Cluster)."""
+
+    @property
     def unavailable_slots(self) -> int:
         """Redis Cluster slots whose master is down (0 elsewhere)."""
 
@@ -155,9 +159,13 @@ async def _exchange(conn: Any, commands: Sequence[Command], cluster: bool = Fals
     MovedError/AskError/TryAgainError/ClusterDownError). Connection errors are raised."""
     await conn.send_packed_command(_pack(conn, commands))
     results: list[Any] = []
-    for _ in commands:
+    for command in commands:
         try:
-            results.append(await conn.read_response())
+            reply = await conn.read_response()
+            if command[0] == "EVAL" and isinstance(reply, list):  # errors in its place
+                reply = [CommandFailed(str(x)) if isinstance(x, rexc.ResponseError) else x
+                         for x in reply]
+            results.append(reply)
         except rexc.NoScriptError as exc:
             results.append(ScriptMissing(str(exc)))
         except rexc.ResponseError as exc:  # MOVED/ASK/TRYAGAIN too, kept as they are
@@ -293,6 +301,10 @@ class RedisClient:
         return 0
 
     @property
+    def multi_key_scripts(self) -> bool:
+        return True
+
+    @property
     def forget_all_on_reconnect(self) -> bool:
         """After a Sentinel failover the new master may lack writes the old one had
         acknowledged: the CacheActor then drops every cached key rather than serve one
@@ -376,6 +388,10 @@ class RedisClusterClient:
         self._recovery: asyncio.Task[None] | None = None
         self._refreshing = asyncio.Lock()
         self._initialized = False  # the client has read the slot map once
+
+    @property
+    def multi_key_scripts(self) -> bool:
+        return False  # keys of several slots in one script: CROSSSLOT
 
     @property
     def forget_all_on_reconnect(self) -> bool:

@@ -32,7 +32,16 @@ from actors.backends.redis import (
 )
 from actors.backoff import Backoff
 from actors.cache.near import NearCache
-from actors.cache.ops import NEAR_PREFIXES, Held, RedisOp, coalesce, op_clean, op_get_value
+from actors.cache.ops import (
+    GET_VALUES,
+    GET_VALUES_AT_LEAST,
+    NEAR_PREFIXES,
+    Held,
+    RedisOp,
+    coalesce,
+    op_clean,
+    op_get_value,
+)
 from actors.runtime import Actor, Envelope, Request, cancel_and_wait, close_quietly, fail, resolve
 from hubdomain.errors import BackendUnavailable
 from hubdomain.keys import PREFIXES, glob_literal
@@ -241,8 +250,21 @@ class CacheActor(Actor):
 
     async def _execute(self, batch: Sequence[Envelope], fallback: bool) -> None:
         commands: list[Command] = []
+        # value reads, when there are many, go as one script call where the last of them
+        # stands (a read moved later sees the writes before it, and perhaps some after:
+        # never older than what it was queued behind)
+        reads = [] if fallback or not self.backend.multi_key_scripts else [
+            e for e in batch if e.message.value_read]
+        if len(reads) < GET_VALUES_AT_LEAST:
+            reads = []
+        batched = {id(e) for e in reads}
         for envelope in batch:
             op: RedisOp[Any] = envelope.message
+            if id(envelope) in batched:
+                if envelope is reads[-1]:
+                    commands.append(("EVAL", GET_VALUES, len(reads),
+                                     *(e.message.reads for e in reads)))
+                continue
             commands.extend(op.fallback if fallback and op.fallback else op.commands)
         try:
             results = await self.backend.pipeline(commands)
@@ -253,13 +275,21 @@ class CacheActor(Actor):
             return
         self.round_trips += 1
         self.commands += len(commands)
+        replies: list[list[Any]] = []  # each envelope's replies, in batch order
         pos = 0
+        for envelope in batch:
+            if id(envelope) not in batched:
+                replies.append(results[pos:pos + len(envelope.message.commands)])
+                pos += len(envelope.message.commands)
+                continue
+            replies.append([])
+            if envelope is reads[-1]:
+                _spread(results[pos], reads, batch, replies)
+                pos += 1
         retry: list[Envelope] = []
         retried: set[str] = set()  # keys of ops sent again: later ops on them go again too
-        for envelope in batch:
+        for envelope, mine in zip(batch, replies, strict=True):
             op = envelope.message
-            mine = results[pos:pos + len(op.commands)]
-            pos += len(op.commands)
             # a command's error, or (Redis Cluster) its master being down
             failed = next((r for r in mine if isinstance(r, (CommandFailed, BackendUnavailable))),
                           None)
@@ -422,3 +452,15 @@ class CacheActor(Actor):
                 "stale_keys_pending": len(self._dirty), "undecodable": self.undecodable,
                 "unavailable_slots": self.backend.unavailable_slots,
                 "near_cache": self.near.statistics() if self.near is not None else None}
+
+
+def _spread(answer: Any, reads: list[Envelope], batch: Sequence[Envelope],
+            replies: list[list[Any]]) -> None:
+    """Hand each batched read its [value, pttl] from one GET_VALUES answer (or the
+    answer's error, when the whole call failed)."""
+    where = {id(e): i for i, e in enumerate(batch)}
+    for n, envelope in enumerate(reads):
+        if isinstance(answer, BaseException):
+            replies[where[id(envelope)]] = [answer, answer]
+        else:
+            replies[where[id(envelope)]] = [answer[2 * n], answer[2 * n + 1]]
