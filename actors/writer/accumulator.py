@@ -53,9 +53,10 @@ class Accumulator:
         if self.oldest_at is None:
             self.oldest_at = now
 
-    def extend(self, lines: Sequence[str], now: float) -> None:
-        """Many lines without outbox rows at once (a batch write)."""
-        self._entries.extend(zip(lines, repeat(None)))
+    def extend(self, lines: Sequence[str], now: float,
+               ids: Sequence[int] | None = None) -> None:
+        """Many lines at once (a batch write), with their outbox rows when durable."""
+        self._entries.extend(zip(lines, repeat(None) if ids is None else ids))
         self.accepted += len(lines)
         if self.oldest_at is None and lines:
             self.oldest_at = now

@@ -189,8 +189,8 @@ class WriterActor(Actor):
             if self.spool.active and ids:  # durable lines: in the outbox already, replayed
                 self.spool.knows(ids)
                 continue
-            if ids is None:
-                self.memory.extend(message.lines, now)
+            if ids is None or not ids or ids[0] > self.spool.posted:  # none written yet
+                self.memory.extend(message.lines, now, ids)
                 continue
             for i, line in enumerate(message.lines):
                 row_id = ids[i]
