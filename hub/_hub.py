@@ -425,9 +425,53 @@ class Hub:
             return []
         self._counters["candle_cold_queries"] += 1
         await self._read_your_writes()
+        bottom = await self._deep_bound(exchange, product, lo, hi, limit)
+        if bottom is not None:
+            return await self._deep_candles(exchange, product, lo, hi, limit, *bottom)
         results = await self._influx(Query(ql.select_candles(
             exchange, product, lo, hi, limit, self.config.influxdb.rp_for("candle"))))
         return _candles(results)
+
+    async def _deep_bound(self, exchange: str, product: str, lo: int | None, hi: int | None,
+                          limit: int) -> tuple[int, int] | None:
+        """For a read deeper than the hot window: (bottom, top), a time range that likely
+        holds the newest ``limit`` candles, from the window's newest time and spacing.
+        InfluxDB answers a time-bounded ORDER BY time DESC LIMIT much faster than an
+        unbounded one on a long series (measured here on 1,000,000 candles: 35 ms
+        against 557 ms for 10,000). None: no window to go by, or nothing to gain."""
+        if limit < _DEEP_AT or self._cache is None:
+            return None
+        window = await self._cache.window(keys.candles(exchange, product, self._tagged))
+        if not window or len(window) < 2:
+            return None
+        newest, oldest = window[-1].timestamp, window[0].timestamp
+        step = max(1, (newest - oldest) // (len(window) - 1))
+        top = newest if hi is None else min(hi, newest)
+        bottom = top - (limit + limit // 10 + 10) * step
+        if lo is not None and bottom <= lo:
+            bottom = lo
+        return max(bottom, v.MIN_TIMESTAMP + 1), top
+
+    async def _deep_candles(self, exchange: str, product: str, lo: int | None,
+                            hi: int | None, limit: int, bottom: int, top: int
+                            ) -> list[Candle]:
+        """The newest ``limit`` candles in [lo, hi], asked as two concurrent time-bounded
+        queries (each half of [bottom, hi]: influxd answers them on both cores), then,
+        when they hold fewer (a gap in the data) and older candles may exist, one more
+        query below ``bottom``. The same answer as the single query, by construction."""
+        rp = self.config.influxdb.rp_for("candle")
+        middle = bottom + (top - bottom) // 2
+        newer, older = await asyncio.gather(
+            self._influx(Query(ql.select_candles(exchange, product, middle + 1, hi, limit,
+                                                 rp))),
+            self._influx(Query(ql.select_candles(exchange, product, bottom, middle, limit,
+                                                 rp))))
+        found = (_candles(older) + _candles(newer))[-limit:]
+        if len(found) < limit and (lo is None or bottom > lo):
+            rest = await self._influx(Query(ql.select_candles(
+                exchange, product, lo, bottom - 1, limit - len(found), rp)))
+            found = _candles(rest) + found
+        return found
 
     async def _resampled(self, exchange: str, product: str, lo: int | None, hi: int | None,
                          limit: int, interval: str) -> list[Candle]:
@@ -684,6 +728,9 @@ class Hub:
             stats["sqlite"] = {"error": str(exc)}
         stats["healthy"] = self.healthy
         return stats
+
+
+_DEEP_AT = 2000  # candles; below, one query is as fast
 
 
 def _candles(results: list[dict[str, Any]]) -> list[Candle]:

@@ -157,3 +157,46 @@ async def test_1h_resampling_matches_ohlcv_computed_here(hub: Hub) -> None:
     ranged = await hub.query_candles(EX, PR, T0 + 3600, T0 + 3 * 3600 - 1, interval="1h")
     assert ranged == got[1:3]
     assert await hub.query_candles(EX, "NONE", interval="5m") == []
+
+
+def influx_newest(hub: Hub, limit: int, start: int | None = None,
+                  end: int | None = None) -> list[Candle]:
+    """The newest ``limit`` candles as influxd itself answers the single plain query."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    where = f"exchange='{EX}' AND product='{PR}'"
+    if start is not None:
+        where += f" AND time >= {start}s"
+    if end is not None:
+        where += f" AND time <= {end}s"
+    url = hub.config.influxdb.url + "/query?" + urllib.parse.urlencode({
+        "db": hub.config.influxdb.bucket, "epoch": "s",
+        "q": f"SELECT open, high, low, close, volume FROM candle WHERE {where} "
+             f"ORDER BY time DESC LIMIT {limit}"})
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        series = json.load(answer)["results"][0].get("series", [])
+    rows = series[0]["values"] if series else []
+    return [Candle(int(t), *map(float, rest)) for t, *rest in reversed(rows)]
+
+
+@pytest.mark.parametrize("limit,start,end", [
+    (2000, None, None), (2600, None, None), (5000, None, None),  # across the gap, all
+    (2200, T0 + 60 * 100, None), (2000, None, T0 + 60 * 1400 + 40 * 86400),
+    (3000, T0, T0 + 60 * 1499 + 30 * 86400)])
+async def test_deep_reads_answer_as_the_single_query_does(
+        windowed: Hub, limit: int, start: int | None, end: int | None) -> None:
+    """Beyond the hot window the hub splits a newest-N read into time-bounded queries
+    guessed from the window's spacing; with a 40-day gap in the data (the guess falls
+    short) and bounds on either side, the answer is what influxd gives for one query."""
+    dense = random_candles(1500)
+    late = [Candle(c.timestamp + 40 * 86400, c.open, c.high, c.low, c.close, c.volume)
+            for c in random_candles(1500, seed=8)]
+    await windowed.write_candles_batch(EX, PR, dense + late)
+    await windowed.flush()
+    got = await windowed.query_candles(EX, PR, start, end, limit=limit)
+    assert got == influx_newest(windowed, limit, start, end)
+    assert len(got) == min(limit, len([c for c in dense + late
+                                       if (start is None or c.timestamp >= start)
+                                       and (end is None or c.timestamp <= end)]))

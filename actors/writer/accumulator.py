@@ -56,7 +56,10 @@ class Accumulator:
     def extend(self, lines: Sequence[str], now: float,
                ids: Sequence[int] | None = None) -> None:
         """Many lines at once (a batch write), with their outbox rows when durable."""
-        self._entries.extend(zip(lines, repeat(None) if ids is None else ids))
+        if ids is None:
+            self._entries.extend(zip(lines, repeat(None), strict=False))
+        else:
+            self._entries.extend(zip(lines, ids, strict=True))
         self.accepted += len(lines)
         if self.oldest_at is None and lines:
             self.oldest_at = now
