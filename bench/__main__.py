@@ -39,6 +39,7 @@ def goals(r: Results) -> list[dict[str, Any]]:
     read = {row["read"]: row for row in t["single_read"]}
     hot, cold = read["hub hot (near cache)"]["p50"], read["hub cold (Redis)"]["p50"]
     raw, lite = read["redis.asyncio GET"]["p50"], read["sqlite PK lookup"]["p50"]
+    beside = read["redis.asyncio GET, in turn with the cold reads"]["p50"]
     conc = next(row for row in t["concurrency"] if row["strategies"] == 100)
     cold_conc = next((row for row in t["concurrency"]
                       if str(row["strategies"]).startswith("100, 1,000 distinct")), None)
@@ -63,8 +64,8 @@ def goals(r: Results) -> list[dict[str, Any]]:
              hot * 20 <= raw),
         goal("hot indicator read p50 vs SQLite lookup", "below", f"{hot / lite:.2f}x",
              hot < lite),
-        goal("cold indicator read p50 vs raw GET p50", "<= 1.15x", f"{cold / raw:.2f}x",
-             cold <= 1.15 * raw),
+        goal("cold indicator read p50 vs raw GET p50 (taken in turn)", "<= 1.15x",
+             f"{cold / beside:.2f}x", cold <= 1.15 * beside),
         goal("100 strategies, wall time vs raw pool", "<= 1/3",
              f"1/{conc['redis.asyncio pool'] / conc['hub']:.1f}",
              conc["hub"] * 3 <= conc["redis.asyncio pool"]),
