@@ -23,9 +23,9 @@ import yaml
 
 from tests.conftest import redis_command, wolfhub
 from tests.test_cli_data import T0, make_config, rows, write_csv
-from wolfhub.backfill import BINANCE_KLINE, BadRow, find_layout, parse_batch, product_from_name
-from wolfhub.backfill import Source as BackfillSource
 from wolfhub.servers import LocalServers
+from wolfhub.tables import BINANCE_KLINE, BadRow, find_layout, parse_batch, product_from_name
+from wolfhub.tables import Source as BackfillSource
 
 # The example kline of Binance's REST API documentation (GET /api/v3/klines), the row
 # layout of the CSV dumps on data.binance.vision: open time (ms), open, high, low, close,

@@ -18,7 +18,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise HubError("Parquet and DataFrames need pyarrow: pip install "
                    "'wolfinch-hub[columnar]'") from exc
 
-from wolfhub.backfill import Layout, Source, Table, find_layout
+from wolfhub.tables import Layout, Source, Table, find_layout
 
 _UNIT = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
