@@ -95,6 +95,25 @@ def test_times_in_every_unit(cell: str, seconds: int) -> None:
     assert not parsed.bad and parsed.groups[None][0][0] == seconds
 
 
+def test_a_stated_unit_and_a_product_column_on_the_fast_path() -> None:
+    layout = find_layout(["open_time", "symbol", "open", "high", "low", "close", "volume"],
+                         "u.csv")
+    rows = [["1499040000000", "BTCUSDT", "1", "2", "0.5", "1.5", "3"],
+            ["1499040060000", " ETHUSDT ", "1", "2", "0.5", "1.5", "3"],
+            ["1499040120000", "BTCUSDT", "1", "2", "0.5", "1.5", "3"]]
+    parsed = parse_batch(rows, layout, 1000, "u.csv", 2, False)
+    assert parsed.groups["BTCUSDT"] == [(1499040000, 1.0, 2.0, 0.5, 1.5, 3.0),
+                                        (1499040120, 1.0, 2.0, 0.5, 1.5, 3.0)]
+    assert parsed.groups["ETHUSDT"] == [(1499040060, 1.0, 2.0, 0.5, 1.5, 3.0)]
+    odd = parse_batch([["1499040000500", "BTCUSDT", "1", "2", "0.5", "1.5", "3"]], layout,
+                      1000, "u.csv", 2, False)
+    assert (odd.bad[0].line, odd.bad[0].column) == (2, "open_time")
+    assert "not a whole second" in odd.bad[0].reason
+    empty = parse_batch([["1499040000000", "  ", "1", "2", "0.5", "1.5", "3"]], layout,
+                        1000, "u.csv", 2, False)
+    assert (empty.bad[0].column, empty.bad[0].reason) == ("symbol", "empty product")
+
+
 @pytest.mark.parametrize("row,column,reason", [
     (["1499040000500", "1", "2", "0.5", "1", "1"], "time", "not a whole second"),
     (["x", "1", "2", "0.5", "1", "1"], "time", "expected Unix time or an ISO 8601 date"),
@@ -220,6 +239,11 @@ def test_binance_zip_gzip_and_a_product_column_in_one_run(servers: LocalServers,
     assert len(eth) == 200 and eth[-1] == [1735689600 + 60 * 199, 2199.0, 2201.0, 2198.0,
                                            2200.0, 10.0]
     assert count(servers, tmp_path, "SOLUSDT", "binance") == 200
+    # --product names every row's product, the column notwithstanding
+    given = wolfhub("backfill", str(tmp_path / "mixed.csv.gz"), "--exchange", "binance",
+                    "--product", "ALL", cwd=tmp_path)
+    assert given.returncode == 0, given.stderr
+    assert count(servers, tmp_path, "ALL", "binance") == 200  # two rows per time, one point
 
 
 def test_skip_bad_counts_and_names_them(servers: LocalServers, tmp_path: Path) -> None:
@@ -272,7 +296,7 @@ def test_killed_at_random_moments_every_row_is_stored_once(servers: LocalServers
     """kill -9 mid-run, three times, then a run to the end: the marker never claims a row
     InfluxDB lacks, and in the end every row is there with its values, once."""
     make_config(servers, tmp_path)
-    n = 200_000
+    n = 400_000
     data = rows(n)
     source = tmp_path / "big.csv"
     write_csv(source, data)

@@ -29,7 +29,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -171,7 +171,7 @@ async def backfill(hub: Sink, files: list[Path], exchange: str, product: str | N
     rows before it) unless ``skip_bad``. ``destination`` names where the hub writes (for
     the resume marker's key); ``window`` is the hot window's size."""
     run = _Run(hub, exchange, batch, skip_bad, 0 if time_unit == "auto" else UNITS[time_unit],
-               checkpoint, window, report or Report())
+               checkpoint, window, report or Report(), product_given=product is not None)
     found = sources(files)
     run.report.bytes_total = sum(s.size for s in {s.path: s for s in found}.values())
     for number, source in enumerate(found):
@@ -201,6 +201,7 @@ class _Run:
     window: int
     report: Report
     done_bytes: int = 0
+    product_given: bool = False  # --product: every row is that product, a column or not
 
     async def load(self, source: Source, named: str, checkpoints: _Checkpoints, done: int,
                    bad: int) -> tuple[int, int, int]:
@@ -216,8 +217,10 @@ class _Run:
                 await checkpoints.final(0, 0)
                 return 0, 0, 0
             line = table.first_line
+            layout = replace(table.layout, product=None) if self.product_given \
+                else table.layout
             for chunk in table.chunks:
-                parsed = parse_batch(chunk, table.layout, self.unit, source.label, line,
+                parsed = parse_batch(chunk, layout, self.unit, source.label, line,
                                      self.skip_bad)
                 count = await self._write(named, parsed, checkpoints)
                 stored += count

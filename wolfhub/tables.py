@@ -273,30 +273,41 @@ class Parsed:
 
 def parse_batch(rows: list[list[str]], layout: Layout, unit: int, label: str,
                 first_line: int, skip_bad: bool) -> Parsed:
-    """Candles from raw rows. Rows of plain numbers in seconds take the fast path; the rest
-    go through ``_check``, which names the column. Without ``skip_bad`` parsing stops at
-    the first bad row (``stopped_at``)."""
+    """Candles from raw rows. Rows of plain numbers take the fast path (times in any unit,
+    a product column too); the rest go through ``_check``, which names the column.
+    Without ``skip_bad`` parsing stops at the first bad row (``stopped_at``)."""
     ti, oi, hi, li, ci, vi = (layout.time, layout.open, layout.high, layout.low,
                               layout.close, layout.volume)
     pi = layout.product
     plain = CheckedRows()
     groups: dict[str | None, list[Row]] = {None: plain}
     parsed = Parsed(groups)
-    fast = unit in (0, 1)
-    low_t, high_t = max(MIN_TIMESTAMP, -_SECONDS_BELOW), min(MAX_TIMESTAMP, _SECONDS_BELOW)
+    low_t, high_t = MIN_TIMESTAMP, MAX_TIMESTAMP
     for index, row in enumerate(rows):
         try:
-            if not fast:
-                raise ValueError
             t = int(row[ti])
+            if unit == 0:
+                if not low_t < t < high_t:
+                    t = _by_magnitude(t)
+            elif unit != 1:
+                t, rest = divmod(t, unit)
+                if rest:
+                    raise ValueError
             o, h, lo, c, v = (float(row[oi]), float(row[hi]), float(row[li]),
                               float(row[ci]), float(row[vi]))
             total = o + h + lo + c + v
-            if (low_t < t < high_t and total - total == 0.0 and h >= lo and v >= 0.0
-                    and pi is None):
-                plain.append((t, o, h, lo, c, v))
-                continue
-        except (ValueError, IndexError, TypeError):
+            if low_t < t < high_t and total - total == 0.0 and h >= lo and v >= 0.0:
+                if pi is None:
+                    plain.append((t, o, h, lo, c, v))
+                    continue
+                name = row[pi].strip()
+                if name:
+                    group = groups.get(name)
+                    if group is None:
+                        group = groups[name] = CheckedRows()
+                    group.append((t, o, h, lo, c, v))
+                    continue
+        except (ValueError, IndexError, TypeError, AttributeError):
             if not row:
                 continue  # a blank line
         try:
@@ -310,6 +321,18 @@ def parse_batch(rows: list[list[str]], layout: Layout, unit: int, label: str,
             continue
         groups.setdefault(product, CheckedRows()).append(candle)
     return parsed
+
+
+def _by_magnitude(value: int) -> int:
+    """Seconds from a time outside the seconds range, as ``_seconds`` reads it; raises
+    ValueError when it is not a whole second (the slow path then names the column)."""
+    size = abs(value)
+    unit = (1 if size < _SECONDS_BELOW else 1_000 if size < _SECONDS_BELOW * 1_000
+            else 1_000_000 if size < _SECONDS_BELOW * 1_000_000 else 1_000_000_000)
+    seconds, rest = divmod(value, unit)
+    if rest:
+        raise ValueError
+    return seconds
 
 
 @dataclass
