@@ -7,6 +7,7 @@ test gets its own InfluxDB database, an empty Redis db and its own SQLite file.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import subprocess
@@ -41,6 +42,15 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServers]:
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_here() -> Iterator[None]:
+    """Collect each test's garbage at its end: an object a test leaks (an unclosed socket
+    is a ResourceWarning, an error here) is then reported by that test, not by whichever
+    later test the garbage collector happens to run in."""
+    yield
+    gc.collect()
 
 
 def wolfhub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -63,7 +63,7 @@ class RedisBackend(Protocol):
     async def scan_page(self, match: str,
                         cursor: ScanCursor | None) -> tuple[ScanCursor | None, list[bytes]]: ...
     async def info(self) -> dict[str, Any]: ...
-    def invalidations(self, prefixes: Sequence[str]) -> AsyncIterator[list[str] | None]: ...
+    def invalidations(self, prefixes: Sequence[str]) -> AsyncGenerator[list[str] | None, None]: ...
     async def close(self) -> None: ...
 
 
@@ -311,7 +311,8 @@ class RedisClient:
         stale."""
         return self._sentinel is not None
 
-    async def invalidations(self, prefixes: Sequence[str]) -> AsyncIterator[list[str] | None]:
+    async def invalidations(self, prefixes: Sequence[str]
+                            ) -> AsyncGenerator[list[str] | None, None]:
         """Keys under ``prefixes`` that any client wrote, as Redis reports them
         (client-side caching, ``CLIENT TRACKING ... BCAST`` on a RESP3 connection of its
         own); None means "everything" (FLUSHALL/FLUSHDB). The first item is an empty
@@ -713,7 +714,8 @@ class RedisClusterClient:
         merged["cluster_masters"] = len(masters)
         return merged
 
-    async def invalidations(self, prefixes: Sequence[str]) -> AsyncIterator[list[str] | None]:
+    async def invalidations(self, prefixes: Sequence[str]
+                            ) -> AsyncGenerator[list[str] | None, None]:
         """RedisClient.invalidations, from every master at once: one RESP3 tracking
         connection per master, merged. Losing any of them, or the set of masters
         changing, ends the stream with RedisUnreachable (the near cache then empties)."""

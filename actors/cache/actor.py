@@ -15,6 +15,7 @@ answer a miss, and a cleaner deletes it through the mailbox, in order with write
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Sequence
@@ -163,17 +164,22 @@ class CacheActor(Actor):
         backoff = Backoff()
         while True:
             try:
-                async for keys in self.backend.invalidations(NEAR_PREFIXES):
-                    if keys is None:
-                        near.clear()
-                    elif keys:
-                        again = near.invalidated(keys)
-                        if again:
-                            self._read_again(near, again)
-                    else:  # tracking is on from here
-                        near.clear()
-                        near.enabled = True
-                        backoff.reset()
+                # aclosing: a cancelled listener closes the tracking connection now, not
+                # whenever the loop gets to finalizing the generator (or never, if the loop
+                # is closed first: a leaked socket)
+                async with contextlib.aclosing(
+                        self.backend.invalidations(NEAR_PREFIXES)) as stream:
+                    async for keys in stream:
+                        if keys is None:
+                            near.clear()
+                        elif keys:
+                            again = near.invalidated(keys)
+                            if again:
+                                self._read_again(near, again)
+                        else:  # tracking is on from here
+                            near.clear()
+                            near.enabled = True
+                            backoff.reset()
             except BackendUnavailable as exc:
                 log.debug("invalidation link down: %s", exc)
             except Exception as exc:  # never let the listener die
