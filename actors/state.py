@@ -98,6 +98,18 @@ class Quarantined(StateOp[list[tuple[str, str]]]):
 
 
 @dataclass(frozen=True, slots=True)
+class Prune(StateOp[dict[str, int]]):
+    """Delete quarantined lines / outbox rows created before these wall-clock times
+    (None: keep them); how many of each went."""
+
+    quarantine_before: float | None
+    outbox_before: float | None
+
+    def run(self, store: SQLiteStore) -> dict[str, int]:
+        return store.prune(self.quarantine_before, self.outbox_before)
+
+
+@dataclass(frozen=True, slots=True)
 class Counts(StateOp[dict[str, int]]):
     def run(self, store: SQLiteStore) -> dict[str, int]:
         return store.counts()
@@ -147,6 +159,10 @@ class StateActor(Actor):
 
     async def counts(self) -> dict[str, int]:
         return await self.ask(Counts())
+
+    async def prune(self, quarantine_before: float | None,
+                    outbox_before: float | None) -> dict[str, int]:
+        return await self.ask(Prune(quarantine_before, outbox_before))
 
     # ---- the actor ----
 

@@ -18,19 +18,25 @@ import orjson
 from actors.backends.influx import InfluxBackend, InfluxClient, rows
 from actors.backends.redis import RedisBackend, make_client
 from actors.cache import MISS, CacheActor, CacheService, NearCache
+from actors.maintenance import MaintenanceActor
 from actors.query import CsvQuery, Query, QueryActor
-from actors.runtime import Supervisor
+from actors.runtime import Actor, Supervisor
 from actors.state import StateActor
+from actors.stream import StreamReader
 from actors.writer import WriterActor
+from hub import _gaps
 from hub._intake import Accepted, Intake, _indicator_key, _names
+from hub._maintenance import Jobs
+from hub._streams import Streams
 from hubdomain import influxql as ql
 from hubdomain import jsonbytes, keys
 from hubdomain import lineproto as lp
+from hubdomain import timeframes as tfs
 from hubdomain import validate as v
 from hubdomain.config import HubConfig
-from hubdomain.errors import BackendUnavailable, HubClosed, HubError
+from hubdomain.errors import BackendUnavailable, HubClosed, HubError, ValidationError
 from hubdomain.fieldtypes import FieldTypes
-from hubdomain.records import Candle, Trade
+from hubdomain.records import Candle, LiveCandle, Trade
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +98,9 @@ class Hub:
         self._writer: WriterActor | None = None
         self._query: QueryActor | None = None
         self._sqlite: StateActor | None = None
+        self._maintenance: MaintenanceActor | None = None
+        self.streams: Streams | None = None
+        self._jobs: Jobs | None = None
         # the hub's own fields are floats; the rest is learnt at start and from writes
         self._field_types = FieldTypes()
         self._field_types.learn([(m, f, "float") for m, fs in _OWN_FIELDS.items() for f in fs])
@@ -127,7 +136,8 @@ class Hub:
         self._state = _State.STARTING
         cfg = self.config
         self._sqlite = StateActor(cfg.sqlite.path)
-        actors: list[Any] = [self._sqlite]
+        actors: list[Actor] = [self._sqlite]
+        cache = None
         if cfg.redis.enabled:
             near = (NearCache(cfg.performance.near_cache_size)
                     if cfg.performance.near_cache else None)
@@ -149,6 +159,9 @@ class Hub:
             self.intake.state = self._sqlite
             self._query = QueryActor(factory())
             actors += [self._writer, self._query]
+        self._start_streams(cache)
+        if self._maintenance is not None:
+            actors.append(self._maintenance)
         self._supervisor = Supervisor(**self._supervision)
         try:
             await self._supervisor.start(actors)
@@ -160,7 +173,8 @@ class Hub:
         if cfg.metrics.port is not None:
             from hub._metrics import HubMetrics, Observed  # prometheus-client when asked for
 
-            observed = Observed(self._actor_statistics, self._hub_counters, lambda: self.healthy)
+            observed = Observed(self._actor_statistics, self._hub_counters, lambda: self.healthy,
+                                lambda: self._jobs.products if self._jobs is not None else {})
             try:
                 self._metrics = HubMetrics(observed, cfg.metrics.host, cfg.metrics.port)
             except OSError as exc:
@@ -173,6 +187,25 @@ class Hub:
         if self._handle_sigterm:
             self._install_sigterm()
         await self._learn_field_types()
+        if self._maintenance is not None:
+            self._maintenance.go.set()
+
+    def _start_streams(self, cache: CacheActor | None) -> None:
+        """The live-candle part and the maintenance actor's jobs."""
+        cfg = self.config
+        reader = (StreamReader(cache.backend, cfg.streams.buffer)
+                  if cfg.streams.enabled and cache is not None else None)
+        influx = self._influx if self._query is not None else None
+        self.streams = Streams(cfg, self.intake, self._cache, reader, flush=self.flush,
+                               influx=influx, history=self._history)
+        if cfg.streams.enabled and (self._cache is not None or self._writer is not None):
+            self.intake.rollups = self.streams.feed
+        assert self._sqlite is not None
+        self._jobs = Jobs(self, self.streams, self._cache, self._sqlite, influx,
+                          self._actor_statistics, self._newest_minute)
+        jobs = self._jobs.build()
+        if jobs:
+            self._maintenance = MaintenanceActor(jobs)
 
     async def _learn_field_types(self) -> None:
         """Field types InfluxDB already holds, so a write that would conflict is refused
@@ -182,7 +215,7 @@ class Hub:
             return
         sources = [""]
         if self.config.influxdb.retention.enabled:
-            sources += [f" FROM {ql.ident(rp)}./.*/" for rp in ql.RP_NAMES.values()]
+            sources += [f" FROM {ql.ident(rp)}./.*/" for rp in dict.fromkeys(ql.RP_NAMES.values())]
         try:
             async with asyncio.timeout(min(5.0, self.config.influxdb.timeout)):
                 results = await self._influx(Query(
@@ -237,6 +270,12 @@ class Hub:
             return
         self._state = _State.CLOSING
         try:
+            if self.streams is not None:
+                try:  # rollups waiting for a recompute are published before the flush
+                    async with asyncio.timeout(self.close_timeout / 3):
+                        await self.streams.close()
+                except TimeoutError:
+                    log.error("close(): rollups still waiting for a recompute were dropped")
             if self._supervisor is not None:
                 try:
                     async with asyncio.timeout(self.close_timeout):
@@ -494,6 +533,73 @@ class Hub:
                                         self.config.influxdb.rp_for("candle"))))
         return _candles(results)
 
+    # ---- live candles, gaps, maintenance ---------------------------------------------
+
+    def candles(self, exchange: str, product: str, timeframe: str = "1m",
+                warmup: int = 0) -> AsyncIterator[LiveCandle]:
+        """Closed candles of ``timeframe`` as an async iterator: first the newest
+        ``warmup`` stored ones (ascending), then each one as it closes, whichever hub
+        process wrote it; no duplicate and no hole at the hand-over. A candle of a time
+        already delivered comes again only as a revision (``revision`` True). Arguments
+        are checked here (ValidationError); breaking out of the loop releases everything.
+        ``timeframe``: one of ``streams.timeframes``."""
+        self._check_open()
+        assert self.streams is not None
+        checked = self.streams.check(exchange, product, timeframe, warmup)
+        return self.streams.follow(*checked)
+
+    async def gaps(self, exchange: str, product: str, start: int | float | None = None,
+                   end: int | float | None = None,
+                   timeframe: str = "1m") -> list[tuple[int, int]]:
+        """Holes in the stored candles: ``[(first_missing, last_missing), ...]``, the
+        start times of the first and last missing slot of ``timeframe`` in each run,
+        ascending. ``start``/``end`` default to the first and newest stored candle."""
+        exchange, product = _names(exchange, product)
+        span = tfs.seconds(timeframe)
+        lo = v.optional_timestamp(start, "start")
+        hi = v.optional_timestamp(end, "end")
+        if lo is not None and hi is not None and hi < lo:
+            raise ValidationError("end", "end is before start")
+        self._check_open()
+        if self._query is None:
+            raise BackendUnavailable("influxdb", "gaps are read from InfluxDB (disabled)")
+        await self._read_your_writes()
+        if lo is None or hi is None:
+            bounds = await self._influx(Query(ql.select_candle_bounds(
+                exchange, product, self.config.influxdb.rp_for("candle"))))
+            first, last = (rows(r) for r in bounds)
+            if not first or not last:
+                return []
+            first_slot = tfs.bucket(int(first[0]["time"]), span)
+            lo_slot = first_slot if lo is None else max(first_slot, -(-int(lo) // span) * span)
+            hi = last[0]["time"] if hi is None else hi
+        else:
+            lo_slot = -(-int(lo) // span) * span
+        return await _gaps.find(self._influx, exchange, product, lo_slot,
+                                tfs.bucket(int(hi), span), span,
+                                self.config.influxdb.rp_for("candle"))
+
+    async def run_maintenance(self, job: str) -> dict[str, Any]:
+        """Run one maintenance job now; its stats afterwards (``get_stats()["actors"]
+        ["maintenance"]["jobs"][job]``)."""
+        self._check_open()
+        if self._maintenance is None:
+            raise BackendUnavailable("maintenance", "disabled in the config (maintenance.enabled)")
+        return await self._maintenance.run_now(job)
+
+    async def _history(self, exchange: str, product: str, lo: int | None, hi: int | None,
+                       limit: int, interval: str | None) -> list[Candle]:
+        if interval is not None:
+            return await self._resampled(exchange, product, lo, hi, limit, interval)
+        return await self._cold_candles(exchange, product, lo, hi, limit)
+
+    async def _newest_minute(self, exchange: str, product: str) -> list[Candle]:
+        if self._cache is not None:
+            found = await self._cache.newest(keys.candles(exchange, product, self._tagged), 1)
+            if found:
+                return found
+        return await self._cold_candles(exchange, product, None, None, 1)
+
     # ---- trades and metrics -------------------------------------------------------
 
     async def write_trade(self, exchange: str, product: str, timestamp: int | float,
@@ -726,6 +832,11 @@ class Hub:
             stats["sqlite"] = await self._sqlite.counts()
         except HubError as exc:
             stats["sqlite"] = {"error": str(exc)}
+        if self.streams is not None:
+            stats["streams"] = self.streams.statistics()
+        if self._jobs is not None:
+            stats["gaps"] = {f"{ex}:{pr}": dict(found)
+                             for (ex, pr), found in self._jobs.products.items()}
         stats["healthy"] = self.healthy
         return stats
 

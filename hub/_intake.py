@@ -43,6 +43,8 @@ class Accepted:
 
     lines: list[str]
     cache: RedisOp[Any] | None = None
+    # 1-minute candles written: (exchange, product, rows) for the rollups
+    candles: tuple[str, str, list[Row]] | None = None
 
 
 class Intake:
@@ -57,6 +59,8 @@ class Intake:
         self.cache: CacheService | None = None  # set when the hub starts
         self.writer: WriterActor | None = None
         self.state: StateActor | None = None  # the outbox, for influxdb.durable
+        # the rollups of written candles (hub._streams), when streams are on
+        self.rollups: Callable[[str, str, list[Row]], list[Accepted]] | None = None
         self._delivered = 0
 
     def check_open(self) -> None:
@@ -98,6 +102,9 @@ class Intake:
             if op is not None and self.cache is not None and not self.cache.offer(op):
                 await self.cache.enqueue(op)
             queued = True
+            if accepted.candles is not None and self.rollups is not None:
+                for extra in self.rollups(*accepted.candles):
+                    await self.deliver(extra, patient)
             self._delivered += 1
             if self._delivered >= 256:  # a producer that never waits must not starve the
                 self._delivered = 0     # actors: let the loop run now and then
@@ -155,7 +162,8 @@ class Intake:
         exchange, product = _names(exchange, product)
         row = candle_row(timestamp, open_price, high, low, close, volume)
         return Accepted(lp.candle_lines(exchange, product, (row,)),
-                        self._window_op(exchange, product, [row], None))
+                        self._window_op(exchange, product, [row], None, True),
+                        (exchange, product, [row]) if self.rollups is not None else None)
 
     def write_candles(self, exchange: object, product: object, candles: object,
                       window: bool = True) -> tuple[Accepted | None, int]:
@@ -164,8 +172,9 @@ class Intake:
         if not rows:
             return None, 0
         return Accepted(lp.candle_lines(exchange, product, rows),
-                        self._window_op(exchange, product, rows, None) if window else None
-                        ), len(rows)
+                        self._window_op(exchange, product, rows, None, True) if window else None,
+                        (exchange, product, rows) if window and self.rollups is not None
+                        else None), len(rows)
 
     def cache_candles(self, exchange: object, product: object, candles: object,
                            max_candles: object = None) -> Accepted | None:
@@ -177,10 +186,15 @@ class Intake:
         return Accepted([], self._window_op(exchange, product, checked, window))
 
     def _window_op(self, exchange: str, product: str, rows: list[Row],
-                   window: int | None) -> RedisOp[int]:
+                   window: int | None, publish: bool = False) -> RedisOp[int]:
+        """The hot-window push; ``publish``: written candles, also published on the
+        product's stream when streams are on (``cache_candles`` only fills the window)."""
         size = window or self.config.performance.redis_hot_data_window
+        stream = keys.key("candlestream", exchange, product, tagged=self.tagged) \
+            if publish and self.config.streams.enabled else None
         return op_push_candles(keys.candles(exchange, product, self.tagged), rows, size,
-                               self.config.redis.ttl.candles, self.near_on)
+                               self.config.redis.ttl.candles, self.near_on, stream, "1m",
+                               self.config.streams.length)
 
     def write_metric(self, metric_name: object, value: object,
                           tags: Mapping[str, Any]) -> Accepted:

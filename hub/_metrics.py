@@ -23,6 +23,8 @@ class Observed:
     actor_statistics: Callable[[], dict[str, dict[str, Any]]]
     counters: Callable[[], Mapping[str, int]]
     healthy: Callable[[], bool]
+    # per (exchange, product): the last gap scan's holes and newest candle age
+    products: Callable[[], Mapping[tuple[str, str], Mapping[str, Any]]] | None = None
 
 _COUNTERS = {
     "writer": ("points_written", "posts", "retries", "quarantined", "spooled", "replayed"),
@@ -85,6 +87,37 @@ class _HubCollector(Collector):
                 yield family
             yield GaugeMetricFamily("wolfhub_near_cache_entries", "Values held in-process",
                                     value=near["entries"])
+        jobs = stats.get("maintenance", {}).get("jobs")
+        if jobs:
+            runs = CounterMetricFamily("wolfhub_job_runs", "Maintenance job runs", labels=["job"])
+            failures = CounterMetricFamily("wolfhub_job_failures", "Maintenance job failures",
+                                           labels=["job"])
+            seconds = GaugeMetricFamily("wolfhub_job_last_seconds",
+                                        "Duration of the job's last run", labels=["job"])
+            last = GaugeMetricFamily("wolfhub_job_last_run_timestamp",
+                                     "Unix time the job last ran", labels=["job"])
+            failing = GaugeMetricFamily("wolfhub_job_failing", "1 while the job fails",
+                                        labels=["job"])
+            for job, values in jobs.items():
+                runs.add_metric([job], values["runs"])
+                failures.add_metric([job], values["failures"])
+                seconds.add_metric([job], values["last_duration"] or 0.0)
+                last.add_metric([job], values["last_run"] or 0.0)
+                failing.add_metric([job], int(values["failing"]))
+            yield from (runs, failures, seconds, last, failing)
+        products: Mapping[tuple[str, str], Mapping[str, Any]] = (
+            self.observed.products() if self.observed.products else {})
+        if products:
+            holes = GaugeMetricFamily("wolfhub_candle_gaps", "Holes in the stored 1-minute "
+                                      "candles (last gap scan)", labels=["exchange", "product"])
+            age = GaugeMetricFamily("wolfhub_newest_candle_age_seconds", "Seconds since the "
+                                    "newest stored 1-minute candle ended (a stalled feed grows it)",
+                                    labels=["exchange", "product"])
+            for (exchange, product), found in products.items():
+                holes.add_metric([exchange, product], found["gaps"])
+                if found.get("newest_age") is not None:
+                    age.add_metric([exchange, product], found["newest_age"])
+            yield from (holes, age)
         for name, value in self.observed.counters().items():
             family = CounterMetricFamily(f"wolfhub_{name}", name.replace("_", " "))
             family.add_metric([], value)

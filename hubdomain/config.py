@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from hubdomain.errors import ValidationError
 from hubdomain.influxql import RP_1H, RP_NAMES
+from hubdomain.timeframes import DEFAULT_TIMEFRAMES, plan
 
 __all__ = ["HubConfig"]
 
@@ -186,6 +187,51 @@ class MetricsConfig(_Model):
     host: str = "127.0.0.1"
 
 
+class StreamsConfig(_Model):
+    # live candle streams (hub.candles) and rollups of the 1-minute candles written
+    enabled: bool = True
+    timeframes: list[str] = Field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
+    # a live bucket whose minutes stop coming closes this many seconds after its end
+    close_grace: float = Field(5.0, ge=0)
+    # stream entries this process keeps per followed product for its subscribers; one
+    # further behind catches up from storage (counted as an overflow)
+    buffer: int = Field(10_000, gt=0)
+    # entries each product's Redis stream keeps (approximately: XADD MAXLEN ~)
+    length: int = Field(10_000, gt=0)
+
+    @field_validator("timeframes")
+    @classmethod
+    def _timeframes(cls, value: list[str]) -> list[str]:
+        plan(value)  # raises naming what is wrong
+        return value
+
+
+class Product(_Model):
+    exchange: str = Field(min_length=1)
+    product: str = Field(min_length=1)
+
+
+class MaintenanceConfig(_Model):
+    # the maintenance actor's periodic jobs; an interval of 0 turns a job off
+    enabled: bool = True
+    # products whose hot windows and near cache are warmed at start, and whose gaps
+    # are scanned (products this process writes are scanned too)
+    products: list[Product] = Field(default_factory=list)
+    # the hub's own health (mailboxes, hit rates, spool, gaps) into the metric measurement
+    health_interval: float = Field(60.0, ge=0)
+    gap_scan_interval: float = Field(300.0, ge=0)
+    # how far back each scan looks, in seconds (a day by default)
+    gap_scan_span: int = Field(86_400, gt=0)
+    # quarantined lines older than this many days are deleted (0: kept)
+    quarantine_days: float = Field(30.0, ge=0)
+    # outbox rows older than this many days are deleted (0: never; they are writes
+    # InfluxDB has not taken yet, so this loses them on purpose)
+    outbox_days: float = Field(0.0, ge=0)
+    prune_interval: float = Field(3600.0, ge=0)
+    # retention policies and the continuous query checked against influxdb.retention
+    check_interval: float = Field(3600.0, ge=0)
+
+
 class SQLiteConfig(_Model):
     path: str = "data/wolfhub.sqlite"
 
@@ -198,6 +244,8 @@ class HubConfig(_Model):
     performance: Performance = Performance()
     sqlite: SQLiteConfig = SQLiteConfig()
     metrics: MetricsConfig = MetricsConfig()
+    streams: StreamsConfig = StreamsConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HubConfig:

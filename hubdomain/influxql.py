@@ -84,6 +84,36 @@ def select_candles_resampled(exchange: str, product: str, start: int, end: int,
     )
 
 
+def select_rollup_bucket(exchange: str, product: str, start: int, span: int,
+                         rp: str | None = None) -> str:
+    """One rollup from the stored 1-minute candles of [start, start + span)."""
+    return (
+        'SELECT first("open") AS "open", max("high") AS "high", min("low") AS "low", '
+        f'last("close") AS "close", sum("volume") AS "volume" FROM {source("candle", rp)}'
+        f"{where({'exchange': exchange, 'product': product}, start, start + span - 1)}"
+    )
+
+
+def count_candles(exchange: str, product: str, start: int, end: int, span: int,
+                  rp: str | None = None) -> str:
+    """Stored candles per bucket of ``span`` seconds in [start, end] (empty buckets left
+    out): the first pass of a gap scan."""
+    return (
+        f'SELECT count("close") FROM {source("candle", rp)}'
+        f"{where({'exchange': exchange, 'product': product}, start, end)}"
+        f" GROUP BY time({int(span)}s) fill(none)"
+    )
+
+
+def candle_times(exchange: str, product: str, start: int, end: int,
+                 rp: str | None = None) -> str:
+    """Every stored candle time in [start, end] (one field, the smallest answer)."""
+    return (
+        f'SELECT "close" FROM {source("candle", rp)}'
+        f"{where({'exchange': exchange, 'product': product}, start, end)}"
+    )
+
+
 def select_candle_bounds(exchange: str, product: str, rp: str | None = None) -> str:
     tags = where({"exchange": exchange, "product": product})
     src = source("candle", rp)
@@ -111,7 +141,8 @@ def create_database(database: str) -> str:
 
 # retention policy per measurement (influxdb.retention with enabled: true)
 RP_NAMES = {"candle": "wolfhub_candles", "indicator": "wolfhub_indicators",
-            "trade": "wolfhub_trades", "metric": "wolfhub_metrics"}
+            "trade": "wolfhub_trades", "metric": "wolfhub_metrics",
+            "candle_rollup": "wolfhub_candles"}
 RP_1H = "wolfhub_candles_1h"
 CQ_1H = "wolfhub_candle_1h"
 

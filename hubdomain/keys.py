@@ -19,7 +19,7 @@ _COMPONENT = str.maketrans({"\\": "\\\\", ":": "\\:"})
 _TAGGED = str.maketrans({"\\": "\\\\", ":": "\\:", "{": "\\(", "}": "\\)"})
 _GLOB = str.maketrans({c: "\\" + c for c in "\\*?[]^-"})
 
-PREFIXES = ("indicator:", "candles:", "position:", "strategy:")
+PREFIXES = ("indicator:", "candles:", "position:", "strategy:", "candlestream:")
 
 
 @lru_cache(maxsize=65_536)  # a bot asks for the same few keys over and over

@@ -121,6 +121,15 @@ def candle_lines(exchange: str, product: str, rows: Iterable[Row]) -> list[str]:
             for t, o, h, lo, c, v in rows]
 
 
+def rollup_lines(exchange: str, product: str, timeframe: str, rows: Iterable[Row]) -> list[str]:
+    """Lines of rollup candles: measurement ``candle_rollup``, tags exchange, product,
+    timeframe (the ``candle`` measurement keeps only what writers wrote)."""
+    prefix = ("candle_rollup,exchange=" + escape_tag(exchange) + ",product="
+              + escape_tag(product) + ",timeframe=" + escape_tag(timeframe) + " ")
+    return [f"{prefix}open={o!r},high={h!r},low={lo!r},close={c!r},volume={v!r} {t}000000000"
+            for t, o, h, lo, c, v in rows]
+
+
 def candle(exchange: str, product: str, c: Candle) -> str:
     return (
         f"{_candle_prefix(exchange, product)}open={c.open!r},high={c.high!r},low={c.low!r},"

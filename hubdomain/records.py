@@ -9,7 +9,7 @@ from typing import Any
 from hubdomain import validate as v
 from hubdomain.errors import ValidationError
 
-__all__ = ["Candle", "CheckedRows", "Row", "Trade", "candle_row", "candle_rows"]
+__all__ = ["Candle", "CheckedRows", "LiveCandle", "Row", "Trade", "candle_row", "candle_rows"]
 
 # a checked candle as the write paths carry it: (timestamp, open, high, low, close, volume)
 Row = tuple[int, float, float, float, float, float]
@@ -158,6 +158,20 @@ def candle_rows(items: object, argument: str = "candles") -> list[Row]:
         append((checked.timestamp, checked.open, checked.high, checked.low, checked.close,
                 checked.volume))
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCandle(Candle):
+    """A closed candle from ``Hub.candles``: a :class:`Candle` with its ``timeframe``
+    and ``revision`` (True: a candle of this time was delivered before, and a minute
+    in it was corrected since). ``as_candle()`` drops the two."""
+
+    timeframe: str = "1m"
+    revision: bool = False
+
+    def as_candle(self) -> Candle:
+        return Candle(self.timestamp, self.open, self.high, self.low, self.close,
+                      self.volume)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -29,6 +29,30 @@ log = logging.getLogger(__name__)
 Command = tuple[Any, ...]
 # a command of a cluster pipeline: caller's index, command, node it was ASKed to go to
 _Unit = tuple[int, Command, "ClusterNode | None"]
+
+
+# a stream entry as XREAD returns it: id, then field/value pairs
+StreamEntry = tuple[bytes, list[bytes]]
+
+
+def _stream_reply(reply: Any) -> list[tuple[str, list[StreamEntry]]]:
+    """XREAD's reply (None when BLOCK timed out) as (key, entries) pairs."""
+    if reply is None:
+        return []
+    if isinstance(reply, CommandFailed):
+        raise reply
+    out: list[tuple[str, list[StreamEntry]]] = []
+    # a map under RESP3, a list of [key, entries] pairs under RESP2
+    for key, entries in (reply.items() if isinstance(reply, dict) else reply):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        out.append((name, [(entry_id, list(fields or ())) for entry_id, fields in entries]))
+    return out
+
+
+def _xread(positions: Mapping[str, bytes], count: int, block_ms: int) -> Command:
+    keys = list(positions)
+    return ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", *keys,
+            *(positions[k] for k in keys))
 
 
 # where a paged SCAN goes on: (the node it runs on, that node's cursor)
@@ -64,6 +88,8 @@ class RedisBackend(Protocol):
                         cursor: ScanCursor | None) -> tuple[ScanCursor | None, list[bytes]]: ...
     async def info(self) -> dict[str, Any]: ...
     def invalidations(self, prefixes: Sequence[str]) -> AsyncGenerator[list[str] | None, None]: ...
+    async def read_streams(self, positions: Mapping[str, bytes], count: int,
+                           block_ms: int) -> list[tuple[str, list[StreamEntry]]]: ...
     async def close(self) -> None: ...
 
 
@@ -233,6 +259,7 @@ class RedisClient:
         else:
             self._client = aioredis.Redis(host=config.host, port=config.port, **options)
         self._conn: Any = None  # the pipelines' own connection
+        self._streams_conn: Any = None  # blocking XREADs of the candle streams
         self.on_masters_changed: Callable[[], None] | None = None  # (one server: never)
         self.on_untracked_keys: Callable[[list[str]], None] | None = None
 
@@ -281,6 +308,26 @@ class RedisClient:
                 await conn.disconnect()
                 raise
         raise AssertionError("unreachable")
+
+    async def read_streams(self, positions: Mapping[str, bytes], count: int,
+                           block_ms: int) -> list[tuple[str, list[StreamEntry]]]:
+        """XREAD the streams after the given ids, waiting up to ``block_ms`` for an
+        entry, on a connection of its own (the pipelines never wait behind it)."""
+        conn = self._streams_conn
+        if conn is None:
+            conn = self._streams_conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            if not conn.is_connected:
+                await conn.connect()
+            (reply,) = await _exchange(conn, [_xread(positions, count, block_ms)])
+        except BaseException as exc:
+            self._streams_conn = None
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            if isinstance(exc, _REDIS_ERRORS):
+                raise _translate(exc) from exc
+            raise
+        return _stream_reply(reply)
 
     async def scan_page(self, match: str,
                         cursor: ScanCursor | None) -> tuple[ScanCursor | None, list[bytes]]:
@@ -332,6 +379,9 @@ class RedisClient:
         if self._conn is not None:
             await self._conn.disconnect()
             self._conn = None
+        if self._streams_conn is not None:
+            await self._streams_conn.disconnect()
+            self._streams_conn = None
         await self._client.aclose()
         if self._sentinel is not None:
             for node in self._sentinel.sentinels:
@@ -688,6 +738,22 @@ class RedisClusterClient:
         if index + 1 < len(names):
             return (names[index + 1], 0), list(keys)
         return None, list(keys)
+
+    async def read_streams(self, positions: Mapping[str, bytes], count: int,
+                           block_ms: int) -> list[tuple[str, list[StreamEntry]]]:
+        """XREAD on each master holding some of the streams, at once; a master with
+        nothing new waits at most ``block_ms`` (so does the answer, when one has)."""
+        with mapped():
+            by_node: dict[str, tuple[ClusterNode, dict[str, bytes]]] = {}
+            for key, at in positions.items():
+                node = self._client.nodes_manager.get_node_from_slot(_slot(key))
+                if node is None:
+                    raise SlotsUnavailable("redis", f"no master serves the slot of {key!r}")
+                by_node.setdefault(node.name, (node, {}))[1][key] = at
+            replies = await asyncio.gather(*(
+                self._on(node, [_xread(part, count, block_ms)])
+                for node, part in by_node.values()))
+        return [item for (reply,) in replies for item in _stream_reply(reply)]
 
     async def _scan_node(self, node: ClusterNode, match: str) -> AsyncIterator[bytes]:
         cursor: Any = 0

@@ -266,6 +266,18 @@ class SQLiteStore:
         ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def prune(self, quarantine_before: float | None,
+              outbox_before: float | None) -> dict[str, int]:
+        """Delete old quarantined lines, and old outbox rows of any slot."""
+        out = {"quarantine": 0, "outbox": 0}
+        if quarantine_before is not None:
+            out["quarantine"] = self.db.execute(
+                "DELETE FROM quarantine WHERE created_at < ?", (quarantine_before,)).rowcount
+        if outbox_before is not None:
+            out["outbox"] = self.db.execute(
+                "DELETE FROM outbox WHERE created_at < ?", (outbox_before,)).rowcount
+        return out
+
     def counts(self) -> dict[str, int]:
         outbox = self.db.execute(
             "SELECT count(*) FROM outbox WHERE owner = ?", (self.slot,)).fetchone()[0]

@@ -37,7 +37,8 @@ class RedisOp(Request[R]):
     # sent instead when Redis answers NOSCRIPT (EVAL for an EVALSHA)
     fallback: tuple[Command, ...] | None = None
     # fire-and-forget ops with the same merge key in one drained batch become one
-    merge: tuple[str, int, int] | None = None
+    # (window key, size, ttl, and the stream key, timeframe and length when it publishes)
+    merge: tuple[str, int, int, str | None, str, int] | None = None
     items: tuple[Any, ...] = ()
     # the hub began a write of ``writes`` in the near cache: end it once this op ran
     near: bool = False
@@ -84,6 +85,56 @@ if added > 0 then
   redis.call('EXPIRE', key, ttl)
 end
 return added
+"""
+
+
+# The same, publishing each candle the window takes on the product's stream (XADD,
+# trimmed to about ARGV[3] entries) with its timeframe and whether it replaced a candle
+# of the same time (a revision). One script: a reader's snapshot (SNAPSHOT below) sees
+# the window and the stream's last id of one moment, so warm-up from the window hands
+# over to the stream without a duplicate or a hole.
+PUBLISH_CANDLES = """
+local key = KEYS[1]
+local stream = KEYS[2]
+local window = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local length = ARGV[3]
+local timeframe = ARGV[4]
+local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+local lo = nil
+if first[2] then lo = tonumber(first[2]) end
+local added = 0
+for i = 5, #ARGV, 2 do
+  local ts = tonumber(ARGV[i])
+  if lo == nil or ts >= lo then
+    local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
+    redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+    redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
+               'c', ARGV[i + 1], 'r', replaced)
+    if lo == nil then lo = ts end
+    added = added + 1
+  end
+end
+if added > 0 then
+  redis.call('ZREMRANGEBYRANK', key, 0, -window - 1)
+  redis.call('EXPIRE', key, ttl)
+  if redis.call('TTL', stream) < ttl then redis.call('EXPIRE', stream, ttl) end
+end
+return added
+"""
+PUBLISH_CANDLES_SHA = hashlib.sha1(PUBLISH_CANDLES.encode()).hexdigest()
+
+# A reader's starting point: the newest ARGV[1] candles of a window and the id of the
+# stream's last entry ('0-0' when it has none), read at one moment.
+SNAPSHOT = """
+local count = tonumber(ARGV[1])
+local members = {}
+if count > 0 then members = redis.call('ZRANGE', KEYS[1], -count, -1) end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local id = '0-0'
+if last[1] then id = last[1][1] end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)
+return {members, id, oldest}
 """
 
 
@@ -192,13 +243,15 @@ PUSH_CANDLES_SHA = hashlib.sha1(PUSH_CANDLES.encode()).hexdigest()
 
 
 def op_push_candles(key: str, rows: Sequence[Row], window: int, ttl: int,
-                    near: bool = False) -> RedisOp[int]:
-    """Push checked candle rows into a hot window (the newest ``window`` matter)."""
+                    near: bool = False, stream: str | None = None, timeframe: str = "1m",
+                    length: int = 0) -> RedisOp[int]:
+    """Push checked candle rows into a hot window (the newest ``window`` matter); with
+    ``stream``, each one the window takes is also published there (PUBLISH_CANDLES)."""
     ordered = rows if _ascending(rows) else sorted(rows, key=_time)
     args: list[Any] = []
     for row in ordered[-window:]:
         args += [row[0], encode_candle(row)]
-    return _push(key, window, ttl, tuple(args), near)
+    return _push(key, window, ttl, tuple(args), near, stream, timeframe, length)
 
 
 def _time(row: Row) -> int:
@@ -210,16 +263,23 @@ def _ascending(rows: Sequence[Row]) -> bool:
 
 
 def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
-          near: bool = False) -> RedisOp[int]:
+          near: bool = False, stream: str | None = None, timeframe: str = "1m",
+          length: int = 0) -> RedisOp[int]:
+    if stream is not None:
+        head = (2, key, stream, window, ttl, length, timeframe)
+        return RedisOp((("EVALSHA", PUBLISH_CANDLES_SHA, *head, *items),), _first,
+                       (key, stream), fallback=(("EVAL", PUBLISH_CANDLES, *head, *items),),
+                       merge=(key, window, ttl, stream, timeframe, length), items=items,
+                       near=near)
     return RedisOp((("EVALSHA", PUSH_CANDLES_SHA, 1, key, window, ttl, *items),), _first,
                    (key,), fallback=(("EVAL", PUSH_CANDLES, 1, key, window, ttl, *items),),
-                   merge=(key, window, ttl), items=items, near=near)
+                   merge=(key, window, ttl, None, "", 0), items=items, near=near)
 
 
 def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
     """Merge fire-and-forget window pushes to the same key into one script call.
     Candles keep their order (a later write of the same time still wins)."""
-    groups: dict[tuple[str, int, int], list[RedisOp[Any]]] = {}
+    groups: dict[tuple[str, int, int, str | None, str, int], list[RedisOp[Any]]] = {}
     out: list[Envelope] = []
     for call in batch:
         op: RedisOp[Any] = call.message
@@ -240,9 +300,34 @@ def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
                      for j in range(0, len(g.items), 2)]
             pairs.sort(key=lambda p: p[0])  # stable: same-time candles keep their order
             assert op.merge is not None
-            key, window, ttl = op.merge
-            out[i] = Envelope(_push(key, window, ttl, tuple(x for p in pairs for x in p)), None)
+            key, window, ttl, stream, timeframe, length = op.merge
+            out[i] = Envelope(_push(key, window, ttl, tuple(x for p in pairs for x in p),
+                                    op.near, stream, timeframe, length), None)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a stream reader starts from: the newest candles of a window (ascending),
+    the window's oldest time, and the stream's last id, all of one moment."""
+
+    candles: list[Candle]
+    oldest: int | None
+    last_id: bytes
+
+
+SNAPSHOT_SHA = hashlib.sha1(SNAPSHOT.encode()).hexdigest()
+
+
+def op_snapshot(window_key: str, stream_key: str, count: int) -> RedisOp[Snapshot]:
+    def decode(results: list[Any]) -> Snapshot:
+        members, last_id, oldest = results[0]
+        return Snapshot([decode_candle(m) for m in members],
+                        decode_candle(oldest[0]).timestamp if oldest else None,
+                        last_id if isinstance(last_id, bytes) else str(last_id).encode())
+    head = (2, window_key, stream_key, count)
+    return RedisOp((("EVALSHA", SNAPSHOT_SHA, *head),), decode,
+                   fallback=(("EVAL", SNAPSHOT, *head),))
 
 
 def op_newest_candles(key: str, count: int) -> RedisOp[list[Candle]]:

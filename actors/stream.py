@@ -1,0 +1,228 @@
+"""The candle streams as this process follows them: one reader task XREADs every
+product stream somebody here subscribed to (one blocking connection, however many
+subscribers), keeps the newest entries of each stream in a ring, and wakes that
+stream's followers.
+
+The ring is the bounded buffer between the reader and each subscriber: a follower
+reads at its own pace, and one that falls more than ``buffer`` entries behind (or that
+was following while the connection to Redis was lost) is told it lost continuity; it
+then catches up from storage rather than from the ring (see ``hub._streams``). Nothing
+a subscriber does ever makes the reader, or a writer, wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import orjson
+
+from actors.backends.redis import RedisBackend
+from actors.backoff import Backoff
+from actors.runtime import cancel_and_wait
+from hubdomain.errors import HubClosed, HubError
+
+log = logging.getLogger(__name__)
+
+StreamId = tuple[int, int]
+
+
+def parse_id(raw: bytes | str) -> StreamId:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One published candle: its stream id, timeframe, row and revision flag."""
+
+    seq: int
+    id: StreamId
+    timeframe: str
+    row: tuple[int, float, float, float, float, float]
+    revision: bool
+
+
+def _entry(seq: int, entry_id: bytes, fields: list[bytes]) -> Entry | None:
+    values = dict(zip(fields[::2], fields[1::2], strict=False))
+    try:
+        ts, o, h, low, c, vol = orjson.loads(values[b"c"])
+        return Entry(seq, parse_id(entry_id), values[b"t"].decode(),
+                     (int(ts), float(o), float(h), float(low), float(c), float(vol)),
+                     values.get(b"r", b"0") not in (b"0", b""))
+    except (KeyError, ValueError, TypeError):
+        log.warning("stream entry %r is not a candle; skipped", entry_id)
+        return None
+
+
+class Ring:
+    """The newest entries of one product stream, shared by its followers here."""
+
+    def __init__(self, key: str, size: int, after: StreamId) -> None:
+        self.key = key
+        self.entries: deque[Entry] = deque(maxlen=size)
+        self.next_seq = 0
+        self.position = after  # the last id read (XREAD continues after it)
+        self.origin = after  # reading began after this id
+        self.closed = False
+        self.followers = 0
+        self.epoch = 0  # moved when continuity was lost for everybody (reconnect)
+        self._changed = asyncio.Event()
+
+    @property
+    def first_seq(self) -> int:
+        return self.entries[0].seq if self.entries else self.next_seq
+
+    def append(self, raw: list[tuple[bytes, list[bytes]]]) -> None:
+        for entry_id, fields in raw:
+            entry = _entry(self.next_seq, entry_id, fields)
+            self.position = parse_id(entry_id)
+            if entry is not None:
+                self.entries.append(entry)
+                self.next_seq += 1
+        self.wake()
+
+    def wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    def seq_after(self, after: StreamId) -> int | None:
+        """The sequence of the first entry held with an id after ``after``; None when
+        entries after it may be gone from the ring already."""
+        if after >= self.position:
+            return self.next_seq
+        for entry in reversed(self.entries):
+            if entry.id <= after:
+                return entry.seq + 1
+        # none held at or before it: whole only if none was dropped and reading began
+        # at or before it
+        return 0 if self.first_seq == 0 and self.origin <= after else None
+
+
+class Follower:
+    """One subscriber's place in a ring. ``take`` returns the entries after it, or
+    None when continuity was lost (it fell more than the ring behind, or the reader
+    reconnected): the subscriber then catches up from storage and ``restart``s."""
+
+    def __init__(self, reader: StreamReader, ring: Ring, after: StreamId) -> None:
+        self._reader = reader
+        self.ring = ring
+        self.after = after
+        self.epoch = ring.epoch
+        found = ring.seq_after(after)
+        self.cursor = -1 if found is None else found
+        self.closed = False
+
+    def _lost(self) -> bool:
+        return self.cursor < 0 or self.epoch != self.ring.epoch or \
+            self.cursor < self.ring.first_seq
+
+    async def take(self) -> list[Entry] | None:
+        while True:
+            if self.closed or self.ring.closed:
+                raise HubClosed("the hub closed this stream")
+            if self._lost():
+                self._reader.overflows += 1
+                return None
+            if self.cursor < self.ring.next_seq:
+                start = self.cursor - self.ring.first_seq
+                entries = list(self.ring.entries)[start:] if start else list(self.ring.entries)
+                self.cursor = self.ring.next_seq
+                fresh = [e for e in entries if e.id > self.after]
+                if fresh:
+                    self.after = fresh[-1].id
+                    return fresh
+                continue
+            await self.ring.changed()
+
+    def restart(self, after: StreamId) -> None:
+        """Follow on from a new snapshot's stream id (after a catch-up from storage)."""
+        self.after = after
+        self.epoch = self.ring.epoch
+        found = self.ring.seq_after(after)
+        self.cursor = -1 if found is None else found
+        if self.ring.position < after:
+            self.ring.position = after
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._reader.release(self.ring)
+            self.ring.wake()
+
+
+class StreamReader:
+    """Reads every followed stream on one connection; see the module's text."""
+
+    def __init__(self, backend: RedisBackend, buffer: int, block_ms: int = 200) -> None:
+        self._backend = backend
+        self._buffer = buffer
+        self._block_ms = block_ms
+        self.rings: dict[str, Ring] = {}
+        self._wanted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.overflows = 0  # followers that lost continuity and caught up from storage
+        self.reconnects = 0
+        self.delivered = 0  # entries read from Redis
+
+    def follow(self, key: str, after: bytes) -> Follower:
+        at = parse_id(after)
+        ring = self.rings.get(key)
+        if ring is None:
+            ring = self.rings[key] = Ring(key, self._buffer, at)
+        ring.followers += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="hub-streams")
+        self._wanted.set()
+        return Follower(self, ring, at)
+
+    def release(self, ring: Ring) -> None:
+        ring.followers -= 1
+        if ring.followers <= 0 and self.rings.get(ring.key) is ring:
+            del self.rings[ring.key]
+
+    async def _run(self) -> None:
+        backoff = Backoff(first=0.05, cap=2.0)
+        while True:
+            positions = {key: f"{r.position[0]}-{r.position[1]}".encode()
+                         for key, r in self.rings.items() if r.followers > 0}
+            if not positions:
+                self._wanted.clear()
+                await self._wanted.wait()
+                continue
+            try:
+                replies = await self._backend.read_streams(positions, 1000, self._block_ms)
+            except HubError as exc:
+                log.warning("candle streams: reading failed (%s); subscribers catch up "
+                            "from storage once Redis answers", exc)
+                self.reconnects += 1
+                for ring in self.rings.values():
+                    ring.epoch += 1
+                    ring.wake()
+                await backoff.sleep()
+                continue
+            backoff.reset()
+            for key, entries in replies:
+                found = self.rings.get(key)
+                if found is not None and entries:
+                    self.delivered += len(entries)
+                    found.append(entries)
+
+    async def close(self) -> None:
+        for ring in list(self.rings.values()):
+            ring.closed = True
+            ring.wake()
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    def statistics(self) -> dict[str, int]:
+        return {"followed": len(self.rings),
+                "subscribers": sum(r.followers for r in self.rings.values()),
+                "entries_read": self.delivered, "overflows": self.overflows,
+                "reconnects": self.reconnects}

@@ -1,0 +1,182 @@
+"""The maintenance actor's jobs (``maintenance.*`` in the config; see README,
+"Maintenance"): what each does with the hub, built once at start."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from actors.backends.influx import rows
+from actors.cache import CacheService
+from actors.maintenance import Job
+from actors.query import Query
+from actors.state import StateActor
+from hub._streams import Streams
+from hubdomain import influxql as ql
+from hubdomain import keys
+from hubdomain.config import HubConfig
+from hubdomain.records import Candle
+
+log = logging.getLogger(__name__)
+
+
+class _Hub(Protocol):
+    """What the jobs use of the Hub."""
+
+    config: HubConfig
+
+    async def gaps(self, exchange: str, product: str, start: int | float | None = None,
+                   end: int | float | None = None,
+                   timeframe: str = "1m") -> list[tuple[int, int]]: ...
+    async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None: ...
+    async def cache_candles(self, exchange: str, product: str, candles: list[Candle],
+                            max_candles: int | None = None) -> None: ...
+
+
+class Jobs:
+    """The jobs, and what the last gap scan found (for stats and metrics)."""
+
+    def __init__(self, hub: _Hub, streams: Streams, cache: CacheService | None,
+                 state: StateActor, influx: Callable[[Query], Awaitable[list[dict[str, Any]]]]
+                 | None, actor_statistics: Callable[[], dict[str, Any]],
+                 newest: Callable[[str, str], Awaitable[list[Candle]]]) -> None:
+        self.hub = hub
+        self.config = hub.config
+        self.streams = streams
+        self.cache = cache
+        self.state = state
+        self.influx = influx
+        self.actor_statistics = actor_statistics
+        self.newest = newest  # the newest stored 1-minute candle (hot window, else InfluxDB)
+        self.products: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def build(self) -> list[Job]:
+        m = self.config.maintenance
+        if not m.enabled:
+            return []
+        jobs = []
+        if self.streams.settings.enabled:
+            tick = min(1.0, max(0.1, self.config.streams.close_grace / 2))
+            jobs.append(Job("rollups", tick, self.streams.expire))
+        if m.products and (self.cache is not None or self.influx is not None):
+            jobs.append(Job("warm", 0, self.warm, at_start=True))
+        if self.influx is not None:
+            jobs.append(Job("gaps", m.gap_scan_interval, self.scan_gaps))
+            jobs.append(Job("health", m.health_interval, self.health))
+            jobs.append(Job("check", m.check_interval, self.check, at_start=True))
+        jobs.append(Job("prune", m.prune_interval, self.prune, at_start=True))
+        return jobs
+
+    def watched(self) -> list[tuple[str, str]]:
+        """The products in config, then those this process wrote."""
+        out = [(p.exchange, p.product) for p in self.config.maintenance.products]
+        out += [key for key in self.streams.newest if key not in out]
+        return out
+
+    async def warm(self) -> dict[str, int]:
+        """Hot windows filled from InfluxDB where Redis has none, then read into the
+        near cache, for the products in config (every timeframe's window)."""
+        filled = held = 0
+        for item in self.config.maintenance.products:
+            exchange, product = item.exchange, item.product
+            if self.cache is None:
+                break
+            window_key = keys.candles(exchange, product, self.streams.intake.tagged)
+            window = await self.cache.window(window_key)
+            if not window and self.influx is not None:
+                size = self.config.performance.redis_hot_data_window
+                stored = await self.streams._history(exchange, product, None, None, size, None)
+                if stored:
+                    await self.hub.cache_candles(exchange, product, stored)
+                    filled += 1
+            for timeframe in self.streams.spans:
+                found = await self.cache.window(self.streams.window_key(exchange, product,
+                                                                        timeframe))
+                held += bool(found)
+        return {"windows_filled": filled, "windows_held": held}
+
+    async def scan_gaps(self) -> dict[str, int]:
+        """Holes in the last ``maintenance.gap_scan_span`` seconds of each watched
+        product, and the age of its newest candle; written as ``metric`` points
+        (names ``candle_gaps``, ``newest_candle_age``)."""
+        span = self.config.maintenance.gap_scan_span
+        now = time.time()
+        total = 0
+        for exchange, product in self.watched():
+            newest = await self.newest(exchange, product)
+            age = None if not newest else max(0.0, now - (newest[-1].timestamp + 60))
+            holes = await self.hub.gaps(exchange, product, start=int(now) - span)
+            missing = len(holes)
+            total += missing
+            self.products[(exchange, product)] = {"gaps": missing, "newest_age": age,
+                                                  "holes": holes[-10:]}
+            await self.hub.write_metric("candle_gaps", missing, exchange=exchange,
+                                        product=product)
+            if age is not None:
+                await self.hub.write_metric("newest_candle_age", age, exchange=exchange,
+                                            product=product)
+        return {"products": len(self.products), "gaps": total}
+
+    async def health(self) -> int:
+        """The hub's own health into the ``metric`` measurement: each actor's mailbox
+        depth, the near cache's hit rate, the outbox (spool) size, the gaps found."""
+        stats = self.actor_statistics()
+        points = 0
+        for actor, values in stats.items():
+            await self.hub.write_metric("mailbox_depth", values.get("depth", 0), strategy=actor)
+            points += 1
+        near = stats.get("cache", {}).get("near_cache")
+        if near and near["hits"] + near["misses"]:
+            await self.hub.write_metric("near_cache_hit_rate",
+                                        near["hits"] / (near["hits"] + near["misses"]))
+            points += 1
+        counts = await self.state.counts()
+        await self.hub.write_metric("spool_lines", counts["outbox"])
+        await self.hub.write_metric("gaps_total", sum(p["gaps"] for p in self.products.values()))
+        return points + 2
+
+    async def prune(self) -> dict[str, int]:
+        m = self.config.maintenance
+        now = time.time()
+        return await self.state.prune(
+            now - m.quarantine_days * 86_400 if m.quarantine_days else None,
+            now - m.outbox_days * 86_400 if m.outbox_days else None)
+
+    async def check(self) -> dict[str, Any]:
+        """Retention policies and the 1h continuous query against the config: what
+        differs is reported (stats, a warning); ``wolfhub retention apply`` fixes it."""
+        assert self.influx is not None
+        cfg = self.config.influxdb
+        drift: list[str] = []
+        if cfg.retention.enabled:
+            (answer,) = await self.influx(Query(
+                f"SHOW RETENTION POLICIES ON {ql.ident(cfg.bucket)}"))
+            have = {r["name"]: r["duration"] for r in rows(answer)}
+            for name, duration in cfg.policies().items():
+                if name not in have:
+                    drift.append(f"retention policy {name} is missing")
+                elif _hours(have[name]) != _hours(duration):
+                    drift.append(f"retention policy {name} is {have[name]}, config says {duration}")
+            (answer,) = await self.influx(Query("SHOW CONTINUOUS QUERIES"))
+            names = {r.get("name") for r in rows(answer)}
+            if ql.CQ_1H not in names:
+                drift.append(f"continuous query {ql.CQ_1H} is missing")
+        if drift:
+            log.warning("InfluxDB differs from the config: %s", "; ".join(drift))
+        return {"drift": drift}
+
+
+def _hours(duration: str) -> float:
+    """'90d' or InfluxDB's '2160h0m0s' as hours."""
+    total = 0.0
+    number = ""
+    units = {"w": 168.0, "d": 24.0, "h": 1.0, "m": 1 / 60, "s": 1 / 3600}
+    for ch in duration:
+        if ch.isdigit():
+            number += ch
+        elif ch in units and number:
+            total += int(number) * units[ch]
+            number = ""
+    return total

@@ -1,0 +1,323 @@
+"""Live candles: the rollups of the 1-minute candles this process writes, the stream
+each product's closed candles are published on, and ``Hub.candles`` (warm-up from
+storage, then live, with no duplicate and no hole at the hand-over).
+
+Publishing. A 1-minute candle written with ``write_candle`` / ``write_candles_batch``
+goes into its hot window and onto the product's Redis stream in one script call
+(``PUBLISH_CANDLES``). The same call here feeds the product's rollup :class:`Book`; a
+bucket it closes is published the same way (its own hot window, the stream, and the
+``candle_rollup`` measurement) right after, in the same delivery, so lower timeframes
+precede higher ones. A bucket closed without every minute seen here, or a minute that
+arrives after its bucket closed, is recomputed from the stored minutes first, in order,
+per product: a revision is published as such.
+
+Following. A subscriber takes a snapshot (the newest ``warmup`` candles of the window
+and the stream's last id, atomically), yields it (older history from InfluxDB when the
+window holds fewer), then yields the stream's entries after that id. Candles are
+delivered by time: an entry not newer than the last one delivered is a revision or
+nothing. A subscriber that fell behind the process's buffer catches up from storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from actors.backends.influx import rows as result_rows
+from actors.cache import CacheService
+from actors.cache.ops import Snapshot, op_push_candles, op_snapshot
+from actors.query import Query
+from actors.stream import Entry, StreamReader, parse_id
+from hub._intake import Accepted, Intake
+from hubdomain import influxql as ql
+from hubdomain import keys
+from hubdomain import lineproto as lp
+from hubdomain import timeframes as tfs
+from hubdomain import validate as v
+from hubdomain.config import HubConfig
+from hubdomain.errors import BackendUnavailable, HubClosed, ValidationError
+from hubdomain.records import Candle, LiveCandle, Row
+
+log = logging.getLogger(__name__)
+
+_CATCH_UP_LIMIT = 100_000  # candles read from storage to close a subscriber's hole
+Product = tuple[str, str]
+
+
+class Streams:
+    """The hub's live-candle part (see the module's text)."""
+
+    def __init__(self, config: HubConfig, intake: Intake, cache: CacheService | None,
+                 reader: StreamReader | None, *,
+                 flush: Callable[[], Awaitable[None]],
+                 influx: Callable[[Query], Awaitable[list[dict[str, Any]]]] | None,
+                 history: Callable[[str, str, int | None, int | None, int, str | None],
+                                   Awaitable[list[Candle]]]) -> None:
+        self.config = config
+        self.settings = config.streams
+        self.intake = intake
+        self.cache = cache
+        self.reader = reader
+        self._flush = flush
+        self._influx = influx
+        # (exchange, product, lo, hi, limit, interval or None) -> stored candles
+        self._history = history
+        self.spans = {tf: tfs.seconds(tf) for tf in self.settings.timeframes}
+        self.books: dict[Product, tfs.Book] = {}
+        self.newest: dict[Product, int] = {}  # newest minute written here, per product
+        self._pending: dict[Product, deque[tfs.Event]] = {}
+        self._workers: dict[Product, asyncio.Task[None]] = {}
+        self.counters = dict.fromkeys(("rollups_published", "rollups_recomputed",
+                                       "late_minutes", "rollup_failures"), 0)
+
+    @property
+    def publishing(self) -> bool:
+        return self.settings.enabled and self.cache is not None
+
+    # ---- publishing --------------------------------------------------------------
+
+    def stream_key(self, exchange: str, product: str) -> str:
+        return keys.key("candlestream", exchange, product, tagged=self.intake.tagged)
+
+    def window_key(self, exchange: str, product: str, timeframe: str) -> str:
+        if timeframe == tfs.BASE:
+            return keys.candles(exchange, product, self.intake.tagged)
+        return keys.key("candles", exchange, product, timeframe, tagged=self.intake.tagged)
+
+    def feed(self, exchange: str, product: str, rows: list[Row]) -> list[Accepted]:
+        """1-minute candles just accepted: the rollups they close, to deliver now."""
+        key = (exchange, product)
+        book = self.books.get(key)
+        if book is None:
+            book = self.books[key] = tfs.Book(self.settings.timeframes, self.settings.close_grace)
+        if len(rows) > 1 and any(rows[i][0] > rows[i + 1][0] for i in range(len(rows) - 1)):
+            rows = sorted(rows, key=lambda r: r[0])
+        if rows and rows[-1][0] > self.newest.get(key, -1 << 62):
+            self.newest[key] = rows[-1][0]
+        now = time.time()
+        events: list[tfs.Event] = []
+        for row in rows:
+            events += book.add(row, now)
+        return self._handle(key, events)
+
+    async def expire(self, now: float | None = None) -> int:
+        """Close the live buckets of stalled feeds (the maintenance actor's job)."""
+        when = time.time() if now is None else now
+        closed = 0
+        for key, book in list(self.books.items()):
+            events = book.expire(when)
+            closed += len(events)
+            for accepted in self._handle(key, events):
+                await self.intake.deliver(accepted)
+        return closed
+
+    def _handle(self, key: Product, events: list[tfs.Event]) -> list[Accepted]:
+        ready: list[tuple[str, Row]] = []
+        queue = self._pending.get(key)
+        for event in events:
+            if queue is None and isinstance(event, tfs.Closed) and event.complete:
+                ready.append((event.timeframe, event.row))
+                continue
+            if isinstance(event, tfs.Late):
+                self.counters["late_minutes"] += 1
+            if queue is None:
+                queue = self._pending[key] = deque()
+                self._workers[key] = asyncio.get_running_loop().create_task(
+                    self._work(key, queue), name=f"rollups {key[0]}:{key[1]}")
+            queue.append(event)
+        return self._accepted(key, ready)
+
+    def _accepted(self, key: Product, ready: list[tuple[str, Row]]) -> list[Accepted]:
+        out: list[Accepted] = []
+        exchange, product = key
+        for timeframe, row in ready:
+            self.counters["rollups_published"] += 1
+            op = op_push_candles(
+                self.window_key(exchange, product, timeframe), [row],
+                self.config.performance.redis_hot_data_window,
+                self.config.redis.ttl.candles + self.spans[timeframe],
+                self.intake.near_on, self.stream_key(exchange, product), timeframe,
+                self.settings.length) if self.publishing else None
+            lines = lp.rollup_lines(exchange, product, timeframe, (row,)) \
+                if self.intake.writer is not None else []
+            out.append(Accepted(lines, op))
+        return out
+
+    async def _work(self, key: Product, queue: deque[tfs.Event]) -> None:
+        """Recompute and publish, in order, what could not be published at once."""
+        try:
+            while queue:
+                event = queue[0]
+                row: Row | None
+                if isinstance(event, tfs.Closed) and event.complete:
+                    row = event.row
+                else:
+                    row = await self._recompute(key, event.timeframe, event.start)
+                    self.counters["rollups_recomputed"] += 1
+                if row is not None:
+                    for accepted in self._accepted(key, [(event.timeframe, row)]):
+                        await self.intake.deliver(accepted)
+                queue.popleft()
+        except (HubClosed, asyncio.CancelledError):
+            raise
+        except Exception:
+            self.counters["rollup_failures"] += len(queue)
+            log.exception("rollups of %s:%s could not be recomputed; %d dropped",
+                          key[0], key[1], len(queue))
+        finally:
+            if self._pending.get(key) is queue:
+                del self._pending[key]
+                self._workers.pop(key, None)
+
+    async def _recompute(self, key: Product, timeframe: str, start: int) -> Row | None:
+        """The rollup of bucket ``start`` from the stored minutes (the hot window when
+        it reaches back that far, else InfluxDB after a flush); None when none is
+        stored."""
+        exchange, product = key
+        span = self.spans[timeframe]
+        if self.cache is not None:
+            minutes = await self.cache.window_range(self.window_key(exchange, product, tfs.BASE),
+                                                    start, start + span - 1, span // 60)
+            if minutes is not None:
+                return tfs.aggregate(start, [_row(c) for c in minutes]) if minutes else None
+        if self._influx is None:
+            return None
+        await self._flush()
+        results = await self._influx(Query(ql.select_rollup_bucket(
+            exchange, product, start, span, self.config.influxdb.rp_for("candle"))))
+        found = [r for result in results for r in result_rows(result)]
+        if not found or found[0].get("open") is None:
+            return None
+        r = found[0]
+        return (start, float(r["open"]), float(r["high"]), float(r["low"]), float(r["close"]),
+                float(r["volume"]))
+
+    async def settle(self) -> None:
+        """Wait until every recompute queued so far is published (tests, close)."""
+        while self._workers:
+            await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.settle()
+        if self.reader is not None:
+            await self.reader.close()
+
+    # ---- following -------------------------------------------------------------------
+
+    def check(self, exchange: object, product: object, timeframe: object,
+              warmup: object) -> tuple[str, str, str, int]:
+        ex, pr = v.tag(exchange, "exchange"), v.tag(product, "product")
+        if timeframe not in self.spans:
+            raise ValidationError("timeframe", f"expected one of streams.timeframes "
+                                               f"{list(self.spans)}, got {timeframe!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValidationError("warmup", f"expected a whole number >= 0, got {warmup!r}")
+        return ex, pr, str(timeframe), warmup
+
+    async def follow(self, exchange: str, product: str, timeframe: str,
+                     warmup: int) -> AsyncIterator[LiveCandle]:
+        if not self.settings.enabled:
+            raise BackendUnavailable("streams", "disabled in the config (streams.enabled)")
+        if self.cache is None or self.reader is None:
+            raise BackendUnavailable("redis", "candle streams need Redis (redis.enabled)")
+        window_key = self.window_key(exchange, product, timeframe)
+        stream_key = self.stream_key(exchange, product)
+        snap = await self.cache.perform(op_snapshot(window_key, stream_key, warmup))
+        follower = self.reader.follow(stream_key, snap.last_id)
+        try:
+            history = snap.candles
+            if len(history) < warmup:
+                before = history[0].timestamp if history else await self._closed_bound(
+                    exchange, product, timeframe, snap)
+                if before is not None:
+                    history = await self._stored(exchange, product, timeframe, None,
+                                                 before - 1, warmup - len(history)) + history
+            last: int | None = None
+            for candle in history:
+                last = candle.timestamp
+                yield _live(candle, timeframe, False)
+            while True:
+                entries = await follower.take()
+                if entries is None:  # fell behind the buffer, or Redis was lost a moment
+                    missed, at = await self._catch_up(exchange, product, timeframe, last)
+                    follower.restart(parse_id(at))
+                    for candle in missed:
+                        last = candle.timestamp
+                        yield _live(candle, timeframe, False)
+                    continue
+                for entry in entries:
+                    if entry.timeframe != timeframe:
+                        continue
+                    ts = entry.row[0]
+                    if last is None or ts > last:
+                        last = ts
+                        yield _from_entry(entry, False)
+                    elif entry.revision:
+                        yield _from_entry(entry, True)
+        finally:
+            follower.close()
+
+    async def _closed_bound(self, exchange: str, product: str, timeframe: str,
+                            snap: Snapshot) -> int | None:
+        """With an empty window: the end of the newest bucket known closed (the minute
+        after the newest stored one lies beyond it); None when nothing is stored."""
+        if timeframe == tfs.BASE:
+            return (1 << 62) // 10 ** 9  # every stored minute is closed
+        newest = await self._history(exchange, product, None, None, 1, None)
+        if not newest:
+            return None
+        return tfs.bucket(newest[-1].timestamp + tfs.BASE_SECONDS, self.spans[timeframe])
+
+    async def _stored(self, exchange: str, product: str, timeframe: str, lo: int | None,
+                      hi: int | None, limit: int) -> list[Candle]:
+        if limit <= 0:
+            return []
+        await self._flush()
+        interval = None if timeframe == tfs.BASE else timeframe
+        return await self._history(exchange, product, lo, hi, limit, interval)
+
+    async def _catch_up(self, exchange: str, product: str, timeframe: str,
+                        last: int | None) -> tuple[list[Candle], bytes]:
+        """The stored candles after ``last``, and the stream id they reach."""
+        assert self.cache is not None
+        snap = await self.cache.perform(op_snapshot(
+            self.window_key(exchange, product, timeframe), self.stream_key(exchange, product),
+            self.config.performance.redis_hot_data_window))
+        fresh = [c for c in snap.candles if last is None or c.timestamp > last]
+        if last is None:
+            return fresh, snap.last_id
+        top = snap.oldest - 1 if snap.oldest is not None else await self._closed_bound(
+            exchange, product, timeframe, snap)
+        if top is not None and (snap.oldest is None or snap.oldest > last + 1):
+            if snap.oldest is None:
+                top -= 1
+            older = await self._stored(exchange, product, timeframe, last + 1, top,
+                                       _CATCH_UP_LIMIT)
+            fresh = [c for c in older if c.timestamp > last] + fresh
+        return fresh, snap.last_id
+
+    def statistics(self) -> dict[str, Any]:
+        return {**self.counters,
+                "products": len(self.books),
+                "open_buckets": sum(b.pending() for b in self.books.values()),
+                "recomputes_queued": sum(len(q) for q in self._pending.values()),
+                **(self.reader.statistics() if self.reader is not None else {})}
+
+
+def _row(c: Candle) -> Row:
+    return (c.timestamp, c.open, c.high, c.low, c.close, c.volume)
+
+
+def _live(c: Candle, timeframe: str, revision: bool) -> LiveCandle:
+    return LiveCandle(c.timestamp, c.open, c.high, c.low, c.close, c.volume, timeframe,
+                      revision)
+
+
+def _from_entry(entry: Entry, revision: bool) -> LiveCandle:
+    ts, o, h, low, c, vol = entry.row
+    return LiveCandle(ts, o, h, low, c, vol, entry.timeframe, revision)
+
