@@ -91,6 +91,7 @@ def select_rollup_bucket(exchange: str, product: str, start: int, span: int,
         'SELECT first("open") AS "open", max("high") AS "high", min("low") AS "low", '
         f'last("close") AS "close", sum("volume") AS "volume" FROM {source("candle", rp)}'
         f"{where({'exchange': exchange, 'product': product}, start, start + span - 1)}"
+        " ORDER BY time DESC"  # sums newest first, as select_candles_resampled does
     )
 
 

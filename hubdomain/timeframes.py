@@ -4,8 +4,8 @@ look-ahead. Pure (no I/O), so the rules are unit-tested on their own.
 A bucket of timeframe T starts at a multiple of T seconds since the Unix epoch (as
 InfluxDB's ``GROUP BY time(T)`` aligns them, so a rollup equals the database's
 resampling over the same candles). Every timeframe is built from the 1-minute
-candles themselves (first open, max high, min low, last close, volume summed minute by
-minute in time order): the same floats the database computes, to the last bit.
+candles themselves (first open, max high, min low, last close, the volumes summed in the
+order the database sums them): the same floats InfluxDB computes, to the last bit.
 
 :class:`Book` holds one product's open buckets and says when each one closes:
 
@@ -58,13 +58,24 @@ def bucket(ts: int, span: int) -> int:
 
 
 def aggregate(start: int, parts: Iterable[Row]) -> Row:
-    """One candle at ``start`` from parts in time order: first open, max high, min low,
-    last close, summed volume."""
+    """One candle at ``start`` from its minutes: first open, max high, min low, last
+    close, and the volumes summed newest to oldest (see :func:`volume`)."""
     ordered = sorted(parts, key=lambda r: r[0])
     if not ordered:
         raise ValueError("a rollup needs at least one candle")
     return (start, ordered[0][1], max(r[2] for r in ordered), min(r[3] for r in ordered),
-            ordered[-1][4], sum(r[5] for r in ordered))
+            ordered[-1][4], volume([r[5] for r in ordered]))
+
+
+def volume(ascending: list[float]) -> float:
+    """A bucket's volume: its minutes' volumes (oldest first) added newest to oldest,
+    the order InfluxDB adds them for ``query_candles(interval=...)``, whose query reads
+    newest first (``ORDER BY time DESC``): float addition depends on the order, and
+    the rollups equal the database's resampling to the last bit."""
+    total = 0.0
+    for value in reversed(ascending):
+        total += value
+    return total
 
 
 def plan(timeframes: Sequence[str]) -> list[tuple[str, int, str]]:
@@ -122,13 +133,13 @@ class _Open:
     high: float
     low: float
     close: float
-    volume: float  # summed minute by minute in time order, as InfluxDB's sum() does
+    volumes: list[float]  # the minutes' volumes, oldest first
     minutes: int = 1
     whole: bool = True  # minutes came once each, in time order
     live: bool = False
 
     def row(self) -> Row:
-        return (self.start, self.open, self.high, self.low, self.close, self.volume)
+        return (self.start, self.open, self.high, self.low, self.close, volume(self.volumes))
 
 
 @dataclass(slots=True)
@@ -142,7 +153,7 @@ class _Level:
 class Book:
     """One product's open buckets, for every rollup timeframe. Each timeframe is fed
     the 1-minute candles directly, so its volume is the same float sum, in the same
-    order, as the database's ``sum("volume")`` over those minutes."""
+    order, as the database's ``sum("volume")`` over those minutes (:func:`volume`)."""
 
     def __init__(self, timeframes: Sequence[str], close_grace: float) -> None:
         self.close_grace = close_grace
@@ -168,14 +179,14 @@ class Book:
                 self._close(level, events)
                 current = None
             if current is None:
-                current = level.open = _Open(start, ts, ts, o, h, low, c, vol)
+                current = level.open = _Open(start, ts, ts, o, h, low, c, [vol])
                 current.whole = ts == start  # began mid-bucket: earlier minutes elsewhere
             elif ts > current.last:
                 current.last = ts
                 current.high = max(current.high, h)
                 current.low = min(current.low, low)
                 current.close = c
-                current.volume += vol
+                current.volumes.append(vol)
                 current.minutes += 1
             else:  # a minute again, or out of order: the stored minutes decide
                 current.whole = False

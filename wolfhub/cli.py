@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import datetime
 import json
 import logging
 import shutil
@@ -419,9 +420,43 @@ def export(config_path: str, exchange: str, product: str, start: float | None,
             writer.writerow([c.timestamp, c.open, c.high, c.low, c.close, c.volume])
 
 
+def _when(ts: int) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
 @main.command()
 @config_option
-@click.argument("files", nargs=-1, required=True,
+@click.argument("exchange")
+@click.argument("product")
+@click.option("--start", type=float, help="Unix seconds (default: the first stored candle).")
+@click.option("--end", type=float, help="Unix seconds (default: the newest stored candle).")
+@click.option("--timeframe", default="1m", show_default=True,
+              help="Slot size: a slot is missing when no candle lies in it.")
+def gaps(config_path: str, exchange: str, product: str, start: float | None,
+         end: float | None, timeframe: str) -> None:
+    """Holes in the stored candles of one product: first and last missing slot of each."""
+    from hubdomain.timeframes import seconds
+
+    async def work(hub: Hub) -> list[tuple[int, int]]:
+        return await hub.gaps(exchange, product, start, end, timeframe)
+
+    try:
+        span = seconds(timeframe)
+        found = _with_hub_raising(_config_or_default(config_path), work)
+    except HubError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    missing = 0
+    for first, last in found:
+        slots = (last - first) // span + 1
+        missing += slots
+        click.echo(f"{first}\t{last}\t{_when(first)} .. {_when(last)} UTC\t{slots} missing")
+    click.echo(f"{len(found)} gaps, {missing} {timeframe} slots missing", err=True)
+
+
+@main.command()
+@config_option
+@click.argument("files", nargs=-1,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--exchange", required=True)
 @click.option("--product", help="The product of every row. Default: a product/symbol column, "
@@ -433,12 +468,29 @@ def export(config_path: str, exchange: str, product: str, start: float | None,
 @click.option("--time-unit", type=click.Choice(["auto", "s", "ms", "us", "ns"]),
               default="auto", show_default=True,
               help="Unit of numeric times (auto: by magnitude).")
+@click.option("--repair", is_flag=True, help="Fill only the holes `wolfhub gaps` finds, from "
+                                             "FILES and/or --fetcher; nothing stored is "
+                                             "written again.")
+@click.option("--fetcher", metavar="MODULE:FUNCTION",
+              help="With --repair: an async (exchange, product, start, end) -> candles.")
+@click.option("--start", type=float, help="With --repair: Unix seconds (default: first stored).")
+@click.option("--end", type=float, help="With --repair: Unix seconds (default: newest stored).")
 def backfill(config_path: str, files: tuple[Path, ...], exchange: str, product: str | None,
-             batch: int, skip_bad: bool, restart: bool, time_unit: str) -> None:
+             batch: int, skip_bad: bool, restart: bool, time_unit: str, repair: bool,
+             fetcher: str | None, start: float | None, end: float | None) -> None:
     """Load candles from CSV files (.csv, .gz, .zip; a header row naming timestamp, open,
     high, low, close, volume and optionally product, or no header as in Binance's kline
     dumps) or Parquet files (with the 'columnar' extra). Resumable per file and
     destination: rows already stored are skipped when run again."""
+    if repair:
+        _repair(config_path, list(files), exchange, product, fetcher, start, end, time_unit)
+        return
+    if fetcher is not None or start is not None or end is not None:
+        click.echo("error: --fetcher, --start and --end go with --repair", err=True)
+        sys.exit(2)
+    if not files:
+        click.echo("error: name at least one file (or --repair with --fetcher)", err=True)
+        sys.exit(2)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -488,6 +540,30 @@ def backfill(config_path: str, files: tuple[Path, ...], exchange: str, product: 
     click.echo(f"{report.stored:,} candles in {time.monotonic() - report.began:.1f}s "
                f"({report.rate:,.0f} rows/s)" + (f"; {report.skipped:,} bad rows skipped"
                                                  if report.skipped else ""))
+
+
+def _repair(config_path: str, files: list[Path], exchange: str, product: str | None,
+            fetcher: str | None, start: float | None, end: float | None,
+            time_unit: str) -> None:
+    from wolfhub.repair import RepairReport, load_fetcher, repair
+
+    if product is None:
+        click.echo("error: --repair needs --product", err=True)
+        sys.exit(2)
+
+    async def work(hub: Hub) -> RepairReport:
+        return await repair(hub, exchange, product, start=start, end=end,
+                            fetcher=load_fetcher(fetcher) if fetcher else None,
+                            files=files, time_unit=time_unit)
+
+    try:
+        report = _with_hub_raising(_config_or_default(config_path), work)
+    except (HubError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{len(report.holes_before)} gaps ({report.missing_before} minutes) before; "
+               f"{report.written} candles written of {report.offered} offered; "
+               f"{len(report.holes_after)} gaps ({report.missing_after} minutes) left")
 
 
 def _with_hub_raising(config: HubConfig, work: Any) -> Any:

@@ -1,0 +1,222 @@
+"""Gaps in stored candles and their repair, and the maintenance actor, against real
+servers (the maintenance actor's retry rule also on its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import textwrap
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from actors.maintenance import Job, MaintenanceActor
+from hub import Candle, Hub, HubConfig, ValidationError
+from tests.conftest import wolfhub
+from tests.test_cli_data import make_config, write_csv
+from wolfhub.servers import LocalServers
+
+pytestmark = pytest.mark.anyio
+EX, PR = "kraken", "ETH-EUR"
+T0 = 1_700_006_400  # midnight UTC
+DAY = 1440  # minutes
+
+
+def candle(i: int, value: float = 1.0) -> Candle:
+    return Candle(T0 + 60 * i, value, value + 1, value - 0.5, value, 1.0)
+
+
+def brute_force(present: set[int], lo: int, hi: int, span: int = 60) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    filled = {t - t % span for t in present}
+    for slot in range(lo, hi + 1, span):
+        if slot in filled:
+            continue
+        if runs and runs[-1][1] + span == slot:
+            runs[-1] = (runs[-1][0], slot)
+        else:
+            runs.append((slot, slot))
+    return runs
+
+
+async def test_gaps_are_exactly_the_missing_minutes(hub: Hub) -> None:
+    """Three days with holes of every shape: one minute, a run across midnight (two of
+    the scan's chunks), a whole missing day, and candles off the minute grid."""
+    missing = {5, 6, 7, 500} | set(range(DAY - 3, DAY + 4)) | set(range(DAY + 100, 2 * DAY + 100))
+    kept = [i for i in range(3 * DAY) if i not in missing]
+    candles = [candle(i) for i in kept]
+    candles.append(Candle(T0 + 60 * 500 + 30, 1.0, 2.0, 0.5, 1.0, 1.0))  # minute 500, late
+    for i in range(0, len(candles), 5000):
+        await hub.write_candles_batch(EX, PR, candles[i:i + 5000])
+    times = {c.timestamp for c in candles}
+    expected = [(T0 + 60 * 5, T0 + 60 * 7), (T0 + 60 * (DAY - 3), T0 + 60 * (DAY + 3)),
+                (T0 + 60 * (DAY + 100), T0 + 60 * (2 * DAY + 99))]
+    assert await hub.gaps(EX, PR) == expected  # minute 500 holds the off-grid candle
+    assert await hub.gaps(EX, PR, start=T0 + 60 * 6, end=T0 + 60 * DAY) == [
+        (T0 + 60 * 6, T0 + 60 * 7), (T0 + 60 * (DAY - 3), T0 + 60 * DAY)]
+    # beyond the stored candles, asked for: the edges are holes too
+    assert await hub.gaps(EX, PR, start=T0 - 120, end=T0 + 60) == [(T0 - 120, T0 - 60)]
+    five = await hub.gaps(EX, PR, timeframe="5m")
+    assert five == brute_force(times, T0, T0 + 60 * (3 * DAY - 1) - (60 * (3 * DAY - 1)) % 300,
+                               300)
+    assert await hub.gaps(EX, "NOTHING") == []
+    with pytest.raises(ValidationError, match="timeframe"):
+        await hub.gaps(EX, PR, timeframe="90s")
+    with pytest.raises(ValidationError, match="end"):
+        await hub.gaps(EX, PR, start=T0 + 60, end=T0)
+
+
+async def test_a_gap_scan_reports_each_product_and_the_newest_candles_age(
+        config_data: dict[str, Any]) -> None:
+    config = HubConfig.from_mapping({**config_data, "maintenance": {
+        "gap_scan_span": 10 * 86_400, "products": [{"exchange": EX, "product": PR}]}},
+        environ={})
+    now = int(time.time()) // 60 * 60
+    async with Hub(config) as hub:
+        await hub.write_candles_batch(EX, PR, [Candle(now - 60 * i, 1.0, 2.0, 0.5, 1.0, 1.0)
+                                               for i in range(1, 120) if i not in (30, 31)])
+        job = await hub.run_maintenance("gaps")
+        assert job["failures"] == 0 and job["last_result"]["gaps"] == 1
+        stats = await hub.get_stats()
+        found = stats["gaps"][f"{EX}:{PR}"]
+        assert found["gaps"] == 1 and found["holes"] == [(now - 60 * 31, now - 60 * 30)]
+        assert 0 <= found["newest_age"] < 120  # the newest minute ended at most a minute ago
+        await hub.flush()
+        rows = _influx(config, "SELECT last(value) FROM metric WHERE \"name\"='candle_gaps' "
+                               f"AND product='{PR}'")
+        assert rows and rows[0][1] == 1.0
+
+
+async def test_maintenance_jobs_report_and_write_the_hubs_health(
+        config_data: dict[str, Any]) -> None:
+    config = HubConfig.from_mapping({**config_data, "maintenance": {"quarantine_days": 1}},
+                                    environ={})
+    async with Hub(config) as hub:
+        await hub.get_indicator(EX, PR, "rsi", 14)
+        jobs = (await hub.get_stats())["actors"]["maintenance"]["jobs"]
+        assert {"rollups", "gaps", "health", "check", "prune"} <= set(jobs)
+        await asyncio.sleep(1.5)  # the rollup timer ticks every second or so
+        assert (await hub.get_stats())["actors"]["maintenance"]["jobs"]["rollups"]["runs"] >= 1
+        health = await hub.run_maintenance("health")
+        assert health["failures"] == 0 and health["last_result"] >= 4
+        await hub.flush()
+        depth = _influx(config, "SELECT count(value) FROM metric WHERE \"name\"='mailbox_depth'")
+        assert depth and depth[0][1] >= 4  # one per actor
+        spool = _influx(config, "SELECT last(value) FROM metric WHERE \"name\"='spool_lines'")
+        assert spool and spool[0][1] == 0.0
+        # an old quarantined line goes, a fresh one stays
+        with sqlite3.connect(config.sqlite.path) as db:
+            db.executemany("INSERT INTO quarantine(line, reason, created_at) VALUES (?, ?, ?)",
+                           [("old x=1", "test", time.time() - 3 * 86_400),
+                            ("new x=1", "test", time.time())])
+        pruned = await hub.run_maintenance("prune")
+        assert pruned["last_result"] == {"quarantine": 1, "outbox": 0}
+        assert [q["line"] for q in await hub.quarantined()] == ["new x=1"]
+        checked = await hub.run_maintenance("check")
+        assert checked["last_result"] == {"drift": []}
+        with pytest.raises(ValidationError, match="job"):
+            await hub.run_maintenance("nope")
+
+
+def _influx(config: HubConfig, query: str) -> list[list[Any]]:
+    url = (config.influxdb.url + "/query?"
+           + urllib.parse.urlencode({"db": config.influxdb.bucket, "q": query}))
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        result = json.load(answer)["results"][0]
+    series = result.get("series", [])
+    return series[0]["values"] if series else []
+
+
+async def test_a_failing_job_is_retried_and_never_stops_the_others() -> None:
+    calls = {"bad": 0, "good": 0}
+
+    async def bad() -> None:
+        calls["bad"] += 1
+        if calls["bad"] < 3:
+            raise OSError("disk on fire")
+
+    async def good() -> int:
+        calls["good"] += 1
+        return calls["good"]
+
+    actor = MaintenanceActor([Job("bad", 0.05, bad, at_start=True),
+                              Job("good", 0.05, good, at_start=True)])
+    runner = asyncio.create_task(actor.run())
+    actor.go.set()
+    try:
+        deadline = time.monotonic() + 10
+        while calls["bad"] < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stats = actor.statistics()["jobs"]
+        assert calls["bad"] >= 3  # retried after failing (backoff: 1 s, then 2 s)
+        assert stats["bad"]["failures"] == 2 and not stats["bad"]["failing"]
+        assert stats["bad"]["last_error"] == "OSError: disk on fire"
+        assert calls["good"] >= 20  # the other job kept its clock meanwhile
+        assert stats["good"]["failures"] == 0
+    finally:
+        actor.mailbox.close()
+        await runner
+
+
+def test_repair_fills_only_the_holes_from_a_file_and_a_fetcher(servers: LocalServers,
+                                                                tmp_path: Path) -> None:
+    make_config(servers, tmp_path)
+    config = HubConfig.load(tmp_path / "config" / "cache_db.yml")
+    stored = [i for i in range(300) if not (10 <= i < 20 or 100 <= i < 105 or 200 <= i < 230)]
+
+    async def seed() -> None:
+        async with Hub(config) as hub:
+            await hub.write_candles_batch(EX, PR, [candle(i, 1.0) for i in stored])
+
+    asyncio.run(seed())
+    listed = wolfhub("gaps", EX, PR, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split("\t")[:2] == [str(T0 + 600), str(T0 + 1140)]
+    assert "3 gaps, 45 1m slots missing" in listed.stderr
+    # a file holding every minute, with other values: only the holes' minutes go in
+    source = tmp_path / "all.csv"
+    write_csv(source, [[T0 + 60 * i, 7.0, 8.0, 6.5, 7.0, 1.0] for i in range(150)])
+    filled = wolfhub("backfill", "--repair", str(source), "--exchange", EX, "--product", PR,
+                     cwd=tmp_path)
+    assert filled.returncode == 0, filled.stderr
+    assert "3 gaps (45 minutes) before; 15 candles written of 150 offered; " \
+           "1 gaps (30 minutes) left" in filled.stdout
+    # a fetcher (an exchange API, say) for the rest
+    (tmp_path / "myfeed.py").write_text(textwrap.dedent(f"""
+        calls = []
+        async def fetch(exchange, product, start, end):
+            assert (exchange, product) == ({EX!r}, {PR!r})
+            return [{{"timestamp": t, "open": 9.0, "high": 9.5, "low": 8.5, "close": 9.0,
+                     "volume": 2.0}} for t in range(start - 600, end + 601, 60)]
+    """))
+    fetched = wolfhub("backfill", "--repair", "--fetcher", "myfeed:fetch", "--exchange", EX,
+                      "--product", PR, cwd=tmp_path)
+    assert fetched.returncode == 0, fetched.stderr
+    assert "30 candles written of 50 offered; 0 gaps (0 minutes) left" in fetched.stdout
+    bad = wolfhub("backfill", "--repair", "--fetcher", "myfeed", "--exchange", EX,
+                  "--product", PR, cwd=tmp_path)
+    assert bad.returncode == 1 and "module:function" in bad.stderr
+
+    async def check() -> list[Candle]:
+        async with Hub(config) as hub:
+            assert await hub.gaps(EX, PR) == []
+            return await hub.query_candles(EX, PR, limit=1000)
+
+    found = {c.timestamp: c.open for c in asyncio.run(check())}
+    assert len(found) == 300
+    assert all(found[T0 + 60 * i] == 1.0 for i in stored)  # nothing stored was rewritten
+    assert {found[T0 + 60 * i] for i in range(10, 20)} == {7.0}
+    assert {found[T0 + 60 * i] for i in range(200, 230)} == {9.0}
+
+
+def test_config_names_a_bad_timeframe(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text(yaml.safe_dump({"streams": {"timeframes": ["1m", "5x"]}}))
+    with pytest.raises(ValidationError, match="streams.timeframes"):
+        HubConfig.load(path)

@@ -1,0 +1,118 @@
+"""The rollup rules on their own (hubdomain.timeframes): when a bucket closes, what it
+holds, and what a timer may and may not close. Pure; the same rules against real
+servers are in test_streams.py."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hubdomain.errors import ValidationError
+from hubdomain.timeframes import Book, Closed, Late, aggregate, plan, seconds
+
+T0 = 1_700_006_400  # a multiple of 1d: every bucket of every timeframe starts here
+LIVE_DELAY = 2.0  # a live feed writes a minute two seconds after it ends
+
+
+def minute(i: int, base: float = 100.0, volume: float = 1.0) -> tuple[int, float, float,
+                                                                       float, float, float]:
+    return (T0 + 60 * i, base + i, base + i + 2, base + i - 1, base + i + 1, volume)
+
+
+def test_timeframes_are_checked() -> None:
+    assert seconds("4h") == 14_400
+    with pytest.raises(ValidationError, match="timeframe"):
+        seconds("90s")
+    with pytest.raises(ValidationError, match="1m"):
+        plan(["5m", "1h"])
+    with pytest.raises(ValidationError, match="same timeframe"):
+        plan(["1m", "60m", "1h"])
+
+
+def test_the_last_minute_closes_each_bucket_smaller_timeframes_first() -> None:
+    book = Book(["1m", "5m", "15m", "1h"], close_grace=5)
+    closed = []
+    for i in range(60):
+        events = book.add(minute(i), now=T0 + 60 * i + 60 + LIVE_DELAY)
+        closed += events
+        if i in (14, 29, 44):  # a 5m and a 15m bucket end here: 5m comes first
+            assert [e.timeframe for e in events] == ["5m", "15m"]
+    assert [e.timeframe for e in closed].count("5m") == 12
+    assert [e.timeframe for e in closed][-3:] == ["5m", "15m", "1h"]
+    hour = closed[-1]
+    assert isinstance(hour, Closed) and hour.complete
+    assert hour.row == aggregate(T0, [minute(i) for i in range(60)])
+    assert hour.row[1] == 100.0 and hour.row[4] == 160.0 and hour.row[5] == 60.0
+
+
+def test_nothing_is_published_before_its_bucket_is_over() -> None:
+    book = Book(["1m", "5m"], close_grace=5)
+    for i in range(4):  # minutes 0..3 of a 5m bucket, written live
+        assert book.add(minute(i), now=T0 + 60 * i + 60 + LIVE_DELAY) == []
+    end = T0 + 300
+    # the timer waits for the bucket's end plus the grace
+    assert book.expire(end - 1) == []
+    assert book.expire(end + 4.9) == []
+    (closed,) = book.expire(end + 5)
+    assert isinstance(closed, Closed) and closed.start == T0
+    assert not closed.complete  # minute 4 never came: recomputed from storage first
+    # the minute that was missing arrives late: a revision of the closed bucket
+    assert book.add(minute(4), now=end + 30) == [Late("5m", T0)]
+
+
+def test_a_replay_is_never_cut_by_the_timer() -> None:
+    """History written long after it happened is not live: only its own candles close
+    its buckets, however long the writer pauses."""
+    book = Book(["1m", "5m", "1h"], close_grace=5)
+    now = T0 + 10 * 86_400  # ten days later
+    for i in range(3):
+        assert book.add(minute(i), now=now) == []
+    assert book.expire(now + 3600) == []  # a long pause in the replay: nothing closes
+    events = book.add(minute(7), now=now + 3601)  # the replay goes on past the bucket
+    assert [(e.timeframe, e.start, e.complete) for e in events] == [("5m", T0, False)]
+
+
+def test_a_later_bucket_closes_the_open_one() -> None:
+    book = Book(["1m", "5m", "15m"], close_grace=5)
+    book.add(minute(0), now=T0 + 62)
+    book.add(minute(1), now=T0 + 122)
+    events = book.add(minute(16), now=T0 + 60 * 17 + 2)  # the feed skipped 2..15
+    assert [(e.timeframe, e.start) for e in events] == [("5m", T0), ("15m", T0)]
+    assert all(isinstance(e, Closed) and not e.complete for e in events)
+
+
+def test_a_corrected_minute_inside_an_open_bucket_is_recomputed_at_close() -> None:
+    book = Book(["1m", "5m"], close_grace=5)
+    book.add(minute(0), now=T0 + 62)
+    book.add(minute(1), now=T0 + 122)
+    book.add(minute(1, base=50.0), now=T0 + 125)  # minute 1 written again, corrected
+    for i in (2, 3):
+        book.add(minute(i), now=T0 + 60 * i + 62)
+    (closed,) = book.add(minute(4), now=T0 + 302)
+    assert isinstance(closed, Closed) and not closed.complete  # the stored minutes decide
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 179),
+                          st.floats(0, 1e6, allow_nan=False, allow_infinity=False)),
+                min_size=1, max_size=120))
+def test_complete_rollups_equal_the_aggregate_of_their_minutes(
+        picked: list[tuple[int, float]]) -> None:
+    """Any subset of three hours of minutes, in time order: every bucket closed as
+    complete holds exactly its minutes' aggregate (volume summed in time order, as the
+    database does), and is complete exactly when every minute of it was there."""
+    chosen = dict(sorted(picked))
+    rows = [minute(i, base=1000.0 + (i % 7), volume=vol) for i, vol in chosen.items()]
+    book = Book(["1m", "5m", "15m", "1h"], close_grace=5)
+    events = []
+    for row in rows:
+        events += book.add(row, now=row[0] + 60 + LIVE_DELAY)
+    spans = {"5m": 300, "15m": 900, "1h": 3600}
+    for event in events:
+        assert isinstance(event, Closed)
+        span = spans[event.timeframe]
+        inside = [r for r in rows if event.start <= r[0] < event.start + span]
+        assert event.complete == (len(inside) * 60 == span)
+        if event.complete:
+            assert event.row == aggregate(event.start, inside)

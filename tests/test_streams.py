@@ -1,0 +1,275 @@
+"""Live candles against real servers: rollups equal to InfluxDB's own resampling,
+warm-up handed over to live data with no duplicate and no hole (in this process and
+from another one), revisions, the timer that closes a stalled feed's bucket but never
+a replay's, slow subscribers, and releasing a subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hub import Candle, Hub, HubConfig, ValidationError
+from hubdomain.records import LiveCandle
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.anyio
+EX, PR = "binance", "BTC/USDT"
+T0 = 1_700_006_400  # a multiple of 1d
+
+
+def minute(i: int, rng: random.Random | None = None, t0: int = T0) -> Candle:
+    if rng is None:
+        return Candle(t0 + 60 * i, 100.0 + i, 102.0 + i, 99.0 + i, 101.0 + i, 1.0 + i % 3)
+    low = rng.uniform(10, 1000)
+    high = low + rng.uniform(0, 50)
+    return Candle(t0 + 60 * i, rng.uniform(low, high), high, low, rng.uniform(low, high),
+                  rng.uniform(0, 1000) / 7)
+
+
+async def write(hub: Hub, candles: list[Candle], product: str = PR) -> None:
+    for c in candles:
+        await hub.write_candle(EX, product, c.timestamp, c.open, c.high, c.low, c.close,
+                               c.volume)
+
+
+async def collect(stream: Any, count: int, within: float = 10.0) -> list[LiveCandle]:
+    out: list[LiveCandle] = []
+
+    async def run() -> None:
+        async for candle in stream:
+            out.append(candle)
+            if len(out) >= count:
+                return
+
+    await asyncio.wait_for(run(), within)
+    return out
+
+
+async def test_rollups_equal_influxdbs_resampling_to_the_bit(hub: Hub) -> None:
+    """Three hours and a bit of random minutes (float volumes whose sum depends on the
+    order of addition): every 5m, 15m and 1h candle published equals what
+    query_candles(interval=...) computes in InfluxDB over the same minutes."""
+    rng = random.Random(7)
+    candles = [minute(i, rng) for i in range(3 * 60 + 7)]
+    await write(hub, candles)
+    assert hub.streams is not None
+    await hub.streams.settle()
+    await hub.flush()
+    for timeframe, span in (("5m", 300), ("15m", 900), ("1h", 3600)):
+        closed = (len(candles) * 60) // span  # buckets whose last minute was written
+        published = await collect(hub.candles(EX, PR, timeframe, warmup=closed), closed)
+        resampled = await hub.query_candles(EX, PR, T0, T0 + closed * span - 1,
+                                            limit=10_000, interval=timeframe)
+        assert [c.as_candle() for c in published] == resampled, timeframe
+        assert [c.timestamp for c in published] == [T0 + span * k for k in range(closed)]
+        # the open bucket (minutes 180..186) is not published: no look-ahead
+        assert all(c.timestamp + span <= candles[-1].timestamp + 60 for c in published)
+
+
+async def test_warm_up_hands_over_to_live_without_duplicate_or_hole(hub: Hub) -> None:
+    """A writer keeps writing while subscribers come and go: each one sees consecutive
+    minutes from its warm-up on, whatever moment it subscribed at."""
+    await write(hub, [minute(i) for i in range(200)])
+    stop = asyncio.Event()
+    written = [200]
+
+    async def writer() -> None:
+        while not stop.is_set():
+            await write(hub, [minute(written[0])])
+            written[0] += 1
+            if written[0] % 5 == 0:
+                await asyncio.sleep(0)
+
+    task = asyncio.create_task(writer())
+    try:
+        for run in range(30):
+            warmup = 1 + run * 7 % 50
+            got = await collect(hub.candles(EX, PR, "1m", warmup=warmup), warmup + 40)
+            times = [c.timestamp for c in got]
+            assert times == list(range(times[0], times[0] + 60 * len(times), 60)), run
+            assert not any(c.revision for c in got)
+            five = await collect(hub.candles(EX, PR, "5m", warmup=3), 5)
+            starts = [c.timestamp for c in five]
+            assert starts == list(range(starts[0], starts[0] + 300 * 5, 300)), run
+    finally:
+        stop.set()
+        await task
+
+
+async def test_candles_written_by_another_process_arrive(config: HubConfig,
+                                                         config_data: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """Two hub processes: the other one writes minutes, this one follows 1m and 5m from
+    a warm-up taken while it writes."""
+    child_config = tmp_path / "child.yml"
+    import yaml
+
+    data = {**config_data, "sqlite": {"path": str(tmp_path / "child.sqlite")}}
+    child_config.write_text(yaml.safe_dump(data))
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from hub import Hub, HubConfig
+        async def main():
+            async with Hub(HubConfig.load({str(child_config)!r})) as hub:
+                for i in range(300):
+                    await hub.write_candle({EX!r}, {PR!r}, {T0} + 60 * i, 1.0 + i, 2.0 + i,
+                                           0.5 + i, 1.5 + i, 1.0)
+                    if i == 100:
+                        print("halfway", flush=True)
+                        await asyncio.sleep(0.5)
+                    elif i % 10 == 0:
+                        await asyncio.sleep(0.01)
+        asyncio.run(main())
+    """)
+    async with Hub(config) as hub:
+        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True) as child:
+            assert child.stdout is not None
+            line = await asyncio.to_thread(child.stdout.readline)
+            assert line.strip() == "halfway"
+            minutes, fives = await asyncio.gather(
+                until(hub.candles(EX, PR, "1m", warmup=50), T0 + 60 * 299),
+                until(hub.candles(EX, PR, "5m", warmup=10), T0 + 300 * 59))
+            assert await asyncio.to_thread(child.wait, 60) == 0
+    # the warm-up ends wherever the other process had got to: from there on, every one
+    first = minutes[0].timestamp
+    assert [c.timestamp for c in minutes] == list(range(first, T0 + 60 * 300, 60))
+    assert len(minutes) >= 200 and first <= T0 + 60 * 51
+    first = fives[0].timestamp
+    assert [c.timestamp for c in fives] == list(range(first, T0 + 300 * 60, 300))
+    assert len(fives) >= 40
+    assert fives[-1].open == 1.0 + 295 and fives[-1].close == 1.5 + 299
+    assert fives[-1].volume == 5.0
+
+
+async def until(stream: Any, last: int, within: float = 30.0) -> list[LiveCandle]:
+    """Candles of ``stream`` up to the one at time ``last``."""
+    out: list[LiveCandle] = []
+
+    async def run() -> None:
+        async for candle in stream:
+            out.append(candle)
+            if candle.timestamp >= last:
+                return
+
+    try:
+        await asyncio.wait_for(run(), within)
+    finally:
+        await stream.aclose()
+    return out
+
+
+async def test_a_corrected_minute_republishes_its_rollup_as_a_revision(hub: Hub) -> None:
+    await write(hub, [minute(i) for i in range(10)])
+    assert hub.streams is not None
+    await hub.streams.settle()
+    stream = hub.candles(EX, PR, "5m", warmup=2)
+    first = await collect(stream, 2)
+    assert [c.timestamp for c in first] == [T0, T0 + 300]
+    # minute 7 corrected after its 5m bucket (5..9) was published
+    await hub.write_candle(EX, PR, T0 + 420, 107.0, 500.0, 1.0, 107.5, 9.0)
+    (revised,) = await collect(stream, 1)
+    await stream.aclose()
+    assert revised.revision and revised.timestamp == T0 + 300
+    assert revised.high == 500.0 and revised.low == 1.0
+    await hub.flush()
+    (resampled,) = await hub.query_candles(EX, PR, T0 + 300, T0 + 599, interval="5m")
+    assert revised.as_candle() == resampled
+
+
+async def test_a_stalled_live_feed_is_closed_by_the_timer_a_replay_never(
+        config_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's clock is set by the test: a live feed writes each minute as it ends and
+    stops inside a bucket; a replay writes minutes of long ago and pauses."""
+    import hub._streams as streams_module
+
+    clock = [0.0]
+    monkeypatch.setattr(streams_module, "time", SimpleNamespace(time=lambda: clock[0]))
+    config = HubConfig.from_mapping({**config_data, "streams": {"close_grace": 1.0}},
+                                    environ={})
+    live0 = T0 + 86_400  # the live feed's 5m bucket
+    async with Hub(config) as hub:
+        assert hub.streams is not None
+        for i in range(-10, 2):  # ten minutes before the bucket, then its first two
+            clock[0] = live0 + 60 * i + 62
+            await write(hub, [Candle(live0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0)], "LIVE")
+        await write(hub, [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(3)],
+                    "REPLAY")  # still the live clock: days after these minutes
+        live = hub.candles(EX, "LIVE", "5m", warmup=0)
+        replay = hub.candles(EX, "REPLAY", "5m", warmup=0)
+        live_next = asyncio.ensure_future(live.__anext__())
+        replay_next = asyncio.ensure_future(replay.__anext__())
+        await hub.streams.expire(now=live0 + 300)  # the bucket's end, not past the grace
+        await asyncio.sleep(0.5)
+        assert not live_next.done()  # nothing partial is published while it runs
+        await hub.streams.expire(now=live0 + 301)
+        closed = await asyncio.wait_for(live_next, 5)
+        assert (closed.timestamp, closed.volume) == (live0, 2.0)  # the two stored minutes
+        await hub.streams.expire(now=live0 + 10 * 86_400)
+        await asyncio.sleep(0.5)
+        assert not replay_next.done()  # the replay's bucket waits for its own minutes
+        # the missing minute 3 arrives after all: the 5m candle is republished, revised
+        await write(hub, [Candle(live0 + 180, 1.0, 9.0, 0.5, 1.5, 1.0)], "LIVE")
+        revised = await asyncio.wait_for(live.__anext__(), 5)
+        assert revised.revision and (revised.high, revised.volume) == (9.0, 3.0)
+        replay_next.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replay_next
+        await live.aclose()
+        await replay.aclose()
+
+
+async def test_a_slow_subscriber_catches_up_from_storage(config_data: dict[str, Any]) -> None:
+    """A subscriber that does not read while 600 minutes are written (the process keeps
+    only 50 stream entries for it) still gets every one of them, in order, once."""
+    config = HubConfig.from_mapping({**config_data, "streams": {"buffer": 50}}, environ={})
+    async with Hub(config) as hub:
+        await write(hub, [minute(i) for i in range(5)])
+        stream = hub.candles(EX, PR, "1m", warmup=5)
+        head = await collect(stream, 5)
+        await write(hub, [minute(i) for i in range(5, 605)])
+        rest = await collect(stream, 600, within=30)
+        await stream.aclose()
+        times = [c.timestamp for c in head + rest]
+        assert times == [T0 + 60 * i for i in range(605)]
+        stats = await hub.get_stats()
+        assert stats["streams"]["overflows"] >= 1
+        assert stats["streams"]["subscribers"] == 0  # closing the iterator released it
+
+
+async def test_stream_arguments_are_checked(hub: Hub) -> None:
+    with pytest.raises(ValidationError, match="timeframe"):
+        hub.candles(EX, PR, "7m")
+    with pytest.raises(ValidationError, match="warmup"):
+        hub.candles(EX, PR, "1m", warmup=-1)
+    with pytest.raises(ValidationError, match="product"):
+        hub.candles(EX, "", "1m")
+
+
+async def test_a_thousand_subscribers_share_one_reader(hub: Hub) -> None:
+    await write(hub, [minute(0)])
+    streams = [hub.candles(EX, PR, "1m", warmup=1) for _ in range(1000)]
+    tasks = [asyncio.ensure_future(collect(s, 21, within=30)) for s in streams]
+    await eventually(lambda: _subscribed(hub, 1000))
+    await write(hub, [minute(i) for i in range(1, 21)])
+    results = await asyncio.gather(*tasks)
+    assert all([c.timestamp for c in got] == [T0 + 60 * i for i in range(21)]
+               for got in results)
+    for s in streams:
+        await s.aclose()
+    stats = await hub.get_stats()
+    assert stats["streams"]["followed"] == 0
+
+
+async def _subscribed(hub: Hub, count: int) -> bool:
+    return bool((await hub.get_stats())["streams"]["subscribers"] >= count)
