@@ -18,6 +18,7 @@ from bench._mailbox import mailbox_vs_stream
 from bench._report import markdown, save
 from bench._rss import hub_rss
 from bench._scale import scale_out
+from bench._streams import streams_tables
 from bench._suites import Bench, Results, Sizes
 from wolfhub.servers import LocalServers, RedisClusterServers
 
@@ -111,6 +112,24 @@ def goals(r: Results) -> list[dict[str, Any]]:
             goal("drop-in write_candle p50 vs the seed's sync GET p50", "<= 1/4",
                  f"1/{seed / write:.1f}", write * 4 <= seed),
         ]
+    if "rollup_latency" in t:
+        lat = {row["timeframe"]: row for row in t["rollup_latency"]}
+        for tf in ("5m", "1h"):
+            out.append(goal(f"{tf} rollup delivered after its closing minute's write, p99",
+                            "<= 1 ms", f"{lat[tf]['p99'] * 1e3:.2f} ms", lat[tf]["p99"] <= 1e-3))
+        subs = {row["subscribers"]: row["writes_per_s"] for row in t["subscribers"]}
+        drop = 1 - subs[1000] / subs[0]
+        out.append(goal("write_candle rate with 1,000 subscribers on the product", "<= 10% lower",
+                        f"{drop * 100:.1f}% lower", drop <= 0.10))
+        hand = t["handover"][0]
+        out.append(goal(f"warm-up of {hand['warmup']:,} + live hand-over, {hand['runs']:,} runs "
+                        "racing writes", "0 duplicates, 0 holes",
+                        f"{hand['duplicates']} duplicates, {hand['holes']} holes",
+                        hand["duplicates"] == 0 and hand["holes"] == 0))
+        scan = t["gap_scan"][0]
+        out.append(goal(f"gap scan of {scan['candles']:,} 1-minute candles", "< 1 s",
+                        f"{scan['p50']:.2f} s ({scan['holes_found']} of {scan['holes_made']} "
+                        "holes)", scan["p50"] < 1 and scan["holes_found"] == scan["holes_made"]))
     if "p99" in inv:
         out.append(goal("remote write invalidates the near cache, p99", "< 5 ms",
                         f"{inv['p99'] * 1e3:.2f} ms", inv["p99"] < 0.005))
@@ -139,6 +158,8 @@ def main(quick: bool, out: str, processes: str) -> None:
             click.echo("  backfill ...")
             results.tables["backfill"] = backfill_table(
                 servers, work, (100_000,) if quick else (100_000, 1_000_000))
+            click.echo("  streams ...")
+            results.tables.update(streams_tables(servers, work, quick))
             click.echo("  hub RSS ...")
             results.tables["memory"].append(hub_rss(servers, work, 30 if quick else 300))
             click.echo("  mailbox ...")

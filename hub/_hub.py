@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -536,7 +536,7 @@ class Hub:
     # ---- live candles, gaps, maintenance ---------------------------------------------
 
     def candles(self, exchange: str, product: str, timeframe: str = "1m",
-                warmup: int = 0) -> AsyncIterator[LiveCandle]:
+                warmup: int = 0) -> AsyncGenerator[LiveCandle, None]:
         """Closed candles of ``timeframe`` as an async iterator: first the newest
         ``warmup`` stored ones (ascending), then each one as it closes, whichever hub
         process wrote it; no duplicate and no hole at the hand-over. A candle of a time

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from actors.backends.influx import rows as result_rows
@@ -219,7 +219,7 @@ class Streams:
         return ex, pr, str(timeframe), warmup
 
     async def follow(self, exchange: str, product: str, timeframe: str,
-                     warmup: int) -> AsyncIterator[LiveCandle]:
+                     warmup: int) -> AsyncGenerator[LiveCandle, None]:
         if not self.settings.enabled:
             raise BackendUnavailable("streams", "disabled in the config (streams.enabled)")
         if self.cache is None or self.reader is None:

@@ -35,6 +35,7 @@ async def test_every_write_is_on_disk_when_its_await_returns(
         config_data: dict[str, Any]) -> None:
     config_data["influxdb"]["durable"] = True
     config_data["influxdb"]["batch"] = {"size": 5000, "flush_interval": 60.0}  # lines linger
+    config_data["streams"] = {"enabled": False}  # exactly these lines: no rollups
     path = config_data["sqlite"]["path"]
     async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
         await hub.write_candle("px", "D", T0, 1.0, 2.0, 0.5, 1.5, 10.0)

@@ -42,6 +42,8 @@ CALLS: dict[str, Callable[[Hub], Awaitable[Any]]] = {
     "clear_cache": lambda h: h.clear_cache("indicator:*"),
     "quarantined": lambda h: h.quarantined(),
     "get_stats": lambda h: h.get_stats(),
+    "gaps": lambda h: h.gaps("px", "P"),
+    "run_maintenance": lambda h: h.run_maintenance("prune"),
 }
 
 

@@ -36,7 +36,9 @@ async def test_metrics_are_served_and_follow_the_hub(config_data: dict[str, Any]
         await hub.get_indicator("px", "P", "EMA", 20)
         await hub.flush()
         text = await anyio_to_thread(scrape, port)
-        assert value(text, "wolfhub_writer_points_written_total") == 50
+        # the 50 candles and the 14 rollups they closed (10 of 5m, 3 of 15m, 1 of 30m)
+        assert value(text, "wolfhub_writer_points_written_total") == 64
+        assert value(text, 'wolfhub_job_runs_total{job="prune"}') >= 1
         assert value(text, 'wolfhub_mailbox_depth{actor="writer"}') == 0
         assert value(text, "wolfhub_healthy") == 1
         assert value(text, 'wolfhub_call_seconds_count{actor="cache"}') >= 1

@@ -1,0 +1,197 @@
+"""Live candles in the harness: rollup delivery latency, the writer's rate under 1,000
+subscribers, warm-up hand-overs racing writes, and a gap scan of a year of minutes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._suites import pct
+from hub import Candle, Hub, HubConfig
+from wolfhub.servers import LocalServers
+
+EX = "bench"
+T0 = 1_600_000_000 - 1_600_000_000 % 86_400
+
+
+def _config(servers: LocalServers, work: Path, name: str) -> HubConfig:
+    overrides = servers.config_overrides()
+    return HubConfig.from_mapping({
+        **overrides, "sqlite": {"path": str(work / f"{name}.sqlite")},
+        "influxdb": {**overrides["influxdb"], "bucket": f"bench_{name}"},
+    }, environ={})
+
+
+def _minute(i: int, t0: int = T0) -> Candle:
+    return Candle(t0 + 60 * i, 100.0 + i % 50, 101.0 + i % 50, 99.0 + i % 50,
+                  100.5 + i % 50, 1.0)
+
+
+async def _write(hub: Hub, product: str, c: Candle) -> None:
+    await hub.write_candle(EX, product, c.timestamp, c.open, c.high, c.low, c.close, c.volume)
+
+
+async def rollup_latency(hub: Hub, closes: int) -> list[dict[str, Any]]:
+    """A live feed writes minutes; a subscriber follows each timeframe. Latency: from
+    the call writing the minute that closes a bucket to the subscriber holding it."""
+    rows = []
+    for timeframe, span in (("1m", 60), ("5m", 300), ("1h", 3600)):
+        product = f"LAT{timeframe}"
+        arrived: dict[int, float] = {}
+        follower = asyncio.create_task(_note_arrivals(hub.candles(EX, product, timeframe),
+                                                      arrived))
+        await asyncio.sleep(0.2)
+        per = span // 60
+        sent: dict[int, float] = {}
+        for i in range(closes * per):
+            c = _minute(i)
+            closing = (i + 1) % per == 0
+            if closing:
+                sent[c.timestamp - (per - 1) * 60] = time.perf_counter()
+            await _write(hub, product, c)
+            if closing:
+                await asyncio.sleep(0.002)  # one close at a time: latency, not throughput
+        await asyncio.sleep(0.3)
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        waits = [arrived[t] - s for t, s in sent.items() if t in arrived]
+        rows.append({"timeframe": timeframe, "closes": len(sent), "delivered": len(waits),
+                     "p50": statistics.median(waits), "p99": pct(waits, 0.99),
+                     "max": max(waits)})
+    return rows
+
+
+async def _note_arrivals(stream: Any, arrived: dict[int, float]) -> None:
+    async for candle in stream:
+        arrived[candle.timestamp] = time.perf_counter()
+
+
+class _Tally:
+    def __init__(self, goal: int) -> None:
+        self.count, self.goal, self.done = 0, goal, asyncio.Event()
+
+    async def consume(self, stream: Any) -> None:
+        async for _ in stream:
+            self.count += 1
+            if self.count >= self.goal:
+                self.done.set()
+
+
+async def subscribers_cost(hub: Hub, n: int, counts: tuple[int, ...] = (0, 1000)
+                           ) -> list[dict[str, Any]]:
+    """write_candle x n + flush on one product, with that many subscribers following it
+    (each consuming every candle)."""
+    rows = []
+    for run, count in enumerate(counts * 2):  # interleaved twice: the machine drifts
+        product = f"SUBS{run}"
+        tally = _Tally(count * n)
+        tasks = [asyncio.create_task(tally.consume(hub.candles(EX, product, "1m")))
+                 for _ in range(count)]
+        await asyncio.sleep(0.5)
+        began = time.perf_counter()
+        for i in range(n):
+            await _write(hub, product, _minute(i))
+        await hub.flush()
+        seconds = time.perf_counter() - began
+        if count:
+            await asyncio.wait_for(tally.done.wait(), 120)
+        delivered = time.perf_counter() - began
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        rows.append({"subscribers": count, "candles": n, "seconds": seconds,
+                     "writes_per_s": n / seconds, "all_delivered_s": delivered,
+                     "delivered": tally.count})
+    merged = []
+    for count in counts:
+        same = [r for r in rows if r["subscribers"] == count]
+        best = min(same, key=lambda r: r["seconds"])
+        merged.append({**best, "seconds": statistics.median(r["seconds"] for r in same),
+                       "writes_per_s": n / statistics.median(r["seconds"] for r in same)})
+    return merged
+
+
+async def handovers(hub: Hub, runs: int, warmup: int) -> list[dict[str, Any]]:
+    """``runs`` subscriptions with a ``warmup`` while a writer keeps writing: every run
+    checks its candles are consecutive minutes (no duplicate, no hole)."""
+    product = "HANDOVER"
+    for i in range(0, warmup + 100, 5000):
+        await hub.write_candles_batch(EX, product, [_minute(j) for j in
+                                                    range(i, min(i + 5000, warmup + 100))])
+    written = [warmup + 100]
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        while not stop.is_set():
+            await _write(hub, product, _minute(written[0]))
+            written[0] += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(writer())
+    duplicates = holes = 0
+    began = time.perf_counter()
+    try:
+        for _ in range(runs):
+            got: list[int] = []
+            stream = hub.candles(EX, product, "1m", warmup=warmup)
+            async for candle in stream:
+                got.append(candle.timestamp)
+                if len(got) >= warmup + 5:
+                    break
+            await stream.aclose()
+            for a, b in itertools.pairwise(got):
+                if b <= a:
+                    duplicates += 1
+                elif b - a > 60:
+                    holes += (b - a) // 60 - 1
+    finally:
+        stop.set()
+        await task
+    return [{"runs": runs, "warmup": warmup, "duplicates": duplicates, "holes": holes,
+             "seconds": time.perf_counter() - began}]
+
+
+async def gap_scan(hub: Hub, days: int = 365) -> list[dict[str, Any]]:
+    """A year of 1-minute candles of one product with 12 holes; hub.gaps over all of it."""
+    product = "YEAR"
+    total = days * 1440
+    missing = {int(total * k / 13) + d for k in range(1, 13) for d in range(k)}
+    batch: list[Candle] = []
+    for i in range(total):
+        if i in missing:
+            continue
+        batch.append(_minute(i, T0 - days * 86_400))
+        if len(batch) == 5000:
+            await hub.write_candles_batch(EX, product, batch, window=False)
+            batch = []
+    if batch:
+        await hub.write_candles_batch(EX, product, batch, window=False)
+    await hub.flush()
+    times = []
+    found: list[tuple[int, int]] = []
+    for _ in range(5):
+        began = time.perf_counter()
+        found = await hub.gaps(EX, product)
+        times.append(time.perf_counter() - began)
+    return [{"candles": total - len(missing), "holes_found": len(found), "holes_made": 12,
+             "p50": statistics.median(times), "max": max(times)}]
+
+
+def streams_tables(servers: LocalServers, work: Path, quick: bool) -> dict[str, Any]:
+    import uvloop
+
+    async def run() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Hub(_config(servers, work, "streams"), handle_sigterm=False) as hub:
+            out["rollup_latency"] = await rollup_latency(hub, 50 if quick else 300)
+            out["subscribers"] = await subscribers_cost(hub, 5_000 if quick else 20_000)
+            out["handover"] = await handovers(hub, 100 if quick else 1000, 1000)
+            out["gap_scan"] = await gap_scan(hub, 30 if quick else 365)
+        return out
+
+    result: dict[str, Any] = uvloop.run(run())
+    return result
