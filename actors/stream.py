@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from dataclasses import dataclass
 
 import orjson
@@ -23,6 +22,7 @@ from actors.backends.redis import RedisBackend
 from actors.backoff import Backoff
 from actors.runtime import cancel_and_wait
 from hubdomain.errors import HubClosed, HubError
+from hubdomain.records import LiveCandle
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +37,20 @@ def parse_id(raw: bytes | str) -> StreamId:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One published candle: its stream id, timeframe, row and revision flag."""
+    """One published candle: its stream id and the candle (with its timeframe and
+    whether it replaced one of the same time), built once for every follower."""
 
-    seq: int
     id: StreamId
-    timeframe: str
-    row: tuple[int, float, float, float, float, float]
-    revision: bool
+    candle: LiveCandle
 
 
-def _entry(seq: int, entry_id: bytes, fields: list[bytes]) -> Entry | None:
+def _entry(entry_id: bytes, fields: list[bytes]) -> Entry | None:
     values = dict(zip(fields[::2], fields[1::2], strict=False))
     try:
         ts, o, h, low, c, vol = orjson.loads(values[b"c"])
-        return Entry(seq, parse_id(entry_id), values[b"t"].decode(),
-                     (int(ts), float(o), float(h), float(low), float(c), float(vol)),
-                     values.get(b"r", b"0") not in (b"0", b""))
+        return Entry(parse_id(entry_id), LiveCandle(
+            int(ts), float(o), float(h), float(low), float(c), float(vol),
+            values[b"t"].decode(), values.get(b"r", b"0") not in (b"0", b"")))
     except (KeyError, ValueError, TypeError):
         log.warning("stream entry %r is not a candle; skipped", entry_id)
         return None
@@ -63,8 +61,10 @@ class Ring:
 
     def __init__(self, key: str, size: int, after: StreamId) -> None:
         self.key = key
-        self.entries: deque[Entry] = deque(maxlen=size)
-        self.next_seq = 0
+        self.size = size
+        # entries[i] has sequence number base + i; trimmed to ``size`` now and then
+        self.entries: list[Entry] = []
+        self.base = 0
         self.position = after  # the last id read (XREAD continues after it)
         self.origin = after  # reading began after this id
         self.closed = False
@@ -74,15 +74,25 @@ class Ring:
 
     @property
     def first_seq(self) -> int:
-        return self.entries[0].seq if self.entries else self.next_seq
+        return self.base + max(0, len(self.entries) - self.size)
+
+    @property
+    def next_seq(self) -> int:
+        return self.base + len(self.entries)
+
+    def since(self, seq: int) -> list[Entry]:
+        return self.entries[seq - self.base:]
 
     def append(self, raw: list[tuple[bytes, list[bytes]]]) -> None:
         for entry_id, fields in raw:
-            entry = _entry(self.next_seq, entry_id, fields)
+            entry = _entry(entry_id, fields)
             self.position = parse_id(entry_id)
             if entry is not None:
                 self.entries.append(entry)
-                self.next_seq += 1
+        if len(self.entries) >= 2 * self.size:  # amortized: a slice now and then
+            drop = len(self.entries) - self.size
+            del self.entries[:drop]
+            self.base += drop
         self.wake()
 
     def wake(self) -> None:
@@ -97,9 +107,10 @@ class Ring:
         entries after it may be gone from the ring already."""
         if after >= self.position:
             return self.next_seq
-        for entry in reversed(self.entries):
-            if entry.id <= after:
-                return entry.seq + 1
+        first = self.first_seq
+        for i in range(len(self.entries) - 1, first - self.base - 1, -1):
+            if self.entries[i].id <= after:
+                return self.base + i + 1
         # none held at or before it: whole only if none was dropped and reading began
         # at or before it
         return 0 if self.first_seq == 0 and self.origin <= after else None
@@ -131,8 +142,7 @@ class Follower:
                 self._reader.overflows += 1
                 return None
             if self.cursor < self.ring.next_seq:
-                start = self.cursor - self.ring.first_seq
-                entries = list(self.ring.entries)[start:] if start else list(self.ring.entries)
+                entries = self.ring.since(self.cursor)
                 self.cursor = self.ring.next_seq
                 fresh = [e for e in entries if e.id > self.after]
                 if fresh:
@@ -147,8 +157,6 @@ class Follower:
         self.epoch = self.ring.epoch
         found = self.ring.seq_after(after)
         self.cursor = -1 if found is None else found
-        if self.ring.position < after:
-            self.ring.position = after
 
     def close(self) -> None:
         if not self.closed:

@@ -117,10 +117,10 @@ def goals(r: Results) -> list[dict[str, Any]]:
         for tf in ("5m", "1h"):
             out.append(goal(f"{tf} rollup delivered after its closing minute's write, p99",
                             "<= 1 ms", f"{lat[tf]['p99'] * 1e3:.2f} ms", lat[tf]["p99"] <= 1e-3))
-        subs = {row["subscribers"]: row["writes_per_s"] for row in t["subscribers"]}
-        drop = 1 - subs[1000] / subs[0]
-        out.append(goal("write_candle rate with 1,000 subscribers on the product", "<= 10% lower",
-                        f"{drop * 100:.1f}% lower", drop <= 0.10))
+        subs = {row["where"]: row["writes_per_s"] for row in t["subscribers"]}
+        drop = 1 - subs["other process"] / subs["none"]
+        out.append(goal("write_candle rate with 1,000 subscribers (strategies' process)",
+                        "<= 10% lower", f"{drop * 100:.1f}% lower", drop <= 0.10))
         hand = t["handover"][0]
         out.append(goal(f"warm-up of {hand['warmup']:,} + live hand-over, {hand['runs']:,} runs "
                         "racing writes", "0 duplicates, 0 holes",

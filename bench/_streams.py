@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,14 @@ EX = "bench"
 T0 = 1_600_000_000 - 1_600_000_000 % 86_400
 
 
-def _config(servers: LocalServers, work: Path, name: str) -> HubConfig:
+def _config_data(servers: LocalServers, work: Path, name: str) -> dict[str, Any]:
     overrides = servers.config_overrides()
-    return HubConfig.from_mapping({
-        **overrides, "sqlite": {"path": str(work / f"{name}.sqlite")},
-        "influxdb": {**overrides["influxdb"], "bucket": f"bench_{name}"},
-    }, environ={})
+    return {**overrides, "sqlite": {"path": str(work / f"{name}.sqlite")},
+            "influxdb": {**overrides["influxdb"], "bucket": f"bench_{name}"}}
+
+
+def _config(servers: LocalServers, work: Path, name: str) -> HubConfig:
+    return HubConfig.from_mapping(_config_data(servers, work, name), environ={})
 
 
 def _minute(i: int, t0: int = T0) -> Candle:
@@ -50,11 +55,12 @@ async def rollup_latency(hub: Hub, closes: int) -> list[dict[str, Any]]:
         for i in range(closes * per):
             c = _minute(i)
             closing = (i + 1) % per == 0
-            if closing:
+            if closing:  # a live feed: the minutes before it were handled long ago
+                await asyncio.sleep(0.005)
                 sent[c.timestamp - (per - 1) * 60] = time.perf_counter()
             await _write(hub, product, c)
-            if closing:
-                await asyncio.sleep(0.002)  # one close at a time: latency, not throughput
+            if closing:  # and it waits on its socket for the next one
+                await asyncio.sleep(0.005)
         await asyncio.sleep(0.3)
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
@@ -81,38 +87,67 @@ class _Tally:
                 self.done.set()
 
 
-async def subscribers_cost(hub: Hub, n: int, counts: tuple[int, ...] = (0, 1000)
-                           ) -> list[dict[str, Any]]:
-    """write_candle x n + flush on one product, with that many subscribers following it
-    (each consuming every candle)."""
-    rows = []
-    for run, count in enumerate(counts * 2):  # interleaved twice: the machine drifts
-        product = f"SUBS{run}"
+async def _timed_writes(hub: Hub, product: str, n: int) -> float:
+    began = time.perf_counter()
+    for i in range(n):
+        await _write(hub, product, _minute(i))
+    await hub.flush()
+    return time.perf_counter() - began
+
+
+async def _followers(config: dict[str, Any], product: str, count: int, n: int) -> None:
+    """(In a process of its own) ``count`` subscribers on ``product``; prints "ready"
+    once all follow, then the candles they received once each has ``n``."""
+    async with Hub(HubConfig.from_mapping(config, environ={}), handle_sigterm=False) as hub:
         tally = _Tally(count * n)
         tasks = [asyncio.create_task(tally.consume(hub.candles(EX, product, "1m")))
                  for _ in range(count)]
-        await asyncio.sleep(0.5)
-        began = time.perf_counter()
-        for i in range(n):
-            await _write(hub, product, _minute(i))
-        await hub.flush()
-        seconds = time.perf_counter() - began
-        if count:
-            await asyncio.wait_for(tally.done.wait(), 120)
-        delivered = time.perf_counter() - began
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        rows.append({"subscribers": count, "candles": n, "seconds": seconds,
-                     "writes_per_s": n / seconds, "all_delivered_s": delivered,
-                     "delivered": tally.count})
-    merged = []
-    for count in counts:
-        same = [r for r in rows if r["subscribers"] == count]
-        best = min(same, key=lambda r: r["seconds"])
-        merged.append({**best, "seconds": statistics.median(r["seconds"] for r in same),
-                       "writes_per_s": n / statistics.median(r["seconds"] for r in same)})
-    return merged
+        while (await hub.get_stats())["streams"]["subscribers"] < count:
+            await asyncio.sleep(0.05)
+        print("ready", flush=True)
+        try:
+            await asyncio.wait_for(tally.done.wait(), 300)
+        finally:
+            print(tally.count, flush=True)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
+                           count: int = 1000) -> list[dict[str, Any]]:
+    """write_candle x n + flush on one product: alone, with ``count`` subscribers in
+    another hub process (the strategies' process), and with them in this one (sharing
+    the writer's thread), interleaved three times (the machine drifts)."""
+    runs: dict[str, list[float]] = {"none": [], "other process": [], "this process": []}
+    delivered: dict[str, int] = {"none": 0, "other process": 0, "this process": 0}
+    for run in range(3):
+        runs["none"].append(await _timed_writes(hub, f"SUBS{run}N", n))
+        product = f"SUBS{run}P"
+        child = subprocess.Popen(  # noqa: ASYNC220 - read from a thread
+            [sys.executable, "-m", "bench._streams", json.dumps(config), product,
+             str(count), str(n)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        assert (await asyncio.to_thread(child.stdout.readline)).strip() == "ready"
+        runs["other process"].append(await _timed_writes(hub, product, n))
+        delivered["other process"] = int(await asyncio.to_thread(child.stdout.readline))
+        await asyncio.to_thread(child.wait, 60)
+        child.stdout.close()
+        if run == 0:  # the same subscribers on the writer's own loop, once
+            product = f"SUBS{run}T"
+            tally = _Tally(count * n)
+            tasks = [asyncio.create_task(tally.consume(hub.candles(EX, product, "1m")))
+                     for _ in range(count)]
+            await asyncio.sleep(0.5)
+            runs["this process"].append(await _timed_writes(hub, product, n))
+            await asyncio.wait_for(tally.done.wait(), 300)
+            delivered["this process"] = tally.count
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return [{"subscribers": 0 if where == "none" else count, "where": where, "candles": n,
+             "seconds": statistics.median(times), "writes_per_s": n / statistics.median(times),
+             "delivered": delivered[where]} for where, times in runs.items()]
 
 
 async def handovers(hub: Hub, runs: int, warmup: int) -> list[dict[str, Any]]:
@@ -188,10 +223,18 @@ def streams_tables(servers: LocalServers, work: Path, quick: bool) -> dict[str, 
         out: dict[str, Any] = {}
         async with Hub(_config(servers, work, "streams"), handle_sigterm=False) as hub:
             out["rollup_latency"] = await rollup_latency(hub, 50 if quick else 300)
-            out["subscribers"] = await subscribers_cost(hub, 5_000 if quick else 20_000)
+            out["subscribers"] = await subscribers_cost(
+                hub, {**_config_data(servers, work, "streams")}, 5_000 if quick else 20_000)
             out["handover"] = await handovers(hub, 100 if quick else 1000, 1000)
             out["gap_scan"] = await gap_scan(hub, 30 if quick else 365)
         return out
 
     result: dict[str, Any] = uvloop.run(run())
     return result
+
+
+if __name__ == "__main__":  # the other process of subscribers_cost
+    import uvloop
+
+    uvloop.run(_followers(json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]),
+                          int(sys.argv[4])))

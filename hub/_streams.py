@@ -31,7 +31,7 @@ from actors.backends.influx import rows as result_rows
 from actors.cache import CacheService
 from actors.cache.ops import Snapshot, op_push_candles, op_snapshot
 from actors.query import Query
-from actors.stream import Entry, StreamReader, parse_id
+from actors.stream import StreamReader, parse_id
 from hub._intake import Accepted, Intake
 from hubdomain import influxql as ql
 from hubdomain import keys
@@ -250,14 +250,15 @@ class Streams:
                         yield _live(candle, timeframe, False)
                     continue
                 for entry in entries:
-                    if entry.timeframe != timeframe:
+                    candle = entry.candle
+                    if candle.timeframe != timeframe:
                         continue
-                    ts = entry.row[0]
-                    if last is None or ts > last:
-                        last = ts
-                        yield _from_entry(entry, False)
-                    elif entry.revision:
-                        yield _from_entry(entry, True)
+                    if last is None or candle.timestamp > last:
+                        last = candle.timestamp
+                        yield candle if not candle.revision else _live(candle, timeframe,
+                                                                       False)
+                    elif candle.revision:
+                        yield candle
         finally:
             follower.close()
 
@@ -315,9 +316,4 @@ def _row(c: Candle) -> Row:
 def _live(c: Candle, timeframe: str, revision: bool) -> LiveCandle:
     return LiveCandle(c.timestamp, c.open, c.high, c.low, c.close, c.volume, timeframe,
                       revision)
-
-
-def _from_entry(entry: Entry, revision: bool) -> LiveCandle:
-    ts, o, h, low, c, vol = entry.row
-    return LiveCandle(ts, o, h, low, c, vol, entry.timeframe, revision)
 
