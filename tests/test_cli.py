@@ -40,7 +40,7 @@ def test_up_status_stats_down(tmp_path: Path) -> None:
 
 def test_help_on_every_verb(tmp_path: Path) -> None:
     for verb in ("up", "down", "status", "stats", "example", "demo", "doctor", "backfill",
-                 "export", "delete", "cache"):
+                 "export", "delete", "cache", "gaps"):
         result = wolfhub(verb, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "Usage:" in result.stdout, verb
 
@@ -57,6 +57,12 @@ def test_demo_runs_without_servers_configured(tmp_path: Path) -> None:
     assert summary["get_indicator_p50_us"] > 0 and summary["write_candle_p99_us"] > 0
     # every trade the strategies made is stored (the first product's, read back)
     assert summary["trades_stored_for_BANKNIFTY-FUT"] <= summary["trades"]
+    # the 5-minute strategies got rollups; the minute the feed dropped was found, filled
+    # from its history, and the 5m candle holding it republished as a revision
+    assert summary["rollups_5m"] >= 2
+    assert summary["gaps_found"] >= 1 and summary["minutes_repaired"] == 1
+    assert summary["gaps_left"] == 0
+    assert summary["rollup_revisions"] >= 1
 
 
 def test_example_and_the_seeds_log_lines(tmp_path: Path) -> None:

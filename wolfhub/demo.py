@@ -3,8 +3,13 @@
 One event loop runs everything: a random-walk tick feed per product, aggregated
 into 1-minute candles (replayed ``speed`` times faster than real time), an EMA
 crossover and an RSI strategy per product, and the hub. Candles go in, indicators
-are cached and read back, paper trades are written, positions kept. A live view
-shows throughput, latency percentiles, hit rate, mailbox depths and the spool.
+are cached and read back, paper trades are written, positions kept. A 5-minute
+strategy per product follows ``hub.candles(..., "5m", warmup=12)``: the hub's rollups,
+warm-up first, then live. The first product's feed drops one minute on purpose; a gap
+watcher finds it with ``hub.gaps`` and repairs it from the feed's history (the 5m
+candle it belongs to is then republished as a revision). A live view shows
+throughput, latency percentiles, hit rate, mailbox depths, the spool, the rollups and
+the gaps.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ class Metrics:
     ticks: int = 0
     trades: int = 0
     reads: int = 0
+    rollups: int = 0  # 5m candles the 5-minute strategies received
+    revisions: int = 0
+    gaps_found: int = 0
+    minutes_repaired: int = 0
     latencies: dict[str, deque[float]] = field(default_factory=dict)
 
     def timed(self, name: str, seconds: float) -> None:
@@ -108,8 +117,11 @@ class Strategy:
 
 
 async def feed(hub: Hub, product: str, strategy: Strategy, metrics: Metrics, start: int,
-               speed: float, stop: asyncio.Event, rnd: random.Random) -> None:
-    """Ticks every simulated second, a candle every simulated minute."""
+               speed: float, stop: asyncio.Event, rnd: random.Random,
+               dropped: list[Candle] | None = None) -> None:
+    """Ticks every simulated second, a candle every simulated minute. With ``dropped``,
+    the 8th minute is not written (a feed that missed it) but kept there, as the
+    exchange's history would have it."""
     price = START_PRICE.get(product, 1000.0)
     t = start
     loop = asyncio.get_running_loop()
@@ -123,6 +135,10 @@ async def feed(hub: Hub, product: str, strategy: Strategy, metrics: Metrics, sta
             vol += rnd.randint(1, 50)
             metrics.ticks += 1
         candle = Candle(t, round(o, 2), round(h, 2), round(low, 2), round(c, 2), vol)
+        if dropped is not None and t == start + 7 * 60:
+            dropped.append(candle)
+            t += 60
+            continue
         began_write = time.perf_counter()
         await hub.write_candle(EXCHANGE, product, candle.timestamp, candle.open, candle.high,
                                candle.low, candle.close, candle.volume)
@@ -135,6 +151,38 @@ async def feed(hub: Hub, product: str, strategy: Strategy, metrics: Metrics, sta
         await asyncio.sleep(max(0.0, delay))
 
 
+async def five_minutes(hub: Hub, product: str, metrics: Metrics) -> None:
+    """A 5-minute strategy: the hub's 5m rollups, an hour of warm-up then live."""
+    closes: deque[float] = deque(maxlen=12)
+    async for candle in hub.candles(EXCHANGE, product, "5m", warmup=12):
+        if candle.revision:
+            metrics.revisions += 1
+            continue
+        closes.append(candle.close)
+        metrics.rollups += 1
+        if len(closes) == closes.maxlen:
+            await hub.cache_indicator(EXCHANGE, product, "SMA5m", 12, sum(closes) / len(closes))
+
+
+async def watch_gaps(hub: Hub, products: list[str], metrics: Metrics, dropped: list[Candle],
+                     start: int, stop: asyncio.Event) -> None:
+    """Looks for holes in this run's candles every second and fills them from the feed's
+    history."""
+    from wolfhub.repair import repair
+
+    async def history(exchange: str, product: str, start: int, end: int) -> list[Candle]:
+        return [c for c in dropped if start <= c.timestamp <= end]
+
+    seen: set[tuple[str, int, int]] = set()
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        for product in products:
+            report = await repair(hub, EXCHANGE, product, start=start, fetcher=history)
+            seen.update((product, *hole) for hole in report.holes_before)
+            metrics.gaps_found = len(seen)
+            metrics.minutes_repaired += report.written
+
+
 def view(metrics: Metrics, stats: dict[str, Any] | None, done: bool) -> Table:
     elapsed = time.perf_counter() - metrics.started
     table = Table(title="wolfhub demo" + (" - summary" if done else ""), expand=False)
@@ -145,6 +193,9 @@ def view(metrics: Metrics, stats: dict[str, Any] | None, done: bool) -> Table:
     table.add_row("ticks simulated", f"{metrics.ticks:,}")
     table.add_row("indicator reads", f"{metrics.reads:,}")
     table.add_row("paper trades", f"{metrics.trades:,}")
+    table.add_row("5m rollups received / revised", f"{metrics.rollups:,} / {metrics.revisions:,}")
+    table.add_row("gaps found / minutes repaired",
+                  f"{metrics.gaps_found:,} / {metrics.minutes_repaired:,}")
     for name in ("get_indicator", "write_candle", "cache_indicator", "write_trade",
                  "cache_position"):
         p50, p99 = metrics.percentiles(name)
@@ -178,8 +229,12 @@ async def run(config: HubConfig, duration: float, products: int, speed: float,
     stop = asyncio.Event()
     async with Hub(config) as hub:
         strategies = {p: Strategy(hub, p, metrics) for p in chosen}
+        dropped: list[Candle] = []
         tasks = [asyncio.create_task(feed(hub, p, strategies[p], metrics, start, speed, stop,
-                                          rnd)) for p in chosen]
+                                          rnd, dropped if p == chosen[0] else None))
+                 for p in chosen]
+        followers = [asyncio.create_task(five_minutes(hub, p, metrics)) for p in chosen]
+        tasks.append(asyncio.create_task(watch_gaps(hub, chosen, metrics, dropped, start, stop)))
         stats: dict[str, Any] | None = None
         with Live(view(metrics, None, False), console=console, refresh_per_second=4,
                   transient=True) as live:
@@ -190,15 +245,24 @@ async def run(config: HubConfig, duration: float, products: int, speed: float,
                 live.update(view(metrics, stats, False))
         stop.set()
         await asyncio.gather(*tasks)
+        for follower in followers:
+            follower.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
         await hub.flush()
         stats = await hub.get_stats()
         console.print(view(metrics, stats, True))
         stored = await hub.query_trades(EXCHANGE, chosen[0], limit=100_000)
+        gaps_left = await hub.gaps(EXCHANGE, chosen[0], start=start)
     summary: dict[str, Any] = {
         "candles_processed": metrics.candles,
         "trades": metrics.trades,
         "trades_stored_for_" + chosen[0]: len(stored),
         "indicator_reads": metrics.reads,
+        "rollups_5m": metrics.rollups,
+        "rollup_revisions": metrics.revisions,
+        "gaps_found": metrics.gaps_found,
+        "minutes_repaired": metrics.minutes_repaired,
+        "gaps_left": len(gaps_left),
     }
     near = stats["actors"].get("cache", {}).get("near_cache") or {}
     hits, misses = near.get("hits", 0), near.get("misses", 0)
