@@ -8,6 +8,7 @@ hub carries on after its replica is promoted, with correct values.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -432,3 +433,32 @@ async def test_one_master_down_the_others_keep_serving(tmp_path: Path,
             assert (await hub.get_stats())["actors"]["cache"]["reconnects"] == 0
     finally:
         own.stop()
+
+
+async def test_candle_streams_on_a_cluster(cluster: RedisClusterServers,
+                                           config_data: dict[str, Any]) -> None:
+    """Products on different masters: each product's window and stream share its hash
+    tag (one script call publishes both), and the reader XREADs every master at once."""
+    flush_cluster(cluster)
+    products = [f"P{i}" for i in range(6)]  # spread over the three masters
+    t0 = 1_700_006_400
+    async with Hub(cluster_config(config_data, cluster)) as hub:
+        for p in products:
+            for i in range(5):
+                await hub.write_candle("px", p, t0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0)
+
+        async def follow(product: str) -> list[int]:
+            got: list[int] = []
+            async for candle in hub.candles("px", product, "5m", warmup=1):
+                got.append(candle.timestamp)
+                if len(got) == 3:
+                    return got
+            return got
+
+        followers = [asyncio.create_task(follow(p)) for p in products]
+        await asyncio.sleep(0.3)
+        for p in products:
+            for i in range(5, 15):
+                await hub.write_candle("px", p, t0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0)
+        found = await asyncio.wait_for(asyncio.gather(*followers), 20)
+    assert found == [[t0, t0 + 300, t0 + 600]] * len(products)

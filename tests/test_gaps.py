@@ -18,7 +18,7 @@ import yaml
 
 from actors.maintenance import Job, MaintenanceActor
 from hub import Candle, Hub, HubConfig, ValidationError
-from tests.conftest import wolfhub
+from tests.conftest import eventually, wolfhub
 from tests.test_cli_data import make_config, write_csv
 from wolfhub.servers import LocalServers
 
@@ -220,3 +220,27 @@ def test_config_names_a_bad_timeframe(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"streams": {"timeframes": ["1m", "5x"]}}))
     with pytest.raises(ValidationError, match=r"streams\.timeframes"):
         HubConfig.load(path)
+
+
+async def test_the_warm_job_fills_empty_hot_windows_at_start(
+        config_data: dict[str, Any]) -> None:
+    """Candles only InfluxDB holds (Redis was flushed): at start the warm job puts the
+    newest in the hot window, so the first read after start is served from it."""
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.write_candles_batch(EX, PR, [candle(i) for i in range(1500)], window=False)
+        await hub.flush()
+        assert await hub.flush_all() is None
+    warm = HubConfig.from_mapping({**config_data, "maintenance": {
+        "products": [{"exchange": EX, "product": PR}]}}, environ={})
+    async with Hub(warm) as hub:
+        async def warmed() -> bool:
+            jobs = (await hub.get_stats())["actors"]["maintenance"]["jobs"]
+            return bool(jobs["warm"]["runs"])
+
+        await eventually(warmed)
+        job = (await hub.get_stats())["actors"]["maintenance"]["jobs"]["warm"]
+        assert job["last_result"]["windows_filled"] == 1 and job["failures"] == 0
+        before = (await hub.get_stats())["hub"]["candle_cold_queries"]
+        newest = await hub.get_candles(EX, PR, 1000)
+        assert [c.timestamp for c in newest] == [T0 + 60 * i for i in range(500, 1500)]
+        assert (await hub.get_stats())["hub"]["candle_cold_queries"] == before
