@@ -102,8 +102,7 @@ async def _followers(config: dict[str, Any], product: str, count: int, n: int) -
         tally = _Tally(count * n)
         tasks = [asyncio.create_task(tally.consume(hub.candles(EX, product, "1m")))
                  for _ in range(count)]
-        while (await hub.get_stats())["streams"]["subscribers"] < count:
-            await asyncio.sleep(0.05)
+        await _until_subscribed(hub, count)
         print("ready", flush=True)
         try:
             await asyncio.wait_for(tally.done.wait(), 300)
@@ -112,6 +111,14 @@ async def _followers(config: dict[str, Any], product: str, count: int, n: int) -
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _until_subscribed(hub: Hub, count: int) -> None:
+    for _ in range(1200):  # a minute at most
+        if (await hub.get_stats())["streams"]["subscribers"] >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{count} subscribers did not start in a minute")
 
 
 async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
