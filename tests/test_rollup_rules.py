@@ -4,12 +4,15 @@ servers are in test_streams.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hubdomain.errors import ValidationError
 from hubdomain.timeframes import Book, Closed, Late, aggregate, plan, seconds
+from tests._rollup_reference import ReferenceBook
 
 T0 = 1_700_006_400  # a multiple of 1d: every bucket of every timeframe starts here
 LIVE_DELAY = 2.0  # a live feed writes a minute two seconds after it ends
@@ -116,3 +119,56 @@ def test_complete_rollups_equal_the_aggregate_of_their_minutes(
         assert event.complete == (len(inside) * 60 == span)
         if event.complete:
             assert event.row == aggregate(event.start, inside)
+
+
+def _by_timeframe(events: list[Any]) -> dict[str, Any]:
+    """Each timeframe's closes in order (a complete one with its candle), and the set
+    of buckets found late (how many times each is found does not matter)."""
+    out: dict[str, Any] = {}
+    for e in events:
+        closed, late = out.setdefault(e.timeframe, ([], set()))
+        if isinstance(e, Closed):
+            closed.append((e.start, e.complete, e.row if e.complete else None))
+        else:
+            late.add(e.start)
+    return out
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("minute"), st.integers(0, 600), st.floats(0, 1e4, allow_nan=False),
+              st.sampled_from(["live", "replay"])),
+    st.tuples(st.just("batch"), st.integers(0, 600), st.integers(1, 40),
+              st.sampled_from(["live", "replay"])),
+    st.tuples(st.just("expire"), st.integers(0, 700), st.just(0.0), st.just("")),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_STEP, max_size=60), st.sampled_from([["1m", "5m", "15m", "1h"],
+                                                      ["1m", "5m", "10m", "30m"],
+                                                      ["1m", "3m", "1h"]]))
+def test_the_book_agrees_with_the_plain_rules(steps: list[Any], timeframes: list[str]) -> None:
+    """Minutes in order and out of it, written twice, in batches, live and replayed,
+    with the timer running: the Book (minutes into the smallest timeframe, buckets up
+    the chain, batches a bucket at a time) closes and flags exactly what feeding every
+    timeframe every minute does."""
+    book = Book(timeframes, close_grace=5)
+    plain = ReferenceBook(timeframes, close_grace=5)
+    got: list[Any] = []
+    want: list[Any] = []
+    clock = float(T0)
+    for kind, at, value, how in steps:
+        if kind == "expire":
+            clock = max(clock, T0 + 60 * at)
+            got += book.expire(clock)
+            want += plain.expire(clock)
+            continue
+        count = 1 if kind == "minute" else int(value)
+        rows = [minute(i, volume=float(value) if kind == "minute" else 1.0 + i % 3)
+                for i in range(at, at + count)]
+        clock = max(clock, rows[-1][0] + 62.0) if how == "live" else clock
+        now = clock if how == "live" else rows[-1][0] + 10 * 86_400
+        got += book.add_many(rows, now) if kind == "batch" else book.add(rows[0], now)
+        for row in rows:
+            want += plain.add(row, now)
+    assert _by_timeframe(got) == _by_timeframe(want)
