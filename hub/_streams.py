@@ -94,15 +94,16 @@ class Streams:
         book = self.books.get(key)
         if book is None:
             book = self.books[key] = tfs.Book(self.settings.timeframes, self.settings.close_grace)
-        if len(rows) > 1 and any(rows[i][0] > rows[i + 1][0] for i in range(len(rows) - 1)):
-            rows = sorted(rows, key=lambda r: r[0])
-        if rows and rows[-1][0] > self.newest.get(key, -1 << 62):
+            self.newest[key] = rows[0][0]
+        if len(rows) == 1:
+            events = book.add(rows[0], time.time())
+        else:
+            if any(rows[i][0] > rows[i + 1][0] for i in range(len(rows) - 1)):
+                rows = sorted(rows, key=lambda r: r[0])
+            events = book.add_many(rows, time.time())
+        if rows[-1][0] > self.newest[key]:
             self.newest[key] = rows[-1][0]
-        now = time.time()
-        events: list[tfs.Event] = []
-        for row in rows:
-            events += book.add(row, now)
-        return self._handle(key, events)
+        return self._handle(key, events) if events else []
 
     async def expire(self, now: float | None = None) -> int:
         """Close the live buckets of stalled feeds (the maintenance actor's job)."""
@@ -129,22 +130,28 @@ class Streams:
                 self._workers[key] = asyncio.get_running_loop().create_task(
                     self._work(key, queue), name=f"rollups {key[0]}:{key[1]}")
             queue.append(event)
-        return self._accepted(key, ready)
+        return self._accepted(key, ready) if ready else []
 
     def _accepted(self, key: Product, ready: list[tuple[str, Row]]) -> list[Accepted]:
-        out: list[Accepted] = []
-        exchange, product = key
+        """One delivery per timeframe (its rows in order; smaller timeframes first): the
+        rollup lines, and one script call for its hot window and the stream."""
+        grouped: dict[str, list[Row]] = {}
         for timeframe, row in ready:
-            self.counters["rollups_published"] += 1
+            grouped.setdefault(timeframe, []).append(row)
+        self.counters["rollups_published"] += len(ready)
+        exchange, product = key
+        out: list[Accepted] = []
+        for timeframe in sorted(grouped, key=self.spans.__getitem__):
+            rows = grouped[timeframe]
             op = op_push_candles(
-                self.window_key(exchange, product, timeframe), [row],
+                self.window_key(exchange, product, timeframe), rows,
                 self.config.performance.redis_hot_data_window,
                 self.config.redis.ttl.candles + self.spans[timeframe],
                 self.intake.near_on, self.stream_key(exchange, product), timeframe,
                 self.settings.length) if self.publishing else None
-            lines = lp.rollup_lines(exchange, product, timeframe, (row,)) \
-                if self.intake.writer is not None else []
-            out.append(Accepted(lines, op))
+            lines = lp.rollup_lines(exchange, product, timeframe, rows) \
+                if self.intake.writer is not None and self.settings.store_rollups else []
+            out.append(self.intake.begin(Accepted(lines, op)))
         return out
 
     async def _work(self, key: Product, queue: deque[tfs.Event]) -> None:

@@ -198,6 +198,9 @@ class StreamsConfig(_Model):
     buffer: int = Field(10_000, gt=0)
     # entries each product's Redis stream keeps (approximately: XADD MAXLEN ~)
     length: int = Field(10_000, gt=0)
+    # rollups also written to InfluxDB (measurement candle_rollup), beside their hot
+    # windows; false: Redis only (deep warm-ups resample the minutes either way)
+    store_rollups: bool = True
 
     @field_validator("timeframes")
     @classmethod

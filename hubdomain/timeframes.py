@@ -211,6 +211,8 @@ class Book:
     def add_many(self, rows: Sequence[Row], now: float) -> list[Event]:
         """``add`` for each of many minutes: the same events. Strictly ascending minutes
         go a bucket at a time (one slice found by bisection, aggregated at C speed)."""
+        if not self.levels:  # streams.timeframes: [1m] alone, nothing to roll up
+            return []
         times = [row[0] for row in rows]
         if len(rows) < 8 or any(times[i] >= times[i + 1] for i in range(len(times) - 1)):
             events: list[Event] = []
@@ -337,8 +339,9 @@ class Book:
             if level.closed_before is not None and start < level.closed_before:
                 events.append(Late(level.timeframe, start))
                 return
+            # (the part is closed for good: its list of volumes is taken over as it is)
             current = level.open = _Open(start, part.first, part.last, part.open, part.high,
-                                         part.low, part.close, list(part.volumes),
+                                         part.low, part.close, part.volumes,
                                          part.minutes, complete and part.start == start)
         elif start < current.start:
             events.append(Late(level.timeframe, start))

@@ -33,6 +33,13 @@ def test_timeframes_are_checked() -> None:
         plan(["1m", "60m", "1h"])
 
 
+def test_with_1m_alone_nothing_is_rolled_up() -> None:
+    book = Book(["1m"], close_grace=5)
+    assert book.add(minute(0), now=T0 + 62) == []
+    assert book.add_many([minute(i) for i in range(1, 30)], now=T0 + 1800) == []
+    assert book.expire(T0 + 86_400) == [] and book.pending() == 0
+
+
 def test_the_last_minute_closes_each_bucket_smaller_timeframes_first() -> None:
     book = Book(["1m", "5m", "15m", "1h"], close_grace=5)
     closed = []
