@@ -197,6 +197,7 @@ class StreamReader:
 
     async def _run(self) -> None:
         backoff = Backoff(first=0.05, cap=2.0)
+        failing = False
         while True:
             positions = {key: f"{r.position[0]}-{r.position[1]}".encode()
                          for key, r in self.rings.items() if r.followers > 0}
@@ -207,14 +208,19 @@ class StreamReader:
             try:
                 replies = await self._backend.read_streams(positions, 1000, self._block_ms)
             except HubError as exc:
-                log.warning("candle streams: reading failed (%s); subscribers catch up "
-                            "from storage once Redis answers", exc)
+                if not failing:
+                    log.warning("candle streams: reading failed (%s); subscribers catch up "
+                                "from storage once Redis answers", exc)
+                    failing = True
                 self.reconnects += 1
                 for ring in self.rings.values():
                     ring.epoch += 1
                     ring.wake()
                 await backoff.sleep()
                 continue
+            if failing:
+                log.info("candle streams: reading again")
+                failing = False
             backoff.reset()
             for key, entries in replies:
                 found = self.rings.get(key)

@@ -31,7 +31,8 @@ from actors.backends.influx import rows as result_rows
 from actors.cache import CacheService
 from actors.cache.ops import Snapshot, op_push_candles, op_snapshot
 from actors.query import Query
-from actors.stream import StreamReader, parse_id
+from actors.backoff import Backoff
+from actors.stream import Follower, StreamReader, parse_id
 from hub._intake import Accepted, Intake
 from hubdomain import influxql as ql
 from hubdomain import keys
@@ -250,7 +251,8 @@ class Streams:
             while True:
                 entries = await follower.take()
                 if entries is None:  # fell behind the buffer, or Redis was lost a moment
-                    missed, at = await self._catch_up(exchange, product, timeframe, last)
+                    missed, at = await self._catch_up_patiently(follower, exchange, product,
+                                                                timeframe, last)
                     follower.restart(parse_id(at))
                     for candle in missed:
                         last = candle.timestamp
@@ -287,6 +289,21 @@ class Streams:
         await self._flush()
         interval = None if timeframe == tfs.BASE else timeframe
         return await self._history(exchange, product, lo, hi, limit, interval)
+
+    async def _catch_up_patiently(self, follower: Follower, exchange: str, product: str,
+                                  timeframe: str, last: int | None
+                                  ) -> tuple[list[Candle], bytes]:
+        """``_catch_up``, retried (capped backoff) while a backend cannot answer: the
+        subscriber waits out an outage and goes on without a hole."""
+        backoff = Backoff(first=0.05, cap=2.0)
+        while True:
+            if follower.ring.closed:
+                raise HubClosed("the hub closed this stream")
+            try:
+                return await self._catch_up(exchange, product, timeframe, last)
+            except BackendUnavailable as exc:
+                log.debug("catching up %s:%s %s waits: %s", exchange, product, timeframe, exc)
+                await backoff.sleep()
 
     async def _catch_up(self, exchange: str, product: str, timeframe: str,
                         last: int | None) -> tuple[list[Candle], bytes]:

@@ -20,6 +20,7 @@ import pytest
 from hub import Candle, Hub, HubConfig, ValidationError
 from hubdomain.records import LiveCandle
 from tests.conftest import eventually
+from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
 EX, PR = "binance", "BTC/USDT"
@@ -272,3 +273,26 @@ async def test_a_thousand_subscribers_share_one_reader(hub: Hub) -> None:
 
 async def _subscribed(hub: Hub, count: int) -> bool:
     return bool((await hub.get_stats())["streams"]["subscribers"] >= count)
+
+
+async def test_a_subscriber_waits_out_a_redis_restart_without_a_hole(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """Redis is killed under a subscriber and started again empty: minutes written
+    meanwhile went to InfluxDB only; the subscriber gets every one, then live ones."""
+    config_data["redis"]["timeout"] = 0.5
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await write(hub, [minute(i) for i in range(5)])
+        stream = hub.candles(EX, PR, "1m", warmup=5)
+        head = await collect(stream, 5)
+        servers.redis.kill()
+        try:
+            await write(hub, [minute(i) for i in range(5, 35)])
+        finally:
+            servers.redis.start()
+        await asyncio.sleep(1.0)  # the hub notices Redis again
+        await write(hub, [minute(i) for i in range(35, 45)])
+        rest = await collect(stream, 40, within=30)
+        await stream.aclose()
+        stats = (await hub.get_stats())["streams"]
+    assert [c.timestamp for c in head + rest] == [T0 + 60 * i for i in range(45)]
+    assert stats["reconnects"] >= 1 and stats["overflows"] >= 1  # it caught up from storage
