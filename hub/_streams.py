@@ -28,10 +28,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from actors.backends.influx import rows as result_rows
+from actors.backoff import Backoff
 from actors.cache import CacheService
 from actors.cache.ops import Snapshot, op_push_candles, op_snapshot
 from actors.query import Query
-from actors.backoff import Backoff
 from actors.stream import Follower, StreamReader, parse_id
 from hub._intake import Accepted, Intake
 from hubdomain import influxql as ql
