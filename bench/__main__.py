@@ -78,6 +78,12 @@ def goals(r: Results) -> list[dict[str, Any]]:
              f"{hub_w / raw_w:.2f}x", hub_w <= 2 * raw_w),
         goal("write_candles_batch + flush vs raw aioinflux batches", "<= 1.25x",
              f"{batch_w / raw_w:.2f}x", batch_w <= 1.25 * raw_w),
+        *([goal("  the same two, streams.enabled: false (no rollups, no stream)",
+                "<= 2x / <= 1.25x",
+                f"{writes[k1] / raw_w:.2f}x / {writes[k2] / raw_w:.2f}x",
+                writes[k1] <= 2 * raw_w and writes[k2] <= 1.25 * raw_w)]
+          if (k1 := "hub write_candle x N + flush, streams off") in writes
+          and (k2 := "hub write_candles_batch + flush, streams off") in writes else []),
         goal("durable write_candles_batch + flush vs memory mode", "<= 1.5x",
              f"{durable_w / batch_w:.2f}x", durable_w <= 1.5 * batch_w),
         goal("candles until queryable vs the seed's per-point writes", ">= 100x faster",
@@ -119,7 +125,8 @@ def goals(r: Results) -> list[dict[str, Any]]:
                             "<= 1 ms", f"{lat[tf]['p99'] * 1e3:.2f} ms", lat[tf]["p99"] <= 1e-3))
         subs = {row["where"]: row["writes_per_s"] for row in t["subscribers"]}
         drop = 1 - subs["other process"] / subs["none"]
-        out.append(goal("write_candle rate with 1,000 subscribers (strategies' process)",
+        count = next(row["subscribers"] for row in t["subscribers"] if row["subscribers"])
+        out.append(goal(f"write_candle rate with {count:,} subscribers (strategies' process)",
                         "<= 10% lower", f"{drop * 100:.1f}% lower", drop <= 0.10))
         hand = t["handover"][0]
         out.append(goal(f"warm-up of {hand['warmup']:,} + live hand-over, {hand['runs']:,} runs "
@@ -159,7 +166,7 @@ def main(quick: bool, out: str, processes: str) -> None:
             results.tables["backfill"] = backfill_table(
                 servers, work, (100_000,) if quick else (100_000, 1_000_000))
             click.echo("  streams ...")
-            results.tables.update(streams_tables(servers, work, quick))
+            results.tables.update(streams_tables(servers, work, "quick" if quick else "full"))
             click.echo("  hub RSS ...")
             results.tables["memory"].append(hub_rss(servers, work, 30 if quick else 300))
             click.echo("  mailbox ...")

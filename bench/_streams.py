@@ -223,22 +223,27 @@ async def gap_scan(hub: Hub, days: int = 365) -> list[dict[str, Any]]:
              "p50": statistics.median(times), "max": max(times)}]
 
 
-def streams_tables(servers: LocalServers, work: Path, quick: bool) -> dict[str, Any]:
+def streams_tables(servers: LocalServers, work: Path, size: str) -> dict[str, Any]:
+    """The four tables; ``size``: "full", "quick" or "tiny" (the smoke test)."""
     import uvloop
+
+    closes, writes, runs, days = {"full": (300, 20_000, 1000, 365),
+                                  "quick": (50, 5_000, 100, 30),
+                                  "tiny": (3, 300, 5, 2)}[size]
 
     async def run() -> dict[str, Any]:
         out: dict[str, Any] = {}
         async with Hub(_config(servers, work, "streams"), handle_sigterm=False) as hub:
-            out["rollup_latency"] = await rollup_latency(hub, 50 if quick else 300)
+            out["rollup_latency"] = await rollup_latency(hub, closes)
             out["subscribers"] = await subscribers_cost(
-                hub, {**_config_data(servers, work, "streams")}, 5_000 if quick else 20_000)
-            out["handover"] = await handovers(hub, 100 if quick else 1000, 1000)
-            out["gap_scan"] = await gap_scan(hub, 30 if quick else 365)
+                hub, _config_data(servers, work, "streams"), writes,
+                1000 if size != "tiny" else 20)
+            out["handover"] = await handovers(hub, runs, 1000)
+            out["gap_scan"] = await gap_scan(hub, days)
         return out
 
     result: dict[str, Any] = uvloop.run(run())
     return result
-
 
 if __name__ == "__main__":  # the other process of subscribers_cost
     import uvloop

@@ -273,12 +273,26 @@ class Bench:
             "influxdb": self.config.influxdb.model_copy(update={"durable": True}),
             "sqlite": self.config.sqlite.model_copy(update={
                 "path": str(self.workdir / "durable.sqlite")})})
+        # the same without live streams and rollups (streams.enabled: false): what they cost
+        plain_config = self.config.model_copy(update={
+            "streams": self.config.streams.model_copy(update={"enabled": False}),
+            "sqlite": self.config.sqlite.model_copy(update={
+                "path": str(self.workdir / "plain.sqlite")})})
         batch_runs: list[float] = []
         durable_runs: list[float] = []
-        async with Hub(durable, handle_sigterm=False) as kept:
+        plain_runs: list[float] = []
+        async with Hub(durable, handle_sigterm=False) as kept, \
+                Hub(plain_config, handle_sigterm=False) as plain:
+            began = time.perf_counter()
+            for c in data:
+                await plain.write_candle(EX, "PLAINW", c.timestamp, c.open, c.high, c.low,
+                                         c.close, c.volume)
+            await plain.flush()
+            plain_single_s = time.perf_counter() - began
             for run in range(3):  # in turn, the median of each: the machine is noisy
-                for target, times in ((hub, batch_runs), (kept, durable_runs)):
-                    product = f"HUB{'D' if target is kept else 'B'}{run}"
+                for target, times, tag in ((hub, batch_runs, "B"), (kept, durable_runs, "D"),
+                                           (plain, plain_runs, "P")):
+                    product = f"HUB{tag}{run}"
                     began = time.perf_counter()
                     for i in range(0, n, 5000):
                         await target.write_candles_batch(EX, product, data[i:i + 5000])
@@ -286,6 +300,7 @@ class Bench:
                     times.append(time.perf_counter() - began)
         hub_batch_s = statistics.median(batch_runs)
         durable_s = statistics.median(durable_runs)
+        plain_batch_s = statistics.median(plain_runs)
 
         m = self.sizes.seed_write_points  # the seed: one synchronous POST per point
         conn = http.client.HTTPConnection("127.0.0.1", self.servers.influx.port)
@@ -313,7 +328,9 @@ class Bench:
                             ("aioinflux 5,000-line batches, prebuilt", raw_s),
                             ("hub write_candle x N + flush", hub_s),
                             ("hub write_candles_batch + flush", hub_batch_s),
-                            ("hub write_candles_batch + flush, durable", durable_s))]
+                            ("hub write_candles_batch + flush, durable", durable_s),
+                            ("hub write_candle x N + flush, streams off", plain_single_s),
+                            ("hub write_candles_batch + flush, streams off", plain_batch_s))]
 
     async def batch_sizes(self, hub: Hub) -> None:
         """The writer's batch size, tuned by measurement: one hub per size, same candles."""

@@ -16,6 +16,7 @@ from bench._dropin import dropin
 from bench._mailbox import mailbox_vs_stream
 from bench._report import chart, markdown, save
 from bench._scale import CLUSTER_WORKLOAD, WORKLOADS, scale_out
+from bench._streams import streams_tables
 from bench._suites import Bench, Results, Sizes
 from wolfhub.servers import LocalServers, RedisClusterServers
 
@@ -28,6 +29,7 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
         results = asyncio.run(Bench(servers, tmp_path, sizes).run())
         dropin(servers, tmp_path, sizes, results)
         results.tables["backfill"] = backfill_table(servers, tmp_path, (3000,))
+        results.tables.update(streams_tables(servers, tmp_path, "tiny"))
         # what the backfill row timed landed in InfluxDB (BF3000 and the raw RAW3000)
         loaded = servers_count(servers.influx.url, "bench_bf")
     results.tables["mailbox"] = uvloop.run(mailbox_vs_stream(500, 50, rounds=1))
@@ -38,7 +40,12 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
                   "candle_queries", "memory", "invalidation", "dropin", "dropin_writes"):
         assert results.tables[table], table
-    assert len(results.goals) == 16
+    assert len(results.goals) == 22
+    handover = results.tables["handover"][0]
+    assert handover["runs"] == 5 and handover["duplicates"] == handover["holes"] == 0
+    assert results.tables["gap_scan"][0]["holes_found"] == 12
+    assert {row["where"] for row in results.tables["subscribers"]} == {
+        "none", "other process", "this process"}
     loaders = {row["loader"]: row["rows"] for row in results.tables["backfill"]}
     assert loaders == {"aioinflux 5,000-line batches, prebuilt (3,000 rows)": 3000,
                        "wolfhub backfill, whole process (3,000-row CSV)": 3000}
