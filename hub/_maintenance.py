@@ -125,7 +125,7 @@ class Jobs:
         stats = self.actor_statistics()
         points = 0
         for actor, values in stats.items():
-            await self.hub.write_metric("mailbox_depth", values.get("depth", 0), strategy=actor)
+            await self.hub.write_metric("mailbox_depth", values.get("depth", 0), actor=actor)
             points += 1
         near = stats.get("cache", {}).get("near_cache")
         if near and near["hits"] + near["misses"]:

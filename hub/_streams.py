@@ -70,10 +70,15 @@ class Streams:
         self.spans = {tf: tfs.seconds(tf) for tf in self.settings.timeframes}
         self.books: dict[Product, tfs.Book] = {}
         self.newest: dict[Product, int] = {}  # newest minute written here, per product
-        self._pending: dict[Product, deque[tfs.Event]] = {}
-        self._workers: dict[Product, asyncio.Task[None]] = {}
+        # per product and timeframe: closes waiting behind a recompute (a timeframe's
+        # candles are published in order; other timeframes do not wait)
+        self._pending: dict[tuple[str, str, str], deque[tfs.Event]] = {}
+        self._workers: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        # catch-ups in flight, shared by subscribers at the same place
+        self._catch_ups: dict[tuple[str, str, str, int | None],
+                              asyncio.Future[tuple[list[Candle], bytes]]] = {}
         self.counters = dict.fromkeys(("rollups_published", "rollups_recomputed",
-                                       "late_minutes", "rollup_failures"), 0)
+                                       "late_minutes", "rollup_failures", "catch_ups"), 0)
 
     @property
     def publishing(self) -> bool:
@@ -119,17 +124,19 @@ class Streams:
 
     def _handle(self, key: Product, events: list[tfs.Event]) -> list[Accepted]:
         ready: list[tuple[str, Row]] = []
-        queue = self._pending.get(key)
         for event in events:
+            where = (key[0], key[1], event.timeframe)
+            queue = self._pending.get(where)
             if queue is None and isinstance(event, tfs.Closed) and event.complete:
                 ready.append((event.timeframe, event.row))
                 continue
             if isinstance(event, tfs.Late):
                 self.counters["late_minutes"] += 1
             if queue is None:
-                queue = self._pending[key] = deque()
-                self._workers[key] = asyncio.get_running_loop().create_task(
-                    self._work(key, queue), name=f"rollups {key[0]}:{key[1]}")
+                queue = self._pending[where] = deque()
+                self._workers[where] = asyncio.get_running_loop().create_task(
+                    self._work(key, where, queue),
+                    name=f"rollups {key[0]}:{key[1]} {event.timeframe}")
             queue.append(event)
         return self._accepted(key, ready) if ready else []
 
@@ -155,17 +162,24 @@ class Streams:
             out.append(self.intake.begin(Accepted(lines, op)))
         return out
 
-    async def _work(self, key: Product, queue: deque[tfs.Event]) -> None:
-        """Recompute and publish, in order, what could not be published at once."""
+    async def _work(self, key: Product, where: tuple[str, str, str],
+                    queue: deque[tfs.Event]) -> None:
+        """Recompute and publish, in order, what could not be published at once (the
+        complete closes queued behind a recompute go out together)."""
         try:
             while queue:
                 event = queue[0]
-                row: Row | None
                 if isinstance(event, tfs.Closed) and event.complete:
-                    row = event.row
-                else:
-                    row = await self._recompute(key, event.timeframe, event.start)
-                    self.counters["rollups_recomputed"] += 1
+                    ready = []
+                    while queue and isinstance(queue[0], tfs.Closed) and queue[0].complete:
+                        done = queue.popleft()
+                        assert isinstance(done, tfs.Closed)
+                        ready.append((done.timeframe, done.row))
+                    for accepted in self._accepted(key, ready):
+                        await self.intake.deliver(accepted)
+                    continue
+                row = await self._recompute(key, event.timeframe, event.start)
+                self.counters["rollups_recomputed"] += 1
                 if row is not None:
                     for accepted in self._accepted(key, [(event.timeframe, row)]):
                         await self.intake.deliver(accepted)
@@ -174,12 +188,12 @@ class Streams:
             raise
         except Exception:
             self.counters["rollup_failures"] += len(queue)
-            log.exception("rollups of %s:%s could not be recomputed; %d dropped",
-                          key[0], key[1], len(queue))
+            log.exception("rollups of %s:%s %s could not be recomputed; %d dropped",
+                          key[0], key[1], where[2], len(queue))
         finally:
-            if self._pending.get(key) is queue:
-                del self._pending[key]
-                self._workers.pop(key, None)
+            if self._pending.get(where) is queue:
+                del self._pending[where]
+                self._workers.pop(where, None)
 
     async def _recompute(self, key: Product, timeframe: str, start: int) -> Row | None:
         """The rollup of bucket ``start`` from the stored minutes (the hot window when
@@ -300,10 +314,22 @@ class Streams:
             if follower.ring.closed:
                 raise HubClosed("the hub closed this stream")
             try:
-                return await self._catch_up(exchange, product, timeframe, last)
+                return await self._catch_up_shared(exchange, product, timeframe, last)
             except BackendUnavailable as exc:
                 log.debug("catching up %s:%s %s waits: %s", exchange, product, timeframe, exc)
                 await backoff.sleep()
+
+    async def _catch_up_shared(self, exchange: str, product: str, timeframe: str,
+                               last: int | None) -> tuple[list[Candle], bytes]:
+        """``_catch_up``, one read for every subscriber at the same place: after a
+        reconnect, a thousand subscribers of one product read storage once."""
+        where = (exchange, product, timeframe, last)
+        flight = self._catch_ups.get(where)
+        if flight is None:
+            flight = asyncio.ensure_future(self._catch_up(exchange, product, timeframe, last))
+            self._catch_ups[where] = flight
+            flight.add_done_callback(lambda _: self._catch_ups.pop(where, None))
+        return await asyncio.shield(flight)
 
     async def _catch_up(self, exchange: str, product: str, timeframe: str,
                         last: int | None) -> tuple[list[Candle], bytes]:
@@ -314,6 +340,7 @@ class Streams:
             self.config.performance.redis_hot_data_window))
         fresh = [c for c in snap.candles if last is None or c.timestamp > last]
         if last is None:
+            self.counters["catch_ups"] += 1
             return fresh, snap.last_id
         top = snap.oldest - 1 if snap.oldest is not None else await self._closed_bound(
             exchange, product, timeframe, snap)
@@ -323,6 +350,7 @@ class Streams:
             older = await self._stored(exchange, product, timeframe, last + 1, top,
                                        _CATCH_UP_LIMIT)
             fresh = [c for c in older if c.timestamp > last] + fresh
+        self.counters["catch_ups"] += 1
         return fresh, snap.last_id
 
     def statistics(self) -> dict[str, Any]:

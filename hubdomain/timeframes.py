@@ -262,7 +262,7 @@ class Book:
                 self._reach(ts, events)
                 current = base.open = _Open(start, ts, times[j - 1], part[0][1], high, low,
                                             part[-1][4], list(map(_VOLUME, part)), j - i,
-                                            ts == start)
+                                            ts - start < BASE_SECONDS)
                 current.live = now - (newest + BASE_SECONDS) <= grace
             if newest + BASE_SECONDS >= start + span:
                 self._close(0, events)

@@ -66,7 +66,8 @@ class ReferenceBook:
                 current = None
             if current is None:
                 current = level.open = _Open(start, ts, ts, o, h, low, c, [vol])
-                current.whole = ts == start  # began mid-bucket: earlier minutes elsewhere
+                # began past its first minute: earlier minutes are elsewhere (or missing)
+                current.whole = ts - start < BASE_SECONDS
             elif ts > current.last:
                 current.last = ts
                 current.high = max(current.high, h)

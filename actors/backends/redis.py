@@ -49,6 +49,14 @@ def _stream_reply(reply: Any) -> list[tuple[str, list[StreamEntry]]]:
     return out
 
 
+_CLUSTER_POLL = 0.003  # seconds between non-blocking XREADs over several masters
+
+
+def _xread_now(positions: Mapping[str, bytes], count: int) -> Command:
+    keys = list(positions)
+    return ("XREAD", "COUNT", count, "STREAMS", *keys, *(positions[k] for k in keys))
+
+
 def _xread(positions: Mapping[str, bytes], count: int, block_ms: int) -> Command:
     keys = list(positions)
     return ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", *keys,
@@ -741,8 +749,10 @@ class RedisClusterClient:
 
     async def read_streams(self, positions: Mapping[str, bytes], count: int,
                            block_ms: int) -> list[tuple[str, list[StreamEntry]]]:
-        """XREAD on each master holding some of the streams, at once; a master with
-        nothing new waits at most ``block_ms`` (so does the answer, when one has)."""
+        """XREAD on each master holding some of the streams. On one master it blocks
+        up to ``block_ms``; on several, one blocking read would hold back what another
+        master has, so they are asked without blocking, every few milliseconds, until
+        one has something (or ``block_ms`` passed)."""
         with mapped():
             by_node: dict[str, tuple[ClusterNode, dict[str, bytes]]] = {}
             for key, at in positions.items():
@@ -750,10 +760,20 @@ class RedisClusterClient:
                 if node is None:
                     raise SlotsUnavailable("redis", f"no master serves the slot of {key!r}")
                 by_node.setdefault(node.name, (node, {}))[1][key] = at
-            replies = await asyncio.gather(*(
-                self._on(node, [_xread(part, count, block_ms)])
-                for node, part in by_node.values()))
-        return [item for (reply,) in replies for item in _stream_reply(reply)]
+            if len(by_node) == 1:
+                ((node, part),) = by_node.values()
+                (reply,) = await self._on(node, [_xread(part, count, block_ms)])
+                return _stream_reply(reply)
+            waited = 0.0
+            while True:
+                replies = await asyncio.gather(*(
+                    self._on(node, [_xread_now(part, count)])
+                    for node, part in by_node.values()))
+                found = [item for (reply,) in replies for item in _stream_reply(reply)]
+                if found or waited * 1000 >= block_ms:
+                    return found
+                await asyncio.sleep(_CLUSTER_POLL)
+                waited += _CLUSTER_POLL
 
     async def _scan_node(self, node: ClusterNode, match: str) -> AsyncIterator[bytes]:
         cursor: Any = 0
