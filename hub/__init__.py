@@ -15,7 +15,7 @@ from __future__ import annotations
 from hub._hub import Hub
 from hub.errors import BackendUnavailable, HubClosed, HubError, ValidationError
 from hubdomain.config import HubConfig
-from hubdomain.records import Candle, Trade
+from hubdomain.records import Candle, LiveCandle, Trade
 
 __all__ = [
     "BackendUnavailable",
@@ -24,6 +24,7 @@ __all__ = [
     "HubClosed",
     "HubConfig",
     "HubError",
+    "LiveCandle",
     "Trade",
     "ValidationError",
 ]

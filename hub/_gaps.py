@@ -2,8 +2,8 @@
 
 A slot of a timeframe (a minute, five minutes...) is present when at least one stored
 candle of the product lies in it. Pass one counts the present slots per chunk of 1,440
-slots (a day of minutes) in one query: a subquery counts the candles per slot, the outer
-query counts the non-empty slots per chunk. A chunk with every slot present holds no
+slots (a day of minutes): a subquery counts the candles per slot, the outer query counts
+the non-empty slots per chunk (the range cut in up to four parts, asked at once). A chunk with every slot present holds no
 hole and is never read again; an empty chunk is one hole; only the chunks in between
 are asked for their present slots (pass two, a few at a time). A year of 1-minute
 candles is one answer of 366 rows when nothing is missing.
@@ -22,6 +22,7 @@ from hubdomain.lineproto import seconds_to_ns
 
 CHUNK_SLOTS = 1440
 _CONCURRENT = 4
+_PARTS = 4
 
 Influx = Callable[[Query], Awaitable[list[dict[str, Any]]]]
 Gap = tuple[int, int]
@@ -65,10 +66,19 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
     if hi < lo:
         return []
     chunk = span * CHUNK_SLOTS
-    (counted,) = await influx(Query(_slots_per_chunk(exchange, product, lo, hi, span, rp)))
+    # pass one in up to four parts at once (whole chunks each): influxd runs them on all
+    # its cores (a year of minutes: 1.4 s as one query here, about half in four)
+    first = lo - lo % chunk
+    chunks = (hi - first) // chunk + 1
+    per = max(1, -(-chunks // _PARTS))
+    bounds = [(max(lo, first + k * chunk), min(hi, first + (k + per) * chunk - span))
+              for k in range(0, chunks, per)]
+    answers = await asyncio.gather(*(
+        influx(Query(_slots_per_chunk(exchange, product, a, b, span, rp))) for a, b in bounds))
+    counted_rows = [row for (answer,) in answers for row in rows(answer)]
     holes: list[Gap] = []
     partial: list[tuple[int, int]] = []
-    for row in rows(counted):
+    for row in counted_rows:
         start = max(int(row["time"]), lo)
         end = min(int(row["time"]) + chunk - span, hi)
         if end < start:
@@ -79,8 +89,9 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
             holes.append((start, end))
         elif found < expected:
             partial.append((start, end))
-    if not rows(counted):
-        holes.append((lo, hi))
+    for (answer,), (a, b) in zip(answers, bounds, strict=True):
+        if not rows(answer):  # nothing at all stored in this part
+            holes.append((a, b))
     limit = asyncio.Semaphore(_CONCURRENT)
 
     async def read(start: int, end: int) -> list[Gap]:

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from hub import Candle, Hub, HubConfig, ValidationError
-from hubdomain.records import LiveCandle
+from hub import Candle, Hub, HubConfig, LiveCandle, ValidationError
 from tests.conftest import eventually
 from wolfhub.servers import LocalServers
 
