@@ -67,6 +67,13 @@ def markdown(results: Results) -> str:
          {"tells_per_s": lambda v: f"{v:,.0f}/s"}),
         ("Scaling out: N processes on one Redis and one InfluxDB (aggregate)", "scale_out",
          {"ops_per_s": lambda v: f"{v:,.0f}/s", "per_process": lambda v: f"{v:,.0f}/s"}),
+        ("Live candles: from the write of the minute that closes a candle to a subscriber "
+         "holding it", "rollup_latency", {}),
+        ("Live candles: write_candle x N + flush on a product with subscribers (each "
+         "consuming every candle)", "subscribers",
+         {"writes_per_s": lambda v: f"{v:,.0f}/s"}),
+        ("Live candles: warm-up then live, subscriptions racing a writer", "handover", {}),
+        ("Gap scan of one product's 1-minute candles (hub.gaps, 5 runs)", "gap_scan", {}),
     ]
     for title, key, formats in sections:
         if key in t:

@@ -3,10 +3,10 @@
 A slot of a timeframe (a minute, five minutes...) is present when at least one stored
 candle of the product lies in it. Pass one counts the present slots per chunk of 1,440
 slots (a day of minutes): a subquery counts the candles per slot, the outer query counts
-the non-empty slots per chunk (the range cut in up to four parts, asked at once). A chunk with every slot present holds no
-hole and is never read again; an empty chunk is one hole; only the chunks in between
-are asked for their present slots (pass two, a few at a time). A year of 1-minute
-candles is one answer of 366 rows when nothing is missing.
+the non-empty slots per chunk (the range cut in up to four parts, asked at once). A chunk
+with every slot present holds no hole and is never read again; an empty chunk is one
+hole; only the chunks in between are asked for their present slots (pass two, a few at a
+time). A year of 1-minute candles is 366 rows of answer when nothing is missing.
 """
 
 from __future__ import annotations
