@@ -203,7 +203,8 @@ class Streams:
         span = self.spans[timeframe]
         if self.cache is not None:
             minutes = await self.cache.window_range(self.window_key(exchange, product, tfs.BASE),
-                                                    start, start + span - 1, span // 60)
+                                                    start, start + span - 1, span // 60,
+                                                    hold=False)
             if minutes is not None:
                 return tfs.aggregate(start, [_row(c) for c in minutes]) if minutes else None
         if self._influx is None:

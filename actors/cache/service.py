@@ -183,10 +183,11 @@ class CacheService:
         return candles
 
     async def window_range(self, key: str, lo: int | None, hi: int | None,
-                           limit: int) -> list[Candle] | None:
+                           limit: int, *, hold: bool = True) -> list[Candle] | None:
         """The newest ``limit`` candles in [lo, hi] when the hot window covers the
-        query, else None."""
-        if self.near is not None:
+        query, else None. ``hold=False``: read just those from Redis, without reading
+        the whole window into the near cache (a few candles, wanted once)."""
+        if self.near is not None and hold:
             window = await self.window(key)
             return pick(window, lo, hi, limit) if window else None
         answer = await self._read(op_window_range(key, lo, hi, limit))
