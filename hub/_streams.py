@@ -30,7 +30,7 @@ from typing import Any
 from actors.backends.influx import rows as result_rows
 from actors.backoff import Backoff
 from actors.cache import CacheService
-from actors.cache.ops import Snapshot, op_push_candles, op_snapshot
+from actors.cache.ops import Snapshot, op_publish_many, op_snapshot
 from actors.query import Query
 from actors.stream import Follower, StreamReader, parse_id
 from hub._intake import Accepted, Intake
@@ -141,26 +141,27 @@ class Streams:
         return self._accepted(key, ready) if ready else []
 
     def _accepted(self, key: Product, ready: list[tuple[str, Row]]) -> list[Accepted]:
-        """One delivery per timeframe (its rows in order; smaller timeframes first): the
-        rollup lines, and one script call for its hot window and the stream."""
+        """One delivery for them all: the rollup lines, and one script call putting each
+        timeframe's rows (in order, smaller timeframes first) into its hot window and onto
+        the stream."""
         grouped: dict[str, list[Row]] = {}
         for timeframe, row in ready:
             grouped.setdefault(timeframe, []).append(row)
         self.counters["rollups_published"] += len(ready)
         exchange, product = key
-        out: list[Accepted] = []
-        for timeframe in sorted(grouped, key=self.spans.__getitem__):
-            rows = grouped[timeframe]
-            op = op_push_candles(
-                self.window_key(exchange, product, timeframe), rows,
-                self.config.performance.redis_hot_data_window,
-                self.config.redis.ttl.candles + self.spans[timeframe],
-                self.intake.near_on, self.stream_key(exchange, product), timeframe,
-                self.settings.length) if self.publishing else None
-            lines = lp.rollup_lines(exchange, product, timeframe, rows) \
-                if self.intake.writer is not None and self.settings.store_rollups else []
-            out.append(self.intake.begin(Accepted(lines, op)))
-        return out
+        order = sorted(grouped, key=self.spans.__getitem__)
+        op = op_publish_many(
+            self.stream_key(exchange, product), self.settings.length,
+            [(self.window_key(exchange, product, timeframe),
+              self.config.performance.redis_hot_data_window,
+              self.config.redis.ttl.candles + self.spans[timeframe], timeframe,
+              grouped[timeframe]) for timeframe in order],
+            self.intake.near_on) if self.publishing else None
+        lines: list[str] = []
+        if self.intake.writer is not None and self.settings.store_rollups:
+            for timeframe in order:
+                lines += lp.rollup_lines(exchange, product, timeframe, grouped[timeframe])
+        return [self.intake.begin(Accepted(lines, op))]
 
     async def _work(self, key: Product, where: tuple[str, str, str],
                     queue: deque[tfs.Event]) -> None:

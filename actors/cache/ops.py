@@ -124,6 +124,70 @@ return added
 """
 PUBLISH_CANDLES_SHA = hashlib.sha1(PUBLISH_CANDLES.encode()).hexdigest()
 
+# Several timeframes' candles of one product in one call (the rollups a write closed):
+# each group goes into its own hot window and onto the product's stream, as above, in
+# the order given (smaller timeframes first). KEYS: the stream, then one window per
+# group; ARGV: the stream's length, then per group its window size, TTL, timeframe,
+# number of candles and (time, member) pairs.
+PUBLISH_MANY = """
+local stream = KEYS[1]
+local length = ARGV[1]
+local i = 2
+local added = 0
+for k = 2, #KEYS do
+  local key = KEYS[k]
+  local window = tonumber(ARGV[i])
+  local ttl = tonumber(ARGV[i + 1])
+  local timeframe = ARGV[i + 2]
+  local n = tonumber(ARGV[i + 3])
+  i = i + 4
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local lo = nil
+  if first[2] then lo = tonumber(first[2]) end
+  local here = 0
+  for j = 1, n do
+    local ts = tonumber(ARGV[i])
+    if lo == nil or ts >= lo then
+      local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
+      redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+      redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
+                 'c', ARGV[i + 1], 'r', replaced)
+      if lo == nil then lo = ts end
+      here = here + 1
+    end
+    i = i + 2
+  end
+  if here > 0 then
+    redis.call('ZREMRANGEBYRANK', key, 0, -window - 1)
+    redis.call('EXPIRE', key, ttl)
+    if redis.call('TTL', stream) < ttl then redis.call('EXPIRE', stream, ttl) end
+  end
+  added = added + here
+end
+return added
+"""
+PUBLISH_MANY_SHA = hashlib.sha1(PUBLISH_MANY.encode()).hexdigest()
+
+
+def op_publish_many(stream: str, length: int,
+                    groups: Sequence[tuple[str, int, int, str, Sequence[Row]]],
+                    near: bool = False) -> RedisOp[int]:
+    """Groups ``(window key, window size, ttl, timeframe, rows)`` published in one call
+    (each group's newest ``window size`` rows, ascending)."""
+    keys: list[str] = []
+    args: list[Any] = [length]
+    for key, window, ttl, timeframe, rows in groups:
+        ordered = rows if _ascending(rows) else sorted(rows, key=_time)
+        chosen = ordered[-window:]
+        keys.append(key)
+        args += [window, ttl, timeframe, len(chosen)]
+        for row in chosen:
+            args += [row[0], encode_candle(row)]
+    head = (len(keys) + 1, stream, *keys, *args)
+    return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head),), _first, (*keys, stream),
+                   fallback=(("EVAL", PUBLISH_MANY, *head),), near=near)
+
+
 # A reader's starting point: the newest ARGV[1] candles of a window and the id of the
 # stream's last entry ('0-0' when it has none), read at one moment.
 SNAPSHOT = """
