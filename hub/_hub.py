@@ -519,19 +519,26 @@ class Hub:
         await self._read_your_writes()
         if lo is None or hi is None:
             # GROUP BY time() needs both bounds; take them from the data
-            bounds = await self._influx(Query(ql.select_candle_bounds(
-                exchange, product, self.config.influxdb.rp_for("candle"))))
-            first, last = (rows(r) for r in bounds)
-            if not first or not last:
+            stored = await self._stored_bounds(exchange, product)
+            if stored is None:
                 return []
-            lo = first[0]["time"] if lo is None else lo
-            hi = last[0]["time"] if hi is None else hi
+            lo = stored[0] if lo is None else lo
+            hi = stored[1] if hi is None else hi
         if hi < lo:
             return []
         results = await self._influx(Query(
             ql.select_candles_resampled(exchange, product, lo, hi, limit, interval,
                                         self.config.influxdb.rp_for("candle"))))
         return _candles(results)
+
+    async def _stored_bounds(self, exchange: str, product: str) -> tuple[int, int] | None:
+        """Times of the first and the newest stored candle; None when there is none."""
+        bounds = await self._influx(Query(ql.select_candle_bounds(
+            exchange, product, self.config.influxdb.rp_for("candle"))))
+        first, last = (rows(r) for r in bounds)
+        if not first or not last:
+            return None
+        return int(first[0]["time"]), int(last[0]["time"])
 
     # ---- live candles, gaps, maintenance ---------------------------------------------
 
@@ -565,14 +572,12 @@ class Hub:
             raise BackendUnavailable("influxdb", "gaps are read from InfluxDB (disabled)")
         await self._read_your_writes()
         if lo is None or hi is None:
-            bounds = await self._influx(Query(ql.select_candle_bounds(
-                exchange, product, self.config.influxdb.rp_for("candle"))))
-            first, last = (rows(r) for r in bounds)
-            if not first or not last:
+            stored = await self._stored_bounds(exchange, product)
+            if stored is None:
                 return []
-            first_slot = tfs.bucket(int(first[0]["time"]), span)
+            first_slot = tfs.bucket(stored[0], span)
             lo_slot = first_slot if lo is None else max(first_slot, -(-int(lo) // span) * span)
-            hi = last[0]["time"] if hi is None else hi
+            hi = stored[1] if hi is None else hi
         else:
             lo_slot = -(-int(lo) // span) * span
         return await _gaps.find(self._influx, exchange, product, lo_slot,

@@ -4,7 +4,7 @@ storage, then live, with no duplicate and no hole at the hand-over).
 
 Publishing. A 1-minute candle written with ``write_candle`` / ``write_candles_batch``
 goes into its hot window and onto the product's Redis stream in one script call
-(``PUBLISH_CANDLES``). The same call here feeds the product's rollup :class:`Book`; a
+(``PUBLISH_MANY``). The same call here feeds the product's rollup :class:`Book`; a
 bucket it closes is published the same way (its own hot window, the stream, and the
 ``candle_rollup`` measurement) right after, in the same delivery, so lower timeframes
 precede higher ones. A bucket closed without every minute seen here, or a minute that

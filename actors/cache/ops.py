@@ -88,47 +88,14 @@ return added
 """
 
 
-# The same, publishing each candle the window takes on the product's stream (XADD,
-# trimmed to about ARGV[3] entries) with its timeframe and whether it replaced a candle
-# of the same time (a revision). One script: a reader's snapshot (SNAPSHOT below) sees
-# the window and the stream's last id of one moment, so warm-up from the window hands
-# over to the stream without a duplicate or a hole.
-PUBLISH_CANDLES = """
-local key = KEYS[1]
-local stream = KEYS[2]
-local window = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-local length = ARGV[3]
-local timeframe = ARGV[4]
-local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-local lo = nil
-if first[2] then lo = tonumber(first[2]) end
-local added = 0
-for i = 5, #ARGV, 2 do
-  local ts = tonumber(ARGV[i])
-  if lo == nil or ts >= lo then
-    local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
-    redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
-    redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
-               'c', ARGV[i + 1], 'r', replaced)
-    if lo == nil then lo = ts end
-    added = added + 1
-  end
-end
-if added > 0 then
-  redis.call('ZREMRANGEBYRANK', key, 0, -window - 1)
-  redis.call('EXPIRE', key, ttl)
-  if redis.call('TTL', stream) < ttl then redis.call('EXPIRE', stream, ttl) end
-end
-return added
-"""
-PUBLISH_CANDLES_SHA = hashlib.sha1(PUBLISH_CANDLES.encode()).hexdigest()
-
-# Several timeframes' candles of one product in one call (the rollups a write closed):
-# each group goes into its own hot window and onto the product's stream, as above, in
-# the order given (smaller timeframes first). KEYS: the stream, then one window per
-# group; ARGV: the stream's length, then per group its window size, TTL, timeframe,
-# number of candles and (time, member) pairs.
+# The same, publishing each candle a window takes on the product's stream (XADD, trimmed
+# to about ARGV[1] entries) with its timeframe and whether it replaced a candle of the
+# same time (a revision); one or several windows of one product (a written minute; the
+# rollups a write closed, smaller timeframes first). One script: a reader's snapshot
+# (SNAPSHOT below) sees the window and the stream's last id of one moment, so warm-up
+# from the window hands over to the stream without a duplicate or a hole. KEYS: the
+# stream, then one window per group; ARGV: the stream's length, then per group its window
+# size, TTL, timeframe, number of candles and (time, member) pairs.
 PUBLISH_MANY = """
 local stream = KEYS[1]
 local length = ARGV[1]
@@ -310,7 +277,7 @@ def op_push_candles(key: str, rows: Sequence[Row], window: int, ttl: int,
                     near: bool = False, stream: str | None = None, timeframe: str = "1m",
                     length: int = 0) -> RedisOp[int]:
     """Push checked candle rows into a hot window (the newest ``window`` matter); with
-    ``stream``, each one the window takes is also published there (PUBLISH_CANDLES)."""
+    ``stream``, each one the window takes is also published there (PUBLISH_MANY)."""
     ordered = rows if _ascending(rows) else sorted(rows, key=_time)
     args: list[Any] = []
     for row in ordered[-window:]:
@@ -330,9 +297,9 @@ def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
           near: bool = False, stream: str | None = None, timeframe: str = "1m",
           length: int = 0) -> RedisOp[int]:
     if stream is not None:
-        head = (2, key, stream, window, ttl, length, timeframe)
-        return RedisOp((("EVALSHA", PUBLISH_CANDLES_SHA, *head, *items),), _first,
-                       (key, stream), fallback=(("EVAL", PUBLISH_CANDLES, *head, *items),),
+        head = (2, stream, key, length, window, ttl, timeframe, len(items) // 2)
+        return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head, *items),), _first,
+                       (key, stream), fallback=(("EVAL", PUBLISH_MANY, *head, *items),),
                        merge=(key, window, ttl, stream, timeframe, length), items=items,
                        near=near)
     return RedisOp((("EVALSHA", PUSH_CANDLES_SHA, 1, key, window, ttl, *items),), _first,
