@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 
 from hub import Hub, HubConfig
@@ -56,6 +57,9 @@ async def main(mode: str, config: HubConfig) -> None:
 
 
 if __name__ == "__main__":
+    # a process started from a background job inherits SIGINT ignored; the tests send it
+    # SIGINT as a user's Ctrl-C would, so take it as Python does by default
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     settings = HubConfig.from_mapping(json.loads(sys.argv[2]))
     if sys.argv[1] == "peer":
         asyncio.run(peer(settings, int(sys.argv[3]), int(sys.argv[4])))
