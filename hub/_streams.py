@@ -30,7 +30,7 @@ from typing import Any
 from actors.backends.influx import rows as result_rows
 from actors.backoff import Backoff
 from actors.cache import CacheService
-from actors.cache.ops import Snapshot, op_publish_many, op_snapshot
+from actors.cache.ops import op_publish_many, op_snapshot
 from actors.query import Query
 from actors.stream import Follower, StreamReader, parse_id
 from hub._intake import Accepted, Intake
@@ -256,7 +256,7 @@ class Streams:
             history = snap.candles
             if len(history) < warmup:
                 before = history[0].timestamp if history else await self._closed_bound(
-                    exchange, product, timeframe, snap)
+                    exchange, product, timeframe)
                 if before is not None:
                     history = await self._stored(exchange, product, timeframe, None,
                                                  before - 1, warmup - len(history)) + history
@@ -287,8 +287,8 @@ class Streams:
         finally:
             follower.close()
 
-    async def _closed_bound(self, exchange: str, product: str, timeframe: str,
-                            snap: Snapshot) -> int | None:
+    async def _closed_bound(self, exchange: str, product: str,
+                            timeframe: str) -> int | None:
         """With an empty window: the end of the newest bucket known closed (the minute
         after the newest stored one lies beyond it); None when nothing is stored."""
         if timeframe == tfs.BASE:
@@ -345,7 +345,7 @@ class Streams:
             self.counters["catch_ups"] += 1
             return fresh, snap.last_id
         top = snap.oldest - 1 if snap.oldest is not None else await self._closed_bound(
-            exchange, product, timeframe, snap)
+            exchange, product, timeframe)
         if top is not None and (snap.oldest is None or snap.oldest > last + 1):
             if snap.oldest is None:
                 top -= 1
