@@ -4,6 +4,7 @@ servers are in test_streams.py."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -179,3 +180,46 @@ def test_the_book_agrees_with_the_plain_rules(steps: list[Any], timeframes: list
         for row in rows:
             want += plain.add(row, now)
     assert _by_timeframe(got) == _by_timeframe(want)
+
+
+# ---- the shared ring a process's subscribers follow (actors.stream), without Redis ----
+
+def _raw(ms: int, ts: int) -> tuple[bytes, list[bytes]]:
+    member = f"[{ts},1.0,2.0,0.5,1.5,1.0]".encode()
+    return f"{ms}-0".encode(), [b"t", b"1m", b"c", member, b"r", b"0"]
+
+
+@pytest.mark.anyio
+async def test_a_subscriber_joining_a_shared_ring_gets_exactly_what_follows_its_snapshot(
+        ) -> None:
+    """Subscribers join a ring other subscribers keep alive, each with the stream id of
+    its own snapshot: each gets the entries after that id, none before; one whose
+    entries after its id are gone from the ring is told so (and catches up from storage
+    in the hub), never handed a ring with a hole."""
+    from actors.stream import StreamReader
+
+    class Quiet:  # a backend whose streams never answer: the test feeds the ring itself
+        async def read_streams(self, positions: Any, count: int, block_ms: int) -> Any:
+            await asyncio.sleep(3600)
+
+    reader = StreamReader(Quiet(), buffer=6)  # type: ignore[arg-type]
+    first = reader.follow("s", b"100-0")
+    ring = first.ring
+    ring.append([_raw(100 + k, T0 + 60 * k) for k in range(1, 4)])  # ids 101..103
+    late = reader.follow("s", b"101-0")  # its snapshot saw up to 101
+    ahead = reader.follow("s", b"105-0")  # a snapshot newer than what the ring read
+    ring.append([_raw(100 + k, T0 + 60 * k) for k in range(4, 7)])  # ids 104..106
+    got_first = [e.id[0] for e in await first.take() or []]
+    got_late = [e.id[0] for e in await late.take() or []]
+    got_ahead = [e.id[0] for e in await ahead.take() or []]
+    assert got_first == [101, 102, 103, 104, 105, 106]
+    assert got_late == [102, 103, 104, 105, 106]
+    assert got_ahead == [106]
+    ring.append([_raw(100 + k, T0 + 60 * k) for k in range(7, 20)])  # 13 more: past 6
+    stale = reader.follow("s", b"106-0")  # entries after 106 are gone from the ring
+    assert await stale.take() is None
+    assert await first.take() is None  # it fell behind too: catch up from storage
+    for follower in (first, late, ahead, stale):
+        follower.close()
+    assert reader.rings == {}
+    await reader.close()
