@@ -72,13 +72,19 @@ def select_candles(exchange: str, product: str, start: int | None, end: int | No
     )
 
 
+# OHLCV of a bucket: first open, max high, min low, last close, summed volume. The
+# resampling and a rollup's recompute both use it (and both read newest first, so the
+# volume is the same float sum): a rollup equals query_candles(interval=...) to the bit.
+_OHLCV = ('SELECT first("open") AS "open", max("high") AS "high", min("low") AS "low", '
+          'last("close") AS "close", sum("volume") AS "volume"')
+
+
 def select_candles_resampled(exchange: str, product: str, start: int, end: int,
                              limit: int, interval: str, rp: str | None = None) -> str:
     """OHLCV per bucket: first open, max high, min low, last close, sum volume."""
     seconds = interval_seconds(interval)
     return (
-        'SELECT first("open") AS "open", max("high") AS "high", min("low") AS "low", '
-        f'last("close") AS "close", sum("volume") AS "volume" FROM {source("candle", rp)}'
+        f'{_OHLCV} FROM {source("candle", rp)}'
         f"{where({'exchange': exchange, 'product': product}, start, end)}"
         f" GROUP BY time({seconds}s) fill(none) ORDER BY time DESC LIMIT {int(limit)}"
     )
@@ -88,30 +94,9 @@ def select_rollup_bucket(exchange: str, product: str, start: int, span: int,
                          rp: str | None = None) -> str:
     """One rollup from the stored 1-minute candles of [start, start + span)."""
     return (
-        'SELECT first("open") AS "open", max("high") AS "high", min("low") AS "low", '
-        f'last("close") AS "close", sum("volume") AS "volume" FROM {source("candle", rp)}'
+        f'{_OHLCV} FROM {source("candle", rp)}'
         f"{where({'exchange': exchange, 'product': product}, start, start + span - 1)}"
         " ORDER BY time DESC"  # sums newest first, as select_candles_resampled does
-    )
-
-
-def count_candles(exchange: str, product: str, start: int, end: int, span: int,
-                  rp: str | None = None) -> str:
-    """Stored candles per bucket of ``span`` seconds in [start, end] (empty buckets left
-    out): the first pass of a gap scan."""
-    return (
-        f'SELECT count("close") FROM {source("candle", rp)}'
-        f"{where({'exchange': exchange, 'product': product}, start, end)}"
-        f" GROUP BY time({int(span)}s) fill(none)"
-    )
-
-
-def candle_times(exchange: str, product: str, start: int, end: int,
-                 rp: str | None = None) -> str:
-    """Every stored candle time in [start, end] (one field, the smallest answer)."""
-    return (
-        f'SELECT "close" FROM {source("candle", rp)}'
-        f"{where({'exchange': exchange, 'product': product}, start, end)}"
     )
 
 
