@@ -51,6 +51,12 @@ def flush_cluster(cluster: RedisClusterServers) -> None:
             cluster.ask(node, "FLUSHALL")
 
 
+def hub_connections(cluster: RedisClusterServers) -> int:
+    """Connections named by a hub that the running nodes still see open."""
+    return sum(RedisClusterServers.ask(node, "CLIENT", "LIST").count("name=wolfhub ")
+               for node in cluster.nodes if node.running)
+
+
 def node_get(node: RedisServer, key: str) -> str:
     return RedisClusterServers.ask(node, "GET", key).strip()
 
@@ -431,6 +437,10 @@ async def test_one_master_down_the_others_keep_serving(tmp_path: Path,
             for product in elsewhere:
                 assert await hub.get_indicator(EX, product, "RSI", 14) == 3.0
             assert (await hub.get_stats())["actors"]["cache"]["reconnects"] == 0
+
+        async def all_closed() -> bool:  # the dead master's old connections included
+            return hub_connections(own) == 0
+        await eventually(all_closed, within=5)
     finally:
         own.stop()
 
@@ -460,5 +470,12 @@ async def test_candle_streams_on_a_cluster(cluster: RedisClusterServers,
         for p in products:
             for i in range(5, 15):
                 await hub.write_candle("px", p, t0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0)
+        assert hub_connections(cluster) > 0
         found = await asyncio.wait_for(asyncio.gather(*followers), 20)
     assert found == [[t0, t0 + 300, t0 + 600]] * len(products)
+
+    async def all_closed() -> bool:
+        return hub_connections(cluster) == 0
+
+    # closed means closed: the reader's polling connections on every master included
+    await eventually(all_closed, within=5)

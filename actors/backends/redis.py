@@ -447,6 +447,8 @@ class RedisClusterClient:
         self._recovery: asyncio.Task[None] | None = None
         self._refreshing = asyncio.Lock()
         self._initialized = False  # the client has read the slot map once
+        self._closed = False  # close() has begun: no new connection may open
+        self._strays: list[ClusterNode] = []  # ASK targets the slot map did not know
 
     @property
     def multi_key_scripts(self) -> bool:
@@ -471,6 +473,7 @@ class RedisClusterClient:
         beside running pipelines: the map is swapped whole, the links stay. A new set
         of masters (failover, a master added or removed) ends every invalidation stream:
         they resubscribe on the masters there are now."""
+        self._check_open()
         async with self._refreshing:  # the pipeline, the listener and the recovery share it
             if not self._initialized:
                 await self._client.initialize()
@@ -491,6 +494,7 @@ class RedisClusterClient:
 
     async def connect(self) -> None:
         where = ",".join(self._config.cluster.nodes if self._config.cluster else [])
+        self._closed = False
         try:
             await self._drop_links()  # called when no pipeline runs: start afresh
             # a reconnect of the whole cache forgets every key itself: no fence is needed
@@ -508,7 +512,12 @@ class RedisClusterClient:
                 raise RedisUnreachable("redis", "cluster_state is not ok (failover under way?)")
         log.info("Redis cluster connected: %d masters via %s", len(masters), where)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RedisUnreachable("redis", "the cluster client is closed")
+
     async def _link(self, node: ClusterNode) -> Any:
+        self._check_open()
         conn = self._links.get(node.name)
         if conn is None:
             conn = self._links[node.name] = node.connection_class(**node.connection_kwargs)
@@ -628,6 +637,7 @@ class RedisClusterClient:
                         # a node the slot map does not know yet: connect as to the others
                         kwargs: dict[str, Any] = dict(self._client.get_connection_kwargs())
                         target = ClusterNode(reply.host, reply.port, **kwargs)
+                        self._strays.append(target)
                     if target.name not in tracked:
                         key = _key_of(command)
                         untracked.append(key.decode() if isinstance(key, bytes) else str(key))
@@ -696,6 +706,7 @@ class RedisClusterClient:
 
     async def _on(self, node: ClusterNode, commands: list[Command]) -> list[Any]:
         """Commands on a pooled connection of ``node`` (not the pipelines' own)."""
+        self._check_open()
         conn = node.acquire_connection()
         try:
             replies = await _exchange(conn, commands)
@@ -840,16 +851,31 @@ class RedisClusterClient:
             await cancel_and_wait(*tasks)
 
     async def close(self) -> None:
+        self._closed = True
         await cancel_and_wait(self._recovery)
         self._recovery = None
         await self._drop_links()
         await self._client.aclose()
-        # redis-py disconnects the nodes it drops from its map (a master gone in a
-        # failover) in tasks of its own: wait for them, so no connection outlives the hub
-        # (one did, now and then, and the loop closing under it failed a test)
-        dropping = getattr(self._client.nodes_manager, "_background_tasks", None)
-        if dropping:
-            await asyncio.gather(*list(dropping), return_exceptions=True)
+        # No connection may outlive the hub (one did, now and then, and the loop closing
+        # under it failed a test). redis-py disconnects nodes it drops from its map, and
+        # connections it marked for reconnect at a refresh, in tasks of its own: wait for
+        # them; then disconnect whatever any node still holds (a connection opened while
+        # a cancellation was swallowed, a node of an old map, an ASK target).
+        manager = self._client.nodes_manager
+        nodes = {id(n): n for n in (*manager.nodes_cache.values(),
+                                    *manager.startup_nodes.values(), *self._seeds,
+                                    *self._strays)}
+        for _ in range(3):  # a finished task may have released into another
+            tasks = [*getattr(manager, "_background_tasks", ()),
+                     *(t for n in nodes.values() for t in getattr(n, "_background_tasks", ()))]
+            if not tasks:
+                break
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for node in nodes.values():
+            for conn in list(getattr(node, "_connections", ())):
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+        self._strays.clear()
         self._initialized = False
 
 
