@@ -449,6 +449,8 @@ class RedisClusterClient:
         self._initialized = False  # the client has read the slot map once
         self._closed = False  # close() has begun: no new connection may open
         self._strays: list[ClusterNode] = []  # ASK targets the slot map did not know
+        # tracking connections' tasks: close() ends any a cancelled listener left behind
+        self._trackers: set[asyncio.Task[None]] = set()
 
     @property
     def multi_key_scripts(self) -> bool:
@@ -835,6 +837,9 @@ class RedisClusterClient:
                     await conn.disconnect()
 
         tasks = [asyncio.create_task(follow(m), name=f"tracking {m.name}") for m in masters]
+        for task in tasks:
+            self._trackers.add(task)
+            task.add_done_callback(self._trackers.discard)
         try:
             while True:
                 item = await queue.get()
@@ -852,10 +857,13 @@ class RedisClusterClient:
 
     async def close(self) -> None:
         self._closed = True
-        await cancel_and_wait(self._recovery)
+        await cancel_and_wait(self._recovery, *self._trackers)
         self._recovery = None
         await self._drop_links()
-        await self._client.aclose()
+        try:
+            await self._client.aclose()
+        except Exception:  # a connection to a dead node failing to close: swept below
+            log.debug("closing the cluster client failed", exc_info=True)
         # No connection may outlive the hub (one did, now and then, and the loop closing
         # under it failed a test). redis-py disconnects nodes it drops from its map, and
         # connections it marked for reconnect at a refresh, in tasks of its own: wait for
