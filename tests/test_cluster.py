@@ -57,6 +57,14 @@ def hub_connections(cluster: RedisClusterServers) -> int:
                for node in cluster.nodes if node.running)
 
 
+async def released(cluster: RedisClusterServers) -> None:
+    """Closing a hub closes every connection it opened, on every node (a connection left
+    open outlives the hub, and its socket is closed by the garbage collector, if ever)."""
+    async def none_open() -> bool:
+        return hub_connections(cluster) == 0
+    await eventually(none_open, within=5)
+
+
 def node_get(node: RedisServer, key: str) -> str:
     return RedisClusterServers.ask(node, "GET", key).strip()
 
@@ -125,6 +133,7 @@ async def test_every_call_works_on_a_cluster(cluster: RedisClusterServers,
         assert all(cluster.ask(n, "DBSIZE").strip() == "0" for n in cluster.nodes if n.running)
         assert await hub.get_position(EX, PRODUCTS[3]) == {"size": 3}  # durable in SQLite
         assert await hub.get_indicator(EX, PRODUCTS[3], "RSI", 14, default="gone") == "gone"
+    await released(cluster)
 
 
 async def test_near_caches_follow_writes_on_every_master(
@@ -162,6 +171,7 @@ async def test_near_caches_follow_writes_on_every_master(
         async def foreign() -> bool:
             return await reader.get_indicator(EX, PRODUCTS[5], "RSI", 14) == 3.0
         await eventually(foreign, within=10)
+    await released(cluster)
 
 
 async def test_moved_and_ask_while_a_slot_migrates(cluster: RedisClusterServers,
@@ -209,6 +219,7 @@ async def test_moved_and_ask_while_a_slot_migrates(cluster: RedisClusterServers,
         assert stats["actors"]["cache"]["available"] and stats["hub"]["indicator_cold_hits"] == 0
         # give the slot back so the other tests find the layout they started with
         cluster.move_slot(int(slot), source)
+    await released(cluster)
 
 
 async def test_master_killed_under_load(tmp_path: Path, config_data: dict[str, Any],
@@ -243,6 +254,7 @@ async def test_master_killed_under_load(tmp_path: Path, config_data: dict[str, A
             async def followed() -> bool:  # a foreign write on the promoted master
                 return await hub.get_indicator(EX, product, "EMA", 20) == 600.0
             await eventually(followed, within=10)
+        await released(own)
     finally:
         own.stop()
 
@@ -258,6 +270,7 @@ async def test_the_command_line_on_a_cluster(cluster: RedisClusterServers,
             await hub.cache_indicator(EX, product, "RSI", 14, 1.0)
             await hub.cache_indicator(EX, product, "EMA", 20, 2.0)
         assert await hub.get_indicator(EX, PRODUCTS[11], "EMA", 20) == 2.0  # all landed
+    await released(cluster)
     data = {**config_data, "redis": {"cluster": {"nodes": cluster.seeds[:1]}}}
     path = tmp_path / "cluster.yml"
     path.write_text(yaml.safe_dump(data))
@@ -324,6 +337,7 @@ async def test_near_cache_follows_a_slot_to_a_new_master(tmp_path: Path,
             async def followed() -> bool:
                 return await hub.get_indicator(EX, product, "RSI", 14) == 3.0
             await eventually(followed, within=10)
+        await released(own)
     finally:
         own.stop()
 
@@ -375,6 +389,7 @@ async def test_a_cluster_with_password_and_tls(tmp_path: Path,
             assert stats["actors"]["cache"]["near_cache"]["enabled"]
             await hub.flush_all()
             assert all(own.ask(n, "DBSIZE").strip() == "0" for n in own.nodes)
+        await released(own)
         data["redis"]["password"] = "wrong"
         with pytest.raises(BackendUnavailable, match="credentials refused"):
             async with Hub(HubConfig.from_mapping(data, environ={})):
@@ -437,10 +452,7 @@ async def test_one_master_down_the_others_keep_serving(tmp_path: Path,
             for product in elsewhere:
                 assert await hub.get_indicator(EX, product, "RSI", 14) == 3.0
             assert (await hub.get_stats())["actors"]["cache"]["reconnects"] == 0
-
-        async def all_closed() -> bool:  # the dead master's old connections included
-            return hub_connections(own) == 0
-        await eventually(all_closed, within=5)
+        await released(own)  # the dead master's old connections included
     finally:
         own.stop()
 
@@ -473,9 +485,4 @@ async def test_candle_streams_on_a_cluster(cluster: RedisClusterServers,
         assert hub_connections(cluster) > 0
         found = await asyncio.wait_for(asyncio.gather(*followers), 20)
     assert found == [[t0, t0 + 300, t0 + 600]] * len(products)
-
-    async def all_closed() -> bool:
-        return hub_connections(cluster) == 0
-
-    # closed means closed: the reader's polling connections on every master included
-    await eventually(all_closed, within=5)
+    await released(cluster)  # the reader's polling connections on every master included
