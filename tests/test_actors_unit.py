@@ -370,6 +370,35 @@ def test_window_pushes_to_one_key_are_coalesced_in_order() -> None:
     assert merged.fallback[0][0] == "EVAL"
 
 
+async def test_a_minute_and_the_rollups_it_closes_go_out_in_one_script_call() -> None:
+    """Queued together, they reach Redis as one PUBLISH_MANY (the minute's entry first),
+    so a stream reader gets the closing minute and its rollups in one XREAD reply."""
+    from actors.cache.ops import coalesce, op_get, op_publish_many, op_push_candles
+
+    def c(ts: int) -> tuple[int, float, float, float, float, float]:
+        return (ts, 1.0, 2.0, 0.5, 1.5, 1.0)
+
+    minute = op_push_candles("w1m", [c(240)], 10, 60, stream="s", length=100)
+    rollups = op_publish_many("s", 100, [("w5m", 10, 360, "5m", [c(0)]),
+                                         ("w15m", 10, 960, "15m", [c(0)])])
+    other = op_push_candles("x1m", [c(240)], 10, 60, stream="t", length=100)
+    out = coalesce([Envelope(minute, None), Envelope(rollups, None), Envelope(other, None)])
+    assert len(out) == 2
+    joined = out[0].message
+    command = joined.commands[0]
+    assert command[2:7] == (4, "s", "w1m", "w5m", "w15m")  # the stream, then the windows
+    assert command[7:12] == (100, 10, 60, "1m", 1)  # the minute's group comes first
+    assert [g[3] for g in joined.publish[2]] == ["1m", "5m", "15m"]
+    assert set(joined.writes) == {"w1m", "w5m", "w15m", "s"}
+    assert joined.fallback[0][2:] == command[2:]
+    assert out[1].message is other  # another product's stream stays apart
+    # an awaited op in between keeps them apart (nothing moves across a read)
+    apart = coalesce([Envelope(minute, None), Envelope(op_get("w1m"),
+                                                   asyncio.get_running_loop().create_future()),
+                      Envelope(rollups, None)])
+    assert len(apart) == 3
+
+
 async def test_slow_influx_means_backpressure_not_spooling() -> None:
     gate = asyncio.Event()
 

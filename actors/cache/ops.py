@@ -25,6 +25,11 @@ R = TypeVar("R")
 NEAR_PREFIXES = ("indicator:", "candles:")
 
 
+# one window's part of a PUBLISH_MANY call: (window key, window size, TTL, timeframe,
+# (time, member) pairs flattened, ascending)
+Group = tuple[str, int, int, str, tuple[Any, ...]]
+
+
 @dataclass(slots=True)  # not frozen: built per write on the hot path (5x cheaper)
 class RedisOp(Request[R]):
     """Redis commands sent in one pipeline with others, and how their replies become
@@ -40,6 +45,9 @@ class RedisOp(Request[R]):
     # (window key, size, ttl, and the stream key, timeframe and length when it publishes)
     merge: tuple[str, int, int, str | None, str, int] | None = None
     items: tuple[Any, ...] = ()
+    # a publishing op (PUBLISH_MANY): its stream, the stream's length, and its groups;
+    # adjacent fire-and-forget ones on the same stream in one batch become one call
+    publish: tuple[str, int, tuple[Group, ...]] | None = None
     # the hub began a write of ``writes`` in the near cache: end it once this op ran
     near: bool = False
     # the key this op reads, and its answer while that key may be stale in Redis (a
@@ -141,18 +149,28 @@ def op_publish_many(stream: str, length: int,
                     near: bool = False) -> RedisOp[int]:
     """Groups ``(window key, window size, ttl, timeframe, rows)`` published in one call
     (each group's newest ``window size`` rows, ascending)."""
-    keys: list[str] = []
-    args: list[Any] = [length]
+    parts: list[Group] = []
     for key, window, ttl, timeframe, rows in groups:
         ordered = rows if _ascending(rows) else sorted(rows, key=_time)
-        chosen = ordered[-window:]
+        items: list[Any] = []
+        for row in ordered[-window:]:
+            items += [row[0], encode_candle(row)]
+        parts.append((key, window, ttl, timeframe, tuple(items)))
+    return _publish(stream, length, tuple(parts), near)
+
+
+def _publish(stream: str, length: int, groups: tuple[Group, ...], near: bool,
+             merge: tuple[str, int, int, str | None, str, int] | None = None,
+             items: tuple[Any, ...] = ()) -> RedisOp[int]:
+    keys: list[str] = []
+    args: list[Any] = [length]
+    for key, window, ttl, timeframe, pairs in groups:
         keys.append(key)
-        args += [window, ttl, timeframe, len(chosen)]
-        for row in chosen:
-            args += [row[0], encode_candle(row)]
+        args += [window, ttl, timeframe, len(pairs) // 2, *pairs]
     head = (len(keys) + 1, stream, *keys, *args)
-    return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head),), _first, (*keys, stream),
-                   fallback=(("EVAL", PUBLISH_MANY, *head),), near=near)
+    return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head),), _first,
+                   (*dict.fromkeys(keys), stream), fallback=(("EVAL", PUBLISH_MANY, *head),),
+                   merge=merge, items=items, near=near, publish=(stream, length, groups))
 
 
 # A reader's starting point: the newest ARGV[1] candles of a window and the id of the
@@ -297,11 +315,8 @@ def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
           near: bool = False, stream: str | None = None, timeframe: str = "1m",
           length: int = 0) -> RedisOp[int]:
     if stream is not None:
-        head = (2, stream, key, length, window, ttl, timeframe, len(items) // 2)
-        return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head, *items),), _first,
-                       (key, stream), fallback=(("EVAL", PUBLISH_MANY, *head, *items),),
-                       merge=(key, window, ttl, stream, timeframe, length), items=items,
-                       near=near)
+        return _publish(stream, length, ((key, window, ttl, timeframe, items),), near,
+                        (key, window, ttl, stream, timeframe, length), items)
     return RedisOp((("EVALSHA", PUSH_CANDLES_SHA, 1, key, window, ttl, *items),), _first,
                    (key,), fallback=(("EVAL", PUSH_CANDLES, 1, key, window, ttl, *items),),
                    merge=(key, window, ttl, None, "", 0), items=items, near=near)
@@ -334,6 +349,25 @@ def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
             key, window, ttl, stream, timeframe, length = op.merge
             out[i] = Envelope(_push(key, window, ttl, tuple(x for p in pairs for x in p),
                                     op.near, stream, timeframe, length), None)
+    return _join_publications(out)
+
+
+def _join_publications(batch: list[Envelope]) -> list[Envelope]:
+    """Adjacent fire-and-forget publications on one stream as one PUBLISH_MANY call, in
+    their order: a minute and the rollups it closes are queued together, and so reach a
+    stream reader in one XREAD reply rather than one after the other."""
+    out: list[Envelope] = []
+    for call in batch:
+        op: RedisOp[Any] = call.message
+        if out and call.future is None and op.publish is not None:
+            last: RedisOp[Any] = out[-1].message
+            if (out[-1].future is None and last.publish is not None
+                    and last.publish[:2] == op.publish[:2] and last.near == op.near):
+                stream, length, groups = last.publish
+                out[-1] = Envelope(_publish(stream, length, groups + op.publish[2],
+                                            op.near), None)
+                continue
+        out.append(call)
     return out
 
 
