@@ -162,14 +162,21 @@ def op_publish_many(stream: str, length: int,
 def _publish(stream: str, length: int, groups: tuple[Group, ...], near: bool,
              merge: tuple[str, int, int, str | None, str, int] | None = None,
              items: tuple[Any, ...] = ()) -> RedisOp[int]:
-    keys: list[str] = []
-    args: list[Any] = [length]
-    for key, window, ttl, timeframe, pairs in groups:
-        keys.append(key)
-        args += [window, ttl, timeframe, len(pairs) // 2, *pairs]
-    head = (len(keys) + 1, stream, *keys, *args)
-    return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head),), _first,
-                   (*dict.fromkeys(keys), stream), fallback=(("EVAL", PUBLISH_MANY, *head),),
+    if len(groups) == 1:  # one window (every write): no loop, no lists
+        key, window, ttl, timeframe, pairs = groups[0]
+        head: tuple[Any, ...] = (2, stream, key, length, window, ttl, timeframe,
+                                 len(pairs) // 2, *pairs)
+        writes: tuple[str, ...] = (key, stream)
+    else:
+        keys: list[str] = []
+        args: list[Any] = [length]
+        for key, window, ttl, timeframe, pairs in groups:
+            keys.append(key)
+            args += [window, ttl, timeframe, len(pairs) // 2, *pairs]
+        head = (len(keys) + 1, stream, *keys, *args)
+        writes = (*dict.fromkeys(keys), stream)
+    return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head),), _first, writes,
+                   fallback=(("EVAL", PUBLISH_MANY, *head),),
                    merge=merge, items=items, near=near, publish=(stream, length, groups))
 
 
@@ -357,17 +364,31 @@ def _join_publications(batch: list[Envelope]) -> list[Envelope]:
     their order: a minute and the rollups it closes are queued together, and so reach a
     stream reader in one XREAD reply rather than one after the other."""
     out: list[Envelope] = []
+    run: list[RedisOp[Any]] = []  # publications to join, the first at out[-1]
+
+    def close_run() -> None:
+        if len(run) > 1:
+            first = run[0]
+            assert first.publish is not None
+            stream, length, _ = first.publish
+            groups = tuple(g for op in run if op.publish for g in op.publish[2])
+            out[-1] = Envelope(_publish(stream, length, groups, first.near), None)
+        run.clear()
+
     for call in batch:
         op: RedisOp[Any] = call.message
-        if out and call.future is None and op.publish is not None:
-            last: RedisOp[Any] = out[-1].message
-            if (out[-1].future is None and last.publish is not None
-                    and last.publish[:2] == op.publish[:2] and last.near == op.near):
-                stream, length, groups = last.publish
-                out[-1] = Envelope(_publish(stream, length, groups + op.publish[2],
-                                            op.near), None)
+        if call.future is None and op.publish is not None:
+            if run and run[0].publish is not None \
+                    and run[0].publish[:2] == op.publish[:2] and run[0].near == op.near:
+                run.append(op)
                 continue
+            close_run()
+            out.append(call)
+            run.append(op)
+            continue
+        close_run()
         out.append(call)
+    close_run()
     return out
 
 
