@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from hub import Candle, Hub, HubConfig, LiveCandle, ValidationError
-from tests.conftest import eventually
+from tests.conftest import eventually, redis_command
 from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
@@ -103,6 +103,28 @@ async def test_warm_up_hands_over_to_live_without_duplicate_or_hole(hub: Hub) ->
     finally:
         stop.set()
         await task
+
+
+async def test_scripts_redis_forgot_are_sent_again_in_full(hub: Hub,
+                                                          servers: LocalServers) -> None:
+    """A restarted or flushed Redis knows none of the hub's scripts: each call then goes
+    again as EVAL of the whole script, and nothing written is lost (window, stream,
+    rollups, snapshot)."""
+    await write(hub, [minute(i) for i in range(5)])
+    follower = hub.candles(EX, PR, "5m", warmup=1)
+    first = await anext(follower)
+    assert first.timestamp == minute(0).timestamp
+    assert redis_command(servers, "SCRIPT", "FLUSH").startswith(b"+OK")
+    await write(hub, [minute(i) for i in range(5, 10)])  # closes the second 5m bucket
+    second = await asyncio.wait_for(anext(follower), 5)
+    await follower.aclose()
+    assert second.timestamp == minute(5).timestamp
+    assert second.volume == sum(minute(i).volume for i in range(5, 10))
+    assert [c.timestamp for c in await hub.get_candles(EX, PR, 10)] == [
+        minute(i).timestamp for i in range(10)]
+    assert redis_command(servers, "SCRIPT", "FLUSH").startswith(b"+OK")
+    warm = await collect(hub.candles(EX, PR, "1m", warmup=3), 3)  # the snapshot script
+    assert [c.timestamp for c in warm] == [minute(i).timestamp for i in range(7, 10)]
 
 
 async def test_candles_written_by_another_process_arrive(config: HubConfig,

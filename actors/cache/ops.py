@@ -25,6 +25,17 @@ R = TypeVar("R")
 NEAR_PREFIXES = ("indicator:", "candles:")
 
 
+# the hub's Lua scripts by SHA1: an EVALSHA Redis does not know is sent again as EVAL
+SCRIPTS: dict[str, str] = {}
+
+
+def script_sha(text: str) -> str:
+    """The SHA1 Redis knows ``text`` by (EVALSHA), registered for the fallback."""
+    sha = hashlib.sha1(text.encode()).hexdigest()
+    SCRIPTS[sha] = text
+    return sha
+
+
 # one window's part of a PUBLISH_MANY call: (window key, window size, TTL, timeframe,
 # (time, member) pairs flattened, ascending)
 Group = tuple[str, int, int, str, tuple[Any, ...]]
@@ -39,8 +50,6 @@ class RedisOp(Request[R]):
     decode: Callable[[list[Any]], R] | None = None
     # keys this op writes: if it cannot run, they may be stale in Redis afterwards
     writes: tuple[str, ...] = ()
-    # sent instead when Redis answers NOSCRIPT (EVAL for an EVALSHA)
-    fallback: tuple[Command, ...] | None = None
     # fire-and-forget ops with the same merge key in one drained batch become one
     # (window key, size, ttl, and the stream key, timeframe and length when it publishes)
     merge: tuple[str, int, int, str | None, str, int] | None = None
@@ -65,6 +74,15 @@ class RedisOp(Request[R]):
     # (``ticket``: the near cache's sequence when the write began)
     own: bool = False
     ticket: int = 0
+
+    @property
+    def fallback(self) -> tuple[Command, ...] | None:
+        """What is sent instead when Redis answers NOSCRIPT: each EVALSHA as the EVAL of
+        its script (built only then, not for every op); None when no command is one."""
+        if not any(c[0] == "EVALSHA" for c in self.commands):
+            return None
+        return tuple(("EVAL", SCRIPTS[c[1]], *c[2:]) if c[0] == "EVALSHA" else c
+                     for c in self.commands)
 
 
 # The hot window is a sorted set scored by candle time. Its span [oldest, newest]
@@ -141,7 +159,7 @@ for k = 2, #KEYS do
 end
 return added
 """
-PUBLISH_MANY_SHA = hashlib.sha1(PUBLISH_MANY.encode()).hexdigest()
+PUBLISH_MANY_SHA = script_sha(PUBLISH_MANY)
 
 
 def op_publish_many(stream: str, length: int,
@@ -176,7 +194,6 @@ def _publish(stream: str, length: int, groups: tuple[Group, ...], near: bool,
         head = (len(keys) + 1, stream, *keys, *args)
         writes = (*dict.fromkeys(keys), stream)
     return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head),), _first, writes,
-                   fallback=(("EVAL", PUBLISH_MANY, *head),),
                    merge=merge, items=items, near=near, publish=(stream, length, groups))
 
 
@@ -295,7 +312,7 @@ def op_unlink(keys: Sequence[str]) -> RedisOp[int]:
     return RedisOp((("UNLINK", *keys),), _first)
 
 
-PUSH_CANDLES_SHA = hashlib.sha1(PUSH_CANDLES.encode()).hexdigest()
+PUSH_CANDLES_SHA = script_sha(PUSH_CANDLES)
 
 
 def op_push_candles(key: str, rows: Sequence[Row], window: int, ttl: int,
@@ -325,8 +342,7 @@ def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
         return _publish(stream, length, ((key, window, ttl, timeframe, items),), near,
                         (key, window, ttl, stream, timeframe, length), items)
     return RedisOp((("EVALSHA", PUSH_CANDLES_SHA, 1, key, window, ttl, *items),), _first,
-                   (key,), fallback=(("EVAL", PUSH_CANDLES, 1, key, window, ttl, *items),),
-                   merge=(key, window, ttl, None, "", 0), items=items, near=near)
+                   (key,), merge=(key, window, ttl, None, "", 0), items=items, near=near)
 
 
 def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
@@ -402,7 +418,7 @@ class Snapshot:
     last_id: bytes
 
 
-SNAPSHOT_SHA = hashlib.sha1(SNAPSHOT.encode()).hexdigest()
+SNAPSHOT_SHA = script_sha(SNAPSHOT)
 
 
 def op_snapshot(window_key: str, stream_key: str, count: int) -> RedisOp[Snapshot]:
@@ -412,8 +428,7 @@ def op_snapshot(window_key: str, stream_key: str, count: int) -> RedisOp[Snapsho
                         decode_candle(oldest[0]).timestamp if oldest else None,
                         last_id if isinstance(last_id, bytes) else str(last_id).encode())
     head = (2, window_key, stream_key, count)
-    return RedisOp((("EVALSHA", SNAPSHOT_SHA, *head),), decode,
-                   fallback=(("EVAL", SNAPSHOT, *head),))
+    return RedisOp((("EVALSHA", SNAPSHOT_SHA, *head),), decode)
 
 
 def op_newest_candles(key: str, count: int) -> RedisOp[list[Candle]]:
