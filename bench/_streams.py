@@ -84,11 +84,16 @@ class _Tally:
                 self.done.set()
 
 
-async def _timed_writes(hub: Hub, product: str, n: int) -> float:
-    began = time.perf_counter()
+async def _timed_writes(hub: Hub, product: str, n: int,
+                        cpu: list[float] | None = None) -> float:
+    """Wall seconds of ``n`` writes and the flush; ``cpu`` gets this process's CPU
+    seconds for them (what the writer's own path costs, apart from the cores it shares)."""
+    began, used = time.perf_counter(), time.process_time()
     for i in range(n):
         await _write(hub, product, _minute(i))
     await hub.flush()
+    if cpu is not None:
+        cpu.append(time.process_time() - used)
     return time.perf_counter() - began
 
 
@@ -124,16 +129,18 @@ async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
     another hub process (the strategies' process), and with them in this one (sharing
     the writer's thread), interleaved three times (the machine drifts)."""
     runs: dict[str, list[float]] = {"none": [], "other process": [], "this process": []}
+    cpu: dict[str, list[float]] = {"none": [], "other process": [], "this process": []}
     delivered: dict[str, int] = {"none": 0, "other process": 0, "this process": 0}
     for run in range(3):
-        runs["none"].append(await _timed_writes(hub, f"SUBS{run}N", n))
+        runs["none"].append(await _timed_writes(hub, f"SUBS{run}N", n, cpu["none"]))
         product = f"SUBS{run}P"
         child = subprocess.Popen(  # noqa: ASYNC220 - read from a thread
             [sys.executable, "-m", "bench._streams", json.dumps(config), product,
              str(count), str(n)], stdout=subprocess.PIPE, text=True)
         assert child.stdout is not None
         assert (await asyncio.to_thread(child.stdout.readline)).strip() == "ready"
-        runs["other process"].append(await _timed_writes(hub, product, n))
+        runs["other process"].append(await _timed_writes(hub, product, n,
+                                                         cpu["other process"]))
         delivered["other process"] = int(await asyncio.to_thread(child.stdout.readline))
         await asyncio.to_thread(child.wait, 60)
         child.stdout.close()
@@ -143,7 +150,8 @@ async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
             tasks = [asyncio.create_task(tally.consume(hub.candles(EX, product, "1m")))
                      for _ in range(count)]
             await asyncio.sleep(0.5)
-            runs["this process"].append(await _timed_writes(hub, product, n))
+            runs["this process"].append(await _timed_writes(hub, product, n,
+                                                            cpu["this process"]))
             await asyncio.wait_for(tally.done.wait(), 300)
             delivered["this process"] = tally.count
             for t in tasks:
@@ -151,7 +159,9 @@ async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
             await asyncio.gather(*tasks, return_exceptions=True)
     return [{"subscribers": 0 if where == "none" else count, "where": where, "candles": n,
              "seconds": statistics.median(times), "writes_per_s": n / statistics.median(times),
-             "delivered": delivered[where]} for where, times in runs.items()]
+             "delivered": delivered[where],
+             "writer_cpu_per_write": statistics.median(cpu[where]) / n}
+            for where, times in runs.items()]
 
 
 async def handovers(hub: Hub, runs: int, warmup: int) -> list[dict[str, Any]]:

@@ -46,6 +46,8 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     assert results.tables["gap_scan"][0]["holes_found"] == 12
     assert {row["where"] for row in results.tables["subscribers"]} == {
         "none", "other process", "this process"}
+    # the writer's own CPU per write is measured beside the wall rate (a few µs at least)
+    assert all(row["writer_cpu_per_write"] > 1e-6 for row in results.tables["subscribers"])
     loaders = {row["loader"]: row["rows"] for row in results.tables["backfill"]}
     assert loaders == {"aioinflux 5,000-line batches, prebuilt (3,000 rows)": 3000,
                        "wolfhub backfill, whole process (3,000-row CSV)": 3000}
