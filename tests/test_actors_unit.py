@@ -419,3 +419,31 @@ async def test_slow_influx_means_backpressure_not_spooling() -> None:
     await writer.flush()
     assert fake.written == [f"m v={i} {i}" for i in range(40)]
     await sup.stop()
+
+
+async def test_closing_a_sentinel_client_closes_everything_when_one_part_fails() -> None:
+    """A connection to a dead master can time out while closing (a busy machine): the
+    pool and every sentinel's connections are closed all the same, then it is raised."""
+    from actors.backends.redis import RedisClient
+    from hubdomain.config import RedisConfig
+
+    client = RedisClient(RedisConfig.model_validate({"sentinel": {
+        "nodes": ["127.0.0.1:1", "127.0.0.1:2"], "service_name": "m"}, "timeout": 0.5}))
+    closed: list[str] = []
+
+    class Dead:
+        async def disconnect(self) -> None:
+            closed.append("pipelines")
+            raise TimeoutError("Timed out closing connection after 0.5")
+
+    async def closing(name: str) -> None:
+        closed.append(name)
+
+    client._conn = Dead()
+    client._client.aclose = lambda: closing("pool")  # type: ignore[method-assign]
+    for i, node in enumerate(client._sentinel.sentinels):
+        node.aclose = lambda i=i: closing(f"sentinel {i}")
+    with pytest.raises(TimeoutError, match="closing connection"):
+        await client.close()
+    assert closed == ["pipelines", "pool", "sentinel 0", "sentinel 1"]
+    assert client._conn is None

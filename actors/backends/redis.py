@@ -6,7 +6,15 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -384,16 +392,23 @@ class RedisClient:
                 await conn.disconnect()
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.disconnect()
-            self._conn = None
-        if self._streams_conn is not None:
-            await self._streams_conn.disconnect()
-            self._streams_conn = None
-        await self._client.aclose()
+        """Close every connection: the pipelines' and the reader's, the pool's, and each
+        sentinel's. One failing to close (a timeout on a dead master's socket, on a busy
+        machine) does not leave the others open; the first failure is raised after."""
+        own = [c for c in (self._conn, self._streams_conn) if c is not None]
+        self._conn = self._streams_conn = None
+        steps: list[Callable[[], Awaitable[Any]]] = [c.disconnect for c in own]
+        steps.append(self._client.aclose)
         if self._sentinel is not None:
-            for node in self._sentinel.sentinels:
-                await node.aclose()
+            steps += [node.aclose for node in self._sentinel.sentinels]
+        failed: Exception | None = None
+        for step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 # commands without a key: sent to any master
