@@ -463,7 +463,8 @@ class RedisClusterClient:
         self._refreshing = asyncio.Lock()
         self._initialized = False  # the client has read the slot map once
         self._closed = False  # close() has begun: no new connection may open
-        self._strays: list[ClusterNode] = []  # ASK targets the slot map did not know
+        # ASK targets the slot map did not know, by name (reused; closed by close())
+        self._strays: dict[str, ClusterNode] = {}
         # tracking connections' tasks: close() ends any a cancelled listener left behind
         self._trackers: set[asyncio.Task[None]] = set()
 
@@ -528,6 +529,13 @@ class RedisClusterClient:
             if "cluster_state:ok" not in text:
                 raise RedisUnreachable("redis", "cluster_state is not ok (failover under way?)")
         log.info("Redis cluster connected: %d masters via %s", len(masters), where)
+
+    def _stray(self, host: str, port: int) -> ClusterNode:
+        node = self._strays.get(f"{host}:{port}")
+        if node is None:
+            kwargs: dict[str, Any] = dict(self._client.get_connection_kwargs())
+            node = self._strays[f"{host}:{port}"] = ClusterNode(host, port, **kwargs)
+        return node
 
     def _check_open(self) -> None:
         if self._closed:
@@ -652,9 +660,7 @@ class RedisClusterClient:
                     target = self._client.nodes_manager.get_node(reply.host, reply.port)
                     if target is None:
                         # a node the slot map does not know yet: connect as to the others
-                        kwargs: dict[str, Any] = dict(self._client.get_connection_kwargs())
-                        target = ClusterNode(reply.host, reply.port, **kwargs)
-                        self._strays.append(target)
+                        target = self._stray(reply.host, reply.port)
                     if target.name not in tracked:
                         key = _key_of(command)
                         untracked.append(key.decode() if isinstance(key, bytes) else str(key))
@@ -887,7 +893,7 @@ class RedisClusterClient:
         manager = self._client.nodes_manager
         nodes = {id(n): n for n in (*manager.nodes_cache.values(),
                                     *manager.startup_nodes.values(), *self._seeds,
-                                    *self._strays)}
+                                    *self._strays.values())}
         for _ in range(3):  # a finished task may have released into another
             tasks = [*getattr(manager, "_background_tasks", ()),
                      *(t for n in nodes.values() for t in getattr(n, "_background_tasks", ()))]
