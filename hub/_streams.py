@@ -226,9 +226,13 @@ class Streams:
             await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
 
     async def close(self) -> None:
-        await self.settle()
-        if self.reader is not None:
-            await self.reader.close()
+        """Publish the recomputes queued, then stop reading the streams (even when the
+        wait was cut short: a reader left running would reconnect to a closed client)."""
+        try:
+            await self.settle()
+        finally:
+            if self.reader is not None:
+                await self.reader.close()
 
     # ---- following -------------------------------------------------------------------
 

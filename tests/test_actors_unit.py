@@ -421,6 +421,43 @@ async def test_slow_influx_means_backpressure_not_spooling() -> None:
     await sup.stop()
 
 
+async def test_concurrent_master_discovery_keeps_every_sentinel_once() -> None:
+    """After a failover the first sentinel may still report the old master down, and
+    several connections ask at once. Each moves the sentinel that answered to the front;
+    the list keeps every sentinel exactly once (a sentinel dropped from it is never asked
+    again, and its connections are never closed), and close() closes each of them."""
+    from actors.backends.redis import RedisClient
+    from hubdomain.config import RedisConfig
+
+    client = RedisClient(RedisConfig.model_validate({"sentinel": {
+        "nodes": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], "service_name": "m"}}))
+    sentinels = client._sentinel
+    assert sentinels is not None
+    closed: list[int] = []
+
+    def answer(i: int, healthy: bool) -> Any:
+        async def sentinel_masters() -> dict[str, Any]:
+            for _ in range(i + 1):  # answers arrive in a different order each time
+                await asyncio.sleep(0)
+            return {"m": {"is_master": True, "is_sdown": not healthy, "is_odown": False,
+                          "num-other-sentinels": 2, "ip": "127.0.0.1", "port": 7000}}
+        return sentinel_masters
+
+    async def closing(i: int) -> None:
+        closed.append(i)
+
+    for i, node in enumerate(sentinels.clients):
+        node.sentinel_masters = answer(i, healthy=i > 0)
+        node.aclose = lambda i=i: closing(i)
+    found = await asyncio.gather(*(sentinels.discover_master("m") for _ in range(20)))
+    assert set(found) == {("127.0.0.1", 7000)}
+    assert sorted(map(id, sentinels.sentinels)) == sorted(map(id, sentinels.clients))
+    assert sentinels.sentinels[0] is not sentinels.clients[0]  # the healthy one is asked first
+    client._client.aclose = lambda: closing(-1)  # type: ignore[method-assign]
+    await client.close()
+    assert sorted(closed) == [-1, 0, 1, 2]
+
+
 async def test_closing_a_sentinel_client_closes_everything_when_one_part_fails() -> None:
     """A connection to a dead master can time out while closing (a busy machine): the
     pool and every sentinel's connections are closed all the same, then it is raised."""

@@ -11,7 +11,7 @@ import pytest
 
 from hub import Hub, HubConfig
 from tests.conftest import eventually, failover_under_load
-from wolfhub.servers import LocalServers, RedisServer, SentinelServer
+from wolfhub.servers import LocalServers, RedisServer, SentinelServer, free_port
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "BANKNIFTY-FUT"
@@ -22,7 +22,15 @@ def ask(port: int, *args: str) -> bytes:
         f"${len(a)}\r\n{a}\r\n".encode() for a in args)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(payload)
-        return s.recv(4096)
+        reply = s.recv(65536)
+        if reply.startswith(b"$") and not reply.startswith(b"$-1"):  # a bulk string: all of it
+            head, _, _ = reply.partition(b"\r\n")
+            while len(reply) < len(head) + 2 + int(head[1:]) + 2:
+                more = s.recv(65536)
+                if not more:
+                    break
+                reply += more
+        return reply
 
 
 @pytest.fixture
@@ -33,13 +41,21 @@ def sentinels(tmp_path: Path) -> Iterator[dict[str, Any]]:
                           extra=["--replicaof", "127.0.0.1", str(master.port)])
     replica.start()
     watchers = [SentinelServer(tmp_path / f"s{i}", master_port=master.port) for i in range(3)]
-    for w in watchers:
+    # one more, listed first, whose master is gone: it answers, but with no healthy master
+    lost = SentinelServer(tmp_path / "lost", master_port=free_port())
+    for w in (*watchers, lost):
         w.start()
     try:
-        yield {"master": master, "replica": replica, "sentinels": watchers}
+        yield {"master": master, "replica": replica, "sentinels": watchers, "lost": lost}
     finally:
-        for server in (*watchers, replica, master):
+        for server in (lost, *watchers, replica, master):
             server.stop()
+
+
+def hub_connections(sentinels: dict[str, Any]) -> int:
+    """Connections a hub opened to the sentinels that they still see open."""
+    return sum(ask(w.port, "CLIENT", "LIST").count(b"name=wolfhub-sentinel ")
+               for w in (sentinels["lost"], *sentinels["sentinels"]))
 
 
 def master_port(sentinel: SentinelServer) -> int:
@@ -49,7 +65,12 @@ def master_port(sentinel: SentinelServer) -> int:
 
 async def test_failover_under_load(sentinels: dict[str, Any], config_data: dict[str, Any],
                                    servers: LocalServers) -> None:
-    nodes = [f"127.0.0.1:{w.port}" for w in sentinels["sentinels"]]
+    lost = sentinels["lost"].port
+
+    async def gone() -> bool:  # (it reports its master down after 0.8 s)
+        return b"s_down" in ask(lost, "SENTINEL", "master", "mymaster")
+    await eventually(gone, within=10)
+    nodes = [f"127.0.0.1:{w.port}" for w in (sentinels["lost"], *sentinels["sentinels"])]
     config_data["redis"] = {"sentinel": {"nodes": nodes, "service_name": "mymaster"},
                             "timeout": 0.5}
     new_port = sentinels["replica"].port
@@ -62,3 +83,8 @@ async def test_failover_under_load(sentinels: dict[str, Any], config_data: dict[
         async def landed() -> bool:  # read back in-process at once, the SET follows
             return ask(new_port, "GET", f"indicator:{EX}:{PR}:EMA:20") == b"$5\r\n500.0\r\n"
         await eventually(landed, within=5)
+        assert hub_connections(sentinels) > 0  # (the check below sees the hub's connections)
+
+    async def closed() -> bool:  # a connection left open would outlive the hub
+        return hub_connections(sentinels) == 0
+    await eventually(closed, within=5)

@@ -22,10 +22,10 @@ from hiredis import pack_command as _hiredis_pack
 from redis import exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from actors.backends.sentinel import Sentinels
 from actors.backoff import Backoff
 from actors.runtime import cancel_and_wait
 from hubdomain.config import RedisConfig
@@ -262,17 +262,20 @@ class RedisClient:
         self._config = config
         options = _options(config)
         options["db"] = config.db
-        self._sentinel: Any = None
         if config.sentinel is not None:
             # every connection (pipelines, invalidations) asks the sentinels for the
             # current master when it connects, so a failover needs only a reconnect
             nodes = [(n.rsplit(":", 1)[0], int(n.rsplit(":", 1)[1]))
                      for n in config.sentinel.nodes]
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                nodes, socket_timeout=config.timeout, socket_connect_timeout=config.timeout)
+            self._sentinel: Sentinels | None = Sentinels(
+                nodes, sentinel_kwargs={"socket_timeout": config.timeout,
+                                        "socket_connect_timeout": config.timeout,
+                                        # named, so a sentinel's CLIENT LIST shows ours
+                                        "client_name": "wolfhub-sentinel"})
             self._client: aioredis.Redis = self._sentinel.master_for(
                 config.sentinel.service_name, **options)
         else:
+            self._sentinel = None
             self._client = aioredis.Redis(host=config.host, port=config.port, **options)
         self._conn: Any = None  # the pipelines' own connection
         self._streams_conn: Any = None  # blocking XREADs of the candle streams
@@ -400,7 +403,7 @@ class RedisClient:
         steps: list[Callable[[], Awaitable[Any]]] = [c.disconnect for c in own]
         steps.append(self._client.aclose)
         if self._sentinel is not None:
-            steps += [node.aclose for node in self._sentinel.sentinels]
+            steps += [node.aclose for node in self._sentinel.clients]
         failed: Exception | None = None
         for step in steps:
             try:
