@@ -37,6 +37,7 @@ from hubdomain.config import HubConfig
 from hubdomain.errors import BackendUnavailable, HubClosed, HubError, ValidationError
 from hubdomain.fieldtypes import FieldTypes
 from hubdomain.records import Candle, LiveCandle, Trade
+from hubdomain.resample import resample
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -423,14 +424,23 @@ class Hub:
         """The newest ``limit`` candles with time in [start_time, end_time], ascending.
 
         Served from the Redis hot window when it holds the whole answer, else from
-        InfluxDB. With ``interval`` ('1m', '5m', '1h', '1d'...), InfluxDB resamples:
-        first open, max high, min low, last close, summed volume per bucket.
+        InfluxDB. With ``interval`` ('1m', '5m', '1h', '1d'...), the minutes are
+        resampled: first open, max high, min low, last close, summed volume per bucket
+        (from the hot window when it holds every minute the answer needs, the same
+        floats InfluxDB computes; else by InfluxDB).
         """
         exchange, product, lo, hi, limit, hot = self.intake.hot_query(
             exchange, product, start_time, end_time, limit, interval)
         if hot is not None:
             return hot
         if interval is not None:
+            if self._cache is not None:
+                window = await self._cache.window(keys.candles(exchange, product, self._tagged))
+                found = resample(window, ql.interval_seconds(interval), lo, hi, limit) \
+                    if window else None
+                if found is not None:
+                    self._counters["candle_window_hits"] += 1
+                    return found
             return await self._resampled(exchange, product, lo, hi, limit, interval)
         if self._cache is not None:
             found = await self._cache.window_range(
@@ -516,6 +526,7 @@ class Hub:
                          limit: int, interval: str) -> list[Candle]:
         if self._query is None:
             raise BackendUnavailable("influxdb", "resampling needs InfluxDB (disabled)")
+        self._counters["candle_cold_queries"] += 1
         await self._read_your_writes()
         if lo is None or hi is None:
             # GROUP BY time() needs both bounds; take them from the data
@@ -526,10 +537,23 @@ class Hub:
             hi = stored[1] if hi is None else hi
         if hi < lo:
             return []
-        results = await self._influx(Query(
-            ql.select_candles_resampled(exchange, product, lo, hi, limit, interval,
-                                        self.config.influxdb.rp_for("candle"))))
-        return _candles(results)
+        rp = self.config.influxdb.rp_for("candle")
+        span = ql.interval_seconds(interval)
+        # InfluxDB groups the whole range before it applies LIMIT: ask first for the
+        # buckets the newest ``limit`` most likely lie in (a margin for a few empty
+        # ones), then, only when that holds fewer, for the rest below. The split is at a
+        # bucket boundary, so the answer is the single query's, by construction.
+        bottom = hi - hi % span - (limit + limit // 10 + 1) * span
+        if bottom <= lo:
+            return _candles(await self._influx(Query(ql.select_candles_resampled(
+                exchange, product, lo, hi, limit, interval, rp))))
+        newer = _candles(await self._influx(Query(ql.select_candles_resampled(
+            exchange, product, bottom, hi, limit, interval, rp))))
+        if len(newer) >= limit:
+            return newer
+        older = _candles(await self._influx(Query(ql.select_candles_resampled(
+            exchange, product, lo, bottom - 1, limit - len(newer), interval, rp))))
+        return older + newer
 
     async def _stored_bounds(self, exchange: str, product: str) -> tuple[int, int] | None:
         """Times of the first and the newest stored candle; None when there is none."""

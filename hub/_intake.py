@@ -27,6 +27,7 @@ from hubdomain.config import HubConfig
 from hubdomain.errors import BackendUnavailable, ValidationError
 from hubdomain.fieldtypes import FieldTypes
 from hubdomain.records import Candle, Row, candle_row, candle_rows
+from hubdomain.resample import resample
 
 _INDICATOR_TAGS = frozenset({"exchange", "product", "name"})
 _METRIC_TAGS = frozenset({"name"})
@@ -282,15 +283,19 @@ class Intake:
         window holds all of it (synchronous, any thread)."""
         exchange, product, lo, hi, count = self.range_args(exchange, product, start_time,
                                                            end_time, limit)
+        span = None
         if interval is not None:
             if not isinstance(interval, str):
                 raise ValidationError("interval", f"expected a string like '1h', got {interval!r}")
-            ql.interval_seconds(interval)  # validates before anything runs
-            self._check_open()
-            return exchange, product, lo, hi, count, None
+            span = ql.interval_seconds(interval)  # validates before anything runs
         self._check_open()
         window = self._held_window(exchange, product)
-        hot = pick(window, lo, hi, count) if window else None
+        if not window:
+            hot = None
+        elif span is None:
+            hot = pick(window, lo, hi, count)
+        else:
+            hot = resample(window, span, lo, hi, count)
         if hot is not None:
             self.counters["candle_window_hits"] += 1
         return exchange, product, lo, hi, count, hot

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from hub import Candle, Hub, HubConfig
+from tests.conftest import influx_resampled
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "NIFTY-FUT"
@@ -200,3 +201,72 @@ async def test_deep_reads_answer_as_the_single_query_does(
     assert len(got) == min(limit, len([c for c in dense + late
                                        if (start is None or c.timestamp >= start)
                                        and (end is None or c.timestamp <= end)]))
+
+
+def ragged_minutes(n: int, skip: range, first: int, seed: int = 3) -> list[Candle]:
+    """Minutes from ``first`` on, with a hole, whose volumes' float sum depends on the
+    order they are added in."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        if i in skip:
+            continue
+        o = 100 + rnd.random()
+        c = 100 + rnd.random()
+        out.append(Candle(first + 60 * i, o, max(o, c) + rnd.random(),
+                          min(o, c) - rnd.random(), c, rnd.uniform(0, 1000)))
+    return out
+
+
+@pytest.mark.parametrize("interval,seconds,start,end,limit", [
+    ("5m", 300, None, None, 50),
+    ("15m", 900, T0 + 37 * 60 + 7, None, 1000),  # a bucket cut by the start
+    ("1h", 3600, T0 + 3600, T0 + 5 * 3600 + 59, 3),
+    ("7m", 420, T0 + 100 * 60, T0 + 800 * 60 + 30, 40),
+    ("30s", 30, T0 + 200 * 60, T0 + 260 * 60, 100),
+    ("1d", 86400, T0 + 37 * 60, None, 5),
+    ("5m", 300, T0 + 442 * 60, T0 + 497 * 60, 10),  # inside the hole: nothing
+])
+async def test_resampling_from_the_hot_window_is_influxdbs_to_the_bit(
+        hub: Hub, interval: str, seconds: int, start: int | None, end: int | None,
+        limit: int) -> None:
+    """query_candles(interval=...) over minutes the hot window holds is answered without
+    asking InfluxDB, and is what influxd computes over the same minutes: the same
+    buckets (cut by the range, holes left out), the same floats to the last bit."""
+    data = ragged_minutes(900, range(400, 470), T0 + 37 * 60)
+    await hub.write_candles_batch(EX, PR, data)
+    await hub.flush()
+    cold = (await hub.get_stats())["hub"]["candle_cold_queries"]
+    got = await hub.query_candles(EX, PR, start, end, limit=limit, interval=interval)
+    assert (await hub.get_stats())["hub"]["candle_cold_queries"] == cold  # not asked
+    lo = data[0].timestamp if start is None else start
+    hi = data[-1].timestamp if end is None else end
+    assert got == influx_resampled(hub, EX, PR, seconds, limit, lo, hi)
+    assert bool(got) == (start != T0 + 442 * 60)
+
+
+@pytest.mark.parametrize("interval,seconds,limit,start", [
+    ("5m", 300, 20, None),  # the newest buckets alone
+    ("5m", 300, 50, None),  # a hole among them: a second query, split inside the data
+    ("5m", 300, 700, None),  # past the 20-day gap
+    ("1h", 3600, 1, None),  # the window holds only the newest 50 minutes of that hour
+    ("1h", 3600, 30, T0 + 60 * 7),  # all of it, from an unaligned start
+    ("15m", 900, 10_000, None),
+])
+async def test_resampling_beyond_the_hot_window_answers_as_the_single_query_does(
+        windowed: Hub, interval: str, seconds: int, limit: int, start: int | None) -> None:
+    """Beyond the hot window InfluxDB resamples the range the newest buckets lie in,
+    then (when a gap leaves fewer) the rest below: the answer is influxd's to the one
+    query over the whole range."""
+    early = ragged_minutes(1200, range(0), T0, seed=4)
+    late = ragged_minutes(1200, range(1000, 1080), T0 + 20 * 86400, seed=5)
+    await windowed.write_candles_batch(EX, PR, early + late)
+    await windowed.flush()
+    cold = (await windowed.get_stats())["hub"]["candle_cold_queries"]
+    got = await windowed.query_candles(EX, PR, start, None, limit=limit, interval=interval)
+    assert (await windowed.get_stats())["hub"]["candle_cold_queries"] > cold
+    lo = T0 if start is None else start
+    assert got == influx_resampled(windowed, EX, PR, seconds, limit, lo,
+                                  late[-1].timestamp)
+    assert len(got) == min(limit, len({c.timestamp - c.timestamp % seconds
+                                       for c in early + late if c.timestamp >= lo}))
