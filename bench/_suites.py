@@ -379,7 +379,23 @@ class Bench:
                              await atimed(lambda q=q: influx.query(q), reps)),
                          "hub": statistics.median(await atimed(
                              lambda n=n: hub.query_candles(EX, product, limit=n), reps))})
-        agg = ql.select_candles_resampled(EX, product, T0, T0 + 60 * len(data), 100_000, "1h")
+        end = T0 + 60 * len(data)
+        for n in (100, 1000):  # the newest 5m buckets: within, then beyond, the hot window
+            q = ql.select_candles_resampled(EX, product, T0, end, n, "5m")
+            got = await hub.query_candles(EX, product, limit=n, interval="5m")
+            assert len(got) == min(n, -(-len(data) // 5))
+            assert got[-1].timestamp == (end - 60) - (end - 60) % 300
+            rows.append({"query": f"newest {n:,} 5m OHLCV buckets",
+                         "sqlite": statistics.median(timed(lambda n=n: db.execute(
+                             "SELECT ts / 300, MAX(high), MIN(low), SUM(volume) FROM candles "
+                             "WHERE product = ? GROUP BY ts / 300 ORDER BY ts / 300 DESC "
+                             "LIMIT ?", (product, n)).fetchall(), reps)),
+                         "influxql (aioinflux)": statistics.median(
+                             await atimed(lambda q=q: influx.query(q), reps)),
+                         "hub": statistics.median(await atimed(
+                             lambda n=n: hub.query_candles(EX, product, limit=n, interval="5m"),
+                             reps))})
+        agg = ql.select_candles_resampled(EX, product, T0, end, 100_000, "1h")
         rows.append({"query": "1h OHLCV aggregate, all candles",
                      "sqlite": statistics.median(timed(lambda: db.execute(
                          "SELECT ts / 3600, MAX(high), MIN(low), SUM(volume) FROM candles "
