@@ -164,7 +164,7 @@ def _newest(rows: list[Row], count: int) -> list[Row]:
 
 
 async def backfill(hub: Sink, files: list[Path], exchange: str, product: str | None, *,
-                   destination: str, window: int = 1000, batch: int = 5000,
+                   destination: str, window: int = 1000, batch: int = 1000,
                    skip_bad: bool = False, restart: bool = False, time_unit: str = "auto",
                    checkpoint: float = 1.0, report: Report | None = None) -> Report:
     """Load candle files; see the module's docstring. Raises BadRow (after storing the

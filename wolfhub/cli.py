@@ -461,8 +461,10 @@ def gaps(config_path: str, exchange: str, product: str, start: float | None,
 @click.option("--exchange", required=True)
 @click.option("--product", help="The product of every row. Default: a product/symbol column, "
                                 "else the file's name (BTCUSDT-1m-2024-01.csv -> BTCUSDT).")
-@click.option("--batch", default=5000, show_default=True, type=click.IntRange(1, 100_000),
-              help="Rows per write.")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Rows parsed and written at a time (the writer still POSTs "
+                   "influxdb.batch.size lines; smaller parses let it start the next POST "
+                   "sooner).")
 @click.option("--skip-bad", is_flag=True, help="Skip and count bad rows instead of stopping.")
 @click.option("--restart", is_flag=True, help="Ignore the resume marker: load every row.")
 @click.option("--time-unit", type=click.Choice(["auto", "s", "ms", "us", "ns"]),
