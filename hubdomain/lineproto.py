@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+import orjson
+
 from hubdomain.errors import ValidationError
 from hubdomain.records import Candle, Row
 
@@ -116,9 +118,7 @@ def _candle_prefix(exchange: str, product: str) -> str:
 
 def candle_lines(exchange: str, product: str, rows: Iterable[Row]) -> list[str]:
     """Lines of checked candle rows (timestamp, open, high, low, close, volume)."""
-    prefix = _candle_prefix(exchange, product)
-    return [f"{prefix}open={o!r},high={h!r},low={lo!r},close={c!r},volume={v!r} {t}000000000"
-            for t, o, h, lo, c, v in rows]
+    return _ohlcv_lines(_candle_prefix(exchange, product), rows)
 
 
 def rollup_lines(exchange: str, product: str, timeframe: str, rows: Iterable[Row]) -> list[str]:
@@ -126,8 +126,24 @@ def rollup_lines(exchange: str, product: str, timeframe: str, rows: Iterable[Row
     timeframe (the ``candle`` measurement keeps only what writers wrote)."""
     prefix = ("candle_rollup,exchange=" + escape_tag(exchange) + ",product="
               + escape_tag(product) + ",timeframe=" + escape_tag(timeframe) + " ")
-    return [f"{prefix}open={o!r},high={h!r},low={lo!r},close={c!r},volume={v!r} {t}000000000"
-            for t, o, h, lo, c, v in rows]
+    return _ohlcv_lines(prefix, rows)
+
+
+def _ohlcv_lines(prefix: str, rows: Iterable[Row]) -> list[str]:
+    """``prefix`` + the five fields + the time in ns, for each checked row (an int time,
+    five finite floats). The numbers are formatted by orjson in one call for all rows,
+    twice as fast as ``repr`` one at a time: the same shortest decimal that reads back as
+    the same float (only the exponent is written as InfluxDB writes it, ``1e-7`` for
+    ``repr``'s ``1e-07``; influxd reads both to the same float)."""
+    line = prefix.replace("%", "%%") + "open=%s,high=%s,low=%s,close=%s,volume=%s %s000000000"
+    if type(rows) is tuple and len(rows) == 1:  # write_candle's one row
+        t, o, h, lo, c, v = orjson.dumps(rows[0]).decode()[1:-1].split(",")
+        return [line % (o, h, lo, c, v, t)]
+    text = orjson.dumps(rows if isinstance(rows, (list, tuple)) else list(rows)).decode()
+    if len(text) <= 2:
+        return []
+    return [line % (o, h, lo, c, v, t)
+            for t, o, h, lo, c, v in (row.split(",") for row in text[2:-2].split("],["))]
 
 
 def candle(exchange: str, product: str, c: Candle) -> str:

@@ -33,6 +33,7 @@ from hub.compat._records import points
 from hubdomain import influxql as ql
 from hubdomain import keys
 from hubdomain import lineproto as lp
+from hubdomain import timeframes as tfs
 from tests.conftest import redis_command
 from wolfhub.servers import LocalServers
 
@@ -430,6 +431,52 @@ async def test_numbers_are_stored_exactly(hub: Hub, config: HubConfig,
     assert trades[0].price == 44520.35
     kinds = {r["fieldKey"]: r["fieldType"] for r in rows(url, db, 'SHOW FIELD KEYS FROM "trade"')}
     assert (kinds["seq"], kinds["lots"], kinds["price"]) == ("integer", "float", "float")
+
+
+@pytest.mark.anyio
+async def test_candle_numbers_reach_influxd_exactly(hub: Hub, config: HubConfig,
+                                                    servers: LocalServers) -> None:
+    """Candle lines are formatted for all rows at once (orjson: InfluxDB's own way of
+    writing an exponent, 1e-7 where repr writes 1e-07): written one call at a time and in
+    a batch, under names holding '%' (the line's template must not read them), extreme
+    and arbitrary floats are stored as the very same floats, asked of influxd directly;
+    so are the rollups computed from them."""
+    import random
+    import struct
+
+    url, db = f"http://127.0.0.1:{servers.influx.port}", config.influxdb.bucket
+    rnd = random.Random(11)
+
+    def arbitrary() -> float:  # a non-negative double, bit pattern at random (below
+        while True:             # 1e300: five of them summed stay finite)
+            x = abs(struct.unpack("d", struct.pack("Q", rnd.getrandbits(64)))[0])
+            if x < 1e300:
+                return x
+
+    extremes = [5e-324, 1e-7, 2.5e-8, 1e-5, 0.1, 1e16, 1e22, 1.7976931348623157e308,
+                123456789.12345679, 9007199254740993.0, 0.0, 2.2250738585072014e-308]
+    written = []
+    for i in range(40):
+        a, b = (extremes[i] if i < len(extremes) else arbitrary()), arbitrary()
+        low, high = min(a, b), max(a, b)
+        written.append(Candle(T0 + 60 * i, low, high, low, high, arbitrary()))
+    product = "100%s%d%%"
+    for c in written[:20]:
+        await hub.write_candle("ex%", product, c.timestamp, c.open, c.high, c.low, c.close,
+                               c.volume)
+    assert await hub.write_candles_batch("ex%", product, written[20:]) == 20
+    assert hub.streams is not None
+    await hub.streams.settle()
+    await hub.flush()
+    stored = rows(url, db, "SELECT open, high, low, close, volume FROM candle "
+                           "WHERE exchange = 'ex%' AND product = '100%s%d%%' ORDER BY time")
+    assert [Candle(T0 + 60 * i, r["open"], r["high"], r["low"], r["close"], r["volume"])
+            for i, r in enumerate(stored)] == written
+    fives = rows(url, db, "SELECT open, volume FROM candle_rollup WHERE exchange = 'ex%' "
+                          "AND product = '100%s%d%%' AND timeframe = '5m' ORDER BY time")
+    assert [(r["open"], r["volume"]) for r in fives] == [
+        (written[k].open, tfs.volume([c.volume for c in written[k:k + 5]]))
+        for k in range(0, 40, 5)]
 
 
 @pytest.mark.anyio
