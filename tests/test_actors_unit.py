@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pathlib import Path
 
 from actors.backends.influx import WriteRejected
 from actors.query import Query, QueryActor
@@ -202,6 +203,30 @@ async def test_outbox_lines_are_deleted_once_written_and_replayed_at_start() -> 
     assert await state.outbox_load(0, 10) == []
     assert ids == [1, 2]
     await sup2.stop()
+    await sup.stop()
+
+
+@pytest.mark.parametrize("lines", [
+    [f"m v={i} {i}" for i in range(3000)],  # one json_each statement
+    ['t note="a\x00b" 1', "t v=2 2"],  # a NUL: the row-by-row path
+    ['t note="\u2028 é \\ \" \\u0000 end" 1', "t v=2 2", "t v=3 3"],
+])
+async def test_outbox_keeps_every_line_exactly_with_consecutive_ids(
+        tmp_path: Path, lines: list[str]) -> None:
+    """Durable lines go into the SQLite outbox as one statement (json_each) when they
+    can: each comes back exactly as given, in order, under the ids outbox_add returned,
+    after the file is opened again."""
+    state = StateActor(str(tmp_path / "s.sqlite"))
+    sup = Supervisor()
+    await sup.start([state])
+    await state.outbox_add(["t v=0 0"], "trade")
+    ids = await state.outbox_add(lines, "durable")
+    await sup.stop()
+    again = StateActor(str(tmp_path / "s.sqlite"))
+    sup = Supervisor()
+    await sup.start([again])
+    assert ids == list(range(2, 2 + len(lines)))
+    assert await again.outbox_load(1, 10_000) == list(zip(ids, lines, strict=True))
     await sup.stop()
 
 
