@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pathlib import Path
 
 from actors.backends.influx import WriteRejected
 from actors.query import Query, QueryActor
