@@ -509,3 +509,22 @@ async def test_closing_a_sentinel_client_closes_everything_when_one_part_fails()
         await client.close()
     assert closed == ["pipelines", "pool", "sentinel 0", "sentinel 1"]
     assert client._conn is None
+
+
+async def test_the_writer_trims_the_heap_once_a_burst_is_written() -> None:
+    """After many lines, once nothing waits any more, the writer gives the heap's freed
+    memory back (once per burst; a trickle of writes never triggers it)."""
+    fake = FakeInflux()
+    writer, _, sup = await started_writer(fake, batch_size=5000)
+    writer.heap.after = 20_000
+    await writer.tell(Lines([f"m v={i} {i}" for i in range(10_000)]))
+    await asyncio.wait_for(writer.flush(), 10)
+    await writer.heap.close()
+    assert writer.statistics()["heap_trims"] == 0  # not enough yet
+    for k in range(5):
+        await writer.tell(Lines([f"m v={i} {i}" for i in range(k * 6000, (k + 1) * 6000)]))
+    await asyncio.wait_for(writer.flush(), 10)
+    await writer.heap.close()
+    assert writer.statistics()["heap_trims"] == (1 if writer.heap.available else 0)
+    assert sum(len(p) for p in fake.posts) == 40_000
+    await sup.stop()

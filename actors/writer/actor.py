@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.backends.influx import InfluxBackend
+from actors.heap import Trimmer
 from actors.runtime import Actor, Envelope, Request, close_quietly
 from actors.state import StateActor
 from actors.writer.accumulator import Accumulator, Entry
@@ -82,6 +83,7 @@ class WriterActor(Actor):
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._room = asyncio.Event()  # set by the sender loop when memory shrinks
+        self.heap = Trimmer()  # gives a burst's freed memory back once it is written
 
     # ---- what callers use -----------------------------------------------------------
 
@@ -136,6 +138,7 @@ class WriterActor(Actor):
             log.warning("%d lines waiting in the SQLite spool; replaying them first", count)
 
     async def teardown(self) -> None:
+        await self.heap.close()
         await close_quietly(self.backend, "influxdb")
 
     async def run(self) -> None:
@@ -234,6 +237,7 @@ class WriterActor(Actor):
                 memory.drop(len(chunk), loop.time())
                 self._room.set()
                 memory.wake(spool.posted)
+                self.heap.count(len(chunk), idle=not len(memory))
             elif self._stop.is_set():
                 if not await self._spill("InfluxDB is unavailable at close"):
                     log.error("closing while InfluxDB is unavailable and the SQLite spool "
@@ -337,4 +341,5 @@ class WriterActor(Actor):
             "spooled": spool.spooled,
             "replayed": spool.replayed,
             "spool_error": spool.error,
+            "heap_trims": self.heap.trims,
         }
