@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from hub import Candle, Hub, HubConfig, LiveCandle, ValidationError
+from hubdomain import timeframes as tfs
 from tests.conftest import eventually, influx_resampled, redis_command
 from wolfhub.servers import LocalServers
 
@@ -172,6 +173,49 @@ async def test_candles_written_by_another_process_arrive(config: HubConfig,
     assert len(fives) >= 40
     assert fives[-1].open == 1.0 + 295 and fives[-1].close == 1.5 + 299
     assert fives[-1].volume == 5.0
+
+
+async def test_two_processes_writing_one_product_publish_each_rollup_once(
+        config: HubConfig, config_data: dict[str, Any], tmp_path: Path) -> None:
+    """Two hub processes write the same minutes of one product (a redundant feed): each
+    computes every rollup, and a subscriber gets each one once, never as a revision."""
+    child_config = tmp_path / "child.yml"
+    import yaml
+
+    data = {**config_data, "sqlite": {"path": str(tmp_path / "child.sqlite")}}
+    child_config.write_text(yaml.safe_dump(data))
+    writes = textwrap.dedent(f"""
+        for i in range(120):
+            await hub.write_candle({EX!r}, {PR!r}, {T0} + 60 * i, 1.0 + i, 2.0 + i,
+                                   0.5 + i, 1.5 + i, 0.1 * (i % 7))
+            if i % 5 == 0:
+                await asyncio.sleep(0.002)
+    """)
+    script = ("import asyncio\nfrom hub import Hub, HubConfig\nasync def main():\n"
+              f"    async with Hub(HubConfig.load({str(child_config)!r})) as hub:\n"
+              "        print('ready', flush=True)\n        await asyncio.sleep(0.2)\n"
+              + textwrap.indent(writes, " " * 8) + "asyncio.run(main())\n")
+    async with Hub(config) as hub:
+        stream = hub.candles(EX, PR, "5m")
+        follow = asyncio.create_task(until(stream, T0 + 300 * 23))
+        await asyncio.sleep(0.1)
+        with subprocess.Popen(  # noqa: ASYNC220 - driven with a reader thread
+                [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as child:
+            assert child.stdout is not None
+            assert (await asyncio.to_thread(child.stdout.readline)).strip() == "ready"
+            await asyncio.sleep(0.2)
+            for i in range(120):  # the same minutes, racing the other process
+                await hub.write_candle(EX, PR, T0 + 60 * i, 1.0 + i, 2.0 + i, 0.5 + i,
+                                       1.5 + i, 0.1 * (i % 7))
+                if i % 5 == 0:
+                    await asyncio.sleep(0.002)
+            assert await asyncio.to_thread(child.wait, 60) == 0
+        fives = await follow
+        assert hub.streams is not None
+        await hub.streams.settle()
+    assert [c.timestamp for c in fives] == [T0 + 300 * k for k in range(24)]
+    assert not any(c.revision for c in fives)
+    assert fives[3].volume == tfs.volume([0.1 * (i % 7) for i in range(15, 20)])
 
 
 async def until(stream: Any, last: int, within: float = 30.0) -> list[LiveCandle]:

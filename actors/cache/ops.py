@@ -121,7 +121,10 @@ return added
 # (SNAPSHOT below) sees the window and the stream's last id of one moment, so warm-up
 # from the window hands over to the stream without a duplicate or a hole. KEYS: the
 # stream, then one window per group; ARGV: the stream's length, then per group its window
-# size, TTL, timeframe, number of candles and (time, member) pairs.
+# size, TTL, timeframe, number of candles and (time, member) pairs. A rollup the window
+# holds already, the same to the byte, is not published again: two processes writing one
+# product's minutes both compute each rollup, and subscribers get it once (a 1-minute
+# candle is always published: cache_candles fills that window without publishing).
 PUBLISH_MANY = """
 local stream = KEYS[1]
 local length = ARGV[1]
@@ -141,12 +144,19 @@ for k = 2, #KEYS do
   for j = 1, n do
     local ts = tonumber(ARGV[i])
     if lo == nil or ts >= lo then
-      local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
-      redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
-      redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
-                 'c', ARGV[i + 1], 'r', replaced)
+      local same = false
+      if timeframe ~= '1m' then
+        local held = redis.call('ZRANGEBYSCORE', key, ARGV[i], ARGV[i])
+        same = #held == 1 and held[1] == ARGV[i + 1]
+      end
+      if not same then
+        local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
+        redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+        redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
+                   'c', ARGV[i + 1], 'r', replaced)
+        here = here + 1
+      end
       if lo == nil then lo = ts end
-      here = here + 1
     end
     i = i + 2
   end
@@ -332,6 +342,8 @@ def _time(row: Row) -> int:
 
 
 def _ascending(rows: Sequence[Row]) -> bool:
+    if len(rows) < 2:  # write_candle's one row: no generator to start
+        return True
     return all(rows[i][0] <= rows[i + 1][0] for i in range(len(rows) - 1))
 
 
