@@ -434,11 +434,13 @@ class Hub:
         if hot is not None:
             return hot
         if interval is not None:
-            # (a window of N minutes holds at most N buckets: a newest-N read of more, from
-            # no start inside it, is InfluxDB's without reading the window first)
-            if self._cache is not None and (
+            # (a window the near cache holds was tried by hot_query already; one of N
+            # minutes holds at most N buckets: a newest-N read of more, from no start
+            # inside it, is InfluxDB's without reading the window first)
+            key = keys.candles(exchange, product, self._tagged)
+            if self._cache is not None and not self._cache.held(key)[0] and (
                     lo is not None or limit <= self.config.performance.redis_hot_data_window):
-                window = await self._cache.window(keys.candles(exchange, product, self._tagged))
+                window = await self._cache.window(key)
                 found = resample(window, ql.interval_seconds(interval), lo, hi, limit) \
                     if window else None
                 if found is not None:
