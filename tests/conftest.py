@@ -162,22 +162,28 @@ async def failover_under_load(hub: Hub, exchange: str, product: str,
     await eventually(lands, within=10)
 
 
-def influx_resampled(hub: Hub, exchange: str, product: str, seconds: int, limit: int,
-                     start: int, end: int) -> list[Candle]:
-    """The newest ``limit`` buckets of ``seconds`` as influxd itself resamples the stored
-    minutes of [start, end] (newest first, as the hub asks): what query_candles(interval)
-    answers, asked of the server directly."""
+def influx_candles(hub: Hub, q: str) -> list[Candle]:
+    """Candles (time, then open, high, low, close, volume columns), ascending, as influxd
+    itself answers ``q`` (newest first) over HTTP: not through the hub."""
     import json
     import urllib.parse
     import urllib.request
 
     url = hub.config.influxdb.url + "/query?" + urllib.parse.urlencode({
-        "db": hub.config.influxdb.bucket, "epoch": "s",
-        "q": 'SELECT first("open"), max("high"), min("low"), last("close"), sum("volume") '
-             f"FROM candle WHERE exchange='{exchange}' AND product='{product}' "
-             f"AND time >= {start}s AND time <= {end}s GROUP BY time({seconds}s) fill(none) "
-             f"ORDER BY time DESC LIMIT {limit}"})
+        "db": hub.config.influxdb.bucket, "epoch": "s", "q": q})
     with urllib.request.urlopen(url, timeout=30) as answer:
         series = json.load(answer)["results"][0].get("series", [])
     rows = series[0]["values"] if series else []
     return [Candle(int(t), *map(float, rest)) for t, *rest in reversed(rows)]
+
+
+def influx_resampled(hub: Hub, exchange: str, product: str, seconds: int, limit: int,
+                     start: int, end: int) -> list[Candle]:
+    """The newest ``limit`` buckets of ``seconds`` as influxd itself resamples the stored
+    minutes of [start, end] (newest first, as the hub asks): what query_candles(interval)
+    answers, asked of the server directly."""
+    return influx_candles(hub, (
+        'SELECT first("open"), max("high"), min("low"), last("close"), sum("volume") '
+        f"FROM candle WHERE exchange='{exchange}' AND product='{product}' "
+        f"AND time >= {start}s AND time <= {end}s GROUP BY time({seconds}s) fill(none) "
+        f"ORDER BY time DESC LIMIT {limit}"))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hub import Candle, Hub, HubConfig
-from tests.conftest import influx_resampled
+from tests.conftest import influx_candles, influx_resampled
 
 pytestmark = pytest.mark.anyio
 EX, PR = "papertrader", "NIFTY-FUT"
@@ -163,23 +163,13 @@ async def test_1h_resampling_matches_ohlcv_computed_here(hub: Hub) -> None:
 def influx_newest(hub: Hub, limit: int, start: int | None = None,
                   end: int | None = None) -> list[Candle]:
     """The newest ``limit`` candles as influxd itself answers the single plain query."""
-    import json
-    import urllib.parse
-    import urllib.request
-
     where = f"exchange='{EX}' AND product='{PR}'"
     if start is not None:
         where += f" AND time >= {start}s"
     if end is not None:
         where += f" AND time <= {end}s"
-    url = hub.config.influxdb.url + "/query?" + urllib.parse.urlencode({
-        "db": hub.config.influxdb.bucket, "epoch": "s",
-        "q": f"SELECT open, high, low, close, volume FROM candle WHERE {where} "
-             f"ORDER BY time DESC LIMIT {limit}"})
-    with urllib.request.urlopen(url, timeout=30) as answer:
-        series = json.load(answer)["results"][0].get("series", [])
-    rows = series[0]["values"] if series else []
-    return [Candle(int(t), *map(float, rest)) for t, *rest in reversed(rows)]
+    return influx_candles(hub, f"SELECT open, high, low, close, volume FROM candle "
+                               f"WHERE {where} ORDER BY time DESC LIMIT {limit}")
 
 
 @pytest.mark.parametrize("limit,start,end", [
