@@ -170,6 +170,7 @@ class Hub:
             self._state = _State.CLOSED
             self._closed.set()
             raise
+        self.intake.start_runs()
         self._state = _State.OPEN
         if cfg.metrics.port is not None:
             from hub._metrics import HubMetrics, Observed  # prometheus-client when asked for
@@ -269,6 +270,7 @@ class Hub:
             self._state = _State.CLOSED
             self._closed.set()
             return
+        self.intake.seal()  # write_candle's runs not delivered yet
         self._state = _State.CLOSING
         try:
             if self.streams is not None:
@@ -299,8 +301,11 @@ class Hub:
         return self._state is _State.OPEN and bool(self._supervisor and self._supervisor.healthy)
 
     def _check_open(self) -> None:
+        """Raises HubClosed unless open; delivers write_candle's runs first, so what
+        follows (a read, another write, flush) sees them, in order."""
         if self._state is not _State.OPEN:
             raise HubClosed(f"hub is {self._state.value}")
+        self.intake.seal()
 
     # ---- plumbing -----------------------------------------------------------------
 
@@ -381,9 +386,19 @@ class Hub:
                            open_price: float, high: float, low: float, close: float,
                            volume: float) -> None:
         """Write one candle: Redis hot window + InfluxDB ``candle`` point.
-        Acknowledged on enqueue; :meth:`flush` makes it queryable in InfluxDB."""
-        await self._accept(self.intake.write_candle(exchange, product, timestamp, open_price,
-                                                  high, low, close, volume))
+        Acknowledged on enqueue; :meth:`flush` makes it queryable in InfluxDB.
+        (Consecutive calls are delivered together, on the loop's next turn or before
+        anything else this hub does: see ``Intake.gather_candle``.)"""
+        if self._state is not _State.OPEN:
+            raise HubClosed(f"hub is {self._state.value}")
+        intake = self.intake
+        if intake.can_gather():
+            if intake.gather_candle(exchange, product, timestamp, open_price, high, low,
+                                    close, volume):
+                await intake.deliver_runs()
+            return
+        await self._accept(intake.write_candle(exchange, product, timestamp, open_price,
+                                               high, low, close, volume))
 
     async def write_candles_batch(self, exchange: str, product: str,
                                   candles: Iterable[Candle | Mapping[str, Any]], *,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +30,12 @@ from hubdomain.errors import BackendUnavailable, ValidationError
 from hubdomain.fieldtypes import FieldTypes
 from hubdomain.records import Candle, Row, candle_row, candle_rows
 from hubdomain.resample import resample
+
+log = logging.getLogger(__name__)
+
+# write_candle calls delivered together at most (fewer when the hot window is smaller:
+# a window push publishes only the rows the window keeps)
+RUN_CAP = 256
 
 _INDICATOR_TAGS = frozenset({"exchange", "product", "name"})
 _METRIC_TAGS = frozenset({"name"})
@@ -63,6 +71,12 @@ class Intake:
         # the rollups of written candles (hub._streams), when streams are on
         self.rollups: Callable[[str, str, list[Row]], list[Accepted]] | None = None
         self._delivered = 0
+        # write_candle's runs: candles accepted and not yet delivered, per product
+        self._runs: dict[tuple[str, str], list[Row]] = {}
+        self._run_rows = 0
+        self._run_cap = min(RUN_CAP, config.performance.redis_hot_data_window)
+        self._seal_scheduled = False
+        self._loop_thread: int | None = None  # set when the hub starts
 
     def check_open(self) -> None:
         """Raises HubClosed unless the hub is open."""
@@ -113,6 +127,99 @@ class Intake:
         finally:
             if not queued and op is not None and self.cache is not None:
                 self.cache.abandon(op)
+
+    # ---- write_candle's runs ----------------------------------------------------------
+    #
+    # A feed or a replay calls write_candle once a candle; each call delivered alone
+    # costs a line batch, a window push, a rollup step and two mailbox hops. On the
+    # loop's thread the hub validates the candle at once (bad input raises, nothing is
+    # kept) and adds it to its product's run (minutes in a run never go back in time);
+    # the runs are delivered together on the next turn of the loop, or at once when
+    # they reach RUN_CAP rows, or before anything else this hub does (another write, a
+    # read, flush, close), so order and read-your-writes are as if each call were
+    # delivered alone.
+
+    def start_runs(self) -> None:
+        """The hub's loop runs on this thread: runs are kept and sealed here only."""
+        self._loop_thread = threading.get_ident()
+
+    def can_gather(self) -> bool:
+        """A write_candle may join a run: not durable (acknowledged once on disk, one
+        by one), the writer is not behind and the cache's mailbox has room (else the
+        call takes the waiting path, one candle a message, which raises
+        BackendUnavailable when the writer stays full: a mailbox bounds messages, and a
+        run is hundreds of lines)."""
+        if self.config.influxdb.durable:
+            return False
+        writer, cache = self.writer, self.cache
+        return (writer is None or not writer.behind) and (cache is None or not cache.full)
+
+    def gather_candle(self, exchange: object, product: object, timestamp: object,
+                      open_price: object, high: object, low: object, close: object,
+                      volume: object) -> bool:
+        """Validate a candle and add it to its product's run. True: the runs are due now
+        (the caller awaits :meth:`deliver_runs`)."""
+        exchange, product = _names(exchange, product)
+        row = candle_row(timestamp, open_price, high, low, close, volume)
+        lp.check_candle_names(exchange, product)
+        run = self._runs.get((exchange, product))
+        if run is not None and row[0] < run[-1][0]:
+            # back in time: the run so far goes first, so the rollups see the minutes in
+            # the order they were written (a correction of a closed bucket is a revision)
+            self.seal()
+            run = None
+        if run is None:
+            run = self._runs[(exchange, product)] = []
+            if not self._seal_scheduled:
+                self._seal_scheduled = True
+                asyncio.get_running_loop().call_soon(self._sealed_by_loop)
+        run.append(row)
+        self._run_rows += 1
+        return self._run_rows >= self._run_cap
+
+    async def deliver_runs(self) -> None:
+        """Deliver the runs from the writing coroutine: it waits for mailbox room (the
+        candles were acknowledged, so however long it takes), then lets the loop run."""
+        for accepted in self._take_runs():
+            await self.deliver(accepted, patient=True)
+        await asyncio.sleep(0)
+
+    def seal(self) -> None:
+        """Deliver the runs now (synchronous, on the loop's thread; elsewhere a no-op):
+        before anything else the hub does, so it sees them, in order."""
+        if self._runs and threading.get_ident() == self._loop_thread:
+            for accepted in self._take_runs():
+                self._deliver_now(accepted)
+
+    def _sealed_by_loop(self) -> None:
+        self._seal_scheduled = False
+        try:
+            self.seal()
+        except Exception:  # a closed mailbox: nothing else would see it
+            log.exception("candles accepted by write_candle could not be queued")
+
+    def _take_runs(self) -> list[Accepted]:
+        runs, self._runs, self._run_rows = self._runs, {}, 0
+        out = []
+        for (exchange, product), rows in runs.items():
+            out.append(self.begin(Accepted(
+                lp.candle_lines(exchange, product, rows),
+                self._window_op(exchange, product, rows, None, True),
+                (exchange, product, rows) if self.rollups is not None else None)))
+        return out
+
+    def _deliver_now(self, accepted: Accepted) -> None:
+        """:meth:`deliver` without waiting: a full mailbox takes it past its bound (a run
+        joins only while both had room, so by at most the runs' rows)."""
+        if accepted.lines and self.writer is not None \
+                and not self.writer.offer_lines(accepted.lines):
+            self.writer.push_lines(accepted.lines)
+        op = accepted.cache
+        if op is not None and self.cache is not None and not self.cache.offer(op):
+            self.cache.push(op)
+        if accepted.candles is not None and self.rollups is not None:
+            for extra in self.rollups(*accepted.candles):
+                self._deliver_now(extra)
 
     # ---- the Wolfinch drop-in's generic Redis API (keys it names itself) --------------
 

@@ -113,6 +113,7 @@ class Streams:
 
     async def expire(self, now: float | None = None) -> int:
         """Close the live buckets of stalled feeds (the maintenance actor's job)."""
+        self.intake.seal()  # minutes accepted and not yet delivered close their buckets
         when = time.time() if now is None else now
         closed = 0
         for key, book in list(self.books.items()):

@@ -116,6 +116,12 @@ def _candle_prefix(exchange: str, product: str) -> str:
     return key + " "
 
 
+def check_candle_names(exchange: str, product: str) -> None:
+    """Raises ValidationError when a candle line of these names would be too long for
+    InfluxDB (remembered: a writer names the same few products over and over)."""
+    _candle_prefix(exchange, product)
+
+
 def candle_lines(exchange: str, product: str, rows: Iterable[Row]) -> list[str]:
     """Lines of checked candle rows (timestamp, open, high, low, close, volume)."""
     return _ohlcv_lines(_candle_prefix(exchange, product), rows)

@@ -89,6 +89,16 @@ class CacheService:
         """Queue a prepared write if the mailbox has room now (never waits)."""
         return self.actor.offer(op)
 
+    def push(self, op: RedisOp[Any]) -> None:
+        """Queue a prepared write now, past the mailbox's bound when it is full (an
+        acknowledged write delivered where nothing can wait)."""
+        self.actor.tell_past_bound(op)
+
+    @property
+    def full(self) -> bool:
+        """The mailbox has no room now (a write would wait)."""
+        return self.actor.mailbox.full
+
     async def enqueue(self, op: RedisOp[Any]) -> None:
         """Queue a prepared write without waiting for Redis (reads queue behind it, so
         they see it). A write Redis cannot take is counted as skipped, never raised."""

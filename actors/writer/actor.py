@@ -101,9 +101,22 @@ class WriterActor(Actor):
             raise BackendUnavailable(
                 "influxdb", f"the write cannot be kept now: {self.blocked_reason()}") from None
 
+    @property
+    def behind(self) -> bool:
+        """Lines wait for room: the mailbox is full, or memory holds ``max_pending``
+        lines (InfluxDB and the spool are slower than the producers; the intake
+        pauses)."""
+        return self.mailbox.full or self.memory.full
+
     def offer_lines(self, lines: Sequence[str]) -> bool:
         """Queue lines if the mailbox has room now (never waits); False otherwise."""
         return super().offer(Lines(lines))
+
+    def push_lines(self, lines: Sequence[str]) -> None:
+        """Queue lines now, past the mailbox's bound when it is full: for lines that were
+        acknowledged already (a run of write_candle calls delivered by a loop callback,
+        which cannot wait; a run is a few hundred lines at most)."""
+        super().tell_past_bound(Lines(lines))
 
     def write_durable(self, lines: Sequence[str], ids: Sequence[int]) -> None:
         """Queue lines that are in the outbox already (rows ``ids``): never waits, a

@@ -1,0 +1,208 @@
+"""write_candle's runs: consecutive calls are delivered together (one line batch, one
+window push, one rollup step per product), yet everything the hub does after a call sees
+it, in order, and a live feed's single candle goes out without another call."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from hub import Candle, Hub, HubConfig, ValidationError
+from hub._intake import RUN_CAP
+from hubdomain import keys
+from tests.conftest import eventually, influx_candles, redis_command
+from wolfhub.servers import LocalServers
+
+pytestmark = pytest.mark.anyio
+EX = "papertrader"
+T0 = 1697529600
+
+
+def stored(hub: Hub, product: str) -> list[Candle]:
+    return influx_candles(hub, f"SELECT open, high, low, close, volume FROM candle "
+                               f"WHERE exchange='{EX}' AND product='{product}' "
+                               f"ORDER BY time DESC")
+
+
+async def write(hub: Hub, product: str, c: Candle) -> None:
+    await hub.write_candle(EX, product, c.timestamp, c.open, c.high, c.low, c.close, c.volume)
+
+
+async def test_one_candle_goes_out_without_another_call(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """A live feed writes a candle a minute and then waits for the next: that candle is
+    in the Redis window and reaches another process's subscriber with nothing else
+    asked of the writing hub (no maintenance job either)."""
+    config_data["maintenance"] = {"enabled": False}
+    config = HubConfig.from_mapping(config_data, environ={})
+    async with Hub(config) as writer, Hub(config) as reader:
+        live = reader.candles(EX, "LIVE")
+        first = asyncio.ensure_future(anext(live))
+        await asyncio.sleep(0.3)  # the subscription is in place
+        c = Candle(T0, 10.0, 12.0, 9.0, 11.0, 5.0)
+        await write(writer, "LIVE", c)
+        got = await asyncio.wait_for(first, 5)
+        assert got.as_candle() == c and got.timeframe == "1m"
+        window = redis_command(servers, "ZRANGE", keys.candles(EX, "LIVE"), "0", "-1")
+        assert b"[1697529600,10.0,12.0,9.0,11.0,5.0]" in window
+        await live.aclose()
+
+
+@pytest.mark.parametrize("near", [True, False], ids=["near", "no-near"])
+async def test_calls_read_back_at_once_and_store_as_written(config_data: dict[str, Any],
+                                                            near: bool) -> None:
+    """Many calls across products, more than a run holds, going back in time and
+    rewriting minutes, on a small window: a read right after a call sees it, the window
+    ends with the newest minutes and InfluxDB with the last value written of each."""
+    config_data["performance"] = {"near_cache": near, "redis_hot_data_window": 64}
+    rnd = random.Random(3)
+    expected: dict[str, dict[int, Candle]] = {"A": {}, "B": {}, "C": {}}
+
+    def newest(product: str, count: int) -> list[Candle]:
+        return sorted(expected[product].values(), key=lambda x: x.timestamp)[-count:]
+
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        for i in range(3 * RUN_CAP + 17):
+            product = rnd.choice("ABC")
+            # mostly forward, sometimes back in time or the same minute again
+            minute = T0 + 60 * (i // 2 + rnd.choice((0, 0, 0, 1, 2, -1, -1, -40, -110)))
+            c = Candle(minute, float(i), i + 2.0, i - 1.0, i + 1.0, float(rnd.randrange(99)))
+            await write(hub, product, c)
+            expected[product][minute] = c
+            if i % 37 == 20:  # in the middle of a run
+                assert await hub.get_candles(EX, product, 3) == newest(product, 3)
+        for product in expected:
+            assert await hub.get_candles(EX, product, 1000) == newest(product, 64)
+        await hub.flush()
+        for product in expected:
+            assert stored(hub, product) == newest(product, 1000)
+            assert len(stored(hub, product)) > 150
+
+
+async def test_every_call_reaches_subscribers_once_in_order(config_data: dict[str, Any]
+                                                             ) -> None:
+    """More calls in a row than the hot window holds: a subscriber in another hub gets
+    every minute, in order, once."""
+    config_data["performance"] = {"redis_hot_data_window": 64}
+    config = HubConfig.from_mapping(config_data, environ={})
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 3.0) for i in range(3 * RUN_CAP)]
+    async with Hub(config) as hub, Hub(config) as other:
+        live = other.candles(EX, "SUB")
+        got: list[Candle] = []
+
+        async def follow() -> None:
+            async for candle in live:
+                if candle.timeframe == "1m":
+                    got.append(candle.as_candle())
+                    if len(got) == len(data):
+                        return
+        following = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.3)  # the subscription is in place
+        for c in data:
+            await write(hub, "SUB", c)
+        await asyncio.wait_for(following, 10)
+        assert got == data
+
+
+async def test_a_correction_after_its_bucket_closed_is_a_revision(config: HubConfig) -> None:
+    """Five minutes close a 5m bucket, then one of them is written again, all in one
+    burst of calls: the 5m candle goes out, then its revision, as when each call is
+    delivered alone."""
+    async with Hub(config) as hub, Hub(config) as other:
+        live = other.candles(EX, "REV", "5m")
+        got: list[Any] = []
+
+        async def follow() -> None:
+            async for candle in live:
+                got.append(candle)
+                if len(got) == 2:
+                    return
+        following = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.3)  # the subscription is in place
+        for i in range(5):
+            await write(hub, "REV", Candle(T0 + 60 * i, 10.0, 12.0, 9.0, 11.0, 1.0))
+        await write(hub, "REV", Candle(T0 + 120, 10.0, 30.0, 9.0, 11.0, 1.0))  # a new high
+        await asyncio.wait_for(following, 10)
+        assert [(c.timestamp, c.high, c.revision) for c in got] == [
+            (T0, 12.0, False), (T0, 30.0, True)]
+
+
+async def test_a_call_and_the_next_write_keep_their_order(hub: Hub) -> None:
+    """A minute written by write_candle, then by write_candles_batch, then by
+    write_candle again: the last one is what both stores keep; a delete issued after
+    a call removes that call's candle."""
+    first, second, third = (Candle(T0, v, v + 1, v - 1, v, 1.0) for v in (1.0, 2.0, 3.0))
+    await write(hub, "ORD", first)
+    await hub.write_candles_batch(EX, "ORD", [second])
+    assert await hub.get_candles(EX, "ORD") == [second]
+    await write(hub, "ORD", third)
+    await hub.cache_indicator(EX, "ORD", "EMA", 20, 1.5)
+    assert await hub.get_candles(EX, "ORD") == [third]
+    await hub.flush()
+    assert stored(hub, "ORD") == [third]
+
+    await write(hub, "DEL", first)
+    await hub.delete_data("-3000w", "now", '_measurement="candle" AND product="DEL"')
+    await hub.flush()
+    assert await hub.get_candles(EX, "DEL") == []
+    assert stored(hub, "DEL") == []
+
+
+async def test_a_bad_candle_among_good_ones_is_refused_alone(hub: Hub) -> None:
+    good = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0) for i in range(10)]
+    for c in good[:5]:
+        await write(hub, "BAD", c)
+    with pytest.raises(ValidationError) as refused:
+        await hub.write_candle(EX, "BAD", T0 + 3000, 1.0, 2.0, 0.5, float("nan"), 3.0)
+    assert "close" in str(refused.value)
+    with pytest.raises(ValidationError) as refused:
+        await hub.write_candle(EX, "BAD/" + "x" * 70_000, T0, 1.0, 2.0, 0.5, 1.5, 3.0)
+    for c in good[5:]:
+        await write(hub, "BAD", c)
+    await hub.flush()
+    assert stored(hub, "BAD") == good
+    assert await hub.get_candles(EX, "BAD", 100) == good
+
+
+async def test_close_right_after_the_calls_keeps_them(config: HubConfig) -> None:
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5 + i, 3.0) for i in range(5)]
+    hub = Hub(config)
+    await hub.start()
+    for c in data:
+        await write(hub, "CLOSE", c)
+    await hub.close()  # no flush, no read: the calls were acknowledged
+    assert stored(hub, "CLOSE") == data
+    async with Hub(config) as again:
+        assert await again.get_candles(EX, "CLOSE", 10) == data
+
+
+async def test_a_fast_producer_lets_the_others_run(hub: Hub, servers: LocalServers) -> None:
+    """A replay loop that never waits on anything else: other coroutines run while it
+    writes, and its candles reach Redis while it runs, not only once it stops."""
+    turns, window_sizes = 0, []
+    key = keys.candles(EX, "FAST")
+
+    async def strategy() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+            if turns % 10 == 0:  # asked of Redis directly, not through the hub
+                window_sizes.append(int(redis_command(servers, "ZCARD", key)[1:-2]))
+
+    other = asyncio.ensure_future(strategy())
+    try:
+        for i in range(20_000):
+            await hub.write_candle(EX, "FAST", T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0)
+    finally:
+        other.cancel()
+    assert turns >= 20_000 // RUN_CAP // 2
+    assert any(0 < size for size in window_sizes)
+
+    async def all_stored() -> bool:
+        await hub.flush()
+        return len(stored(hub, "FAST")) == 20_000
+    await eventually(all_stored, within=30)
