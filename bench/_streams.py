@@ -127,11 +127,12 @@ async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
                            count: int = 1000) -> list[dict[str, Any]]:
     """write_candle x n + flush on one product: alone, with ``count`` subscribers in
     another hub process (the strategies' process), and with them in this one (sharing
-    the writer's thread), interleaved three times (the machine drifts)."""
+    the writer's thread; once), interleaved five times (the machine drifts, and n
+    writes take only about a tenth of a second)."""
     runs: dict[str, list[float]] = {"none": [], "other process": [], "this process": []}
     cpu: dict[str, list[float]] = {"none": [], "other process": [], "this process": []}
     delivered: dict[str, int] = {"none": 0, "other process": 0, "this process": 0}
-    for run in range(3):
+    for run in range(5):
         runs["none"].append(await _timed_writes(hub, f"SUBS{run}N", n, cpu["none"]))
         product = f"SUBS{run}P"
         child = subprocess.Popen(  # noqa: ASYNC220 - read from a thread

@@ -255,19 +255,21 @@ class Bench:
         data = candles(n, 9)
         influx = InfluxClient(self.config.influxdb.model_copy(update={"bucket": "bench_raw"}))
         await influx.connect()
-        lines = [lp.candle(EX, "RAW", c) for c in data]
-        began = time.perf_counter()
-        for i in range(0, n, 5000):
-            await influx.write("\n".join(lines[i:i + 5000]).encode())
-        raw_s = time.perf_counter() - began
-        await influx.close()
 
-        began = time.perf_counter()
-        for c in data:
-            await hub.write_candle(EX, "HUBW", c.timestamp, c.open, c.high, c.low, c.close,
-                                   c.volume)
-        await hub.flush()
-        hub_s = time.perf_counter() - began
+        async def raw(run: int) -> float:
+            lines = [lp.candle(EX, f"RAW{run}", c) for c in data]
+            began = time.perf_counter()
+            for i in range(0, n, 5000):
+                await influx.write("\n".join(lines[i:i + 5000]).encode())
+            return time.perf_counter() - began
+
+        async def one_by_one(target: Hub, product: str) -> float:
+            began = time.perf_counter()
+            for c in data:
+                await target.write_candle(EX, product, c.timestamp, c.open, c.high, c.low,
+                                          c.close, c.volume)
+            await target.flush()
+            return time.perf_counter() - began
 
         durable = self.config.model_copy(update={
             "influxdb": self.config.influxdb.model_copy(update={"durable": True}),
@@ -281,15 +283,15 @@ class Bench:
         batch_runs: list[float] = []
         durable_runs: list[float] = []
         plain_runs: list[float] = []
+        single_runs: list[float] = []
+        raw_runs: list[float] = []
+        plain_single_runs: list[float] = []
         async with Hub(durable, handle_sigterm=False) as kept, \
                 Hub(plain_config, handle_sigterm=False) as plain:
-            began = time.perf_counter()
-            for c in data:
-                await plain.write_candle(EX, "PLAINW", c.timestamp, c.open, c.high, c.low,
-                                         c.close, c.volume)
-            await plain.flush()
-            plain_single_s = time.perf_counter() - began
             for run in range(3):  # in turn, the median of each: the machine is noisy
+                raw_runs.append(await raw(run))
+                single_runs.append(await one_by_one(hub, f"HUBW{run}"))
+                plain_single_runs.append(await one_by_one(plain, f"PLAINW{run}"))
                 for target, times, tag in ((hub, batch_runs, "B"), (kept, durable_runs, "D"),
                                            (plain, plain_runs, "P")):
                     product = f"HUB{tag}{run}"
@@ -298,6 +300,10 @@ class Bench:
                         await target.write_candles_batch(EX, product, data[i:i + 5000])
                     await target.flush()
                     times.append(time.perf_counter() - began)
+        await influx.close()
+        raw_s = statistics.median(raw_runs)
+        hub_s = statistics.median(single_runs)
+        plain_single_s = statistics.median(plain_single_runs)
         hub_batch_s = statistics.median(batch_runs)
         durable_s = statistics.median(durable_runs)
         plain_batch_s = statistics.median(plain_runs)

@@ -392,9 +392,10 @@ class Hub:
         if self._state is not _State.OPEN:
             raise HubClosed(f"hub is {self._state.value}")
         intake = self.intake
-        if intake.can_gather():
-            if intake.gather_candle(exchange, product, timestamp, open_price, high, low,
-                                    close, volume):
+        gathered = intake.gather_candle(exchange, product, timestamp, open_price, high, low,
+                                        close, volume)
+        if gathered is not None:
+            if gathered:
                 await intake.deliver_runs()
             return
         await self._accept(intake.write_candle(exchange, product, timestamp, open_price,

@@ -156,20 +156,32 @@ class Intake:
 
     def gather_candle(self, exchange: object, product: object, timestamp: object,
                       open_price: object, high: object, low: object, close: object,
-                      volume: object) -> bool:
+                      volume: object) -> bool | None:
         """Validate a candle and add it to its product's run. True: the runs are due now
-        (the caller awaits :meth:`deliver_runs`)."""
-        exchange, product = _names(exchange, product)
+        (the caller awaits :meth:`deliver_runs`); None: no run can take it now
+        (:meth:`can_gather`), the caller delivers it alone."""
+        runs = self._runs
+        if not runs and not self.can_gather():  # (an open run: checked when it began)
+            return None
+        # names equal to an open run's were checked when it began
+        if type(exchange) is str and type(product) is str:
+            key = (exchange, product)
+            run = runs.get(key)
+        else:
+            run = None
+        if run is None:
+            key = _names(exchange, product)
+            lp.check_candle_names(*key)
         row = candle_row(timestamp, open_price, high, low, close, volume)
-        lp.check_candle_names(exchange, product)
-        run = self._runs.get((exchange, product))
+        if run is None:
+            run = runs.get(key)
         if run is not None and row[0] < run[-1][0]:
             # back in time: the run so far goes first, so the rollups see the minutes in
             # the order they were written (a correction of a closed bucket is a revision)
             self.seal()
             run = None
         if run is None:
-            run = self._runs[(exchange, product)] = []
+            run = self._runs[key] = []
             if not self._seal_scheduled:
                 self._seal_scheduled = True
                 asyncio.get_running_loop().call_soon(self._sealed_by_loop)

@@ -228,6 +228,15 @@ def encode_candle(c: Candle | Row) -> bytes:
     return jsonbytes.dumps(c)
 
 
+def encode_rows(rows: Sequence[Row]) -> list[bytes]:
+    """:func:`encode_candle` of each checked row, the same bytes, from one orjson call
+    (a run of write_candle calls, a batch): the array of arrays split between rows
+    (numbers hold no bracket), each member a bytes object of its own size."""
+    if len(rows) < 2:
+        return [jsonbytes.dumps(row) for row in rows]
+    return orjson.dumps(rows)[1:-1].replace(b"],[", b"]\n[").split(b"\n")
+
+
 def decode_candle(raw: bytes) -> Candle:
     ts, o, h, low, c, vol = orjson.loads(raw)
     return Candle(int(ts), float(o), float(h), float(low), float(c), float(vol))
@@ -331,9 +340,10 @@ def op_push_candles(key: str, rows: Sequence[Row], window: int, ttl: int,
     """Push checked candle rows into a hot window (the newest ``window`` matter); with
     ``stream``, each one the window takes is also published there (PUBLISH_MANY)."""
     ordered = rows if _ascending(rows) else sorted(rows, key=_time)
-    args: list[Any] = []
-    for row in ordered[-window:]:
-        args += [row[0], encode_candle(row)]
+    kept = ordered[-window:]
+    args: list[Any] = [None] * (2 * len(kept))
+    args[::2] = [row[0] for row in kept]
+    args[1::2] = encode_rows(kept)
     return _push(key, window, ttl, tuple(args), near, stream, timeframe, length)
 
 
