@@ -190,10 +190,12 @@ class Intake:
         return self._run_rows >= self._run_cap
 
     async def deliver_runs(self) -> None:
-        """Deliver the runs from the writing coroutine: it waits for mailbox room (the
-        candles were acknowledged, so however long it takes), then lets the loop run."""
-        for accepted in self._take_runs():
-            await self.deliver(accepted, patient=True)
+        """The runs are due: deliver them now, then let the loop run. Never waits for
+        mailbox room: a coroutine waiting here while others go on writing would let
+        their candles (and their reads) overtake ones acknowledged before. A full
+        mailbox takes them past its bound, by a run at most, and the next call finds
+        the writer behind and waits on the one-by-one path."""
+        self.seal()
         await asyncio.sleep(0)
 
     def seal(self) -> None:
