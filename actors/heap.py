@@ -6,8 +6,8 @@ reuse, so the process's RSS stays at the burst's high-water mark long after. Mea
 with 300 products' 1,000-candle windows written and read once: 591 B per hot-window
 candle of RSS growth before ``malloc_trim(0)``, 487 B after it; the retained Python
 objects are about 250 B per candle. ``Trimmer`` asks glibc to return it once a burst is
-over (the writer's queue has emptied after many lines), in a worker thread so the event
-loop does not wait the few milliseconds the heap walk takes.
+over (the writer's queue has emptied after many lines and stayed empty a moment), in a
+worker thread so the event loop does not wait the few milliseconds the heap walk takes.
 """
 
 from __future__ import annotations
@@ -36,24 +36,35 @@ _TRIM = _malloc_trim()
 
 
 class Trimmer:
-    """Counts work done; once ``after`` units were done and the caller says it is idle,
-    trims the heap (at most one trim at a time)."""
+    """Counts work done; once ``after`` units were done and the caller has been idle for
+    ``quiet`` seconds (the burst is over, not a pause between two of its batches),
+    trims the heap (at most one trim at a time). A heap walk during a burst would only
+    take a core from the servers the burst feeds."""
 
-    def __init__(self, after: int = 100_000) -> None:
+    def __init__(self, after: int = 100_000, quiet: float = 0.25) -> None:
         self.after = after
+        self.quiet = quiet
         self.done = 0
         self.trims = 0
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def available(self) -> bool:
         return _TRIM is not None
 
     def count(self, units: int, idle: bool) -> None:
-        """``units`` more done; ``idle``: nothing is waiting now (the burst is over)."""
+        """``units`` more done; ``idle``: nothing is waiting now (the burst may be over)."""
         self.done += units
-        if idle and self.done >= self.after and _TRIM is not None \
-                and (self._task is None or self._task.done()):
+        if self._timer is not None:  # more work: the quiet period starts again
+            self._timer.cancel()
+            self._timer = None
+        if idle and self.done >= self.after and _TRIM is not None:
+            self._timer = asyncio.get_running_loop().call_later(self.quiet, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._task is None or self._task.done():
             self.done = 0
             self._task = asyncio.get_running_loop().create_task(self._trim(),
                                                                  name="heap-trim")
@@ -66,7 +77,14 @@ class Trimmer:
         except Exception:  # never worth failing anything for
             log.debug("malloc_trim failed", exc_info=True)
 
-    async def close(self) -> None:
+    async def close(self, pending: bool = True) -> None:
+        """Wait for a trim under way; ``pending``: one waiting for its quiet period runs
+        now (else it is dropped: the process is ending)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            if pending:
+                self._start()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None

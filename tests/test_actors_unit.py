@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from actors.backends.influx import WriteRejected
+from actors.heap import Trimmer
 from actors.query import Query, QueryActor
 from actors.runtime import Actor, Envelope, Mailbox, MailboxFull, Request, Supervisor, resolve
 from actors.state import StateActor
@@ -509,6 +510,24 @@ async def test_closing_a_sentinel_client_closes_everything_when_one_part_fails()
         await client.close()
     assert closed == ["pipelines", "pool", "sentinel 0", "sentinel 1"]
     assert client._conn is None
+
+
+async def test_the_heap_is_trimmed_once_the_burst_is_quiet() -> None:
+    """Idle moments between a burst's batches do not trim; a quiet period after it does,
+    once."""
+    trimmer = Trimmer(after=100, quiet=0.2)
+    if not trimmer.available:
+        pytest.skip("not glibc: no malloc_trim")
+    for _ in range(6):  # idle after each batch, the next one 0.1 s later
+        trimmer.count(100, idle=True)
+        await asyncio.sleep(0.1)
+    assert trimmer.trims == 0
+    await asyncio.sleep(0.3)
+    await trimmer.close()
+    assert trimmer.trims == 1
+    trimmer.count(100, idle=True)
+    await trimmer.close(pending=False)  # the process ends: no trim for it
+    assert trimmer.trims == 1
 
 
 async def test_the_writer_trims_the_heap_once_a_burst_is_written() -> None:

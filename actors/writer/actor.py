@@ -151,7 +151,7 @@ class WriterActor(Actor):
             log.warning("%d lines waiting in the SQLite spool; replaying them first", count)
 
     async def teardown(self) -> None:
-        await self.heap.close()
+        await self.heap.close(pending=False)
         await close_quietly(self.backend, "influxdb")
 
     async def run(self) -> None:
