@@ -130,6 +130,36 @@ async def test_a_correction_after_its_bucket_closed_is_a_revision(config: HubCon
             (T0, 12.0, False), (T0, 30.0, True)]
 
 
+async def test_one_push_mixing_new_minutes_and_rewrites(config: HubConfig) -> None:
+    """One window push holding new minutes, a rewrite of a held minute and a minute
+    given twice: the window keeps the last value of each, and a subscriber gets each
+    minute, a rewrite of one it was given as a revision."""
+    c = [Candle(T0 + 60 * i, 10.0 + i, 12.0 + i, 9.0 + i, 11.0 + i, 1.0) for i in range(8)]
+    again = {2: Candle(T0 + 120, 1.0, 50.0, 0.5, 2.0, 7.0),
+             6: Candle(T0 + 360, 3.0, 60.0, 0.5, 4.0, 8.0)}
+    async with Hub(config) as hub, Hub(config) as other:
+        await hub.write_candles_batch(EX, "MIX", c[:4])
+        live = other.candles(EX, "MIX")
+        got: list[Any] = []
+
+        async def follow() -> None:
+            async for candle in live:
+                got.append(candle)
+                if len(got) == 6:
+                    return
+        following = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.3)  # the subscription is in place
+        # minute 2 is held already; 4-7 are new, 6 comes twice
+        await hub.write_candles_batch(EX, "MIX", [c[4], again[2], c[5], c[6], again[6], c[7]])
+        await asyncio.wait_for(following, 10)
+        want = [c[0], c[1], again[2], c[3], c[4], c[5], again[6], c[7]]
+        assert await hub.get_candles(EX, "MIX", 100) == want
+        assert [(x.timestamp, x.high, x.revision) for x in got] == [
+            # (minute 2 was never delivered to this subscriber: not a revision to it)
+            (T0 + 120, 50.0, False), (T0 + 240, 16.0, False), (T0 + 300, 17.0, False),
+            (T0 + 360, 18.0, False), (T0 + 360, 60.0, True), (T0 + 420, 19.0, False)]
+
+
 async def test_a_call_and_the_next_write_keep_their_order(hub: Hub) -> None:
     """A minute written by write_candle, then by write_candles_batch, then by
     write_candle again: the last one is what both stores keep; a delete issued after

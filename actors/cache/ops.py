@@ -88,7 +88,9 @@ class RedisOp(Request[R]):
 # The hot window is a sorted set scored by candle time. Its span [oldest, newest]
 # is kept complete: a candle older than the oldest one held is not added (it would
 # open a gap), a candle at an existing time replaces it (idempotent), then the set
-# is trimmed to the window size and its TTL refreshed. Atomic, one round trip.
+# is trimmed to the window size and its TTL refreshed. Atomic, one round trip. A candle
+# newer than every one held (a feed's next minute) cannot replace one: those are added
+# by one ZADD for many, the others one at a time, in order (what went before first).
 PUSH_CANDLES = """
 local key = KEYS[1]
 local window = tonumber(ARGV[1])
@@ -96,16 +98,29 @@ local ttl = tonumber(ARGV[2])
 local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 local lo = nil
 if first[2] then lo = tonumber(first[2]) end
+local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+local hi = nil
+if last[2] then hi = tonumber(last[2]) end
+local fresh = {}
 local added = 0
 for i = 3, #ARGV, 2 do
   local ts = tonumber(ARGV[i])
   if lo == nil or ts >= lo then
-    redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
-    redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+    if hi ~= nil and ts <= hi then
+      if #fresh > 0 then redis.call('ZADD', key, unpack(fresh)); fresh = {} end
+      redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
+      redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+    else
+      fresh[#fresh + 1] = ARGV[i]
+      fresh[#fresh + 1] = ARGV[i + 1]
+      if #fresh >= 1000 then redis.call('ZADD', key, unpack(fresh)); fresh = {} end
+      hi = ts
+    end
     if lo == nil then lo = ts end
     added = added + 1
   end
 end
+if #fresh > 0 then redis.call('ZADD', key, unpack(fresh)) end
 if added > 0 then
   redis.call('ZREMRANGEBYRANK', key, 0, -window - 1)
   redis.call('EXPIRE', key, ttl)
@@ -124,7 +139,9 @@ return added
 # size, TTL, timeframe, number of candles and (time, member) pairs. A rollup the window
 # holds already, the same to the byte, is not published again: two processes writing one
 # product's minutes both compute each rollup, and subscribers get it once (a 1-minute
-# candle is always published: cache_candles fills that window without publishing).
+# candle is always published: cache_candles fills that window without publishing). A
+# candle newer than every one held cannot replace one nor be held already: its window
+# member goes in with the other such by one ZADD (as PUSH_CANDLES does).
 PUBLISH_MANY = """
 local stream = KEYS[1]
 local length = ARGV[1]
@@ -140,26 +157,42 @@ for k = 2, #KEYS do
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   local lo = nil
   if first[2] then lo = tonumber(first[2]) end
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local hi = nil
+  if last[2] then hi = tonumber(last[2]) end
+  local fresh = {}
   local here = 0
   for j = 1, n do
     local ts = tonumber(ARGV[i])
     if lo == nil or ts >= lo then
-      local same = false
-      if timeframe ~= '1m' then
-        local held = redis.call('ZRANGEBYSCORE', key, ARGV[i], ARGV[i])
-        same = #held == 1 and held[1] == ARGV[i + 1]
-      end
-      if not same then
-        local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
-        redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+      if hi ~= nil and ts <= hi then
+        if #fresh > 0 then redis.call('ZADD', key, unpack(fresh)); fresh = {} end
+        local same = false
+        if timeframe ~= '1m' then
+          local held = redis.call('ZRANGEBYSCORE', key, ARGV[i], ARGV[i])
+          same = #held == 1 and held[1] == ARGV[i + 1]
+        end
+        if not same then
+          local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
+          redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+          redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
+                     'c', ARGV[i + 1], 'r', replaced)
+          here = here + 1
+        end
+      else
+        fresh[#fresh + 1] = ARGV[i]
+        fresh[#fresh + 1] = ARGV[i + 1]
+        if #fresh >= 1000 then redis.call('ZADD', key, unpack(fresh)); fresh = {} end
         redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
-                   'c', ARGV[i + 1], 'r', replaced)
+                   'c', ARGV[i + 1], 'r', 0)
         here = here + 1
+        hi = ts
       end
       if lo == nil then lo = ts end
     end
     i = i + 2
   end
+  if #fresh > 0 then redis.call('ZADD', key, unpack(fresh)) end
   if here > 0 then
     redis.call('ZREMRANGEBYRANK', key, 0, -window - 1)
     redis.call('EXPIRE', key, ttl)
