@@ -396,6 +396,29 @@ def test_window_pushes_to_one_key_are_coalesced_in_order() -> None:
     assert merged.fallback[0][0] == "EVAL"
 
 
+def test_a_merged_script_call_holds_redis_for_a_bounded_time() -> None:
+    """A writer far ahead of Redis queues many pushes to one window: they are merged into
+    calls of at most MERGE_CAP candles each, in order, none lost."""
+    from actors.cache.ops import MERGE_CAP, coalesce, op_publish_many, op_push_candles
+
+    def c(ts: int) -> tuple[int, float, float, float, float, float]:
+        return (ts, 1.0, 2.0, 0.5, 1.5, 1.0)
+
+    batch = []
+    for run in range(10):
+        minutes = [c(60 * (256 * run + i)) for i in range(256)]
+        batch.append(Envelope(op_push_candles("w1m", minutes, 1000, 60, stream="s",
+                                              length=100), None))
+        batch.append(Envelope(op_publish_many("s", 100, [("w5m", 1000, 360, "5m",
+                                                          [c(300 * run)])]), None))
+    out = coalesce(batch)
+    sizes = [sum(len(g[4]) for g in e.message.publish[2]) // 2 for e in out]
+    assert max(sizes) <= MERGE_CAP and sum(sizes) == 10 * 256 + 10
+    minutes_sent = [t for e in out for g in e.message.publish[2] if g[3] == "1m"
+                    for t in g[4][::2]]
+    assert minutes_sent == [60 * i for i in range(2560)]
+
+
 async def test_a_minute_and_the_rollups_it_closes_go_out_in_one_script_call() -> None:
     """Queued together, they reach Redis as one PUBLISH_MANY (the minute's entry first),
     so a stream reader gets the closing minute and its rollups in one XREAD reply."""

@@ -400,10 +400,19 @@ def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
                    (key,), merge=(key, window, ttl, None, "", 0), items=items, near=near)
 
 
+# Candles one merged script call takes at most: a call holds Redis for its whole run
+# (a few µs a candle), and a writer far ahead of Redis must not make every other
+# client wait a long one (200 ms were measured for 50,000 merged minutes).
+MERGE_CAP = 1024
+
+
 def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
-    """Merge fire-and-forget window pushes to the same key into one script call.
-    Candles keep their order (a later write of the same time still wins)."""
+    """Merge fire-and-forget window pushes to the same key into one script call (up to
+    MERGE_CAP candles each). Candles keep their order (a later write of the same time
+    still wins)."""
     groups: dict[tuple[str, int, int, str | None, str, int], list[RedisOp[Any]]] = {}
+    sizes: dict[tuple[str, int, int, str | None, str, int], int] = {}
+    merged: dict[int, list[RedisOp[Any]]] = {}  # position in out -> its group
     out: list[Envelope] = []
     for call in batch:
         op: RedisOp[Any] = call.message
@@ -411,14 +420,16 @@ def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
             out.append(call)
             continue
         group = groups.get(op.merge)
-        if group is None:
-            groups[op.merge] = [op]
+        if group is None or sizes[op.merge] + len(op.items) > 2 * MERGE_CAP:
+            groups[op.merge] = merged[len(out)] = [op]
+            sizes[op.merge] = len(op.items)
             out.append(call)
         else:
             group.append(op)
+            sizes[op.merge] += len(op.items)
     for i, call in enumerate(out):
         op = call.message
-        group = groups.get(op.merge) if op.merge is not None and call.future is None else None
+        group = merged.get(i)
         if group is not None and len(group) > 1:
             pairs = [(g.items[j], g.items[j + 1]) for g in group
                      for j in range(0, len(g.items), 2)]
@@ -436,6 +447,7 @@ def _join_publications(batch: list[Envelope]) -> list[Envelope]:
     stream reader in one XREAD reply rather than one after the other."""
     out: list[Envelope] = []
     run: list[RedisOp[Any]] = []  # publications to join, the first at out[-1]
+    size = 0  # their candles
 
     def close_run() -> None:
         if len(run) > 1:
@@ -449,13 +461,16 @@ def _join_publications(batch: list[Envelope]) -> list[Envelope]:
     for call in batch:
         op: RedisOp[Any] = call.message
         if call.future is None and op.publish is not None:
-            if run and run[0].publish is not None \
+            candles = sum(len(g[4]) for g in op.publish[2]) // 2
+            if run and run[0].publish is not None and size + candles <= MERGE_CAP \
                     and run[0].publish[:2] == op.publish[:2] and run[0].near == op.near:
                 run.append(op)
+                size += candles
                 continue
             close_run()
             out.append(call)
             run.append(op)
+            size = candles
             continue
         close_run()
         out.append(call)
