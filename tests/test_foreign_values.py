@@ -41,6 +41,9 @@ async def test_undecodable_indicator_is_a_miss_then_refilled(
     await hub.write_indicator(EX, PR, "EMA", T0, 5.0, period=20)
     await hub.flush()
     key = f"indicator:{EX}:{PR}:EMA:20"
+    # the hub's own SET lands first (flush() waits for InfluxDB, not for Redis): the
+    # foreign value must replace it, not be replaced by it
+    await eventually(lambda: _holds(servers, key, b"5.0"))
     redis_command(servers, "SET", key, foreign)
     await invalidated(hub, key)  # this hub held its own write; Redis' news evicts it
     assert await hub.get_indicator(EX, PR, "EMA", 20) == 5.0  # from InfluxDB
