@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from actors.backends.redis import RedisBackend
+from actors.backends.redis import Command, RedisBackend
 from actors.backoff import Backoff
+from actors.cache.ops import command_renew
 from actors.runtime import cancel_and_wait
 from hubdomain.errors import HubClosed, HubError
 from hubdomain.records import LiveCandle
@@ -27,6 +31,9 @@ from hubdomain.records import LiveCandle
 log = logging.getLogger(__name__)
 
 StreamId = tuple[int, int]
+
+# Seconds a reader's presence on a stream holds unless renewed (see StreamReader).
+PRESENCE = 30.0
 
 
 def parse_id(raw: bytes | str) -> StreamId:
@@ -168,8 +175,14 @@ class Follower:
 class StreamReader:
     """Reads every followed stream on one connection; see the module's text."""
 
-    def __init__(self, backend: RedisBackend, buffer: int, block_ms: int = 200) -> None:
+    def __init__(self, backend: RedisBackend, buffer: int, block_ms: int = 200,
+                 presence: float | None = None,
+                 send: Callable[[list[Command]], Awaitable[list[Any]]] | None = None
+                 ) -> None:
         self._backend = backend
+        # commands other than XREAD go through the cache's actor (the backend's pipeline
+        # connection is its alone)
+        self._send = send
         self._buffer = buffer
         self._block_ms = block_ms
         self.rings: dict[str, Ring] = {}
@@ -178,6 +191,38 @@ class StreamReader:
         self.overflows = 0  # followers that lost continuity and caught up from storage
         self.reconnects = 0
         self.delivered = 0  # entries read from Redis
+        self.lapses = 0  # presences found lapsed (writes may have published nothing)
+        # Writers publish a product's candles only while some reader follows its stream:
+        # this one's presence (set by each subscription's snapshot) is renewed every
+        # sixth of ``presence`` seconds, and one found lapsed loses continuity
+        self.id = uuid.uuid4().hex
+        seconds = PRESENCE if presence is None else presence
+        self.presence_ms = int(seconds * 1000)
+        self._renew_every = seconds / 6
+        self._renewed = 0.0
+
+    def lapsed(self, key: str) -> None:
+        """This reader's presence on ``key`` had lapsed (a snapshot found it so): its
+        followers there lose continuity and catch up from storage."""
+        ring = self.rings.get(key)
+        if ring is not None:
+            self.lapses += 1
+            ring.epoch += 1
+            ring.wake()
+
+    async def _renew(self) -> None:
+        followed = [key for key, ring in self.rings.items() if ring.followers > 0]
+        if not followed or self._send is None:
+            return
+        try:
+            results = await self._send(
+                [command_renew(key, self.id, self.presence_ms) for key in followed])
+        except HubError as exc:  # the next read fails too, and its followers catch up
+            log.debug("candle streams: renewing presence failed: %s", exc)
+            return
+        for key, result in zip(followed, results, strict=True):
+            if result != 1:
+                self.lapsed(key)
 
     def follow(self, key: str, after: bytes) -> Follower:
         at = parse_id(after)
@@ -222,6 +267,10 @@ class StreamReader:
                 log.info("candle streams: reading again")
                 failing = False
             backoff.reset()
+            now = asyncio.get_running_loop().time()
+            if now - self._renewed >= self._renew_every:
+                self._renewed = now
+                await self._renew()
             for key, entries in replies:
                 found = self.rings.get(key)
                 if found is not None and entries:
@@ -239,4 +288,4 @@ class StreamReader:
         return {"followed": len(self.rings),
                 "subscribers": sum(r.followers for r in self.rings.values()),
                 "entries_read": self.delivered, "overflows": self.overflows,
-                "reconnects": self.reconnects}
+                "reconnects": self.reconnects, "presence_lapses": self.lapses}

@@ -18,6 +18,7 @@ import orjson
 from actors.backends.influx import InfluxBackend, InfluxClient, rows
 from actors.backends.redis import RedisBackend, make_client
 from actors.cache import MISS, CacheActor, CacheService, NearCache
+from actors.cache.ops import RedisOp
 from actors.maintenance import MaintenanceActor
 from actors.query import CsvQuery, Query, QueryActor
 from actors.runtime import Actor, Supervisor
@@ -195,8 +196,12 @@ class Hub:
     def _start_streams(self, cache: CacheActor | None) -> None:
         """The live-candle part and the maintenance actor's jobs."""
         cfg = self.config
-        reader = (StreamReader(cache.backend, cfg.streams.buffer)
-                  if cfg.streams.enabled and cache is not None else None)
+        service = self._cache
+        reader = (StreamReader(cache.backend, cfg.streams.buffer,
+                               send=lambda commands: service.perform(
+                                   RedisOp(tuple(commands), list)))
+                  if cfg.streams.enabled and cache is not None and service is not None
+                  else None)
         influx = self._influx if self._query is not None else None
         self.streams = Streams(cfg, self.intake, self._cache, reader, flush=self.flush,
                                influx=influx, history=self._history)

@@ -255,7 +255,10 @@ class Streams:
             raise BackendUnavailable("redis", "candle streams need Redis (redis.enabled)")
         window_key = self.window_key(exchange, product, timeframe)
         stream_key = self.stream_key(exchange, product)
-        snap = await self.cache.perform(op_snapshot(window_key, stream_key, warmup))
+        snap = await self.cache.perform(op_snapshot(window_key, stream_key, warmup,
+                                                    self.reader.id, self.reader.presence_ms))
+        if not snap.followed:  # this process's other subscribers there lost continuity
+            self.reader.lapsed(stream_key)
         follower = self.reader.follow(stream_key, snap.last_id)
         try:
             history = snap.candles
@@ -341,10 +344,14 @@ class Streams:
     async def _catch_up(self, exchange: str, product: str, timeframe: str,
                         last: int | None) -> tuple[list[Candle], bytes]:
         """The stored candles after ``last``, and the stream id they reach."""
-        assert self.cache is not None
+        assert self.cache is not None and self.reader is not None
+        stream_key = self.stream_key(exchange, product)
         snap = await self.cache.perform(op_snapshot(
-            self.window_key(exchange, product, timeframe), self.stream_key(exchange, product),
-            self.config.performance.redis_hot_data_window))
+            self.window_key(exchange, product, timeframe), stream_key,
+            self.config.performance.redis_hot_data_window, self.reader.id,
+            self.reader.presence_ms))
+        if not snap.followed:
+            self.reader.lapsed(stream_key)
         fresh = [c for c in snap.candles if last is None or c.timestamp > last]
         if last is None:
             self.counters["catch_ups"] += 1

@@ -19,7 +19,15 @@ _COMPONENT = str.maketrans({"\\": "\\\\", ":": "\\:"})
 _TAGGED = str.maketrans({"\\": "\\\\", ":": "\\:", "{": "\\(", "}": "\\)"})
 _GLOB = str.maketrans({c: "\\" + c for c in "\\*?[]^-"})
 
-PREFIXES = ("indicator:", "candles:", "position:", "strategy:", "candlestream:")
+PREFIXES = ("indicator:", "candles:", "position:", "strategy:", "candlestream:",
+            "candlefollowers:")
+
+
+def followers(stream_key: str) -> str:
+    """The key naming who follows a product's candle stream (same hash tag: the same
+    Redis Cluster slot): a sorted set of hub processes' readers, scored by when their
+    presence lapses."""
+    return "candlefollowers:" + stream_key.removeprefix("candlestream:")
 
 
 @lru_cache(maxsize=65_536)  # a bot asks for the same few keys over and over

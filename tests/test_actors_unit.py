@@ -435,8 +435,9 @@ async def test_a_minute_and_the_rollups_it_closes_go_out_in_one_script_call() ->
     assert len(out) == 2
     joined = out[0].message
     command = joined.commands[0]
-    assert command[2:7] == (4, "s", "w1m", "w5m", "w15m")  # the stream, then the windows
-    assert command[7:12] == (100, 10, 60, "1m", 1)  # the minute's group comes first
+    # the stream, who follows it, then the windows
+    assert command[2:8] == (5, "s", "candlefollowers:s", "w1m", "w5m", "w15m")
+    assert command[8:13] == (100, 10, 60, "1m", 1)  # the minute's group comes first
     assert [g[3] for g in joined.publish[2]] == ["1m", "5m", "15m"]
     assert set(joined.writes) == {"w1m", "w5m", "w15m", "s"}
     assert joined.fallback[0][2:] == command[2:]

@@ -236,3 +236,54 @@ async def test_a_fast_producer_lets_the_others_run(hub: Hub, servers: LocalServe
         await hub.flush()
         return len(stored(hub, "FAST")) == 20_000
     await eventually(all_stored, within=30)
+
+
+async def test_nobody_follows_nothing_is_published(config: HubConfig,
+                                                    servers: LocalServers) -> None:
+    """Writes to a product no hub process follows fill its window and add no stream
+    entries; from a subscription on, each minute is published."""
+    stream = keys.key("candlestream", EX, "QUIET")
+    async with Hub(config) as hub, Hub(config) as other:
+        for i in range(50):
+            await write(hub, "QUIET", Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0))
+        assert len(await hub.get_candles(EX, "QUIET", 100)) == 50
+        assert redis_command(servers, "XLEN", stream) == b":0\r\n"
+        live = other.candles(EX, "QUIET", warmup=2)
+        got = [(await anext(live)).timestamp for _ in range(2)]
+        for i in range(50, 53):
+            await write(hub, "QUIET", Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0))
+        got += [(await asyncio.wait_for(anext(live), 5)).timestamp for _ in range(3)]
+        assert got == [T0 + 60 * i for i in range(48, 53)]
+        assert redis_command(servers, "XLEN", stream) == b":3\r\n"
+        await live.aclose()
+
+
+async def test_a_lapsed_presence_is_caught_up_from_storage(
+        config: HubConfig, servers: LocalServers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The followers' set loses this process's reader (it stalled past its presence, or
+    Redis lost the key): writes publish nothing meanwhile, and the reader, finding its
+    presence lapsed at its next renewal, has its subscribers catch up from storage: no
+    hole, no duplicate."""
+    import actors.stream
+
+    monkeypatch.setattr(actors.stream, "PRESENCE", 1.2)  # renewed every 0.2 s
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 3.0) for i in range(8)]
+    async with Hub(config) as hub, Hub(config) as other:
+        live = other.candles(EX, "LAPSE")
+        first = asyncio.ensure_future(anext(live))
+        await asyncio.sleep(0.3)
+        await write(hub, "LAPSE", data[0])
+        got = [(await asyncio.wait_for(first, 5)).as_candle()]
+        redis_command(servers, "DEL", keys.followers(keys.key("candlestream", EX, "LAPSE")))
+        for c in data[1:6]:  # published to nobody
+            await write(hub, "LAPSE", c)
+        await hub.get_candles(EX, "LAPSE")  # (delivered now)
+        assert redis_command(servers, "XLEN", keys.key("candlestream", EX, "LAPSE")) == \
+            b":1\r\n"
+        got += [(await asyncio.wait_for(anext(live), 5)).as_candle() for _ in range(5)]
+        for c in data[6:]:
+            await write(hub, "LAPSE", c)
+        got += [(await asyncio.wait_for(anext(live), 5)).as_candle() for _ in range(2)]
+        assert got == data
+        assert (await other.get_stats())["streams"]["presence_lapses"] >= 1
+        await live.aclose()

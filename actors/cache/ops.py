@@ -16,7 +16,7 @@ import orjson
 
 from actors.backends.redis import Command
 from actors.runtime import Envelope, Request
-from hubdomain import jsonbytes
+from hubdomain import jsonbytes, keys
 from hubdomain.records import Candle, Row
 
 R = TypeVar("R")
@@ -141,13 +141,19 @@ return added
 # product's minutes both compute each rollup, and subscribers get it once (a 1-minute
 # candle is always published: cache_candles fills that window without publishing). A
 # candle newer than every one held cannot replace one nor be held already: its window
-# member goes in with the other such by one ZADD (as PUSH_CANDLES does).
+# member goes in with the other such by one ZADD (as PUSH_CANDLES does). KEYS[2] names the
+# hub processes following the stream (see SNAPSHOT): while none does, the windows are
+# written and nothing is published (a replay or a bulk load nobody follows costs Redis no
+# stream entries, about a third of its work).
 PUBLISH_MANY = """
 local stream = KEYS[1]
 local length = ARGV[1]
+local now = redis.call('TIME')
+local followed = redis.call('ZCOUNT', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000),
+                            '+inf') > 0
 local i = 2
 local added = 0
-for k = 2, #KEYS do
+for k = 3, #KEYS do
   local key = KEYS[k]
   local window = tonumber(ARGV[i])
   local ttl = tonumber(ARGV[i + 1])
@@ -175,16 +181,20 @@ for k = 2, #KEYS do
         if not same then
           local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
           redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
-          redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
-                     'c', ARGV[i + 1], 'r', replaced)
+          if followed then
+            redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
+                       'c', ARGV[i + 1], 'r', replaced)
+          end
           here = here + 1
         end
       else
         fresh[#fresh + 1] = ARGV[i]
         fresh[#fresh + 1] = ARGV[i + 1]
         if #fresh >= 1000 then redis.call('ZADD', key, unpack(fresh)); fresh = {} end
-        redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
-                   'c', ARGV[i + 1], 'r', 0)
+        if followed then
+          redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
+                     'c', ARGV[i + 1], 'r', 0)
+        end
         here = here + 1
         hi = ts
       end
@@ -225,23 +235,25 @@ def _publish(stream: str, length: int, groups: tuple[Group, ...], near: bool,
              items: tuple[Any, ...] = ()) -> RedisOp[int]:
     if len(groups) == 1:  # one window (every write): no loop, no lists
         key, window, ttl, timeframe, pairs = groups[0]
-        head: tuple[Any, ...] = (2, stream, key, length, window, ttl, timeframe,
-                                 len(pairs) // 2, *pairs)
+        head: tuple[Any, ...] = (3, stream, keys.followers(stream), key, length, window,
+                                 ttl, timeframe, len(pairs) // 2, *pairs)
         writes: tuple[str, ...] = (key, stream)
     else:
-        keys: list[str] = []
+        windows: list[str] = []
         args: list[Any] = [length]
         for key, window, ttl, timeframe, pairs in groups:
-            keys.append(key)
+            windows.append(key)
             args += [window, ttl, timeframe, len(pairs) // 2, *pairs]
-        head = (len(keys) + 1, stream, *keys, *args)
-        writes = (*dict.fromkeys(keys), stream)
+        head = (len(windows) + 2, stream, keys.followers(stream), *windows, *args)
+        writes = (*dict.fromkeys(windows), stream)
     return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head),), _first, writes,
                    merge=merge, items=items, near=near, publish=(stream, length, groups))
 
 
 # A reader's starting point: the newest ARGV[1] candles of a window and the id of the
-# stream's last entry ('0-0' when it has none), read at one moment.
+# stream's last entry ('0-0' when it has none), read at one moment; and from that
+# moment on the stream is published to (the reader ARGV[2] follows it for ARGV[3] ms,
+# renewed by RENEW). The last value: whether that reader's presence had not lapsed.
 SNAPSHOT = """
 local count = tonumber(ARGV[1])
 local members = {}
@@ -250,7 +262,29 @@ local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local id = '0-0'
 if last[1] then id = last[1][1] end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)
-return {members, id, oldest}
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local until_ = redis.call('ZSCORE', KEYS[3], ARGV[2])
+local was = 0
+if until_ and tonumber(until_) >= ms then was = 1 end
+redis.call('ZADD', KEYS[3], ms + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]))
+return {members, id, oldest, was}
+"""
+
+# A reader's presence renewed (KEYS[1]: the followers' set; ARGV: the reader's id, how
+# long it holds, ms). 1: it had not lapsed; 0: it had (or was never there), so writes may
+# have left entries out since, and its followers catch up from storage. Lapsed readers of
+# other processes are dropped.
+RENEW = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local until_ = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ms)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+if until_ and tonumber(until_) >= ms then return 1 end
+return 0
 """
 
 
@@ -486,19 +520,32 @@ class Snapshot:
     candles: list[Candle]
     oldest: int | None
     last_id: bytes
+    # the reader's presence had not lapsed: entries since its last renewal were published
+    followed: bool = True
 
 
 SNAPSHOT_SHA = script_sha(SNAPSHOT)
+RENEW_SHA = script_sha(RENEW)
 
 
-def op_snapshot(window_key: str, stream_key: str, count: int) -> RedisOp[Snapshot]:
+def op_snapshot(window_key: str, stream_key: str, count: int, reader: str,
+                presence_ms: int) -> RedisOp[Snapshot]:
+    """A reader's starting point; from then on ``reader`` follows the stream for
+    ``presence_ms`` (renewed by :func:`command_renew`)."""
     def decode(results: list[Any]) -> Snapshot:
-        members, last_id, oldest = results[0]
+        members, last_id, oldest, followed = results[0]
         return Snapshot([decode_candle(m) for m in members],
                         decode_candle(oldest[0]).timestamp if oldest else None,
-                        last_id if isinstance(last_id, bytes) else str(last_id).encode())
-    head = (2, window_key, stream_key, count)
+                        last_id if isinstance(last_id, bytes) else str(last_id).encode(),
+                        followed == 1)
+    head = (3, window_key, stream_key, keys.followers(stream_key), count, reader, presence_ms)
     return RedisOp((("EVALSHA", SNAPSHOT_SHA, *head),), decode)
+
+
+def command_renew(stream_key: str, reader: str, presence_ms: int) -> tuple[Any, ...]:
+    """RENEW as a command for a pipeline (EVAL: a reader sends it seldom, and a script
+    cache flushed meanwhile must not fail it)."""
+    return ("EVAL", RENEW, 1, keys.followers(stream_key), reader, presence_ms)
 
 
 def op_newest_candles(key: str, count: int) -> RedisOp[list[Candle]]:
