@@ -34,6 +34,7 @@ StreamId = tuple[int, int]
 
 # Seconds a reader's presence on a stream holds unless renewed (see StreamReader).
 PRESENCE = 30.0
+_COUNT = 1000  # entries one XREAD takes of a stream at most
 
 
 def parse_id(raw: bytes | str) -> StreamId:
@@ -51,6 +52,17 @@ class Entry:
     candle: LiveCandle
 
 
+def _number(fields: list[bytes]) -> int | None:
+    """An entry's 'n' (its number in the stream), None when it has none."""
+    for i in range(len(fields) - 2, -1, -2):  # written last
+        if fields[i] == b"n":
+            try:
+                return int(fields[i + 1])
+            except ValueError:
+                return None
+    return None
+
+
 def _entry(entry_id: bytes, fields: list[bytes]) -> Entry | None:
     values = dict(zip(fields[::2], fields[1::2], strict=False))
     try:
@@ -66,8 +78,12 @@ def _entry(entry_id: bytes, fields: list[bytes]) -> Entry | None:
 class Ring:
     """The newest entries of one product stream, shared by its followers here."""
 
-    def __init__(self, key: str, size: int, after: StreamId) -> None:
+    def __init__(self, key: str, size: int, after: StreamId, number: int | None = None
+                 ) -> None:
         self.key = key
+        # the number of the entry at ``position`` (entries written before numbers were:
+        # None, nothing to check)
+        self.number = number
         self.size = size
         # entries[i] has sequence number base + i; trimmed to ``size`` now and then
         self.entries: list[Entry] = []
@@ -90,10 +106,18 @@ class Ring:
     def since(self, seq: int) -> list[Entry]:
         return self.entries[seq - self.base:]
 
-    def append(self, raw: list[tuple[bytes, list[bytes]]]) -> None:
+    def append(self, raw: list[tuple[bytes, list[bytes]]]) -> bool:
+        """Take entries read after ``position``. False: one is missing before them (its
+        number, 'n', is not the next one): Redis trimmed it before it was read."""
+        whole = True
         for entry_id, fields in raw:
             entry = _entry(entry_id, fields)
             self.position = parse_id(entry_id)
+            number = _number(fields)
+            if number is not None:
+                if self.number is not None and number != self.number + 1:
+                    whole = False
+                self.number = number
             if entry is not None:
                 self.entries.append(entry)
         if len(self.entries) >= 2 * self.size:  # amortized: a slice now and then
@@ -101,6 +125,7 @@ class Ring:
             del self.entries[:drop]
             self.base += drop
         self.wake()
+        return whole
 
     def wake(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -192,6 +217,9 @@ class StreamReader:
         self.reconnects = 0
         self.delivered = 0  # entries read from Redis
         self.lapses = 0  # presences found lapsed (writes may have published nothing)
+        # entries Redis trimmed (streams.length) before this reader read them: it was
+        # that far behind the writers
+        self.trimmed = 0
         # Writers publish a product's candles only while some reader follows its stream:
         # this one's presence (set by each subscription's snapshot) is renewed every
         # sixth of ``presence`` seconds, and one found lapsed loses continuity
@@ -204,9 +232,13 @@ class StreamReader:
     def lapsed(self, key: str) -> None:
         """This reader's presence on ``key`` had lapsed (a snapshot found it so): its
         followers there lose continuity and catch up from storage."""
+        if key in self.rings:
+            self.lapses += 1
+            self._lost(key)
+
+    def _lost(self, key: str) -> None:
         ring = self.rings.get(key)
         if ring is not None:
-            self.lapses += 1
             ring.epoch += 1
             ring.wake()
 
@@ -224,11 +256,12 @@ class StreamReader:
             if result != 1:
                 self.lapsed(key)
 
-    def follow(self, key: str, after: bytes) -> Follower:
+    def follow(self, key: str, after: bytes, number: int | None = None) -> Follower:
+        """A follower from a snapshot's stream id ``after`` (``number``: that entry's)."""
         at = parse_id(after)
         ring = self.rings.get(key)
         if ring is None:
-            ring = self.rings[key] = Ring(key, self._buffer, at)
+            ring = self.rings[key] = Ring(key, self._buffer, at, number)
         ring.followers += 1
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="hub-streams")
@@ -251,7 +284,7 @@ class StreamReader:
                 await self._wanted.wait()
                 continue
             try:
-                replies = await self._backend.read_streams(positions, 1000, self._block_ms)
+                replies = await self._backend.read_streams(positions, _COUNT, self._block_ms)
             except HubError as exc:
                 if not failing:
                     log.warning("candle streams: reading failed (%s); subscribers catch up "
@@ -275,7 +308,9 @@ class StreamReader:
                 found = self.rings.get(key)
                 if found is not None and entries:
                     self.delivered += len(entries)
-                    found.append(entries)
+                    if not found.append(entries):  # Redis trimmed entries not read yet
+                        self.trimmed += 1
+                        self._lost(key)
 
     async def close(self) -> None:
         for ring in list(self.rings.values()):
@@ -288,4 +323,5 @@ class StreamReader:
         return {"followed": len(self.rings),
                 "subscribers": sum(r.followers for r in self.rings.values()),
                 "entries_read": self.delivered, "overflows": self.overflows,
-                "reconnects": self.reconnects, "presence_lapses": self.lapses}
+                "reconnects": self.reconnects, "presence_lapses": self.lapses,
+                "trimmed_unread": self.trimmed}

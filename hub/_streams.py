@@ -259,7 +259,7 @@ class Streams:
                                                     self.reader.id, self.reader.presence_ms))
         if not snap.followed:  # this process's other subscribers there lost continuity
             self.reader.lapsed(stream_key)
-        follower = self.reader.follow(stream_key, snap.last_id)
+        follower = self.reader.follow(stream_key, snap.last_id, snap.number)
         try:
             history = snap.candles
             if len(history) < warmup:

@@ -287,3 +287,30 @@ async def test_a_lapsed_presence_is_caught_up_from_storage(
         assert got == data
         assert (await other.get_stats())["streams"]["presence_lapses"] >= 1
         await live.aclose()
+
+
+async def test_a_reader_behind_a_trimmed_stream_catches_up(config_data: dict[str, Any]
+                                                           ) -> None:
+    """A writer far ahead of a reader: Redis trims the stream (about streams.length
+    entries) past entries the reader had not read yet. The reader finds out (Redis
+    says which entries it deleted) and its subscriber catches up from storage: every
+    minute, once, in order."""
+    config_data["streams"] = {"length": 50}
+    config = HubConfig.from_mapping(config_data, environ={})
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 3.0) for i in range(600)]
+    async with Hub(config) as hub, Hub(config) as other:
+        live = other.candles(EX, "TRIM")
+        got: list[Candle] = []
+
+        async def follow() -> None:
+            async for candle in live:
+                got.append(candle.as_candle())
+                if len(got) == len(data):
+                    return
+        following = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.3)  # the subscription is in place
+        for c in data:
+            await write(hub, "TRIM", c)
+        await asyncio.wait_for(following, 10)
+        assert got == data
+        assert (await other.get_stats())["streams"]["trimmed_unread"] >= 1

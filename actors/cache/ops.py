@@ -144,13 +144,22 @@ return added
 # member goes in with the other such by one ZADD (as PUSH_CANDLES does). KEYS[2] names the
 # hub processes following the stream (see SNAPSHOT): while none does, the windows are
 # written and nothing is published (a replay or a bulk load nobody follows costs Redis no
-# stream entries, about a third of its work).
+# stream entries, about a third of its work). Each entry's 'n' is its number in the
+# stream (Redis' entries-added): a reader finding one missing knows Redis trimmed it
+# before it was read.
 PUBLISH_MANY = """
 local stream = KEYS[1]
 local length = ARGV[1]
 local now = redis.call('TIME')
 local followed = redis.call('ZCOUNT', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000),
                             '+inf') > 0
+local seq = 0
+if followed and redis.call('EXISTS', stream) == 1 then
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for x = 1, #info, 2 do
+    if info[x] == 'entries-added' then seq = info[x + 1] break end
+  end
+end
 local i = 2
 local added = 0
 for k = 3, #KEYS do
@@ -182,8 +191,9 @@ for k = 3, #KEYS do
           local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
           redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
           if followed then
+            seq = seq + 1
             redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
-                       'c', ARGV[i + 1], 'r', replaced)
+                       'c', ARGV[i + 1], 'r', replaced, 'n', seq)
           end
           here = here + 1
         end
@@ -192,8 +202,9 @@ for k = 3, #KEYS do
         fresh[#fresh + 1] = ARGV[i + 1]
         if #fresh >= 1000 then redis.call('ZADD', key, unpack(fresh)); fresh = {} end
         if followed then
+          seq = seq + 1
           redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
-                     'c', ARGV[i + 1], 'r', 0)
+                     'c', ARGV[i + 1], 'r', 0, 'n', seq)
         end
         here = here + 1
         hi = ts
@@ -253,7 +264,8 @@ def _publish(stream: str, length: int, groups: tuple[Group, ...], near: bool,
 # A reader's starting point: the newest ARGV[1] candles of a window and the id of the
 # stream's last entry ('0-0' when it has none), read at one moment; and from that
 # moment on the stream is published to (the reader ARGV[2] follows it for ARGV[3] ms,
-# renewed by RENEW). The last value: whether that reader's presence had not lapsed.
+# renewed by RENEW). Then: whether that reader's presence had not lapsed, and the number
+# of the stream's last entry (entries ever added; PUBLISH_MANY numbers the next ones).
 SNAPSHOT = """
 local count = tonumber(ARGV[1])
 local members = {}
@@ -269,7 +281,14 @@ local was = 0
 if until_ and tonumber(until_) >= ms then was = 1 end
 redis.call('ZADD', KEYS[3], ms + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]))
-return {members, id, oldest, was}
+local number = 0
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  for x = 1, #info, 2 do
+    if info[x] == 'entries-added' then number = info[x + 1] break end
+  end
+end
+return {members, id, oldest, was, number}
 """
 
 # A reader's presence renewed (KEYS[1]: the followers' set; ARGV: the reader's id, how
@@ -522,6 +541,7 @@ class Snapshot:
     last_id: bytes
     # the reader's presence had not lapsed: entries since its last renewal were published
     followed: bool = True
+    number: int = 0  # the stream's entries so far: the last one's number
 
 
 SNAPSHOT_SHA = script_sha(SNAPSHOT)
@@ -533,11 +553,11 @@ def op_snapshot(window_key: str, stream_key: str, count: int, reader: str,
     """A reader's starting point; from then on ``reader`` follows the stream for
     ``presence_ms`` (renewed by :func:`command_renew`)."""
     def decode(results: list[Any]) -> Snapshot:
-        members, last_id, oldest, followed = results[0]
+        members, last_id, oldest, followed, number = results[0]
         return Snapshot([decode_candle(m) for m in members],
                         decode_candle(oldest[0]).timestamp if oldest else None,
                         last_id if isinstance(last_id, bytes) else str(last_id).encode(),
-                        followed == 1)
+                        followed == 1, int(number))
     head = (3, window_key, stream_key, keys.followers(stream_key), count, reader, presence_ms)
     return RedisOp((("EVALSHA", SNAPSHOT_SHA, *head),), decode)
 
