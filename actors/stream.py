@@ -301,7 +301,9 @@ class StreamReader:
                 failing = False
             backoff.reset()
             now = asyncio.get_running_loop().time()
-            if now - self._renewed >= self._renew_every:
+            if now - self._renewed >= 3 * self._renew_every:
+                # (the loop was held up: the presence may have lapsed, and entries after
+                # a gap must not reach followers before the gap is known)
                 self._renewed = now
                 await self._renew()
             for key, entries in replies:
@@ -311,6 +313,9 @@ class StreamReader:
                     if not found.append(entries):  # Redis trimmed entries not read yet
                         self.trimmed += 1
                         self._lost(key)
+            if now - self._renewed >= self._renew_every:  # after: not on the way of news
+                self._renewed = now
+                await self._renew()
 
     async def close(self) -> None:
         for ring in list(self.rings.values()):

@@ -147,18 +147,31 @@ return added
 # stream entries, about a third of its work). Each entry's 'n' is its number in the
 # stream (Redis' entries-added): a reader finding one missing knows Redis trimmed it
 # before it was read.
-PUBLISH_MANY = """
+# The number of a stream's newest entry (its fields given): its 'n', or for an entry
+# written before entries were numbered, Redis' count of entries added.
+NUMBER_OF = """
+local function number_of(stream, fields)
+  for x = #fields - 1, 1, -2 do
+    if fields[x] == 'n' then return tonumber(fields[x + 1]) end
+  end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for x = 1, #info, 2 do
+    if info[x] == 'entries-added' then return info[x + 1] end
+  end
+  return 0
+end
+"""
+
+PUBLISH_MANY = NUMBER_OF + """
 local stream = KEYS[1]
 local length = ARGV[1]
 local now = redis.call('TIME')
 local followed = redis.call('ZCOUNT', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000),
                             '+inf') > 0
 local seq = 0
-if followed and redis.call('EXISTS', stream) == 1 then
-  local info = redis.call('XINFO', 'STREAM', stream)
-  for x = 1, #info, 2 do
-    if info[x] == 'entries-added' then seq = info[x + 1] break end
-  end
+if followed then
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if newest[1] then seq = number_of(stream, newest[1][2]) end
 end
 local i = 2
 local added = 0
@@ -266,7 +279,7 @@ def _publish(stream: str, length: int, groups: tuple[Group, ...], near: bool,
 # moment on the stream is published to (the reader ARGV[2] follows it for ARGV[3] ms,
 # renewed by RENEW). Then: whether that reader's presence had not lapsed, and the number
 # of the stream's last entry (entries ever added; PUBLISH_MANY numbers the next ones).
-SNAPSHOT = """
+SNAPSHOT = NUMBER_OF + """
 local count = tonumber(ARGV[1])
 local members = {}
 if count > 0 then members = redis.call('ZRANGE', KEYS[1], -count, -1) end
@@ -282,12 +295,7 @@ if until_ and tonumber(until_) >= ms then was = 1 end
 redis.call('ZADD', KEYS[3], ms + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]))
 local number = 0
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[2])
-  for x = 1, #info, 2 do
-    if info[x] == 'entries-added' then number = info[x + 1] break end
-  end
-end
+if last[1] then number = number_of(KEYS[2], last[1][2]) end
 return {members, id, oldest, was, number}
 """
 
