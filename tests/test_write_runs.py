@@ -31,6 +31,27 @@ async def write(hub: Hub, product: str, c: Candle) -> None:
     await hub.write_candle(EX, product, c.timestamp, c.open, c.high, c.low, c.close, c.volume)
 
 
+async def written_while_followed(hub: Hub, other: Hub, product: str,
+                                 data: list[Candle]) -> list[Candle]:
+    """``data`` written by ``hub`` one call at a time while ``other`` follows the
+    product's 1-minute candles: what ``other``'s subscriber got (as many as written)."""
+    live = other.candles(EX, product)
+    got: list[Candle] = []
+
+    async def follow() -> None:
+        async for candle in live:
+            got.append(candle.as_candle())
+            if len(got) == len(data):
+                return
+    following = asyncio.ensure_future(follow())
+    await asyncio.sleep(0.3)  # the subscription is in place
+    for c in data:
+        await write(hub, product, c)
+    await asyncio.wait_for(following, 10)
+    await live.aclose()
+    return got
+
+
 async def test_one_candle_goes_out_without_another_call(
         config_data: dict[str, Any], servers: LocalServers) -> None:
     """A live feed writes a candle a minute and then waits for the next: that candle is
@@ -90,21 +111,7 @@ async def test_every_call_reaches_subscribers_once_in_order(config_data: dict[st
     config = HubConfig.from_mapping(config_data, environ={})
     data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 3.0) for i in range(3 * RUN_CAP)]
     async with Hub(config) as hub, Hub(config) as other:
-        live = other.candles(EX, "SUB")
-        got: list[Candle] = []
-
-        async def follow() -> None:
-            async for candle in live:
-                if candle.timeframe == "1m":
-                    got.append(candle.as_candle())
-                    if len(got) == len(data):
-                        return
-        following = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.3)  # the subscription is in place
-        for c in data:
-            await write(hub, "SUB", c)
-        await asyncio.wait_for(following, 10)
-        assert got == data
+        assert await written_while_followed(hub, other, "SUB", data) == data
 
 
 async def test_a_correction_after_its_bucket_closed_is_a_revision(config: HubConfig) -> None:
@@ -299,18 +306,5 @@ async def test_a_reader_behind_a_trimmed_stream_catches_up(config_data: dict[str
     config = HubConfig.from_mapping(config_data, environ={})
     data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 3.0) for i in range(600)]
     async with Hub(config) as hub, Hub(config) as other:
-        live = other.candles(EX, "TRIM")
-        got: list[Candle] = []
-
-        async def follow() -> None:
-            async for candle in live:
-                got.append(candle.as_candle())
-                if len(got) == len(data):
-                    return
-        following = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.3)  # the subscription is in place
-        for c in data:
-            await write(hub, "TRIM", c)
-        await asyncio.wait_for(following, 10)
-        assert got == data
+        assert await written_while_followed(hub, other, "TRIM", data) == data
         assert (await other.get_stats())["streams"]["trimmed_unread"] >= 1
