@@ -394,7 +394,7 @@ class Hub:
         Acknowledged on enqueue; :meth:`flush` makes it queryable in InfluxDB.
         (Consecutive calls are delivered together, on the loop's next turn or before
         anything else this hub does: see ``Intake.gather_candle``.)"""
-        if self._state is not _State.OPEN:
+        if self._state is not _State.OPEN:  # (_check_open would deliver the runs first)
             raise HubClosed(f"hub is {self._state.value}")
         intake = self.intake
         gathered = intake.gather_candle(exchange, product, timestamp, open_price, high, low,
