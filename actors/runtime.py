@@ -50,6 +50,10 @@ class Mailbox(Generic[T]):
     def full(self) -> bool:
         return len(self._items) >= self.maxsize
 
+    @property
+    def empty(self) -> bool:
+        return not self._items
+
     def send_nowait(self, item: T) -> None:
         if self._closed:
             raise HubClosed(f"{self.name} mailbox is closed")

@@ -571,3 +571,76 @@ async def test_the_writer_trims_the_heap_once_a_burst_is_written() -> None:
     assert writer.statistics()["heap_trims"] == (1 if writer.heap.available else 0)
     assert sum(len(p) for p in fake.posts) == 40_000
     await sup.stop()
+
+
+class FakeRedis:
+    """The parts of RedisBackend a value read uses: GET and PTTL of a dict. ``gate``
+    holds every pipeline until set; ``trips`` counts them."""
+
+    multi_key_scripts = False
+    lone_reads = True
+    forget_all_on_reconnect = False
+    unavailable_slots = 0
+
+    def __init__(self, values: dict[str, bytes]) -> None:
+        self.values = values
+        self.trips = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.turn = asyncio.Lock()
+
+    async def connect(self) -> None:
+        pass
+
+    async def pipeline(self, commands: Any) -> list[Any]:
+        async with self.turn:  # one at a time, as the real one
+            self.trips += 1
+            await self.gate.wait()
+            out: list[Any] = []
+            for command in commands:
+                if command[0] == "SET":
+                    self.values[command[1]] = command[2]
+                out.append(self.values.get(command[1]) if command[0] in ("GET", "SET")
+                           else 60_000)
+            return out
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_lone_read_skips_the_mailbox_but_never_a_stale_or_queued_write() -> None:
+    """A cold read while the cache actor is idle runs on the caller's task; it answers
+    a miss for a key whose write Redis refused (not the older value Redis holds), and a
+    read while a write is queued goes behind the write, through the actor."""
+    from actors.cache import CacheActor
+    from actors.cache.ops import op_set
+    from actors.cache.service import MISS, CacheService
+
+    backend = FakeRedis({"indicator:a": b"1.5", "indicator:b": b"2.5"})
+    actor = CacheActor(backend)  # type: ignore[arg-type]
+    sup = Supervisor()
+    await sup.start([actor])
+    try:
+        service = CacheService(actor, timeout=1.0)
+        handled = actor.round_trips
+        assert await service.value("indicator:a") == (True, 1.5)
+        actor._dirty.add("indicator:b")  # a write of it was refused: Redis holds 2.5
+        assert await service.value("indicator:b") == (True, MISS)
+        assert actor.round_trips == handled + 2
+        # a write queued and not yet run: the read after it goes behind it
+        for i in range(20):
+            await actor.tell(op_set("indicator:c", str(i).encode(), 60))
+            assert await service.value("indicator:c") == (True, i)
+        # reads while a lone read is out queue up and share the actor's next trip
+        backend.gate.clear()
+        trips = backend.trips
+        first = asyncio.create_task(service.value("indicator:a"))
+        await asyncio.sleep(0)
+        others = [asyncio.create_task(service.value("indicator:b")) for _ in range(10)]
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        assert await first == (True, 1.5)
+        assert [await read for read in others] == [(True, MISS)] * 10
+        assert backend.trips - trips == 2
+    finally:
+        await sup.stop()

@@ -105,3 +105,22 @@ async def test_many_cold_reads_of_distinct_keys_share_round_trips(
     if near is not None:
         assert f"indicator:{EX}:MANY:EMA:10" not in near  # no TTL: read from Redis each time
         assert f"indicator:{EX}:MANY:EMA:11" in near
+
+
+@pytest.mark.parametrize("near_cache", [False, True])
+async def test_a_read_right_after_a_write_sees_it(config_data: dict[str, Any],
+                                                  servers: Any, near_cache: bool) -> None:
+    """A lone cold read runs on the caller's task only while the cache actor is idle: a
+    write queued before it (not yet sent to Redis) is never overtaken, whether or not the
+    near cache could have answered, and values another client set are read as they are."""
+    from tests.conftest import redis_command
+
+    config_data.setdefault("performance", {})["near_cache"] = near_cache
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        before = (await hub.get_stats())["actors"]["cache"]["round_trips"]
+        for i in range(200):
+            await hub.cache_indicator(EX, "RYW", "EMA", 9, float(i))
+            assert await hub.get_indicator(EX, "RYW", "EMA", 9) == float(i)
+            redis_command(servers, "SET", f"indicator:{EX}:RYW:EMA:10", str(i), "EX", "60")
+            assert await hub.get_indicator(EX, "RYW", "EMA", 10) == i
+        assert (await hub.get_stats())["actors"]["cache"]["round_trips"] > before

@@ -195,6 +195,38 @@ async def test_redis_killed_reads_fall_back_then_recover(config_data: dict[str, 
         await eventually(in_redis, within=5)
 
 
+async def test_a_frozen_redis_costs_reads_one_timeout_not_one_each(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """Redis stops answering (SIGSTOP) while the hub is idle: the first cold read waits
+    for redis.timeout and falls back to InfluxDB; the reads after it fall back at once
+    (the hub knows Redis is down and reconnects in the background)."""
+    config_data["redis"]["timeout"] = 0.5
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.flush()
+        assert servers.redis.process is not None
+        pid = servers.redis.process.pid
+        loop = asyncio.get_running_loop()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            began = loop.time()
+            # stored nowhere: InfluxDB answers the default, and nothing is filled in
+            # Redis (a fill queued to Redis would find the outage by itself)
+            assert await hub.get_indicator(EX, PR, "FRZ", 1, default=-1) == -1
+            first = loop.time() - began
+            began = loop.time()
+            for period in range(2, 12):
+                assert await hub.get_indicator(EX, PR, "FRZ", period, default=-1) == -1
+            rest = loop.time() - began
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert first >= 0.4, first  # it did wait for Redis
+        assert rest < 0.5 * 4, rest  # the ten after it did not (one timeout each: 5 s)
+
+        async def back() -> bool:
+            return bool((await hub.get_stats())["actors"]["cache"]["available"])
+        await eventually(back)
+
+
 async def test_frozen_redis_never_serves_a_stale_position(config_data: dict[str, Any],
                                                           servers: LocalServers) -> None:
     config_data["redis"]["timeout"] = 0.5

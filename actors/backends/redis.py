@@ -95,6 +95,11 @@ class RedisBackend(Protocol):
         """One script may read keys of any slot (not on a Redis Cluster)."""
 
     @property
+    def lone_reads(self) -> bool:
+        """``pipeline`` may be called from more than one task: calls take turns on its
+        connection (so a read may run on its caller's task while the actor is idle)."""
+
+    @property
     def unavailable_slots(self) -> int:
         """Redis Cluster slots whose master is down (0 elsewhere)."""
 
@@ -278,6 +283,7 @@ class RedisClient:
             self._sentinel = None
             self._client = aioredis.Redis(host=config.host, port=config.port, **options)
         self._conn: Any = None  # the pipelines' own connection
+        self._turn = asyncio.Lock()  # pipelines take turns on it (see lone_reads)
         self._streams_conn: Any = None  # blocking XREADs of the candle streams
         self.on_masters_changed: Callable[[], None] | None = None  # (one server: never)
         self.on_untracked_keys: Callable[[list[str]], None] | None = None
@@ -297,10 +303,15 @@ class RedisClient:
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Send all commands in one round trip; per-command errors come back as CommandFailed.
 
-        Written on one connection of its own (the CacheActor sends one pipeline at a
-        time): redis-py's Pipeline adds a command stack, response callbacks and
-        transaction bookkeeping the hub does not use. A connection that turns out dead
-        is replaced once (every op the hub sends is idempotent, so a repeat is harmless)."""
+        Written on one connection of its own, one pipeline at a time (the CacheActor's,
+        and a lone read on its caller's task while the actor is idle): redis-py's
+        Pipeline adds a command stack, response callbacks and transaction bookkeeping
+        the hub does not use. A connection that turns out dead is replaced once (every
+        op the hub sends is idempotent, so a repeat is harmless)."""
+        async with self._turn:
+            return await self._pipeline(commands)
+
+    async def _pipeline(self, commands: Sequence[Command]) -> list[Any]:
         for attempt in (1, 2):
             conn = self._conn
             if conn is None:
@@ -368,6 +379,10 @@ class RedisClient:
 
     @property
     def multi_key_scripts(self) -> bool:
+        return True
+
+    @property
+    def lone_reads(self) -> bool:
         return True
 
     @property
@@ -474,6 +489,10 @@ class RedisClusterClient:
     @property
     def multi_key_scripts(self) -> bool:
         return False  # keys of several slots in one script: CROSSSLOT
+
+    @property
+    def lone_reads(self) -> bool:
+        return False  # (one connection per master, each the actor's)
 
     @property
     def forget_all_on_reconnect(self) -> bool:

@@ -20,7 +20,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from actors.backends.redis import (
     Command,
@@ -50,6 +50,7 @@ from hubdomain.keys import PREFIXES, glob_literal
 log = logging.getLogger(__name__)
 
 _DECODE_ERRORS = (ValueError, TypeError, IndexError, KeyError)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +97,46 @@ class CacheActor(Actor):
         self._dirty_overflow = False
         self._cleaner: asyncio.Task[None] | None = None
         self._refills: set[asyncio.Task[None]] = set()  # reads of keys this hub wrote
+        self._lone = False  # a read runs on its caller's task (read_now)
 
     # ---- what callers use (CacheService) ------------------------------------------
 
     async def perform(self, op: RedisOp[Any]) -> Any:
         """Run ``op`` and answer what its decode makes of the replies."""
         return await self.ask(op)
+
+    async def read_now(self, op: RedisOp[R]) -> tuple[bool, R | None]:
+        """A lone read on the caller's task, without the mailbox hop (a cold read's
+        round trip, ~15% of it measured here): only while the actor is idle, its
+        mailbox empty and nothing in flight, so every write queued before the read has
+        run (the read sees it), and the backend's connection takes turns with the
+        actor's next pipeline. ``(False, None)``: not answered here (the actor is busy,
+        Redis is down, the reply is an error or unreadable); send it to the actor,
+        which handles all of that. Raises BackendUnavailable as ``perform`` does when
+        Redis does not answer (and the actor reconnects in the background)."""
+        if self._inflight or self._lone or not self.mailbox.empty \
+                or self._down_since is not None or self.down is not None \
+                or not self.backend.lone_reads:
+            return False, None
+        self._lone = True  # reads meanwhile queue up, to share the actor's next trip
+        try:
+            results = await self.backend.pipeline(op.commands)
+        except BackendUnavailable:
+            self._mark_down()
+            raise
+        finally:
+            self._lone = False
+        if any(isinstance(r, Exception) for r in results):
+            return False, None
+        self.round_trips += 1
+        self.commands += len(op.commands)
+        if op.reads is not None and op.reads in self._dirty:
+            return True, op.miss  # a refused write left Redis stale (see _execute)
+        assert op.decode is not None
+        try:
+            return True, op.decode(results)
+        except _DECODE_ERRORS:
+            return False, None  # the actor deletes what the hub cannot read
 
     async def enqueue(self, op: RedisOp[Any]) -> None:
         """Queue ``op`` without waiting for it (a write Redis cannot take is skipped,

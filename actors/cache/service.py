@@ -158,8 +158,11 @@ class CacheService:
         if held:
             return True, value
         ticket = self.near.ticket() if self.near is not None else 0
+        op = op_get_value(key)
         try:
-            found = await self.perform(op_get_value(key))
+            answered, found = await self.actor.read_now(op)
+            if not answered:
+                found = await self.perform(op)
         except HubError as exc:
             self._failed(exc)
             return False, MISS
