@@ -23,6 +23,7 @@ from actors.backends.influx import InfluxClient, aioinflux
 from hub import Candle, Hub, HubConfig
 from hubdomain import influxql as ql
 from hubdomain import lineproto as lp
+from hubdomain import timeframes as tfs
 from wolfhub.servers import LocalServers
 
 EX = "papertrader"
@@ -256,10 +257,21 @@ class Bench:
         influx = InfluxClient(self.config.influxdb.model_copy(update={"bucket": "bench_raw"}))
         await influx.connect()
 
-        async def raw(run: int) -> float:
-            lines = [lp.candle(EX, f"RAW{run}", c) for c in data]
+        async def raw(run: int, rollups: bool = False) -> float:
+            product = f"RAW{'R' if rollups else ''}{run}"
+            lines = [lp.candle(EX, product, c) for c in data]
+            if rollups:  # and the rollups the hub stores with streams on (closed buckets)
+                rows = [(c.timestamp, c.open, c.high, c.low, c.close, c.volume) for c in data]
+                for timeframe, span, _ in tfs.plan(self.config.streams.timeframes):
+                    buckets: dict[int, list[tfs.Row]] = {}
+                    for row in rows:
+                        buckets.setdefault(row[0] - row[0] % span, []).append(row)
+                    closed = [tfs.aggregate(start, parts) for start, parts in buckets.items()
+                              if len(parts) * 60 == span]
+                    lines += lp.rollup_lines(EX, product, timeframe, closed)
+                rollup_points.append(len(lines))
             began = time.perf_counter()
-            for i in range(0, n, 5000):
+            for i in range(0, len(lines), 5000):
                 await influx.write("\n".join(lines[i:i + 5000]).encode())
             return time.perf_counter() - began
 
@@ -285,11 +297,14 @@ class Bench:
         plain_runs: list[float] = []
         single_runs: list[float] = []
         raw_runs: list[float] = []
+        rollup_runs: list[float] = []
+        rollup_points: list[int] = []
         plain_single_runs: list[float] = []
         async with Hub(durable, handle_sigterm=False) as kept, \
                 Hub(plain_config, handle_sigterm=False) as plain:
             for run in range(3):  # in turn, the median of each: the machine is noisy
                 raw_runs.append(await raw(run))
+                rollup_runs.append(await raw(run, rollups=True))
                 single_runs.append(await one_by_one(hub, f"HUBW{run}"))
                 plain_single_runs.append(await one_by_one(plain, f"PLAINW{run}"))
                 for target, times, tag in ((hub, batch_runs, "B"), (kept, durable_runs, "D"),
@@ -302,6 +317,7 @@ class Bench:
                     times.append(time.perf_counter() - began)
         await influx.close()
         raw_s = statistics.median(raw_runs)
+        rollup_s = statistics.median(rollup_runs)
         hub_s = statistics.median(single_runs)
         plain_single_s = statistics.median(plain_single_runs)
         hub_batch_s = statistics.median(batch_runs)
@@ -337,6 +353,12 @@ class Bench:
                             ("hub write_candles_batch + flush, durable", durable_s),
                             ("hub write_candle x N + flush, streams off", plain_single_s),
                             ("hub write_candles_batch + flush, streams off", plain_batch_s))]
+        # the floor influxd itself sets with streams on: the same candles with the rollup
+        # points the hub stores beside them, prebuilt (points: candles and rollups)
+        self.results.tables["writes"].insert(3, {
+            "writer": "aioinflux 5,000-line batches, prebuilt, with the candles' rollups",
+            "points": rollup_points[0], "seconds": rollup_s,
+            "points_per_s": rollup_points[0] / rollup_s})
 
     async def batch_sizes(self, hub: Hub) -> None:
         """The writer's batch size, tuned by measurement: one hub per size, same candles."""
