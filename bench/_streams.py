@@ -125,26 +125,30 @@ async def _until_subscribed(hub: Hub, count: int) -> None:
 
 async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
                            count: int = 1000) -> list[dict[str, Any]]:
-    """write_candle x n + flush on one product: alone, with ``count`` subscribers in
-    another hub process (the strategies' process), and with them in this one (sharing
-    the writer's thread; once), interleaved five times (the machine drifts, and n
-    writes take only about a tenth of a second)."""
-    runs: dict[str, list[float]] = {"none": [], "other process": [], "this process": []}
-    cpu: dict[str, list[float]] = {"none": [], "other process": [], "this process": []}
-    delivered: dict[str, int] = {"none": 0, "other process": 0, "this process": 0}
+    """write_candle x n + flush on one product: alone, with one and with ``count``
+    subscribers in another hub process (the strategies' process), and with ``count`` in
+    this one (sharing the writer's thread; once), interleaved five times (the machine
+    drifts, and n writes take only about a tenth of a second)."""
+    places = ("none", "other process, one", "other process", "this process")
+    runs: dict[str, list[float]] = {where: [] for where in places}
+    cpu: dict[str, list[float]] = {where: [] for where in places}
+    delivered: dict[str, int] = dict.fromkeys(places, 0)
+    followers = {"other process, one": 1, "other process": count}
     for run in range(5):
         runs["none"].append(await _timed_writes(hub, f"SUBS{run}N", n, cpu["none"]))
-        product = f"SUBS{run}P"
-        child = subprocess.Popen(  # noqa: ASYNC220 - read from a thread
-            [sys.executable, "-m", "bench._streams", json.dumps(config), product,
-             str(count), str(n)], stdout=subprocess.PIPE, text=True)
-        assert child.stdout is not None
-        assert (await asyncio.to_thread(child.stdout.readline)).strip() == "ready"
-        runs["other process"].append(await _timed_writes(hub, product, n,
-                                                         cpu["other process"]))
-        delivered["other process"] = int(await asyncio.to_thread(child.stdout.readline))
-        await asyncio.to_thread(child.wait, 60)
-        child.stdout.close()
+        # the same subscribers' process with one subscriber: what a process following
+        # the product costs the writer at all, apart from how many subscribe there
+        for where, many in followers.items():
+            product = f"SUBS{run}P{many}"
+            child = subprocess.Popen(  # noqa: ASYNC220 - read from a thread
+                [sys.executable, "-m", "bench._streams", json.dumps(config), product,
+                 str(many), str(n)], stdout=subprocess.PIPE, text=True)
+            assert child.stdout is not None
+            assert (await asyncio.to_thread(child.stdout.readline)).strip() == "ready"
+            runs[where].append(await _timed_writes(hub, product, n, cpu[where]))
+            delivered[where] = int(await asyncio.to_thread(child.stdout.readline))
+            await asyncio.to_thread(child.wait, 60)
+            child.stdout.close()
         if run == 0:  # the same subscribers on the writer's own loop, once
             product = f"SUBS{run}T"
             tally = _Tally(count * n)
@@ -158,7 +162,8 @@ async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    return [{"subscribers": 0 if where == "none" else count, "where": where, "candles": n,
+    return [{"subscribers": {"none": 0, "other process, one": 1}.get(where, count),
+             "where": where.replace(", one", ""), "candles": n,
              "seconds": statistics.median(times), "writes_per_s": n / statistics.median(times),
              "delivered": delivered[where],
              "writer_cpu_per_write": statistics.median(cpu[where]) / n}

@@ -40,12 +40,19 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
                   "candle_queries", "memory", "invalidation", "dropin", "dropin_writes"):
         assert results.tables[table], table
-    assert len(results.goals) == 22
+    assert len(results.goals) == 24
+    # two informative rows beside the goals: influxd's floor with the rollups, one
+    # subscriber's process
+    assert [g["met"] for g in results.goals].count("-") == 2
+    writes = {row["writer"]: row["points"] for row in results.tables["writes"]}
+    with_rollups = writes["aioinflux 5,000-line batches, prebuilt, with the candles' rollups"]
+    assert 2000 < with_rollups < 2000 * 1.4  # the candles and their closed rollups
     handover = results.tables["handover"][0]
     assert handover["runs"] == 5 and handover["duplicates"] == handover["holes"] == 0
     assert results.tables["gap_scan"][0]["holes_found"] == 12
-    assert {row["where"] for row in results.tables["subscribers"]} == {
-        "none", "other process", "this process"}
+    assert [(row["where"], row["subscribers"] > 1) for row in results.tables["subscribers"]
+            ] == [("none", False), ("other process", False), ("other process", True),
+                  ("this process", True)]
     # the writer's own CPU per write is measured beside the wall rate (a few µs at least)
     assert all(row["writer_cpu_per_write"] > 1e-6 for row in results.tables["subscribers"])
     loaders = {row["loader"]: row["rows"] for row in results.tables["backfill"]}
