@@ -413,9 +413,15 @@ class Hub:
         volume)`` tuples, mappings with the seed's keys, or objects with candle attributes
         such as Wolfinch's ``OHLC``). All are validated before any is written. Returns the
         count. ``window=False`` writes InfluxDB only: for bulk loads that put the newest
-        candles in the hot window themselves (``cache_candles``), once, at the end."""
-        accepted, count = self.intake.write_candles(exchange, product, candles, window)
-        await self._accept(accepted)
+        candles in the hot window themselves (``cache_candles``), once, at the end.
+        A batch of more than 1,000 candles in ascending time is taken 1,000 at a time
+        with a turn of the loop between (other coroutines and the writer's next POST
+        run meanwhile; a concurrent read may see its first pieces before the rest)."""
+        pieces, count = self.intake.write_candle_pieces(exchange, product, candles, window)
+        for number, accepted in enumerate(pieces):
+            if number:  # the writer's next POST, and other coroutines, between pieces
+                await asyncio.sleep(0)
+            await self._accept(accepted)
         return count
 
     async def cache_candles(self, exchange: str, product: str,

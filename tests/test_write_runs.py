@@ -308,3 +308,61 @@ async def test_a_reader_behind_a_trimmed_stream_catches_up(config_data: dict[str
     async with Hub(config) as hub, Hub(config) as other:
         assert await written_while_followed(hub, other, "TRIM", data) == data
         assert (await other.get_stats())["streams"]["trimmed_unread"] >= 1
+
+
+@pytest.mark.parametrize("window", [300, 1500])  # the window's candles in one piece, two
+async def test_a_big_batch_lets_the_others_run_and_lands_whole(
+        config_data: dict[str, Any], window: int) -> None:
+    """write_candles_batch of 5,000 minutes: other coroutines get turns while it is
+    accepted (it is taken a piece at a time), and what lands is the batch, whole: every
+    candle in InfluxDB, the newest in the hot window, the 5m rollups of all of it (also
+    in the hot window), and a subscriber's live minutes as for a batch taken at once."""
+    config_data.setdefault("performance", {})["redis_hot_data_window"] = window
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub, \
+            Hub(HubConfig.from_mapping(config_data, environ={})) as other:
+        data = [Candle(T0 + 60 * i, 10.0 + i % 7, 20.0 + i % 5, 1.0 + i % 3, 12.0 + i % 4,
+                       float(i % 11)) for i in range(5000)]
+        live = other.candles(EX, "BIG")
+        got: list[Candle] = []
+
+        async def follow() -> None:
+            async for candle in live:
+                got.append(candle.as_candle())
+        following = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.3)  # the subscription is in place
+        turns = 0
+
+        async def strategy() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+        ticking = asyncio.ensure_future(strategy())
+        await asyncio.sleep(0)
+        before = turns
+        assert await hub.write_candles_batch(EX, "BIG", data) == 5000
+        during = turns - before
+        ticking.cancel()
+        assert during >= 4  # a turn between each two of its five pieces
+        await hub.flush()
+        assert stored(hub, "BIG") == data
+        assert await hub.get_candles(EX, "BIG", count=2000) == data[-window:]
+        assert hub.streams is not None
+        await hub.streams.settle()
+        await hub.flush()
+        # every 5m bucket of the batch, stored and published whole: the warm-up (the
+        # hot window's, InfluxDB's rollups before them) equals the resampling
+        five = await hub.query_candles(EX, "BIG", limit=5000, interval="5m")
+        assert len(five) == 1000
+        warm = hub.candles(EX, "BIG", "5m", warmup=1000)
+        assert [(await anext(warm)).as_candle() for _ in range(1000)] == five
+        await warm.aclose()
+
+        async def delivered() -> bool:
+            return len(got) >= window
+        await eventually(delivered, within=10)
+        await asyncio.sleep(0.2)
+        assert got == data[-window:]  # the minutes the window took, once, in order
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await live.aclose()
