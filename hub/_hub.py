@@ -416,12 +416,18 @@ class Hub:
         candles in the hot window themselves (``cache_candles``), once, at the end.
         A batch of more than 1,000 candles in ascending time is taken 1,000 at a time
         with a turn of the loop between (other coroutines and the writer's next POST
-        run meanwhile; a concurrent read may see its first pieces before the rest)."""
+        run meanwhile; a concurrent read may see its first pieces before the rest). Only
+        the first piece may wait for the writer (and raise BackendUnavailable, nothing
+        of the batch kept); the others follow it without waiting."""
         pieces, count = self.intake.write_candle_pieces(exchange, product, candles, window)
         for number, accepted in enumerate(pieces):
-            if number:  # the writer's next POST, and other coroutines, between pieces
-                await asyncio.sleep(0)
-            await self._accept(accepted)
+            if number == 0:  # may wait for room, and raise: nothing of the batch kept then
+                await self._accept(accepted)
+                continue
+            await asyncio.sleep(0)  # the writer's next POST, and other coroutines
+            self._check_open()
+            # the batch is accepted once its first piece is: the rest never wait
+            self.intake.deliver_now(self.intake.begin(accepted))
         return count
 
     async def cache_candles(self, exchange: str, product: str,

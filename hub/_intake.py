@@ -106,14 +106,17 @@ class Intake:
 
         When the writer cannot take more (InfluxDB and the spool are both behind), wait
         at most ``influxdb.timeout``, then raise BackendUnavailable saying why; nothing
-        of this write is queued then. ``patient``: the write was acknowledged already
-        (the Wolfinch drop-in's channel), so it waits as long as it takes."""
+        of this write is queued then (the rollups of its candles follow them without
+        waiting). ``patient``: the write was acknowledged already (the Wolfinch drop-in's
+        channel), so it waits as long as it takes."""
         op = accepted.cache
         queued = False
+        state = self.state if self.config.influxdb.durable else None
+        durable = state is not None
         try:
             if accepted.lines and self.writer is not None:
-                if self.state is not None and self.config.influxdb.durable:
-                    ids = await self.state.outbox_add(accepted.lines, "durable")
+                if state is not None:
+                    ids = await state.outbox_add(accepted.lines, "durable")
                     self.writer.write_durable(accepted.lines, ids)
                 elif not self.writer.offer_lines(accepted.lines):  # full: wait for room
                     await self.writer.write(accepted.lines, within=None if patient
@@ -122,8 +125,13 @@ class Intake:
                 await self.cache.enqueue(op)
             queued = True
             if accepted.candles is not None and self.rollups is not None:
+                # the rollups of candles accepted: they follow them without waiting (but
+                # into the outbox, in durable mode)
                 for extra in self.rollups(*accepted.candles):
-                    await self.deliver(extra, patient)
+                    if durable:
+                        await self.deliver(extra, patient)
+                    else:
+                        self.deliver_now(extra)
             self._delivered += 1
             if self._delivered >= 256:  # a producer that never waits must not starve the
                 self._delivered = 0     # actors: let the loop run now and then
@@ -207,7 +215,7 @@ class Intake:
         before anything else the hub does, so it sees them, in order."""
         if self._runs and threading.get_ident() == self._loop_thread:
             for accepted in self._take_runs():
-                self._deliver_now(accepted)
+                self.deliver_now(accepted)
 
     def _sealed_by_loop(self) -> None:
         self._seal_scheduled = False
@@ -226,9 +234,10 @@ class Intake:
                 (exchange, product, rows) if self.rollups is not None else None)))
         return out
 
-    def _deliver_now(self, accepted: Accepted) -> None:
+    def deliver_now(self, accepted: Accepted) -> None:
         """:meth:`deliver` without waiting: a full mailbox takes it past its bound (a run
-        joins only while both had room, so by at most the runs' rows)."""
+        joins only while both had room, so by at most the runs' rows; a batch's later
+        pieces follow its first, which waited for room, so by at most the batch)."""
         if accepted.lines and self.writer is not None \
                 and not self.writer.offer_lines(accepted.lines):
             self.writer.push_lines(accepted.lines)
@@ -237,7 +246,7 @@ class Intake:
             self.cache.push(op)
         if accepted.candles is not None and self.rollups is not None:
             for extra in self.rollups(*accepted.candles):
-                self._deliver_now(extra)
+                self.deliver_now(extra)
 
     # ---- the Wolfinch drop-in's generic Redis API (keys it names itself) --------------
 

@@ -366,3 +366,41 @@ async def test_a_big_batch_lets_the_others_run_and_lands_whole(
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
         await live.aclose()
+
+
+async def test_a_batch_is_kept_whole_or_not_at_all_when_the_writer_is_behind(
+        config_data: dict[str, Any]) -> None:
+    """The writer taking nothing (held here) and its mailbox with room for one piece: a
+    batch whose first piece got room is accepted whole (its later pieces never wait, so
+    the call never raises after part of it was kept); a batch that finds no room waits
+    influxdb.timeout, raises BackendUnavailable, and none of it is stored. Once the
+    writer takes again, exactly the accepted candles are stored."""
+    from hub import BackendUnavailable
+
+    config_data["influxdb"]["timeout"] = 0.5
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, float(i)) for i in range(5000)]
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        writer = hub._writer
+        assert writer is not None
+        mailbox = writer.mailbox
+        taking = asyncio.Event()
+        receive = mailbox.receive_batch
+
+        async def held(limit: int) -> Any:
+            await taking.wait()
+            return await receive(limit)
+        mailbox.receive_batch = held  # type: ignore[method-assign]
+        bound = mailbox.maxsize
+        try:
+            await hub.write_candles_batch(EX, "FIRST", data[:10])  # the writer's last take
+            await asyncio.sleep(0.1)
+            mailbox.maxsize = len(mailbox._items) + 1  # room for one piece
+            assert await hub.write_candles_batch(EX, "WHOLE", data) == 5000
+            with pytest.raises(BackendUnavailable):
+                await hub.write_candles_batch(EX, "REFUSED", data)
+        finally:
+            taking.set()
+            mailbox.maxsize = bound
+        await hub.flush()
+        assert len(stored(hub, "WHOLE")) == 5000
+        assert stored(hub, "REFUSED") == []
