@@ -51,7 +51,6 @@ class Entry:
 
     id: StreamId
     candle: LiveCandle
-    number: int | None = None  # the stream entry's 'n' (None: written before numbers)
 
 
 def _number(fields: list[bytes]) -> int | None:
@@ -65,7 +64,7 @@ def _number(fields: list[bytes]) -> int | None:
     return None
 
 
-def _entries(entry_id: bytes, fields: list[bytes], number: int | None) -> list[Entry]:
+def _entries(entry_id: bytes, fields: list[bytes]) -> list[Entry]:
     """The candles of one stream entry: one ('c'), or several new ones ('cs', a JSON
     array of them, written by one script call), each with the entry's id."""
     values = dict(zip(fields[::2], fields[1::2], strict=False))
@@ -73,12 +72,12 @@ def _entries(entry_id: bytes, fields: list[bytes], number: int | None) -> list[E
         at, timeframe = parse_id(entry_id), values[b"t"].decode()
         if b"cs" in values:
             return [Entry(at, LiveCandle(int(ts), float(o), float(h), float(low), float(c),
-                                         float(vol), timeframe, False), number)
+                                         float(vol), timeframe, False))
                     for ts, o, h, low, c, vol in orjson.loads(values[b"cs"])]
         ts, o, h, low, c, vol = orjson.loads(values[b"c"])
         return [Entry(at, LiveCandle(
             int(ts), float(o), float(h), float(low), float(c), float(vol),
-            timeframe, values.get(b"r", b"0") not in (b"0", b"")), number)]
+            timeframe, values.get(b"r", b"0") not in (b"0", b"")))]
     except (KeyError, ValueError, TypeError):
         log.warning("stream entry %r is not a candle; skipped", entry_id)
         return []
@@ -120,9 +119,9 @@ class Ring:
         number, 'n', is not the next one): Redis trimmed it before it was read."""
         whole = True
         for entry_id, fields in raw:
-            number = _number(fields)
-            entries = _entries(entry_id, fields, number)
+            entries = _entries(entry_id, fields)
             self.position = parse_id(entry_id)
+            number = _number(fields)
             if number is not None:
                 if self.number is not None and number != self.number + 1:
                     whole = False
@@ -141,15 +140,6 @@ class Ring:
 
     async def changed(self) -> None:
         await self._changed.wait()
-
-    def follows(self, seq: int, number: int) -> bool:
-        """Whether the entry at ``seq`` (or, none held after it yet, the next one read)
-        is the one numbered ``number + 1``: nothing Redis trimmed lies between the
-        entry numbered ``number`` and it."""
-        if seq < self.next_seq:
-            held = self.entries[seq - self.base].number
-            return held is None or held == number + 1
-        return self.number is None or self.number <= number
 
     def seq_after(self, after: StreamId) -> int | None:
         """The sequence of the first entry held with an id after ``after``; None when
@@ -170,24 +160,14 @@ class Follower:
     None when continuity was lost (it fell more than the ring behind, or the reader
     reconnected): the subscriber then catches up from storage and ``restart``s."""
 
-    def __init__(self, reader: StreamReader, ring: Ring, after: StreamId,
-                 number: int | None = None) -> None:
+    def __init__(self, reader: StreamReader, ring: Ring, after: StreamId) -> None:
         self._reader = reader
         self.ring = ring
         self.after = after
         self.epoch = ring.epoch
-        self.cursor = self._place(after, number)
+        found = ring.seq_after(after)
+        self.cursor = -1 if found is None else found
         self.closed = False
-
-    def _place(self, after: StreamId, number: int | None) -> int:
-        """The ring's sequence of the first entry after ``after`` (the snapshot's last
-        entry, numbered ``number``); -1 when entries after it may be gone: dropped from
-        the ring, or trimmed by Redis before the ring read them (the ring then holds
-        entries on both sides of the hole, and the id alone would step over it)."""
-        found = self.ring.seq_after(after)
-        if found is None or (number is not None and not self.ring.follows(found, number)):
-            return -1
-        return found
 
     def _lost(self) -> bool:
         return self.cursor < 0 or self.epoch != self.ring.epoch or \
@@ -210,12 +190,12 @@ class Follower:
                 continue
             await self.ring.changed()
 
-    def restart(self, after: StreamId, number: int | None = None) -> None:
-        """Follow on from a new snapshot's stream id and entry number (after a catch-up
-        from storage)."""
+    def restart(self, after: StreamId) -> None:
+        """Follow on from a new snapshot's stream id (after a catch-up from storage)."""
         self.after = after
         self.epoch = self.ring.epoch
-        self.cursor = self._place(after, number)
+        found = self.ring.seq_after(after)
+        self.cursor = -1 if found is None else found
 
     def close(self) -> None:
         if not self.closed:
@@ -293,7 +273,7 @@ class StreamReader:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="hub-streams")
         self._wanted.set()
-        return Follower(self, ring, at, number)
+        return Follower(self, ring, at)
 
     def release(self, ring: Ring) -> None:
         ring.followers -= 1
