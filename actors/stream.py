@@ -45,9 +45,8 @@ def parse_id(raw: bytes | str) -> StreamId:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One published candle: its stream id (shared by the candles of one entry) and the
-    candle (with its timeframe and whether it replaced one of the same time), built once
-    for every follower."""
+    """One published candle: its stream id and the candle (with its timeframe and
+    whether it replaced one of the same time), built once for every follower."""
 
     id: StreamId
     candle: LiveCandle
@@ -64,23 +63,16 @@ def _number(fields: list[bytes]) -> int | None:
     return None
 
 
-def _entries(entry_id: bytes, fields: list[bytes]) -> list[Entry]:
-    """The candles of one stream entry: one ('c'), or several new ones ('cs', a JSON
-    array of them, written by one script call), each with the entry's id."""
+def _entry(entry_id: bytes, fields: list[bytes]) -> Entry | None:
     values = dict(zip(fields[::2], fields[1::2], strict=False))
     try:
-        at, timeframe = parse_id(entry_id), values[b"t"].decode()
-        if b"cs" in values:
-            return [Entry(at, LiveCandle(int(ts), float(o), float(h), float(low), float(c),
-                                         float(vol), timeframe, False))
-                    for ts, o, h, low, c, vol in orjson.loads(values[b"cs"])]
         ts, o, h, low, c, vol = orjson.loads(values[b"c"])
-        return [Entry(at, LiveCandle(
+        return Entry(parse_id(entry_id), LiveCandle(
             int(ts), float(o), float(h), float(low), float(c), float(vol),
-            timeframe, values.get(b"r", b"0") not in (b"0", b"")))]
+            values[b"t"].decode(), values.get(b"r", b"0") not in (b"0", b"")))
     except (KeyError, ValueError, TypeError):
         log.warning("stream entry %r is not a candle; skipped", entry_id)
-        return []
+        return None
 
 
 class Ring:
@@ -119,14 +111,15 @@ class Ring:
         number, 'n', is not the next one): Redis trimmed it before it was read."""
         whole = True
         for entry_id, fields in raw:
-            entries = _entries(entry_id, fields)
+            entry = _entry(entry_id, fields)
             self.position = parse_id(entry_id)
             number = _number(fields)
             if number is not None:
                 if self.number is not None and number != self.number + 1:
                     whole = False
                 self.number = number
-            self.entries += entries
+            if entry is not None:
+                self.entries.append(entry)
         if len(self.entries) >= 2 * self.size:  # amortized: a slice now and then
             drop = len(self.entries) - self.size
             del self.entries[:drop]
