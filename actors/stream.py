@@ -50,6 +50,7 @@ class Entry:
 
     id: StreamId
     candle: LiveCandle
+    number: int | None = None  # the stream entry's 'n' (None: written before numbers)
 
 
 def _number(fields: list[bytes]) -> int | None:
@@ -63,13 +64,13 @@ def _number(fields: list[bytes]) -> int | None:
     return None
 
 
-def _entry(entry_id: bytes, fields: list[bytes]) -> Entry | None:
+def _entry(entry_id: bytes, fields: list[bytes], number: int | None) -> Entry | None:
     values = dict(zip(fields[::2], fields[1::2], strict=False))
     try:
         ts, o, h, low, c, vol = orjson.loads(values[b"c"])
         return Entry(parse_id(entry_id), LiveCandle(
             int(ts), float(o), float(h), float(low), float(c), float(vol),
-            values[b"t"].decode(), values.get(b"r", b"0") not in (b"0", b"")))
+            values[b"t"].decode(), values.get(b"r", b"0") not in (b"0", b"")), number)
     except (KeyError, ValueError, TypeError):
         log.warning("stream entry %r is not a candle; skipped", entry_id)
         return None
@@ -111,9 +112,9 @@ class Ring:
         number, 'n', is not the next one): Redis trimmed it before it was read."""
         whole = True
         for entry_id, fields in raw:
-            entry = _entry(entry_id, fields)
-            self.position = parse_id(entry_id)
             number = _number(fields)
+            entry = _entry(entry_id, fields, number)
+            self.position = parse_id(entry_id)
             if number is not None:
                 if self.number is not None and number != self.number + 1:
                     whole = False
@@ -134,6 +135,15 @@ class Ring:
     async def changed(self) -> None:
         await self._changed.wait()
 
+    def follows(self, seq: int, number: int) -> bool:
+        """Whether the entry at ``seq`` (or, none held after it yet, the next one read)
+        is the one numbered ``number + 1``: nothing Redis trimmed lies between the
+        entry numbered ``number`` and it."""
+        if seq < self.next_seq:
+            held = self.entries[seq - self.base].number
+            return held is None or held == number + 1
+        return self.number is None or self.number <= number
+
     def seq_after(self, after: StreamId) -> int | None:
         """The sequence of the first entry held with an id after ``after``; None when
         entries after it may be gone from the ring already."""
@@ -153,14 +163,24 @@ class Follower:
     None when continuity was lost (it fell more than the ring behind, or the reader
     reconnected): the subscriber then catches up from storage and ``restart``s."""
 
-    def __init__(self, reader: StreamReader, ring: Ring, after: StreamId) -> None:
+    def __init__(self, reader: StreamReader, ring: Ring, after: StreamId,
+                 number: int | None = None) -> None:
         self._reader = reader
         self.ring = ring
         self.after = after
         self.epoch = ring.epoch
-        found = ring.seq_after(after)
-        self.cursor = -1 if found is None else found
+        self.cursor = self._place(after, number)
         self.closed = False
+
+    def _place(self, after: StreamId, number: int | None) -> int:
+        """The ring's sequence of the first entry after ``after`` (the snapshot's last
+        entry, numbered ``number``); -1 when entries after it may be gone: dropped from
+        the ring, or trimmed by Redis before the ring read them (the ring then holds
+        entries on both sides of the hole, and the id alone would step over it)."""
+        found = self.ring.seq_after(after)
+        if found is None or (number is not None and not self.ring.follows(found, number)):
+            return -1
+        return found
 
     def _lost(self) -> bool:
         return self.cursor < 0 or self.epoch != self.ring.epoch or \
@@ -183,12 +203,12 @@ class Follower:
                 continue
             await self.ring.changed()
 
-    def restart(self, after: StreamId) -> None:
-        """Follow on from a new snapshot's stream id (after a catch-up from storage)."""
+    def restart(self, after: StreamId, number: int | None = None) -> None:
+        """Follow on from a new snapshot's stream id and entry number (after a catch-up
+        from storage)."""
         self.after = after
         self.epoch = self.ring.epoch
-        found = self.ring.seq_after(after)
-        self.cursor = -1 if found is None else found
+        self.cursor = self._place(after, number)
 
     def close(self) -> None:
         if not self.closed:
@@ -266,7 +286,7 @@ class StreamReader:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="hub-streams")
         self._wanted.set()
-        return Follower(self, ring, at)
+        return Follower(self, ring, at, number)
 
     def release(self, ring: Ring) -> None:
         ring.followers -= 1

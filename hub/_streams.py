@@ -76,7 +76,7 @@ class Streams:
         self._workers: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         # catch-ups in flight, shared by subscribers at the same place
         self._catch_ups: dict[tuple[str, str, str, int | None],
-                              asyncio.Future[tuple[list[Candle], bytes]]] = {}
+                              asyncio.Future[tuple[list[Candle], bytes, int | None]]] = {}
         self.counters = dict.fromkeys(("rollups_published", "rollups_recomputed",
                                        "late_minutes", "rollup_failures", "catch_ups"), 0)
 
@@ -275,9 +275,9 @@ class Streams:
             while True:
                 entries = await follower.take()
                 if entries is None:  # fell behind the buffer, or Redis was lost a moment
-                    missed, at = await self._catch_up_patiently(follower, exchange, product,
-                                                                timeframe, last)
-                    follower.restart(parse_id(at))
+                    missed, at, number = await self._catch_up_patiently(
+                        follower, exchange, product, timeframe, last)
+                    follower.restart(parse_id(at), number)
                     for candle in missed:
                         last = candle.timestamp
                         yield _live(candle, timeframe, False)
@@ -316,7 +316,7 @@ class Streams:
 
     async def _catch_up_patiently(self, follower: Follower, exchange: str, product: str,
                                   timeframe: str, last: int | None
-                                  ) -> tuple[list[Candle], bytes]:
+                                  ) -> tuple[list[Candle], bytes, int | None]:
         """``_catch_up``, retried (capped backoff) while a backend cannot answer: the
         subscriber waits out an outage and goes on without a hole."""
         backoff = Backoff(first=0.05, cap=2.0)
@@ -330,7 +330,7 @@ class Streams:
                 await backoff.sleep()
 
     async def _catch_up_shared(self, exchange: str, product: str, timeframe: str,
-                               last: int | None) -> tuple[list[Candle], bytes]:
+                               last: int | None) -> tuple[list[Candle], bytes, int | None]:
         """``_catch_up``, one read for every subscriber at the same place: after a
         reconnect, a thousand subscribers of one product read storage once."""
         where = (exchange, product, timeframe, last)
@@ -342,8 +342,9 @@ class Streams:
         return await asyncio.shield(flight)
 
     async def _catch_up(self, exchange: str, product: str, timeframe: str,
-                        last: int | None) -> tuple[list[Candle], bytes]:
-        """The stored candles after ``last``, and the stream id they reach."""
+                        last: int | None) -> tuple[list[Candle], bytes, int | None]:
+        """The stored candles after ``last``, and the stream id (and entry number) they
+        reach."""
         assert self.cache is not None and self.reader is not None
         stream_key = self.stream_key(exchange, product)
         snap = await self.cache.perform(op_snapshot(
@@ -355,7 +356,7 @@ class Streams:
         fresh = [c for c in snap.candles if last is None or c.timestamp > last]
         if last is None:
             self.counters["catch_ups"] += 1
-            return fresh, snap.last_id
+            return fresh, snap.last_id, snap.number
         top = snap.oldest - 1 if snap.oldest is not None else await self._closed_bound(
             exchange, product, timeframe)
         if top is not None and (snap.oldest is None or snap.oldest > last + 1):
@@ -365,7 +366,7 @@ class Streams:
                                        _CATCH_UP_LIMIT)
             fresh = [c for c in older if c.timestamp > last] + fresh
         self.counters["catch_ups"] += 1
-        return fresh, snap.last_id
+        return fresh, snap.last_id, snap.number
 
     def statistics(self) -> dict[str, Any]:
         return {**self.counters,

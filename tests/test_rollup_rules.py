@@ -223,3 +223,43 @@ async def test_a_subscriber_joining_a_shared_ring_gets_exactly_what_follows_its_
         follower.close()
     assert reader.rings == {}
     await reader.close()
+
+
+def _numbered(ms: int, ts: int, n: int) -> tuple[bytes, list[bytes]]:
+    entry_id, fields = _raw(ms, ts)
+    return entry_id, [*fields, b"n", str(n).encode()]
+
+
+@pytest.mark.anyio
+async def test_a_snapshot_inside_a_trimmed_stretch_is_caught_up_not_stepped_over() -> None:
+    """A reader far behind a fast writer: Redis trimmed entries 4-6 before the ring read
+    them, so the ring holds 1-3 and 7-9. A subscriber whose snapshot (a catch-up's, or
+    its first) ends at entry 5 must not go on at entry 7 (the id alone would find it:
+    the first held id after the snapshot's): it is told it lost continuity and catches
+    up from storage. One whose snapshot ends at 3, or at 7, goes on from the ring."""
+    from actors.stream import StreamReader
+
+    class Quiet:  # a backend whose streams never answer: the test feeds the ring itself
+        async def read_streams(self, positions: Any, count: int, block_ms: int) -> Any:
+            await asyncio.sleep(3600)
+
+    reader = StreamReader(Quiet(), buffer=100)  # type: ignore[arg-type]
+    keeper = reader.follow("s", b"100-0", 0)
+    ring = keeper.ring
+    ring.append([_numbered(100 + k, T0 + 60 * k, k) for k in (1, 2, 3)])
+    assert ring.append([_numbered(100 + k, T0 + 60 * k, k) for k in (7, 8, 9)]) is False
+    inside = reader.follow("s", b"105-0", 5)
+    assert await inside.take() is None  # lost: catch up from storage
+    before = reader.follow("s", b"103-0", 3)
+    assert before._place((103, 0), 3) == -1  # entries 4-6 are gone: lost as well
+    after = reader.follow("s", b"107-0", 7)
+    assert [e.id[0] for e in await after.take() or []] == [108, 109]
+    # a restart after a catch-up is held to the same rule
+    inside.restart((105, 0), 5)
+    assert await inside.take() is None
+    inside.restart((109, 0), 9)
+    ring.append([_numbered(110, T0 + 600, 10)])
+    assert [e.id[0] for e in await inside.take() or []] == [110]
+    for follower in (keeper, inside, before, after):
+        follower.close()
+    await reader.close()
