@@ -78,7 +78,8 @@ class Streams:
         self._catch_ups: dict[tuple[str, str, str, int | None],
                               asyncio.Future[tuple[list[Candle], bytes, int | None]]] = {}
         self.counters = dict.fromkeys(("rollups_published", "rollups_recomputed",
-                                       "late_minutes", "rollup_failures", "catch_ups"), 0)
+                                       "late_minutes", "rollup_failures", "catch_ups",
+                                       "catch_ups_unconfirmed"), 0)
 
     @property
     def publishing(self) -> bool:
@@ -362,11 +363,40 @@ class Streams:
         if top is not None and (snap.oldest is None or snap.oldest > last + 1):
             if snap.oldest is None:
                 top -= 1
+            else:
+                await self._posted(exchange, product, snap.oldest)
             older = await self._stored(exchange, product, timeframe, last + 1, top,
                                        _CATCH_UP_LIMIT)
             fresh = [c for c in older if c.timestamp > last] + fresh
         self.counters["catch_ups"] += 1
         return fresh, snap.last_id, snap.number
+
+    async def _posted(self, exchange: str, product: str, at: int) -> None:
+        """Wait until InfluxDB holds a minute at or after ``at`` (the oldest candle in
+        the hot window): the minutes a catch-up reads from InfluxDB are older, and
+        another process's writer may not have posted them yet (it posts every
+        ``influxdb.batch.flush_interval``). A writer posts its lines in the order it
+        accepted them, so once a later minute is there, the older ones are too. Waits
+        at most ``flush_interval + influxdb.timeout``; past that (the writer gone, or
+        InfluxDB failing), goes on with what is stored, counted in
+        ``catch_ups_unconfirmed`` and logged."""
+        if self._influx is None:
+            return
+        influx = self.config.influxdb
+        query = Query(ql.select_candles(exchange, product, at, None, 1,
+                                        influx.rp_for("candle")))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + influx.batch.flush_interval + influx.timeout
+        backoff = Backoff(first=0.01, cap=max(0.01, influx.batch.flush_interval / 4))
+        while not _candles_in(await self._influx(query)):
+            if loop.time() >= deadline:
+                self.counters["catch_ups_unconfirmed"] += 1
+                log.warning("catching up %s:%s: InfluxDB holds no minute from %d on after "
+                            "%.1fs; going on with what it has (minutes older than the hot "
+                            "window may be missing)", exchange, product, at,
+                            influx.batch.flush_interval + influx.timeout)
+                return
+            await backoff.sleep()
 
     def statistics(self) -> dict[str, Any]:
         return {**self.counters,
@@ -384,3 +414,7 @@ def _live(c: Candle, timeframe: str, revision: bool) -> LiveCandle:
     return LiveCandle(c.timestamp, c.open, c.high, c.low, c.close, c.volume, timeframe,
                       revision)
 
+
+
+def _candles_in(results: list[dict[str, Any]]) -> bool:
+    return any(result_rows(result) for result in results)

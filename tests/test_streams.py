@@ -313,6 +313,77 @@ async def test_a_slow_subscriber_catches_up_from_storage(config_data: dict[str, 
         assert stats["streams"]["subscribers"] == 0  # closing the iterator released it
 
 
+async def test_a_catch_up_waits_for_another_processs_minutes_to_reach_influxdb(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """A subscriber in one hub falls behind while another hub writes 600 minutes, which
+    that hub posts to InfluxDB only after its 3 s linger: the catch-up finds the older
+    ones neither in the hot window (64) nor yet in InfluxDB, waits for them, and the
+    subscriber still gets every minute, in order, once."""
+    config_data["performance"] = {"redis_hot_data_window": 64}
+    writer_data = {**config_data, "influxdb": {**config_data["influxdb"],
+                                               "batch": {"size": 100_000,
+                                                         "flush_interval": 3.0}}}
+    async with Hub(HubConfig.from_mapping(writer_data, environ={})) as hub, \
+            Hub(HubConfig.from_mapping({**config_data, "streams": {"buffer": 50}},
+                                       environ={})) as other:
+        assert hub.streams is not None
+        window = hub.streams.window_key(EX, PR, "1m")
+        await write(hub, [minute(i) for i in range(5)])
+
+        async def in_redis() -> bool:
+            return redis_command(servers, "ZCARD", window) == b":5\r\n"
+        await eventually(in_redis)
+        stream = other.candles(EX, PR, "1m", warmup=5)
+        head = await collect(stream, 5)
+        await write(hub, [minute(i) for i in range(5, 605)])
+        rest: list[LiveCandle] = []
+
+        async def until_the_last() -> None:
+            async for candle in stream:
+                rest.append(candle)
+                if candle.timestamp >= minute(604).timestamp:
+                    return
+        await asyncio.wait_for(until_the_last(), 30)
+        await stream.aclose()
+        assert [c.timestamp for c in head + rest] == [T0 + 60 * i for i in range(605)]
+        stats = (await other.get_stats())["streams"]
+        assert stats["catch_ups"] >= 1 and stats["catch_ups_unconfirmed"] == 0
+
+
+async def test_a_catch_up_waits_a_bounded_time_for_minutes_never_posted(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """The other hub does not post its minutes in time (a 10 minute linger here; a writer
+    gone or failing alike): the catch-up waits ``flush_interval + influxdb.timeout`` of
+    the subscriber's config, then goes on with what is stored, and says so in its
+    stats; the live stream is not held up for ever."""
+    config_data["performance"] = {"redis_hot_data_window": 64}
+    writer_data = {**config_data, "influxdb": {**config_data["influxdb"],
+                                               "batch": {"size": 100_000,
+                                                         "flush_interval": 600.0}}}
+    reader_data = {**config_data, "streams": {"buffer": 50},
+                   "influxdb": {**config_data["influxdb"], "timeout": 0.5,
+                                "batch": {"flush_interval": 0.2}}}
+    async with Hub(HubConfig.from_mapping(writer_data, environ={})) as hub, \
+            Hub(HubConfig.from_mapping(reader_data, environ={})) as other:
+        assert hub.streams is not None
+        window = hub.streams.window_key(EX, PR, "1m")
+        await write(hub, [minute(i) for i in range(5)])
+
+        async def in_redis() -> bool:
+            return redis_command(servers, "ZCARD", window) == b":5\r\n"
+        await eventually(in_redis)
+        stream = other.candles(EX, PR, "1m", warmup=5)
+        await collect(stream, 5)
+        await write(hub, [minute(i) for i in range(5, 605)])
+        started = asyncio.get_running_loop().time()
+        rest = await collect(stream, 64, within=10)  # the hot window's minutes
+        waited = asyncio.get_running_loop().time() - started
+        await stream.aclose()
+        assert [c.timestamp for c in rest] == [minute(i).timestamp for i in range(541, 605)]
+        assert 0.6 <= waited < 5
+        assert (await other.get_stats())["streams"]["catch_ups_unconfirmed"] == 1
+
+
 async def test_stream_arguments_are_checked(hub: Hub) -> None:
     with pytest.raises(ValidationError, match="timeframe"):
         hub.candles(EX, PR, "7m")
