@@ -53,9 +53,10 @@ class Get(StateOp[bytes | None]):
 class OutboxAdd(StateOp[list[int]]):
     lines: Sequence[str]
     kind: str
+    group: int = 1
 
     def run(self, store: SQLiteStore) -> list[int]:
-        return store.outbox_add(self.lines, self.kind)
+        return store.outbox_add(self.lines, self.kind, self.group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +74,11 @@ class OutboxDone(StateOp[None]):
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxLoad(StateOp[list[tuple[int, str]]]):
+class OutboxLoad(StateOp[list[tuple[int, list[str]]]]):
     after_id: int
     limit: int
 
-    def run(self, store: SQLiteStore) -> list[tuple[int, str]]:
+    def run(self, store: SQLiteStore) -> list[tuple[int, list[str]]]:
         return store.outbox_load(self.after_id, self.limit)
 
 
@@ -135,9 +136,10 @@ class StateActor(Actor):
     async def get(self, key: str) -> bytes | None:
         return await self.ask(Get(key))
 
-    async def outbox_add(self, lines: Sequence[str], kind: str) -> list[int]:
-        """Commit lines to the outbox; their ids, in order."""
-        return await self.ask(OutboxAdd(lines, kind))
+    async def outbox_add(self, lines: Sequence[str], kind: str, group: int = 1) -> list[int]:
+        """Commit lines to the outbox, ``group`` lines to a row; the rows' ids, in
+        order."""
+        return await self.ask(OutboxAdd(lines, kind, group))
 
     async def outbox_bounds(self) -> tuple[int, int]:
         """(lines waiting, highest id) of this process's outbox."""
@@ -148,7 +150,7 @@ class StateActor(Actor):
         written again, which InfluxDB takes as the same point)."""
         await self.tell(OutboxDone(ids))
 
-    async def outbox_load(self, after_id: int, limit: int) -> list[tuple[int, str]]:
+    async def outbox_load(self, after_id: int, limit: int) -> list[tuple[int, list[str]]]:
         return await self.ask(OutboxLoad(after_id, limit))
 
     async def quarantine(self, items: Sequence[tuple[str, str]]) -> None:

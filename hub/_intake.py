@@ -115,9 +115,10 @@ class Intake:
         durable = state is not None
         try:
             if accepted.lines and self.writer is not None:
-                if state is not None:
-                    ids = await state.outbox_add(accepted.lines, "durable")
-                    self.writer.write_durable(accepted.lines, ids)
+                if state is not None:  # a POST's worth of lines to an outbox row
+                    group = self.config.influxdb.batch.size
+                    rows = await state.outbox_add(accepted.lines, "durable", group)
+                    self.writer.write_durable(accepted.lines, rows, group)
                 elif not self.writer.offer_lines(accepted.lines):  # full: wait for room
                     await self.writer.write(accepted.lines, within=None if patient
                                             else self.config.influxdb.timeout)

@@ -207,27 +207,106 @@ async def test_outbox_lines_are_deleted_once_written_and_replayed_at_start() -> 
     await sup.stop()
 
 
+class PostsThenDown(FakeInflux):
+    """Takes ``allow`` POSTs, then is unavailable."""
+
+    def __init__(self, allow: int) -> None:
+        super().__init__()
+        self.allow = allow
+
+    async def write(self, body: bytes, rp: str | None = None) -> None:
+        if self.allow <= 0:
+            raise BackendUnavailable("influxdb", "connection refused")
+        self.allow -= 1
+        await super().write(body, rp)
+
+
+async def test_a_row_of_durable_lines_leaves_the_outbox_once_its_last_line_is_written(
+        ) -> None:
+    """Durable lines three to an outbox row, POSTed two at a time, InfluxDB gone after
+    two POSTs: only the first row (its last line in the second POST) is deleted; a new
+    writer on the same outbox replays the others whole, and every line reaches InfluxDB."""
+    state = StateActor(":memory:")
+    sup = Supervisor()
+    await sup.start([state])
+    first = PostsThenDown(allow=2)
+    writer = WriterActor(first, state, batch_size=2, linger=0.01, give_up_after=30)
+    sup_w = Supervisor()
+    await sup_w.start([writer])
+    lines = [f"m v={i} {i}" for i in range(7)]
+    rows = await state.outbox_add(lines, "durable", 3)
+    assert rows == [1, 2, 3]
+    writer.write_durable(lines, rows, 3)
+    for _ in range(500):
+        if first.allow == 0 and len(await state.outbox_load(0, 100)) < 3:
+            break
+        await asyncio.sleep(0.01)
+    assert first.written == lines[:4]
+    await asyncio.sleep(0.05)  # (a wrong delete would have come by now)
+    assert await state.outbox_load(0, 100) == [(2, lines[3:6]), (3, lines[6:])]
+    await sup_w.stop()  # InfluxDB still down: the rows stay
+    second = FakeInflux()
+    again = WriterActor(second, state, batch_size=2, linger=0.01, give_up_after=30)
+    sup_w = Supervisor()
+    await sup_w.start([again])
+    await asyncio.wait_for(again.flush(), 5)
+    assert second.written == lines[3:]
+    for _ in range(100):
+        if not await state.outbox_load(0, 100):
+            break
+        await asyncio.sleep(0.01)
+    assert await state.outbox_load(0, 100) == []
+    await sup_w.stop()
+    await sup.stop()
+
+
+async def test_rejected_lines_of_durable_rows_are_quarantined_and_the_rows_let_go() -> None:
+    """A rejected line before a row's last one, and a rejected last line: both are
+    quarantined, the others written, and neither row stays in the outbox."""
+    fake = FakeInflux()
+    writer, state, sup = await started_writer(fake)
+    lines = ["m v=0 0", "BAD v=1 1", "m v=2 2", "m v=3 3", "m v=4 4", "BAD v=5 5"]
+    rows = await state.outbox_add(lines, "durable", 3)
+    writer.write_durable(lines, rows, 3)
+    await asyncio.wait_for(writer.flush(), 5)
+    assert sorted(fake.written) == sorted(line for line in lines if "BAD" not in line)
+    assert sorted(line for line, _ in await state.quarantined(10)) == [
+        "BAD v=1 1", "BAD v=5 5"]
+    for _ in range(100):
+        if not await state.outbox_load(0, 100):
+            break
+        await asyncio.sleep(0.01)
+    assert await state.outbox_load(0, 100) == []
+    await sup.stop()
+
+
+@pytest.mark.parametrize("group", [1, 1000])
 @pytest.mark.parametrize("lines", [
     [f"m v={i} {i}" for i in range(3000)],  # one json_each statement
     ['t note="a\x00b" 1', "t v=2 2"],  # a NUL: the row-by-row path
     ['t note="\u2028 é \\ \" \\u0000 end" 1', "t v=2 2", "t v=3 3"],
+    ['t note="two\nlines" 1', "t v=2 2", 't note="\n" 3'],  # newlines inside strings
 ])
 async def test_outbox_keeps_every_line_exactly_with_consecutive_ids(
-        tmp_path: Path, lines: list[str]) -> None:
+        tmp_path: Path, lines: list[str], group: int) -> None:
     """Durable lines go into the SQLite outbox as one statement (json_each) when they
-    can: each comes back exactly as given, in order, under the ids outbox_add returned,
-    after the file is opened again."""
+    can, or ``group`` to a row: each comes back exactly as given, in order, in the rows
+    outbox_add returned, after the file is opened again; a load takes as many rows as
+    hold the lines asked for."""
     state = StateActor(str(tmp_path / "s.sqlite"))
     sup = Supervisor()
     await sup.start([state])
     await state.outbox_add(["t v=0 0"], "trade")
-    ids = await state.outbox_add(lines, "durable")
+    ids = await state.outbox_add(lines, "durable", group)
     await sup.stop()
     again = StateActor(str(tmp_path / "s.sqlite"))
     sup = Supervisor()
     await sup.start([again])
-    assert ids == list(range(2, 2 + len(lines)))
-    assert await again.outbox_load(1, 10_000) == list(zip(ids, lines, strict=True))
+    parts = [lines[i:i + group] for i in range(0, len(lines), group)]
+    assert ids == list(range(2, 2 + len(parts)))
+    assert await again.outbox_load(1, 10_000) == list(zip(ids, parts, strict=True))
+    assert await again.outbox_bounds() == (1 + len(lines), ids[-1])
+    assert [row_id for row_id, _ in await again.outbox_load(1, 1)] == [2]
     await sup.stop()
 
 
@@ -238,7 +317,7 @@ async def test_close_spools_what_influx_cannot_take() -> None:
     await writer.tell(Lines(["m v=1 1", "m v=2 2"]))
     writer.mailbox.close()
     await sup._tasks[writer]
-    assert await state.outbox_load(0, 10) == [(1, "m v=1 1"), (2, "m v=2 2")]
+    assert await state.outbox_load(0, 10) == [(1, ["m v=1 1"]), (2, ["m v=2 2"])]
     await sup.stop()
 
 

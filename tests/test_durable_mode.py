@@ -25,10 +25,11 @@ T0 = 1697529600
 CHILD = Path(__file__).with_name("_child.py")
 
 
-def outbox(path: str) -> dict[str, int]:
-    """Outbox rows per kind, read by a connection of its own (what is on disk)."""
+def outbox(path: str, what: str = "sum(lines)") -> dict[str, int]:
+    """Outbox lines (or ``count(*)``: rows) per kind, read by a connection of its own
+    (what is on disk)."""
     with sqlite3.connect(path) as db:
-        return dict(db.execute("SELECT kind, count(*) FROM outbox GROUP BY kind").fetchall())
+        return dict(db.execute(f"SELECT kind, {what} FROM outbox GROUP BY kind").fetchall())
 
 
 async def test_every_write_is_on_disk_when_its_await_returns(
@@ -46,6 +47,8 @@ async def test_every_write_is_on_disk_when_its_await_returns(
         await hub.write_metric("latency_ms", 1.25, strategy="s1")
         await hub.write_trade("px", "D", T0, "buy", 1.0, 1.0, "o1")
         assert outbox(path) == {"durable": 2003, "trade": 1}
+        # the batch's 2,000 lines are one row (a POST's worth: influxdb.batch.size)
+        assert outbox(path, "count(*)") == {"durable": 4, "trade": 1}
         await hub.flush()
 
         async def forgotten() -> bool:  # written to InfluxDB, then deleted from the outbox

@@ -201,9 +201,9 @@ async def test_spool_takes_lines_and_replays_them_in_order(state: StateActor) ->
     await spool.insert(["m v=3 3"])
     assert spool.max_id == 3 and spool.spooled == 3
     page = await spool.page(2)
-    assert [line for _, line in page] == ["m v=1 1", "m v=2 2"]
+    assert [lines for _, lines in page] == [["m v=1 1"], ["m v=2 2"]]
     spool.replayed_up_to(page)
-    assert [line for _, line in await spool.page(10)] == ["m v=3 3"]
+    assert [lines for _, lines in await spool.page(10)] == [["m v=3 3"]]
     spool.knows([5])  # a durable line (a trade) the replay will find in the outbox
     spool.active = True
     spool.drained()

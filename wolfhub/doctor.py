@@ -148,7 +148,10 @@ def _sqlite(config: HubConfig) -> list[Finding]:
         return [Finding("sqlite state", "ok", f"{path} not created yet")]
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            outbox = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            # (a row holds several lines since the 'lines' column; one before)
+            outbox = db.execute("SELECT coalesce(sum(lines), 0) FROM outbox" if "lines" in
+                                columns else "SELECT count(*) FROM outbox").fetchone()[0]
             quarantined = db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     except sqlite3.Error as exc:
         return [Finding("sqlite state", "FAIL", f"{path}: {exc}",

@@ -124,11 +124,12 @@ class SQLiteStore:
             pass
         old = self._db
         state = old.execute("SELECT key, value, updated_at FROM state").fetchall()
-        outbox = old.execute("SELECT id, line, kind, created_at, owner FROM outbox").fetchall()
+        outbox = old.execute(
+            "SELECT id, line, kind, created_at, owner, lines FROM outbox").fetchall()
         quarantine = old.execute("SELECT line, reason, created_at FROM quarantine").fetchall()
         log.error("%s was removed or replaced under the running hub: recreating it with the "
                   "%d states, %d outbox lines and %d quarantined points it held", self.path,
-                  len(state), len(outbox), len(quarantine))
+                  len(state), sum(int(row[5]) for row in outbox), len(quarantine))
         old.close()  # (its WAL goes with it, so the new file cannot pick it up)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = self._connect()
@@ -140,11 +141,11 @@ class SQLiteStore:
                 "WHERE excluded.updated_at > state.updated_at", state)
             for row in outbox:
                 try:
-                    db.execute("INSERT INTO outbox(id, line, kind, created_at, owner) "
-                               "VALUES (?, ?, ?, ?, ?)", row)
+                    db.execute("INSERT INTO outbox(id, line, kind, created_at, owner, lines) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", row)
                 except sqlite3.IntegrityError:  # another process made the new file
-                    db.execute("INSERT INTO outbox(line, kind, created_at, owner) "
-                               "VALUES (?, ?, ?, ?)", row[1:])
+                    db.execute("INSERT INTO outbox(line, kind, created_at, owner, lines) "
+                               "VALUES (?, ?, ?, ?, ?)", row[1:])
             db.executemany("INSERT INTO quarantine(line, reason, created_at) VALUES (?, ?, ?)",
                            quarantine)
             db.execute("COMMIT")
@@ -245,14 +246,26 @@ class SQLiteStore:
         row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def outbox_add(self, lines: Sequence[str], kind: str) -> list[int]:
-        """Insert lines (inside run_batch's BEGIN IMMEDIATE: no other connection writes
-        meanwhile, so AUTOINCREMENT hands this statement consecutive ids)."""
+    def outbox_add(self, lines: Sequence[str], kind: str, group: int = 1) -> list[int]:
+        """Insert lines, ``group`` to a row (inside run_batch's BEGIN IMMEDIATE: no other
+        connection writes meanwhile, so AUTOINCREMENT hands them consecutive ids); the
+        rows' ids, in order. A row of several lines holds them as a JSON array (its
+        ``lines`` column says how many): a 5,000-line batch is one row inserted and one
+        deleted, not 5,000 (measured here: 0.44 s of SQLite for 200,000 candles' lines
+        one a row, 0.24 s grouped)."""
         if not lines:
             return []
         if not self.db.in_transaction:
             raise sqlite3.ProgrammingError("outbox_add runs inside run_batch's transaction")
         now = time.time()
+        if group > 1 and len(lines) > 1:
+            parts = [lines[i:i + group] for i in range(0, len(lines), group)]
+            self.db.executemany(
+                "INSERT INTO outbox(line, lines, kind, created_at, owner) VALUES (?, ?, ?, ?, ?)",
+                [(part[0] if len(part) == 1 else orjson.dumps(list(part)).decode(), len(part),
+                  kind, now, self.slot) for part in parts])
+            last = int(self.db.execute("SELECT last_insert_rowid()").fetchone()[0])
+            return list(range(last - len(parts) + 1, last + 1))
         packed = _json_lines(lines)
         if packed is not None:  # one statement for them all: half the time of executemany
             self.db.execute(
@@ -267,8 +280,10 @@ class SQLiteStore:
         return list(range(last - len(lines) + 1, last + 1))
 
     def outbox_bounds(self) -> tuple[int, int]:
+        """(lines waiting, highest id) of this slot's outbox."""
         count, max_id = self.db.execute(
-            "SELECT count(*), max(id) FROM outbox WHERE owner = ?", (self.slot,)).fetchone()
+            "SELECT coalesce(sum(lines), 0), max(id) FROM outbox WHERE owner = ?",
+            (self.slot,)).fetchone()
         return int(count), int(max_id or 0)
 
     def outbox_done(self, ids: Sequence[int]) -> None:
@@ -282,11 +297,20 @@ class SQLiteStore:
                 runs.append((i, i))
         self.db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", runs)
 
-    def outbox_load(self, after_id: int, limit: int) -> list[tuple[int, str]]:
-        rows = self.db.execute(
-            "SELECT id, line FROM outbox WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
-            (self.slot, after_id, limit)).fetchall()
-        return [(int(r[0]), str(r[1])) for r in rows]
+    def outbox_load(self, after_id: int, limit: int) -> list[tuple[int, list[str]]]:
+        """This slot's rows after ``after_id``, in id order, each with its lines: as many
+        rows as hold ``limit`` lines (at least one row)."""
+        out: list[tuple[int, list[str]]] = []
+        total = 0
+        with contextlib.closing(self.db.execute(
+                "SELECT id, line, lines FROM outbox WHERE owner = ? AND id > ? ORDER BY id",
+                (self.slot, after_id))) as rows:
+            for row_id, text, count in rows:
+                out.append((int(row_id), [str(text)] if count == 1 else orjson.loads(text)))
+                total += int(count)
+                if total >= limit:
+                    break
+        return out
 
     def quarantine(self, items: Sequence[tuple[str, str]]) -> None:
         now = time.time()
@@ -309,27 +333,33 @@ class SQLiteStore:
             out["quarantine"] = self.db.execute(
                 "DELETE FROM quarantine WHERE created_at < ?", (quarantine_before,)).rowcount
         if outbox_before is not None:
-            out["outbox"] = self.db.execute(
-                "DELETE FROM outbox WHERE created_at < ?", (outbox_before,)).rowcount
+            out["outbox"] = int(self.db.execute(
+                "SELECT coalesce(sum(lines), 0) FROM outbox WHERE created_at < ?",
+                (outbox_before,)).fetchone()[0])
+            self.db.execute("DELETE FROM outbox WHERE created_at < ?", (outbox_before,))
         return out
 
     def counts(self) -> dict[str, int]:
         outbox = self.db.execute(
-            "SELECT count(*) FROM outbox WHERE owner = ?", (self.slot,)).fetchone()[0]
-        everyone = self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            "SELECT coalesce(sum(lines), 0) FROM outbox WHERE owner = ?",
+            (self.slot,)).fetchone()[0]
+        everyone = self.db.execute("SELECT coalesce(sum(lines), 0) FROM outbox").fetchone()[0]
         quarantined = self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-        # outbox: what this process will write; outbox_all: every process's on this file
+        # outbox: lines this process will write; outbox_all: every process's on this file
         return {"outbox": int(outbox), "outbox_all": int(everyone),
                 "quarantined": int(quarantined), "slot": self.slot}
 
 
 def _add_owner_column(db: sqlite3.Connection) -> None:
-    """Files written before slots existed: their rows belong to slot 0."""
+    """Files written before slots existed: their rows belong to slot 0. Files written
+    before rows held several lines: each of their rows holds one."""
     db.execute("BEGIN IMMEDIATE")
     try:
         columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
         if "owner" not in columns:
             db.execute("ALTER TABLE outbox ADD COLUMN owner INTEGER NOT NULL DEFAULT 0")
+        if "lines" not in columns:
+            db.execute("ALTER TABLE outbox ADD COLUMN lines INTEGER NOT NULL DEFAULT 1")
         db.execute("CREATE INDEX IF NOT EXISTS outbox_by_owner ON outbox(owner, id)")
         db.execute("COMMIT")
     except BaseException:

@@ -14,7 +14,10 @@ from itertools import islice, repeat
 
 from actors.runtime import fail, resolve
 
-# a line, and its outbox row when it is durable already (a trade)
+# a line, and its outbox row when it is durable already (a trade, or influxdb.durable):
+# None for a line only in memory; the row's id on the last line of its row (the row is
+# deleted once that line is written: the lines before it went out first); minus the
+# row's id on the others (durable, but the row stays until its last line is written)
 Entry = tuple[str, int | None]
 
 
@@ -54,12 +57,18 @@ class Accumulator:
             self.oldest_at = now
 
     def extend(self, lines: Sequence[str], now: float,
-               ids: Sequence[int] | None = None) -> None:
-        """Many lines at once (a batch write), with their outbox rows when durable."""
-        if ids is None:
+               rows: Sequence[int] | None = None, group: int = 1) -> None:
+        """Many lines at once (a batch write), with their outbox rows when durable
+        (``group`` lines to a row, the last row may hold fewer)."""
+        if rows is None:
             self._entries.extend(zip(lines, repeat(None), strict=False))
+        elif group == 1:
+            self._entries.extend(zip(lines, rows, strict=True))
         else:
-            self._entries.extend(zip(lines, ids, strict=True))
+            for k, row_id in enumerate(rows):
+                part = lines[k * group:(k + 1) * group]
+                self._entries.extend(zip(part[:-1], repeat(-row_id), strict=False))
+                self._entries.append((part[-1], row_id))
         self.accepted += len(lines)
         if self.oldest_at is None and lines:
             self.oldest_at = now

@@ -51,10 +51,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Lines:
-    """Lines to write; ``ids`` are their outbox rows when they are durable already."""
+    """Lines to write; ``rows`` are their outbox rows when they are durable already,
+    ``group`` lines to a row."""
 
     lines: Sequence[str]
-    ids: Sequence[int] | None = None
+    rows: Sequence[int] | None = None
+    group: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +120,11 @@ class WriterActor(Actor):
         which cannot wait; a run is a few hundred lines at most)."""
         super().tell_past_bound(Lines(lines))
 
-    def write_durable(self, lines: Sequence[str], ids: Sequence[int]) -> None:
-        """Queue lines that are in the outbox already (rows ``ids``): never waits, a
-        full writer must not hold up a write that is safe on disk."""
-        self.tell_past_bound(Lines(lines, ids))
+    def write_durable(self, lines: Sequence[str], rows: Sequence[int], group: int = 1
+                      ) -> None:
+        """Queue lines that are in the outbox already (rows ``rows``, ``group`` lines to
+        a row): never waits, a full writer must not hold up a write safe on disk."""
+        self.tell_past_bound(Lines(lines, rows, group))
 
     async def flush(self) -> None:
         """Return once every line accepted before the call is written. Queued past the
@@ -201,18 +204,17 @@ class WriterActor(Actor):
                 if envelope.future is not None:
                     self.memory.wait_for(self.spool.max_id, envelope.future)
                 continue
-            ids = message.ids
-            if self.spool.active and ids:  # durable lines: in the outbox already, replayed
-                self.spool.knows(ids)
+            rows, group = message.rows, message.group
+            if self.spool.active and rows:  # durable lines: in the outbox already, replayed
+                self.spool.knows(rows)
                 continue
-            if ids is None or not ids or ids[0] > self.spool.posted:  # none written yet
-                self.memory.extend(message.lines, now, ids)
+            if not rows or rows[0] > self.spool.posted:  # none written yet
+                self.memory.extend(message.lines, now, rows or None, group)
                 continue
-            for i, line in enumerate(message.lines):
-                row_id = ids[i]
-                if row_id is not None and row_id <= self.spool.posted:
-                    continue  # written from the spool already
-                self.memory.add(line, row_id, now)
+            for k, row_id in enumerate(rows):
+                if row_id > self.spool.posted:  # (the rows before: written from the spool)
+                    self.memory.extend(message.lines[k * group:(k + 1) * group], now,
+                                       (row_id,), group)
         self.memory.wake(self.spool.posted)
         self._wake.set()
 
@@ -291,7 +293,11 @@ class WriterActor(Actor):
                 return False  # closing during an outage: the rows stay on disk
             await self._wait(self._stop, self.sender.retry_at)
             return True
-        if await self._post([(line, row_id) for row_id, line in rows]):
+        chunk: list[Entry] = []
+        for row_id, lines in rows:  # a row's id on its last line (see Entry)
+            chunk += [(line, -row_id) for line in lines[:-1]]
+            chunk.append((lines[-1], row_id))
+        if await self._post(chunk):
             spool.replayed_up_to(rows)
             self.memory.wake(spool.posted)
             return True
@@ -317,7 +323,7 @@ class WriterActor(Actor):
         finally:
             self._wake.set()
         spool.took()
-        durable = [row_id for _, row_id in snapshot if row_id is not None]
+        durable = [abs(row_id) for _, row_id in snapshot if row_id is not None]
         if durable:
             spool.knows(durable)
         done_before = memory.done
@@ -331,7 +337,7 @@ class WriterActor(Actor):
     async def _quarantine(self, entry: Entry, reason: str) -> None:
         line, row_id = entry
         await self.state.quarantine([(line, reason)])
-        if row_id is not None:
+        if row_id is not None and row_id > 0:  # the last line of its row
             await self.state.outbox_done([row_id])
 
     async def _wait(self, event: asyncio.Event, deadline: float | None) -> None:

@@ -82,6 +82,8 @@ class Sender:
             return
         self.posts += 1
         self.points_written += len(chunk)
-        ids = [row_id for _, row_id in chunk if row_id is not None]
+        # rows whose last line is written (their other lines went out before: in this
+        # chunk, or in an earlier one)
+        ids = [row_id for _, row_id in chunk if row_id is not None and row_id > 0]
         if ids:
             await self._written(ids)

@@ -77,13 +77,13 @@ class Spool:
         self.error = None
         self._backoff.reset()
 
-    async def page(self, limit: int) -> list[tuple[int, str]]:
-        """The next rows to replay, in id order."""
+    async def page(self, limit: int) -> list[tuple[int, list[str]]]:
+        """The next rows to replay (as many as hold ``limit`` lines), in id order."""
         return await self.state.outbox_load(self.posted, limit)
 
-    def replayed_up_to(self, rows: list[tuple[int, str]]) -> None:
+    def replayed_up_to(self, rows: list[tuple[int, list[str]]]) -> None:
         self.posted = rows[-1][0]
-        self.replayed += len(rows)
+        self.replayed += sum(len(lines) for _, lines in rows)
 
     def drained(self) -> None:
         """Every row up to the highest id known is written (durable rows are committed
