@@ -168,6 +168,7 @@ class Follower:
         self._reader = reader
         self.ring = ring
         self.after = after
+        self.number = number  # the number of the last entry taken (or the snapshot's)
         self.epoch = ring.epoch
         self.cursor = self._place(after, number)
         self.closed = False
@@ -196,17 +197,35 @@ class Follower:
             if self.cursor < self.ring.next_seq:
                 entries = self.ring.since(self.cursor)
                 self.cursor = self.ring.next_seq
-                fresh = [e for e in entries if e.id > self.after]
+                fresh = self._whole([e for e in entries if e.id > self.after])
                 if fresh:
                     self.after = fresh[-1].id
                     return fresh
                 continue
             await self.ring.changed()
 
+    def _whole(self, fresh: list[Entry]) -> list[Entry]:
+        """``fresh`` up to a missing entry number (Redis trimmed entries between before
+        the ring read them; the reader's notice of it may have come before this
+        follower's restart, so the numbers decide): the entries before it, and the
+        follower is lost from there (it catches up from storage)."""
+        number = self.number
+        for k, entry in enumerate(fresh):
+            if entry.number is None:
+                continue
+            if number is not None and entry.number != number and entry.number != number + 1:
+                self.cursor = -1
+                fresh = fresh[:k]
+                break
+            number = entry.number
+        self.number = number
+        return fresh
+
     def restart(self, after: StreamId, number: int | None = None) -> None:
         """Follow on from a new snapshot's stream id and entry number (after a catch-up
         from storage)."""
         self.after = after
+        self.number = number
         self.epoch = self.ring.epoch
         self.cursor = self._place(after, number)
 
