@@ -45,8 +45,9 @@ def parse_id(raw: bytes | str) -> StreamId:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One published candle: its stream id and the candle (with its timeframe and
-    whether it replaced one of the same time), built once for every follower."""
+    """One published candle: its stream id (shared by the candles of one entry) and the
+    candle (with its timeframe and whether it replaced one of the same time), built once
+    for every follower."""
 
     id: StreamId
     candle: LiveCandle
@@ -64,16 +65,23 @@ def _number(fields: list[bytes]) -> int | None:
     return None
 
 
-def _entry(entry_id: bytes, fields: list[bytes], number: int | None) -> Entry | None:
+def _entries(entry_id: bytes, fields: list[bytes], number: int | None) -> list[Entry]:
+    """The candles of one stream entry: one ('c'), or several new ones ('cs', a JSON
+    array of them, written by one script call), each with the entry's id."""
     values = dict(zip(fields[::2], fields[1::2], strict=False))
     try:
+        at, timeframe = parse_id(entry_id), values[b"t"].decode()
+        if b"cs" in values:
+            return [Entry(at, LiveCandle(int(ts), float(o), float(h), float(low), float(c),
+                                         float(vol), timeframe, False), number)
+                    for ts, o, h, low, c, vol in orjson.loads(values[b"cs"])]
         ts, o, h, low, c, vol = orjson.loads(values[b"c"])
-        return Entry(parse_id(entry_id), LiveCandle(
+        return [Entry(at, LiveCandle(
             int(ts), float(o), float(h), float(low), float(c), float(vol),
-            values[b"t"].decode(), values.get(b"r", b"0") not in (b"0", b"")), number)
+            timeframe, values.get(b"r", b"0") not in (b"0", b"")), number)]
     except (KeyError, ValueError, TypeError):
         log.warning("stream entry %r is not a candle; skipped", entry_id)
-        return None
+        return []
 
 
 class Ring:
@@ -113,14 +121,13 @@ class Ring:
         whole = True
         for entry_id, fields in raw:
             number = _number(fields)
-            entry = _entry(entry_id, fields, number)
+            entries = _entries(entry_id, fields, number)
             self.position = parse_id(entry_id)
             if number is not None:
                 if self.number is not None and number != self.number + 1:
                     whole = False
                 self.number = number
-            if entry is not None:
-                self.entries.append(entry)
+            self.entries += entries
         if len(self.entries) >= 2 * self.size:  # amortized: a slice now and then
             drop = len(self.entries) - self.size
             del self.entries[:drop]

@@ -193,10 +193,11 @@ class StreamsConfig(_Model):
     timeframes: list[str] = Field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
     # a live bucket whose minutes stop coming closes this many seconds after its end
     close_grace: float = Field(5.0, ge=0)
-    # stream entries this process keeps per followed product for its subscribers; one
-    # further behind catches up from storage (counted as an overflow)
+    # candles this process keeps per followed product for its subscribers; one further
+    # behind catches up from storage (counted as an overflow)
     buffer: int = Field(10_000, gt=0)
-    # entries each product's Redis stream keeps (approximately: XADD MAXLEN ~)
+    # candles each product's Redis stream keeps (about: an entry holds one candle, or
+    # the new candles of one write, trimmed by XADD MAXLEN)
     length: int = Field(10_000, gt=0)
     # rollups also written to InfluxDB (measurement candle_rollup), beside their hot
     # windows; false: Redis only (deep warm-ups resample the minutes either way)

@@ -254,7 +254,8 @@ async def test_a_fast_producer_lets_the_others_run(hub: Hub, servers: LocalServe
 async def test_nobody_follows_nothing_is_published(config: HubConfig,
                                                     servers: LocalServers) -> None:
     """Writes to a product no hub process follows fill its window and add no stream
-    entries; from a subscription on, each minute is published."""
+    entries; from a subscription on, each minute is published (the three minutes of one
+    run in one entry)."""
     stream = keys.key("candlestream", EX, "QUIET")
     async with Hub(config) as hub, Hub(config) as other:
         for i in range(50):
@@ -267,7 +268,7 @@ async def test_nobody_follows_nothing_is_published(config: HubConfig,
             await write(hub, "QUIET", Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0))
         got += [(await asyncio.wait_for(anext(live), 5)).timestamp for _ in range(3)]
         assert got == [T0 + 60 * i for i in range(48, 53)]
-        assert redis_command(servers, "XLEN", stream) == b":3\r\n"
+        assert redis_command(servers, "XLEN", stream) == b":1\r\n"
         await live.aclose()
 
 
@@ -314,6 +315,35 @@ async def test_a_reader_behind_a_trimmed_stream_catches_up(config_data: dict[str
     async with Hub(config) as hub, Hub(config) as other:
         assert await written_while_followed(hub, other, "TRIM", data) == data
         assert (await other.get_stats())["streams"]["trimmed_unread"] >= 1
+
+
+async def test_a_followed_stream_keeps_about_streams_length_candles(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """While a product is followed, the minutes of a run go out as one stream entry (a
+    subscriber reads every one: see the tests above); the stream is still trimmed to
+    about ``streams.length`` candles, not entries (which hold up to a run each)."""
+    import orjson
+    import redis
+
+    config_data["streams"] = {"length": 1000}
+    config = HubConfig.from_mapping(config_data, environ={})
+    stream = keys.key("candlestream", EX, "LONG")
+    client = redis.Redis(port=servers.redis.port)
+    try:  # followed by a reader of another process, as its snapshot marks it
+        client.zadd(keys.followers(stream), {"reader-elsewhere": 4_000_000_000_000})
+        async with Hub(config) as hub:
+            for i in range(5000):
+                await write(hub, "LONG", Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0))
+            await hub.flush()
+        entries = client.xrange(stream)
+    finally:
+        client.close()
+    minutes = [orjson.loads(f[b"cs"]) if b"cs" in f else [orjson.loads(f[b"c"])]
+               for _, f in entries if f[b"t"] == b"1m"]
+    held = [m[0] for pack in minutes for m in pack]
+    assert len(minutes) < len(held) / 10  # many minutes an entry
+    assert 1000 // 2 <= len(held) <= 2 * 1000 + 2 * RUN_CAP  # about streams.length
+    assert held == list(range(T0 + 60 * (5000 - len(held)), T0 + 60 * 5000, 60))
 
 
 @pytest.mark.parametrize("window", [300, 1500])  # the window's candles in one piece, two
