@@ -114,6 +114,37 @@ async def test_every_call_reaches_subscribers_once_in_order(config_data: dict[st
         assert await written_while_followed(hub, other, "SUB", data) == data
 
 
+async def test_a_replay_far_past_the_stream_reaches_another_hubs_subscriber_whole(
+        config_data: dict[str, Any]) -> None:
+    """A replay of 5,000 minutes in a burst, the stream keeping about 1,000 and the
+    writing hub posting to InfluxDB once a second (the default): the other hub's reader
+    falls behind, Redis trims what it has not read, and its subscriber catches up from
+    the window and InfluxDB, getting every minute, in order, once."""
+    config_data["streams"] = {"length": 1000}
+    writer_data = {**config_data, "influxdb": {**config_data["influxdb"],
+                                               "batch": {"size": 5000,
+                                                         "flush_interval": 1.0}}}
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 3.0) for i in range(5000)]
+    async with Hub(HubConfig.from_mapping(writer_data, environ={})) as hub, \
+            Hub(HubConfig.from_mapping(config_data, environ={})) as other:
+        live = other.candles(EX, "BURST")
+        got: list[Candle] = []
+
+        async def follow() -> None:
+            async for candle in live:
+                got.append(candle.as_candle())
+                if candle.timestamp >= data[-1].timestamp:
+                    return
+        following = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.3)  # the subscription is in place
+        for c in data:
+            await write(hub, "BURST", c)
+        await asyncio.wait_for(following, 30)
+        await live.aclose()
+        assert [c.timestamp for c in got] == [c.timestamp for c in data]
+        assert got == data
+
+
 async def test_a_correction_after_its_bucket_closed_is_a_revision(config: HubConfig) -> None:
     """Five minutes close a 5m bucket, then one of them is written again, all in one
     burst of calls: the 5m candle goes out, then its revision, as when each call is
