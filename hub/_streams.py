@@ -46,6 +46,7 @@ from hubdomain.records import Candle, LiveCandle, Row
 log = logging.getLogger(__name__)
 
 _CATCH_UP_LIMIT = 100_000  # candles read from storage to close a subscriber's hole
+_TURN = 256  # candles a subscriber takes from a burst before it lets the loop run
 Product = tuple[str, str]
 
 
@@ -279,11 +280,19 @@ class Streams:
                     missed, at, number = await self._catch_up_patiently(
                         follower, exchange, product, timeframe, last)
                     follower.restart(parse_id(at), number)
-                    for candle in missed:
+                    for k, candle in enumerate(missed, 1):
+                        if k % _TURN == 0:
+                            await asyncio.sleep(0)  # (as below)
                         last = candle.timestamp
                         yield _live(candle, timeframe, False)
                     continue
-                for entry in entries:
+                for k, entry in enumerate(entries, 1):
+                    if k % _TURN == 0:
+                        # a burst (a packed entry holds up to 1,024 candles): let the loop
+                        # run now and then, so a thousand subscribers taking it one after
+                        # another never hold it for long (the reader's XREAD timed out
+                        # behind them, and every subscriber then caught up from storage)
+                        await asyncio.sleep(0)
                     candle = entry.candle
                     if candle.timeframe != timeframe:
                         continue

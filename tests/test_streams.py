@@ -384,6 +384,38 @@ async def test_a_catch_up_waits_a_bounded_time_for_minutes_never_posted(
         assert (await other.get_stats())["streams"]["catch_ups_unconfirmed"] == 1
 
 
+async def test_a_subscriber_taking_a_burst_lets_the_loop_run(hub: Hub) -> None:
+    """3,000 minutes wait in the process's buffer when a subscriber comes to read them:
+    taking them, it lets the loop run every few hundred (a thousand subscribers taking
+    a burst one after another held the loop for seconds, and the reader's XREAD timed
+    out behind them), and still gets every minute, in order."""
+    stream = hub.candles(EX, PR, "1m")
+    first = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.3)  # the subscription is in place
+    await write(hub, [minute(i) for i in range(3000)])
+    await asyncio.sleep(0.5)  # every one read into the buffer
+    turns = 0
+
+    async def tick() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0)
+    got = [await first]
+    before = turns
+    async for candle in stream:  # nothing in this loop's body waits
+        got.append(candle)
+        if len(got) == 3000:
+            break
+    after = turns
+    ticker.cancel()
+    await stream.aclose()
+    assert [c.timestamp for c in got] == [minute(i).timestamp for i in range(3000)]
+    assert after - before >= 3000 // 256 - 2
+
+
 async def test_stream_arguments_are_checked(hub: Hub) -> None:
     with pytest.raises(ValidationError, match="timeframe"):
         hub.candles(EX, PR, "7m")
