@@ -377,6 +377,36 @@ async def test_a_followed_stream_keeps_about_streams_length_candles(
     assert held == list(range(T0 + 60 * (5000 - len(held)), T0 + 60 * 5000, 60))
 
 
+async def test_a_stream_of_entries_of_every_size_keeps_streams_length_candles(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """Three hundred entries of two candles, then one of 500: the stream still holds the
+    newest ``streams.length`` candles at least, whatever the newest entry holds (a
+    reader that far behind goes on from the stream), and not much more."""
+    import orjson
+    import redis
+
+    config_data["streams"] = {"length": 1000, "timeframes": ["1m"]}
+    config = HubConfig.from_mapping(config_data, environ={})
+    stream = keys.key("candlestream", EX, "MIXED")
+    client = redis.Redis(port=servers.redis.port)
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0) for i in range(1100)]
+    try:  # followed by a reader of another process, as its snapshot marks it
+        client.zadd(keys.followers(stream), {"reader-elsewhere": 4_000_000_000_000})
+        async with Hub(config) as hub:
+            for i in range(0, 600, 2):
+                await hub.write_candles_batch(EX, "MIXED", data[i:i + 2])
+                await hub.get_candles(EX, "MIXED", 1)  # (each batch its own script call)
+            await hub.write_candles_batch(EX, "MIXED", data[600:])
+            await hub.flush()
+        entries = client.xrange(stream)
+    finally:
+        client.close()
+    held = [m[0] for _, f in entries
+            for m in (orjson.loads(f[b"cs"]) if b"cs" in f else [orjson.loads(f[b"c"])])]
+    assert 1000 <= len(held) <= 1500 + 500
+    assert held == [c.timestamp for c in data[-len(held):]]
+
+
 @pytest.mark.parametrize("window", [300, 1500])  # the window's candles in one piece, two
 async def test_a_big_batch_lets_the_others_run_and_lands_whole(
         config_data: dict[str, Any], window: int) -> None:

@@ -150,10 +150,20 @@ return added
 # entry ('cs': a JSON array of the members) when there are several (a run of write_candle
 # calls, a batch's newest): one XADD for Redis and one entry for each reading process to
 # parse, instead of one per candle (a subscribing process had cost the writer a quarter of
-# its rate); such an entry is trimmed to keep about ARGV[1] candles, not entries.
+# its rate). Each entry's 'k' counts the candles ever published on the stream up to it,
+# so the stream is trimmed by candles, not entries (which hold 1 to 1,024 candles): the
+# entries holding only candles older than the newest ARGV[1] go (XTRIM MINID), once they
+# are half as many again (amortized), so the stream keeps ARGV[1] to 1.5 x ARGV[1]
+# candles, plus one entry's.
 # The number of a stream's newest entry (its fields given): its 'n', or for an entry
 # written before entries were numbered, Redis' count of entries added.
 NUMBER_OF = """
+local function field_of(fields, name)
+  for x = #fields - 1, 1, -2 do
+    if fields[x] == name then return tonumber(fields[x + 1]) end
+  end
+  return nil
+end
 local function number_of(stream, fields)
   for x = #fields - 1, 1, -2 do
     if fields[x] == 'n' then return tonumber(fields[x + 1]) end
@@ -173,20 +183,45 @@ local now = redis.call('TIME')
 local followed = redis.call('ZCOUNT', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000),
                             '+inf') > 0
 local seq = 0
+local total = 0
 if followed then
   local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  if newest[1] then seq = number_of(stream, newest[1][2]) end
+  if newest[1] then
+    seq = number_of(stream, newest[1][2])
+    total = field_of(newest[1][2], 'k') or 0
+  end
 end
 local i = 2
 local added = 0
 local function publish(timeframe, pack)
   seq = seq + 1
+  total = total + #pack
   if #pack == 1 then
-    redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
-               'c', pack[1], 'r', 0, 'n', seq)
+    redis.call('XADD', stream, '*', 't', timeframe, 'c', pack[1], 'r', 0, 'n', seq,
+               'k', total)
   else
-    redis.call('XADD', stream, 'MAXLEN', math.max(1, math.floor(length / #pack)), '*',
-               't', timeframe, 'cs', '[' .. table.concat(pack, ',') .. ']', 'r', 0, 'n', seq)
+    redis.call('XADD', stream, '*', 't', timeframe,
+               'cs', '[' .. table.concat(pack, ',') .. ']', 'r', 0, 'n', seq, 'k', total)
+  end
+end
+local function trim()
+  local older = total - tonumber(length)  -- an entry with k <= this is not needed
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if not first[1] then return end
+  local k = field_of(first[1][2], 'k')
+  if k ~= nil and k > older - math.floor(tonumber(length) / 2) then return end
+  local start = '-'
+  while true do
+    local page = redis.call('XRANGE', stream, start, '+', 'COUNT', 100)
+    if #page == 0 then return end
+    for _, entry in ipairs(page) do
+      local ke = field_of(entry[2], 'k')
+      if ke ~= nil and ke > older then
+        redis.call('XTRIM', stream, 'MINID', entry[1])
+        return
+      end
+    end
+    start = '(' .. page[#page][1]
   end
 end
 for k = 3, #KEYS do
@@ -221,8 +256,9 @@ for k = 3, #KEYS do
           redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
           if followed then
             seq = seq + 1
-            redis.call('XADD', stream, 'MAXLEN', '~', length, '*', 't', timeframe,
-                       'c', ARGV[i + 1], 'r', replaced, 'n', seq)
+            total = total + 1
+            redis.call('XADD', stream, '*', 't', timeframe, 'c', ARGV[i + 1],
+                       'r', replaced, 'n', seq, 'k', total)
           end
           here = here + 1
         end
@@ -247,6 +283,7 @@ for k = 3, #KEYS do
   end
   added = added + here
 end
+if followed and added > 0 then trim() end
 return added
 """
 PUBLISH_MANY_SHA = script_sha(PUBLISH_MANY)
