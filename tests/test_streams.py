@@ -313,6 +313,23 @@ async def test_a_slow_subscriber_catches_up_from_storage(config_data: dict[str, 
         assert stats["streams"]["subscribers"] == 0  # closing the iterator released it
 
 
+async def _left_behind(hub: Hub, other: Hub, servers: LocalServers
+                       ) -> tuple[Any, list[LiveCandle]]:
+    """``hub`` writes 5 minutes, ``other`` subscribes with them as warm-up and takes
+    them, then ``hub`` writes 600 more at once: the stream and the warm-up taken."""
+    assert hub.streams is not None
+    window = hub.streams.window_key(EX, PR, "1m")
+    await write(hub, [minute(i) for i in range(5)])
+
+    async def in_redis() -> bool:  # an accepted write reaches Redis a moment later
+        return redis_command(servers, "ZCARD", window) == b":5\r\n"
+    await eventually(in_redis)
+    stream = other.candles(EX, PR, "1m", warmup=5)
+    head = await collect(stream, 5)
+    await write(hub, [minute(i) for i in range(5, 605)])
+    return stream, head
+
+
 async def test_a_catch_up_waits_for_another_processs_minutes_to_reach_influxdb(
         config_data: dict[str, Any], servers: LocalServers) -> None:
     """A subscriber in one hub falls behind while another hub writes 600 minutes, which
@@ -326,16 +343,7 @@ async def test_a_catch_up_waits_for_another_processs_minutes_to_reach_influxdb(
     async with Hub(HubConfig.from_mapping(writer_data, environ={})) as hub, \
             Hub(HubConfig.from_mapping({**config_data, "streams": {"buffer": 50}},
                                        environ={})) as other:
-        assert hub.streams is not None
-        window = hub.streams.window_key(EX, PR, "1m")
-        await write(hub, [minute(i) for i in range(5)])
-
-        async def in_redis() -> bool:
-            return redis_command(servers, "ZCARD", window) == b":5\r\n"
-        await eventually(in_redis)
-        stream = other.candles(EX, PR, "1m", warmup=5)
-        head = await collect(stream, 5)
-        await write(hub, [minute(i) for i in range(5, 605)])
+        stream, head = await _left_behind(hub, other, servers)
         rest: list[LiveCandle] = []
 
         async def until_the_last() -> None:
@@ -365,16 +373,7 @@ async def test_a_catch_up_waits_a_bounded_time_for_minutes_never_posted(
                                 "batch": {"flush_interval": 0.2}}}
     async with Hub(HubConfig.from_mapping(writer_data, environ={})) as hub, \
             Hub(HubConfig.from_mapping(reader_data, environ={})) as other:
-        assert hub.streams is not None
-        window = hub.streams.window_key(EX, PR, "1m")
-        await write(hub, [minute(i) for i in range(5)])
-
-        async def in_redis() -> bool:
-            return redis_command(servers, "ZCARD", window) == b":5\r\n"
-        await eventually(in_redis)
-        stream = other.candles(EX, PR, "1m", warmup=5)
-        await collect(stream, 5)
-        await write(hub, [minute(i) for i in range(5, 605)])
+        stream, _ = await _left_behind(hub, other, servers)
         started = asyncio.get_running_loop().time()
         rest = await collect(stream, 64, within=10)  # the hot window's minutes
         waited = asyncio.get_running_loop().time() - started
