@@ -165,9 +165,8 @@ local function field_of(fields, name)
   return nil
 end
 local function number_of(stream, fields)
-  for x = #fields - 1, 1, -2 do
-    if fields[x] == 'n' then return tonumber(fields[x + 1]) end
-  end
+  local n = field_of(fields, 'n')
+  if n ~= nil then return n end
   local info = redis.call('XINFO', 'STREAM', stream)
   for x = 1, #info, 2 do
     if info[x] == 'entries-added' then return info[x + 1] end
