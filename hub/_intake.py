@@ -43,6 +43,9 @@ PIECE = 1000
 
 _INDICATOR_TAGS = frozenset({"exchange", "product", "name"})
 _METRIC_TAGS = frozenset({"name"})
+# deliveries plus lines queued between two turns of the loop a producer that never
+# waits gives the actors (256 writes of one line; a 1,000-candle batch each)
+_TURN_EVERY = 512
 
 
 @dataclass(slots=True)  # not frozen: built per write on the hot path
@@ -133,9 +136,13 @@ class Intake:
                         await self.deliver(extra, patient)
                     else:
                         self.deliver_now(extra)
-            self._delivered += 1
-            if self._delivered >= 256:  # a producer that never waits must not starve the
-                self._delivered = 0     # actors: let the loop run now and then
+            # a producer that never waits must not starve the actors: let the loop run
+            # now and then, by the writes and lines queued since the last turn (a
+            # loop of 1,000-candle batches takes a turn each call: the writer's next
+            # POST starts while the producer parses its next batch)
+            self._delivered += 1 + len(accepted.lines)
+            if self._delivered >= _TURN_EVERY:
+                self._delivered = 0
                 await asyncio.sleep(0)
         finally:
             if not queued and op is not None and self.cache is not None:

@@ -282,6 +282,32 @@ async def test_a_fast_producer_lets_the_others_run(hub: Hub, servers: LocalServe
     await eventually(all_stored, within=30)
 
 
+async def test_a_loop_of_batch_writes_lets_the_writer_keep_up(hub: Hub) -> None:
+    """A bulk load that never waits on anything else (parse 1,000 rows, write them,
+    parse the next): the writer takes each batch in before the next is written, so its
+    POSTs run while the producer works and its memory bound holds, instead of the
+    batches piling up in its mailbox until the loop ends."""
+    turns = 0
+
+    async def strategy() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    other = asyncio.ensure_future(strategy())
+    batches = [[Candle(T0 + 60 * (1000 * b + i), 1.0, 2.0, 0.5, 1.5, 3.0)
+                for i in range(1000)] for b in range(60)]
+    try:
+        for batch in batches:
+            await hub.write_candles_batch(EX, "BULK", batch, window=False)
+    finally:
+        other.cancel()
+    assert turns >= 55  # a turn after each batch (before: none in 256 of them)
+    await hub.flush()
+    assert len(stored(hub, "BULK")) == 60_000
+
+
 async def test_nobody_follows_nothing_is_published(config: HubConfig,
                                                     servers: LocalServers) -> None:
     """Writes to a product no hub process follows fill its window and add no stream
