@@ -197,7 +197,7 @@ class Hub:
         """The live-candle part and the maintenance actor's jobs."""
         cfg = self.config
         service = self._cache
-        reader = (StreamReader(cache.backend, cfg.streams.buffer,
+        reader = (StreamReader(cache.backend, cfg.streams.buffer_candles,
                                send=lambda commands: service.perform(
                                    RedisOp(tuple(commands), list)))
                   if cfg.streams.enabled and cache is not None and service is not None

@@ -370,7 +370,7 @@ class Intake:
             if publish and self.config.streams.enabled else None
         return op_push_candles(keys.candles(exchange, product, self.tagged), rows, size,
                                self.config.redis.ttl.candles, self.near_on, stream, "1m",
-                               self.config.streams.length)
+                               self.config.streams.length_candles)
 
     def write_metric(self, metric_name: object, value: object,
                           tags: Mapping[str, Any]) -> Accepted:

@@ -154,7 +154,7 @@ class Streams:
         exchange, product = key
         order = sorted(grouped, key=self.spans.__getitem__)
         op = op_publish_many(
-            self.stream_key(exchange, product), self.settings.length,
+            self.stream_key(exchange, product), self.settings.length_candles,
             [(self.window_key(exchange, product, timeframe),
               self.config.performance.redis_hot_data_window,
               self.config.redis.ttl.candles + self.spans[timeframe], timeframe,

@@ -7,6 +7,7 @@ held as ``SecretStr`` so they never appear in reprs or logs.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from hubdomain.errors import ValidationError
 from hubdomain.influxql import RP_1H, RP_NAMES
-from hubdomain.timeframes import DEFAULT_TIMEFRAMES, plan
+from hubdomain.timeframes import DEFAULT_TIMEFRAMES, plan, seconds
 
 __all__ = ["HubConfig"]
 
@@ -193,11 +194,12 @@ class StreamsConfig(_Model):
     timeframes: list[str] = Field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
     # a live bucket whose minutes stop coming closes this many seconds after its end
     close_grace: float = Field(5.0, ge=0)
-    # candles this process keeps per followed product for its subscribers; one further
-    # behind catches up from storage (counted as an overflow)
+    # 1-minute candles this process keeps per followed product for its subscribers,
+    # with the rollups published between them; one further behind catches up from
+    # storage (counted as an overflow)
     buffer: int = Field(10_000, gt=0)
-    # candles each product's Redis stream keeps (about: an entry holds one candle, or
-    # the new candles of one write, trimmed by XADD MAXLEN)
+    # 1-minute candles each product's Redis stream keeps, with their rollups (at
+    # least; up to half as many again, trimmed now and then by the entries' counts)
     length: int = Field(10_000, gt=0)
     # rollups also written to InfluxDB (measurement candle_rollup), beside their hot
     # windows; false: Redis only (deep warm-ups resample the minutes either way)
@@ -208,6 +210,22 @@ class StreamsConfig(_Model):
     def _timeframes(cls, value: list[str]) -> list[str]:
         plan(value)  # raises naming what is wrong
         return value
+
+    @property
+    def per_minute(self) -> float:
+        """Candles published per 1-minute candle written: itself and its share of each
+        rollup (1 + 1/5 + 1/15 + ... = 1.32 with the default timeframes)."""
+        return sum(60 / seconds(tf) for tf in self.timeframes)
+
+    @property
+    def buffer_candles(self) -> int:
+        """Candles of every timeframe ``buffer`` minutes publish."""
+        return math.ceil(self.buffer * self.per_minute)
+
+    @property
+    def length_candles(self) -> int:
+        """Candles of every timeframe ``length`` minutes publish."""
+        return math.ceil(self.length * self.per_minute)
 
 
 class Product(_Model):

@@ -313,6 +313,30 @@ async def test_a_slow_subscriber_catches_up_from_storage(config_data: dict[str, 
         assert stats["streams"]["subscribers"] == 0  # closing the iterator released it
 
 
+async def test_a_subscriber_streams_buffer_minutes_behind_needs_no_catch_up(
+        config_data: dict[str, Any]) -> None:
+    """``streams.buffer`` counts 1-minute candles: a subscriber that many minutes behind
+    still finds them all in the process's buffer, though the rollups published between
+    them (another third with the default timeframes) went through it too; only past it
+    does it catch up from storage."""
+    config = HubConfig.from_mapping({**config_data, "streams": {"buffer": 600}}, environ={})
+    async with Hub(config) as hub:
+        await write(hub, [minute(i) for i in range(5)])
+        stream = hub.candles(EX, PR, "1m", warmup=5)
+        head = await collect(stream, 5)
+        await write(hub, [minute(i) for i in range(5, 605)])
+        await asyncio.sleep(0.5)  # all of them (and ~190 rollups) read into the buffer
+        rest = await collect(stream, 600, within=30)
+        assert [c.timestamp for c in head + rest] == [T0 + 60 * i for i in range(605)]
+        assert (await hub.get_stats())["streams"]["overflows"] == 0
+        await write(hub, [minute(i) for i in range(605, 1400)])  # 795 minutes: past it
+        await asyncio.sleep(0.5)
+        rest = await collect(stream, 795, within=30)
+        await stream.aclose()
+        assert [c.timestamp for c in rest] == [T0 + 60 * i for i in range(605, 1400)]
+        assert (await hub.get_stats())["streams"]["overflows"] == 1
+
+
 async def _left_behind(hub: Hub, other: Hub, servers: LocalServers
                        ) -> tuple[Any, list[LiveCandle]]:
     """``hub`` writes 5 minutes, ``other`` subscribes with them as warm-up and takes
