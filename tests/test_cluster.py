@@ -460,6 +460,31 @@ async def test_one_master_down_the_others_keep_serving(tmp_path: Path,
         own.stop()
 
 
+async def test_a_node_dropped_from_the_map_while_held_leaves_no_connection_open(
+        cluster: RedisClusterServers, config_data: dict[str, Any]) -> None:
+    """During a failover a topology refresh can drop a node object from redis-py's map
+    (disconnecting what it held then) while a task of the hub still holds it (a
+    recovery step, a stream read); a command the task sends on it afterwards opens a
+    connection no map knows. Closing the client still closes it."""
+    from actors.backends.redis import RedisClusterClient
+
+    client = RedisClusterClient(cluster_config(config_data, cluster).redis)
+    await client.connect()
+    try:
+        manager = client._client.nodes_manager
+        held = next(iter(manager.nodes_cache.values()))
+        # a refresh whose answer lacks the node: redis-py drops it (and disconnects it)
+        manager.set_nodes(manager.nodes_cache, {n: node for n, node in
+                                                manager.nodes_cache.items()
+                                                if node is not held}, remove_old=True)
+        assert held.name not in manager.nodes_cache
+        assert await client._on(held, [("PING",)]) in ([b"PONG"], ["PONG"], [True])
+        assert hub_connections(cluster) >= 1
+    finally:
+        await client.close()
+    await released(cluster)
+
+
 async def test_candle_streams_on_a_cluster(cluster: RedisClusterServers,
                                            config_data: dict[str, Any]) -> None:
     """Products on different masters: each product's window and stream share its hash

@@ -483,6 +483,11 @@ class RedisClusterClient:
         self._closed = False  # close() has begun: no new connection may open
         # ASK targets the slot map did not know, by name (reused; closed by close())
         self._strays: dict[str, ClusterNode] = {}
+        # every node object ``_on`` took a connection from: a refresh may drop one from
+        # redis-py's maps (disconnecting what it held then) while a task of ours still
+        # holds it, and a connection it opens afterwards is in no map; close() sweeps
+        # these too
+        self._used: dict[int, ClusterNode] = {}
         # tracking connections' tasks: close() ends any a cancelled listener left behind
         self._trackers: set[asyncio.Task[None]] = set()
 
@@ -752,6 +757,7 @@ class RedisClusterClient:
     async def _on(self, node: ClusterNode, commands: list[Command]) -> list[Any]:
         """Commands on a pooled connection of ``node`` (not the pipelines' own)."""
         self._check_open()
+        self._used[id(node)] = node
         conn = node.acquire_connection()
         try:
             replies = await _exchange(conn, commands)
@@ -915,7 +921,7 @@ class RedisClusterClient:
         manager = self._client.nodes_manager
         nodes = {id(n): n for n in (*manager.nodes_cache.values(),
                                     *manager.startup_nodes.values(), *self._seeds,
-                                    *self._strays.values())}
+                                    *self._strays.values(), *self._used.values())}
         for _ in range(3):  # a finished task may have released into another
             tasks = [*getattr(manager, "_background_tasks", ()),
                      *(t for n in nodes.values() for t in getattr(n, "_background_tasks", ()))]
@@ -927,6 +933,7 @@ class RedisClusterClient:
                 with contextlib.suppress(Exception):
                     await conn.disconnect()
         self._strays.clear()
+        self._used.clear()
         self._initialized = False
 
 
