@@ -82,6 +82,7 @@ class Intake:
         self._runs: dict[tuple[str, str], list[Row]] = {}
         self._run_rows = 0
         self._run_cap = min(RUN_CAP, config.performance.redis_hot_data_window)
+        self._stream_length = config.streams.length_candles  # (computed once)
         self._seal_scheduled = False
         self._loop_thread: int | None = None  # set when the hub starts
 
@@ -370,7 +371,7 @@ class Intake:
             if publish and self.config.streams.enabled else None
         return op_push_candles(keys.candles(exchange, product, self.tagged), rows, size,
                                self.config.redis.ttl.candles, self.near_on, stream, "1m",
-                               self.config.streams.length_candles)
+                               self._stream_length)
 
     def write_metric(self, metric_name: object, value: object,
                           tags: Mapping[str, Any]) -> Accepted:

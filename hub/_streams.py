@@ -69,6 +69,7 @@ class Streams:
         # (exchange, product, lo, hi, limit, interval or None) -> stored candles
         self._history = history
         self.spans = {tf: tfs.seconds(tf) for tf in self.settings.timeframes}
+        self._stream_length = self.settings.length_candles  # (computed once)
         self.books: dict[Product, tfs.Book] = {}
         self.newest: dict[Product, int] = {}  # newest minute written here, per product
         # per product and timeframe: closes waiting behind a recompute (a timeframe's
@@ -154,7 +155,7 @@ class Streams:
         exchange, product = key
         order = sorted(grouped, key=self.spans.__getitem__)
         op = op_publish_many(
-            self.stream_key(exchange, product), self.settings.length_candles,
+            self.stream_key(exchange, product), self._stream_length,
             [(self.window_key(exchange, product, timeframe),
               self.config.performance.redis_hot_data_window,
               self.config.redis.ttl.candles + self.spans[timeframe], timeframe,
