@@ -282,28 +282,36 @@ async def test_a_fast_producer_lets_the_others_run(hub: Hub, servers: LocalServe
     await eventually(all_stored, within=30)
 
 
+class Turns:
+    """Another coroutine on the loop, counting the turns it gets."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self.count += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
 async def test_a_loop_of_batch_writes_lets_the_writer_keep_up(hub: Hub) -> None:
     """A bulk load that never waits on anything else (parse 1,000 rows, write them,
     parse the next): the writer takes each batch in before the next is written, so its
     POSTs run while the producer works and its memory bound holds, instead of the
     batches piling up in its mailbox until the loop ends."""
-    turns = 0
-
-    async def strategy() -> None:
-        nonlocal turns
-        while True:
-            await asyncio.sleep(0)
-            turns += 1
-
-    other = asyncio.ensure_future(strategy())
     batches = [[Candle(T0 + 60 * (1000 * b + i), 1.0, 2.0, 0.5, 1.5, 3.0)
                 for i in range(1000)] for b in range(60)]
+    other = Turns()
     try:
         for batch in batches:
             await hub.write_candles_batch(EX, "BULK", batch, window=False)
     finally:
-        other.cancel()
-    assert turns >= 55  # a turn after each batch (before: none in 256 of them)
+        other.stop()
+    assert other.count >= 55  # a turn after each batch (before: none in 256 of them)
     await hub.flush()
     assert len(stored(hub, "BULK")) == 60_000
 
@@ -454,19 +462,12 @@ async def test_a_big_batch_lets_the_others_run_and_lands_whole(
                 got.append(candle.as_candle())
         following = asyncio.ensure_future(follow())
         await asyncio.sleep(0.3)  # the subscription is in place
-        turns = 0
-
-        async def strategy() -> None:
-            nonlocal turns
-            while True:
-                await asyncio.sleep(0)
-                turns += 1
-        ticking = asyncio.ensure_future(strategy())
+        ticking = Turns()
         await asyncio.sleep(0)
-        before = turns
+        before = ticking.count
         assert await hub.write_candles_batch(EX, "BIG", data) == 5000
-        during = turns - before
-        ticking.cancel()
+        during = ticking.count - before
+        ticking.stop()
         assert during >= 4  # a turn between each two of its five pieces
         await hub.flush()
         assert stored(hub, "BIG") == data
