@@ -7,7 +7,6 @@ held as ``SecretStr`` so they never appear in reprs or logs.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -212,20 +211,19 @@ class StreamsConfig(_Model):
         return value
 
     @property
-    def per_minute(self) -> float:
-        """Candles published per 1-minute candle written: itself and its share of each
-        rollup (1 + 1/5 + 1/15 + ... = 1.32 with the default timeframes)."""
-        return sum(60 / seconds(tf) for tf in self.timeframes)
-
-    @property
     def buffer_candles(self) -> int:
-        """Candles of every timeframe ``buffer`` minutes publish."""
-        return math.ceil(self.buffer * self.per_minute)
+        """Candles of every timeframe ``buffer`` consecutive minutes publish, at most."""
+        return self._candles_in(self.buffer)
 
     @property
     def length_candles(self) -> int:
-        """Candles of every timeframe ``length`` minutes publish."""
-        return math.ceil(self.length * self.per_minute)
+        """Candles of every timeframe ``length`` consecutive minutes publish, at most."""
+        return self._candles_in(self.length)
+
+    def _candles_in(self, minutes: int) -> int:
+        # n minutes close at most n // k + 1 buckets of a k-minute timeframe (k > 1)
+        spans = [seconds(tf) // 60 for tf in self.timeframes]
+        return sum(minutes if k == 1 else minutes // k + 1 for k in spans)
 
 
 class Product(_Model):
