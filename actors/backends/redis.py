@@ -483,10 +483,10 @@ class RedisClusterClient:
         self._closed = False  # close() has begun: no new connection may open
         # ASK targets the slot map did not know, by name (reused; closed by close())
         self._strays: dict[str, ClusterNode] = {}
-        # every node object ``_on`` took a connection from: a refresh may drop one from
-        # redis-py's maps (disconnecting what it held then) while a task of ours still
-        # holds it, and a connection it opens afterwards is in no map; close() sweeps
-        # these too
+        # every node object ``_on`` took a connection from, or ``_masters`` handed out
+        # (for redis-py's ``target_nodes``): a refresh may drop one from redis-py's maps
+        # (disconnecting what it held then) while a task of ours still holds it, and a
+        # connection it opens afterwards is in no map; close() sweeps these too
         self._used: dict[int, ClusterNode] = {}
         # tracking connections' tasks: close() ends any a cancelled listener left behind
         self._trackers: set[asyncio.Task[None]] = set()
@@ -511,7 +511,10 @@ class RedisClusterClient:
         return len(self._fenced)
 
     def _masters(self) -> list[ClusterNode]:
-        return list(self._client.get_primaries())
+        masters = list(self._client.get_primaries())
+        for node in masters:  # (a caller may use one after a refresh dropped it)
+            self._used[id(node)] = node
+        return masters
 
     async def _refresh(self) -> None:
         """Ask the cluster for its current slot map (after a failover or a MOVED). Safe
