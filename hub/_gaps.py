@@ -1,12 +1,17 @@
 """Holes in stored candles, found by InfluxDB in two passes.
 
 A slot of a timeframe (a minute, five minutes...) is present when at least one stored
-candle of the product lies in it. Pass one counts the present slots per chunk of 1,440
-slots (a day of minutes): a subquery counts the candles per slot, the outer query counts
-the non-empty slots per chunk (the range cut in up to four parts, asked at once). A chunk
-with every slot present holds no hole and is never read again; an empty chunk is one
-hole; only the chunks in between are asked for their present slots (pass two, a few at a
-time). A year of 1-minute candles is 366 rows of answer when nothing is missing.
+candle of the product lies in it. Pass one asks, per chunk of 1,440 slots (a day of
+minutes), how many candles it holds and the longest time between one of them and the
+candle before it (InfluxDB's ``elapsed``, read from a chunk earlier so a chunk's first
+candle has its predecessor). A chunk is whole without being read again when its candles
+and its next chunk's all have a predecessor at most one slot away: then no slot from the
+chunk's first to the next chunk's first candle can be empty (two candles at most a slot
+apart lie in the same or adjacent slots). An empty chunk is one hole; only the others are
+asked for their present slots (pass two, a few at a time). Pass one runs over the range
+cut in up to four parts, asked at once: influxd runs them on all its cores. A year of
+1-minute candles is 366 rows of answer when nothing is missing, and about 0.3 s of
+influxd's time on two cores against 0.7 s for counting the candles of every slot.
 """
 
 from __future__ import annotations
@@ -32,21 +37,36 @@ def _tags(exchange: str, product: str) -> str:
     return ql.where({"exchange": exchange, "product": product})[len(" WHERE "):]
 
 
-def _slots_per_chunk(exchange: str, product: str, lo: int, hi: int, span: int,
-                     rp: str | None) -> str:
-    src = ql.source("candle", rp)
-    bounds = f"time >= {seconds_to_ns(lo)} AND time <= {seconds_to_ns(hi + span - 1)}"
-    inner = (f'SELECT count("close") AS "n" FROM {src} WHERE {_tags(exchange, product)} '
-             f"AND {bounds} GROUP BY time({span}s) fill(none)")
-    return (f'SELECT count("n") FROM ({inner}) WHERE {bounds} '
-            f"GROUP BY time({span * CHUNK_SLOTS}s) fill(0)")
+def _between(lo: int, hi: int) -> str:
+    """``lo <= time <= hi``, both in seconds."""
+    return f"time >= {seconds_to_ns(lo)} AND time <= {seconds_to_ns(hi)}"
+
+
+def _counts(exchange: str, product: str, lo: int, hi: int, chunk: int, rp: str | None) -> str:
+    """Candles per chunk of the slots from ``lo`` to ``hi`` (their last second included)."""
+    return (f'SELECT count("close") AS "n" FROM {ql.source("candle", rp)} '
+            f"WHERE {_tags(exchange, product)} AND {_between(lo, hi)} "
+            f"GROUP BY time({chunk}s) fill(0)")
+
+
+def _spacing(exchange: str, product: str, lo: int, hi: int, chunk: int,
+             rp: str | None) -> str:
+    """Per chunk from ``lo - chunk`` to ``hi``: how many of its candles have a
+    predecessor and the longest time back to it (the chunk before ``lo`` is read so the
+    first one of ``lo``'s chunk has its own; influxd applies the outer query's time
+    range to the inner one, so both are the same)."""
+    bounds = _between(lo - chunk, hi)
+    inner = (f'SELECT elapsed("close", 1s) AS "e" FROM {ql.source("candle", rp)} '
+             f"WHERE {_tags(exchange, product)} AND {bounds}")
+    return (f'SELECT count("e") AS "n", max("e") AS "e" FROM ({inner}) '
+            f"WHERE {bounds} GROUP BY time({chunk}s)")
 
 
 def _present(exchange: str, product: str, lo: int, hi: int, span: int,
              rp: str | None) -> str:
     return (f'SELECT count("close") FROM {ql.source("candle", rp)} '
-            f"WHERE {_tags(exchange, product)} AND time >= {seconds_to_ns(lo)} "
-            f"AND time <= {seconds_to_ns(hi + span - 1)} GROUP BY time({span}s) fill(none)")
+            f"WHERE {_tags(exchange, product)} AND {_between(lo, hi + span - 1)} "
+            f"GROUP BY time({span}s) fill(none)")
 
 
 def runs(missing: list[int], span: int) -> list[Gap]:
@@ -66,32 +86,39 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
     if hi < lo:
         return []
     chunk = span * CHUNK_SLOTS
-    # pass one in up to four parts at once (whole chunks each): influxd runs them on all
-    # its cores (a year of minutes: 1.4 s as one query here, about half in four)
     first = lo - lo % chunk
     chunks = (hi - first) // chunk + 1
     per = max(1, -(-chunks // _PARTS))
-    bounds = [(max(lo, first + k * chunk), min(hi, first + (k + per) * chunk - span))
+    # parts of whole chunks (the first from its chunk's start: a chunk is judged whole)
+    bounds = [(first + k * chunk, min(hi, first + (k + per) * chunk - span))
               for k in range(0, chunks, per)]
-    answers = await asyncio.gather(*(
-        influx(Query(_slots_per_chunk(exchange, product, a, b, span, rp))) for a, b in bounds))
-    counted_rows = [row for (answer,) in answers for row in rows(answer)]
+    asked = [Query(q(exchange, product, a, b + span - 1, chunk, rp))
+             for a, b in bounds for q in (_counts, _spacing)]
+    answers = await asyncio.gather(*(influx(query) for query in asked))
+    held: dict[int, int] = {}  # chunk start -> candles in it
+    spaced: dict[int, tuple[int, int]] = {}  # chunk start -> (with a predecessor, longest gap)
+    for k, (a, _) in enumerate(bounds):
+        for row in rows(answers[2 * k][0]):
+            held[int(row["time"])] = int(row.get("n") or 0)
+        for row in rows(answers[2 * k + 1][0]):
+            if int(row["time"]) >= a and row.get("e") is not None:
+                spaced[int(row["time"])] = (int(row["n"]), int(row["e"]))
+
+    def close_knit(start: int) -> bool:
+        """Every candle of the chunk lies at most a slot after the one before it."""
+        n = held.get(start, 0)
+        with_predecessor, longest = spaced.get(start, (0, 0))
+        return n > 0 and with_predecessor == n and longest <= span
+
     holes: list[Gap] = []
     partial: list[tuple[int, int]] = []
-    for row in counted_rows:
-        start = max(int(row["time"]), lo)
-        end = min(int(row["time"]) + chunk - span, hi)
-        if end < start:
-            continue
-        expected = (end - start) // span + 1
-        found = int(row.get("count") or 0)
-        if found == 0:
-            holes.append((start, end))
-        elif found < expected:
-            partial.append((start, end))
-    for (answer,), (a, b) in zip(answers, bounds, strict=True):
-        if not rows(answer):  # nothing at all stored in this part
+    for k in range(chunks):
+        start = first + k * chunk
+        a, b = max(start, lo), min(start + chunk - span, hi)
+        if not held.get(start, 0):
             holes.append((a, b))
+        elif not (close_knit(start) and k + 1 < chunks and close_knit(start + chunk)):
+            partial.append((a, b))
     limit = asyncio.Semaphore(_CONCURRENT)
 
     async def read(start: int, end: int) -> list[Gap]:
@@ -104,9 +131,9 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
         holes.extend(found_runs)
     holes.sort()
     merged: list[Gap] = []
-    for first, last in holes:  # runs across chunk borders are one hole
-        if merged and merged[-1][1] + span == first:
-            merged[-1] = (merged[-1][0], last)
+    for first_slot, last_slot in holes:  # runs across chunk borders are one hole
+        if merged and merged[-1][1] + span == first_slot:
+            merged[-1] = (merged[-1][0], last_slot)
         else:
-            merged.append((first, last))
+            merged.append((first_slot, last_slot))
     return merged

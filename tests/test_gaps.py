@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
 import textwrap
 import time
@@ -72,6 +73,44 @@ async def test_gaps_are_exactly_the_missing_minutes(hub: Hub) -> None:
         await hub.gaps(EX, PR, start=T0 + 60, end=T0)
 
 
+async def test_a_full_count_does_not_hide_a_hole_and_other_series_count(hub: Hub) -> None:
+    """Days holding exactly a day's worth of candles that still miss minutes (a minute
+    with two candles off the grid), holes at a day's very end and start, candles just
+    before the range asked, and candles another writer stored under an extra tag: the
+    scan's answer equals counting every slot, for random ranges and three timeframes."""
+    rng = random.Random(20261127)
+    product = "TRAP"
+    times = {T0 + 60 * i for i in range(7 * DAY)}
+    # day 0 holds 1,440 candles and misses minute 100 (minute 200 has two); day 2 misses
+    # its last minute, day 4 its first; days 1 and 3 are whole
+    times -= {T0 + 60 * 100, T0 + 60 * (3 * DAY - 1), T0 + 60 * (4 * DAY)}
+    times.add(T0 + 60 * 200 + 30)
+    for _ in range(12):  # days 5 and 6: short random holes, some filled off the grid
+        at = rng.randrange(5 * DAY, 7 * DAY - 40)
+        times -= {T0 + 60 * (at + d) for d in range(rng.randrange(1, 40))}
+        if rng.random() < 0.5:
+            times.add(T0 + 60 * (at + 1) + rng.randrange(1, 60))
+    others = {t for t in times if T0 + 60 * (5 * DAY + 300) <= t < T0 + 60 * (5 * DAY + 400)}
+    mine = sorted(times - others)
+    day0 = [t for t in times if t < T0 + 60 * DAY]
+    assert len(day0) == DAY  # counting the day's candles alone finds it whole
+    for i in range(0, len(mine), 5000):
+        await hub.write_candles_batch(EX, product, [Candle(t, 1.0, 2.0, 0.5, 1.0, 1.0)
+                                                    for t in mine[i:i + 5000]], window=False)
+    lines = "\n".join(f"candle,exchange={EX},product={product},source=other "
+                      f"open=1,high=2,low=0.5,close=1,volume=1 {t}000000000" for t in others)
+    _write_raw(hub.config, lines)
+    newest = max(times)
+    assert await hub.gaps(EX, product) == brute_force(times, T0, newest - newest % 60)
+    for timeframe, span in (("1m", 60), ("5m", 300), ("1h", 3600)):
+        for _ in range(6):
+            lo = T0 + rng.randrange(-3600, 7 * 86_400)
+            hi = lo + rng.randrange(0, 3 * 86_400)
+            first = -(-lo // span) * span
+            assert await hub.gaps(EX, product, start=lo, end=hi, timeframe=timeframe) \
+                == brute_force(times, first, hi - hi % span, span), (timeframe, lo, hi)
+
+
 async def test_a_gap_scan_reports_each_product_and_the_newest_candles_age(
         config_data: dict[str, Any]) -> None:
     config = HubConfig.from_mapping({**config_data, "maintenance": {
@@ -122,6 +161,14 @@ async def test_maintenance_jobs_report_and_write_the_hubs_health(
         assert checked["last_result"] == {"drift": []}
         with pytest.raises(ValidationError, match="job"):
             await hub.run_maintenance("nope")
+
+
+def _write_raw(config: HubConfig, lines: str) -> None:
+    url = (config.influxdb.url + "/write?"
+           + urllib.parse.urlencode({"db": config.influxdb.bucket}))
+    with urllib.request.urlopen(urllib.request.Request(url, data=lines.encode()),
+                                timeout=30) as answer:
+        assert answer.status == 204
 
 
 def _influx(config: HubConfig, query: str) -> list[list[Any]]:
