@@ -476,6 +476,31 @@ def test_window_pushes_to_one_key_are_coalesced_in_order() -> None:
     assert merged.fallback[0][0] == "EVAL"
 
 
+def test_merged_window_pushes_are_in_time_order_whatever_their_runs() -> None:
+    """A feed's pushes one after another (joined as they are), pushes meeting at one
+    time, and pushes out of order: the merged call holds every candle by time, the
+    ones of the same time in the order they were written."""
+    import random
+
+    from actors.cache.ops import coalesce, decode_candle, op_push_candles
+
+    rng = random.Random(7)
+    for case in range(200):
+        runs, start, written = [], rng.randrange(10), []
+        for _ in range(rng.randrange(2, 6)):
+            size = rng.randrange(1, 5)
+            times = sorted(60 * (start + rng.randrange(4)) + 60 * k for k in range(size))
+            start = times[-1] // 60 + (rng.randrange(-3, 2) if case % 2 else 0)
+            rows = [(t, 1.0, 2.0, 0.5, float(len(written) + k), 1.0)
+                    for k, t in enumerate(times)]
+            written += rows
+            runs.append(Envelope(op_push_candles("k", rows, 100, 60), None))
+        (merged,) = coalesce(runs)
+        items = merged.message.items
+        got = [(items[i], decode_candle(items[i + 1]).close) for i in range(0, len(items), 2)]
+        assert got == [(r[0], r[4]) for r in sorted(written, key=lambda r: r[0])]
+
+
 def test_a_merged_script_call_holds_redis_for_a_bounded_time() -> None:
     """A writer far ahead of Redis queues many pushes to one window: they are merged into
     calls of at most MERGE_CAP candles each, in order, none lost."""

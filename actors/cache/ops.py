@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -541,14 +542,23 @@ def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
         op = call.message
         group = merged.get(i)
         if group is not None and len(group) > 1:
-            pairs = [(g.items[j], g.items[j + 1]) for g in group
-                     for j in range(0, len(g.items), 2)]
-            pairs.sort(key=lambda p: p[0])  # stable: same-time candles keep their order
             assert op.merge is not None
             key, window, ttl, stream, timeframe, length = op.merge
-            out[i] = Envelope(_push(key, window, ttl, tuple(x for p in pairs for x in p),
-                                    op.near, stream, timeframe, length), None)
+            out[i] = Envelope(_push(key, window, ttl, _merged_items(group), op.near, stream,
+                                    timeframe, length), None)
     return _join_publications(out)
+
+
+def _merged_items(group: Sequence[RedisOp[Any]]) -> tuple[Any, ...]:
+    """The (time, member) pairs of window pushes, flattened and ascending by time;
+    candles of the same time keep their order. Each push's own pairs are ascending: a
+    feed's pushes, each one after the one before, are joined as they are."""
+    parts = [op.items for op in group if op.items]
+    if all(parts[k - 1][-2] <= parts[k][0] for k in range(1, len(parts))):
+        return tuple(itertools.chain.from_iterable(parts))
+    pairs = [(p[j], p[j + 1]) for p in parts for j in range(0, len(p), 2)]
+    pairs.sort(key=lambda p: p[0])  # stable: same-time candles keep their order
+    return tuple(x for p in pairs for x in p)
 
 
 def _join_publications(batch: list[Envelope]) -> list[Envelope]:
