@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -107,9 +108,11 @@ class Streams:
         if len(rows) == 1:
             events = book.add(rows[0], time.time())
         else:
-            if any(rows[i][0] > rows[i + 1][0] for i in range(len(rows) - 1)):
-                rows = sorted(rows, key=lambda r: r[0])
-            events = book.add_many(rows, time.time())
+            times = [row[0] for row in rows]
+            if not all(map(operator.le, times, times[1:])):
+                rows = sorted(rows, key=operator.itemgetter(0))
+                times.sort()
+            events = book.add_many(rows, time.time(), times)
         if rows[-1][0] > self.newest[key]:
             self.newest[key] = rows[-1][0]
         return self._handle(key, events) if events else []
@@ -127,7 +130,12 @@ class Streams:
         return closed
 
     def _handle(self, key: Product, events: list[tfs.Event]) -> list[Accepted]:
-        ready: list[tuple[str, Row]] = []
+        if not self._pending:  # no close waits behind a recompute: the complete ones go
+            ready = [(e.timeframe, e.row) for e in events
+                     if type(e) is tfs.Closed and e.complete]
+            if len(ready) == len(events):
+                return self._accepted(key, ready)
+        ready = []
         for event in events:
             where = (key[0], key[1], event.timeframe)
             queue = self._pending.get(where)

@@ -130,9 +130,18 @@ def candle_lines(exchange: str, product: str, rows: Iterable[Row]) -> list[str]:
 def rollup_lines(exchange: str, product: str, timeframe: str, rows: Iterable[Row]) -> list[str]:
     """Lines of rollup candles: measurement ``candle_rollup``, tags exchange, product,
     timeframe (the ``candle`` measurement keeps only what writers wrote)."""
-    prefix = ("candle_rollup,exchange=" + escape_tag(exchange) + ",product="
-              + escape_tag(product) + ",timeframe=" + escape_tag(timeframe) + " ")
-    return _ohlcv_lines(prefix, rows)
+    return _ohlcv_lines(_rollup_prefix(exchange, product, timeframe), rows)
+
+
+@lru_cache(maxsize=4096)
+def _rollup_prefix(exchange: str, product: str, timeframe: str) -> str:
+    return ("candle_rollup,exchange=" + escape_tag(exchange) + ",product="
+            + escape_tag(product) + ",timeframe=" + escape_tag(timeframe) + " ")
+
+
+@lru_cache(maxsize=4096)
+def _ohlcv_template(prefix: str) -> str:
+    return prefix.replace("%", "%%") + "open=%s,high=%s,low=%s,close=%s,volume=%s %s000000000"
 
 
 def _ohlcv_lines(prefix: str, rows: Iterable[Row]) -> list[str]:
@@ -141,7 +150,7 @@ def _ohlcv_lines(prefix: str, rows: Iterable[Row]) -> list[str]:
     twice as fast as ``repr`` one at a time: the same shortest decimal that reads back as
     the same float (only the exponent is written as InfluxDB writes it, ``1e-7`` for
     ``repr``'s ``1e-07``; influxd reads both to the same float)."""
-    line = prefix.replace("%", "%%") + "open=%s,high=%s,low=%s,close=%s,volume=%s %s000000000"
+    line = _ohlcv_template(prefix)
     if type(rows) is tuple and len(rows) == 1:  # write_candle's one row
         t, o, h, lo, c, v = orjson.dumps(rows[0]).decode()[1:-1].split(",")
         return [line % (o, h, lo, c, v, t)]

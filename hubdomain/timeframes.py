@@ -29,6 +29,7 @@ import bisect
 import functools
 import operator
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -80,7 +81,14 @@ def volume(ascending: list[float]) -> float:
     the order InfluxDB adds them for ``query_candles(interval=...)``, whose query reads
     newest first (``ORDER BY time DESC``): float addition depends on the order, and
     the rollups equal the database's resampling to the last bit."""
+    if _SUM_ADDS_IN_ORDER:
+        return sum(reversed(ascending), 0.0)
     return functools.reduce(operator.add, reversed(ascending), 0.0)
+
+
+# sum() of floats adds them one by one, in order, in C (4x the speed of reduce) up to
+# Python 3.11; from 3.12 on it compensates the rounding: another float
+_SUM_ADDS_IN_ORDER = sys.version_info < (3, 12)
 
 
 def plan(timeframes: Sequence[str]) -> list[tuple[str, int, str]]:
@@ -208,13 +216,16 @@ class Book:
             return events
         return self._minutes([row], now, events)
 
-    def add_many(self, rows: Sequence[Row], now: float) -> list[Event]:
-        """``add`` for each of many minutes: the same events. Strictly ascending minutes
-        go a bucket at a time (one slice found by bisection, aggregated at C speed)."""
+    def add_many(self, rows: Sequence[Row], now: float,
+                 times: list[int] | None = None) -> list[Event]:
+        """``add`` for each of many minutes (``times``: their times, when the caller
+        has them): the same events. Strictly ascending minutes go a bucket at a time
+        (one slice found by bisection, aggregated at C speed)."""
         if not self.levels:  # streams.timeframes: [1m] alone, nothing to roll up
             return []
-        times = [row[0] for row in rows]
-        if len(rows) < 8 or any(times[i] >= times[i + 1] for i in range(len(times) - 1)):
+        if times is None:
+            times = [row[0] for row in rows]
+        if len(rows) < 8 or not all(map(operator.lt, times, times[1:])):
             events: list[Event] = []
             for row in rows:
                 events += self.add(row, now)
@@ -250,8 +261,10 @@ class Book:
                         self._again(current, row, now)
                 else:
                     current.last = times[j - 1]
-                    current.high = max(current.high, high)
-                    current.low = min(current.low, low)
+                    if high > current.high:
+                        current.high = high
+                    if low < current.low:
+                        current.low = low
                     current.close = part[-1][4]
                     current.volumes.extend(map(_VOLUME, part))
                     current.minutes += j - i
@@ -322,7 +335,9 @@ class Book:
         level.open = None
         level.closed_before = current.start + level.span
         complete = current.whole and current.minutes * BASE_SECONDS == level.span
-        events.append(Closed(level.timeframe, current.start, current.row(), complete))
+        events.append(Closed(level.timeframe, current.start,
+                             (current.start, current.open, current.high, current.low,
+                              current.close, volume(current.volumes)), complete))
         if index + 1 < len(self.levels):
             self._part(index + 1, current, complete, events)
 
@@ -349,9 +364,12 @@ class Book:
         else:
             if part.first <= current.last:
                 current.whole = False
-            current.last = max(current.last, part.last)
-            current.high = max(current.high, part.high)
-            current.low = min(current.low, part.low)
+            if part.last > current.last:  # (max() and min() as comparisons: faster)
+                current.last = part.last
+            if part.high > current.high:
+                current.high = part.high
+            if part.low < current.low:
+                current.low = part.low
             current.close = part.close
             current.volumes.extend(part.volumes)
             current.minutes += part.minutes

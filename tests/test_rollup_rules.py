@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hubdomain import timeframes
 from hubdomain.errors import ValidationError
-from hubdomain.timeframes import Book, Closed, Late, aggregate, plan, seconds
+from hubdomain.timeframes import Book, Closed, Late, aggregate, plan, seconds, volume
 from tests._rollup_reference import ReferenceBook
 
 T0 = 1_700_006_400  # a multiple of 1d: every bucket of every timeframe starts here
@@ -22,6 +23,23 @@ LIVE_DELAY = 2.0  # a live feed writes a minute two seconds after it ends
 def minute(i: int, base: float = 100.0, volume: float = 1.0) -> tuple[int, float, float,
                                                                        float, float, float]:
     return (T0 + 60 * i, base + i, base + i + 2, base + i - 1, base + i + 1, volume)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-1e12, 1e12, allow_nan=False), max_size=1500))
+def test_a_rollups_volume_adds_its_minutes_newest_first_one_at_a_time(
+        volumes: list[float]) -> None:
+    """InfluxDB's sum over a bucket read newest first: plain float additions in that
+    order (whatever this Python's sum() does), so a rollup equals its resampling."""
+    expected = 0.0
+    for v in reversed(volumes):
+        expected += v
+    assert volume(volumes).hex() == expected.hex()  # to the last bit
+    in_order, timeframes._SUM_ADDS_IN_ORDER = timeframes._SUM_ADDS_IN_ORDER, False
+    try:  # and the way for Pythons whose sum() compensates
+        assert volume(volumes).hex() == expected.hex()
+    finally:
+        timeframes._SUM_ADDS_IN_ORDER = in_order
 
 
 def test_timeframes_are_checked() -> None:

@@ -297,9 +297,10 @@ def op_publish_many(stream: str, length: int,
     parts: list[Group] = []
     for key, window, ttl, timeframe, rows in groups:
         ordered = rows if _ascending(rows) else sorted(rows, key=_time)
-        items: list[Any] = []
-        for row in ordered[-window:]:
-            items += [row[0], encode_candle(row)]
+        kept = ordered[-window:]
+        items: list[Any] = [None] * (2 * len(kept))
+        items[::2] = [row[0] for row in kept]
+        items[1::2] = encode_rows(kept)
         parts.append((key, window, ttl, timeframe, tuple(items)))
     return _publish(stream, length, tuple(parts), near)
 
