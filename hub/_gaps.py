@@ -8,7 +8,9 @@ candle has its predecessor). A chunk is whole without being read again when its 
 and its next chunk's all have a predecessor at most one slot away: then no slot from the
 chunk's first to the next chunk's first candle can be empty (two candles at most a slot
 apart lie in the same or adjacent slots). An empty chunk is one hole; only the others are
-asked for their present slots (pass two, a few at a time). Pass one runs over the range
+asked for their present slots (pass two, a few at a time), and a close-knit chunk before
+one that is not only for its last slot (read with the next chunk: present, the chunk is
+whole; missing, it is read too). Pass one runs over the range
 cut in up to four parts, asked at once: influxd runs them on all its cores. A year of
 1-minute candles is 366 rows of answer when nothing is missing, and about 0.3 s of
 influxd's time on two cores against 0.7 s for counting the candles of every slot.
@@ -111,23 +113,42 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
         return n > 0 and with_predecessor == n and longest <= span
 
     holes: list[Gap] = []
-    partial: list[tuple[int, int]] = []
+    partial: list[tuple[int, int]] = []  # slot ranges read slot by slot
+    # a close-knit chunk followed by one that is not: whole if its last slot is present,
+    # which the next chunk's read includes (chunk start -> the range before it)
+    tails: dict[int, tuple[int, int]] = {}
     for k in range(chunks):
         start = first + k * chunk
         a, b = max(start, lo), min(start + chunk - span, hi)
         if not held.get(start, 0):
             holes.append((a, b))
-        elif not (close_knit(start) and k + 1 < chunks and close_knit(start + chunk)):
-            partial.append((a, b))
+            continue
+        after = start + chunk
+        if close_knit(start) and k + 1 < chunks and held.get(after, 0):
+            if not close_knit(after):
+                tails[after] = (a, b)
+            continue
+        partial.append((a, b))
     limit = asyncio.Semaphore(_CONCURRENT)
 
-    async def read(start: int, end: int) -> list[Gap]:
+    async def read(start: int, end: int) -> tuple[list[Gap], tuple[int, int] | None]:
+        """The holes from ``start`` to ``end``; and the chunk before, when its last slot
+        (read here too) is missing: it is read whole then."""
+        before = tails.get(start - start % chunk)
+        lo_slot = before[1] if before is not None else start
         async with limit:
-            (answer,) = await influx(Query(_present(exchange, product, start, end, span, rp)))
+            (answer,) = await influx(Query(_present(exchange, product, lo_slot, end, span,
+                                                    rp)))
         present = {int(r["time"]) for r in rows(answer)}
-        return runs([s for s in range(start, end + 1, span) if s not in present], span)
+        missing = runs([s for s in range(start, end + 1, span) if s not in present], span)
+        return missing, before if before is not None and before[1] not in present else None
 
-    for found_runs in await asyncio.gather(*(read(s, e) for s, e in partial)):
+    again: list[tuple[int, int]] = []
+    for found_runs, whole_chunk in await asyncio.gather(*(read(s, e) for s, e in partial)):
+        holes.extend(found_runs)
+        if whole_chunk is not None:
+            again.append(whole_chunk)
+    for found_runs, _ in await asyncio.gather(*(read(s, e) for s, e in again)):
         holes.extend(found_runs)
     holes.sort()
     merged: list[Gap] = []
