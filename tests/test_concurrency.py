@@ -124,3 +124,32 @@ async def test_a_read_right_after_a_write_sees_it(config_data: dict[str, Any],
             redis_command(servers, "SET", f"indicator:{EX}:RYW:EMA:10", str(i), "EX", "60")
             assert await hub.get_indicator(EX, "RYW", "EMA", 10) == i
         assert (await hub.get_stats())["actors"]["cache"]["round_trips"] > before
+
+
+def _connections_received(servers: Any) -> int:
+    from tests.conftest import redis_command
+
+    info = redis_command(servers, "INFO", "stats").decode()
+    return int(info.split("total_connections_received:")[1].split()[0])
+
+
+async def test_a_read_its_caller_gave_up_on_leaves_the_connection_in_step(
+        config_data: dict[str, Any], servers: Any) -> None:
+    """A strategy stops waiting for a cold read (its timeout fired while Redis held the
+    reply back): the hub reads that reply itself, the next reads get their own values,
+    and the hub opens no new connection to Redis for it."""
+    from tests.conftest import redis_command
+
+    for period, value in ((11, "1"), (12, "2"), (13, "3")):
+        redis_command(servers, "SET", f"indicator:{EX}:GIVEUP:EMA:{period}", value, "EX", "60")
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        assert await hub.get_indicator(EX, "GIVEUP", "EMA", 13) == 3
+        before = _connections_received(servers)
+        redis_command(servers, "CLIENT", "PAUSE", "400", "ALL")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await hub.get_indicator(EX, "GIVEUP", "EMA", 11)
+        assert await hub.get_indicator(EX, "GIVEUP", "EMA", 12) == 2
+        assert await hub.get_indicator(EX, "GIVEUP", "EMA", 11) == 1
+        # the PAUSE's connection and this INFO's: none of the hub's
+        assert _connections_received(servers) == before + 2

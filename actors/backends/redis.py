@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from hiredis import pack_command as _hiredis_pack
 from redis import exceptions as rexc
+from redis._parsers import _AsyncHiredisParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -200,15 +201,20 @@ def make_client(config: RedisConfig) -> RedisClient | RedisClusterClient:
     return RedisClient(config)
 
 
-async def _exchange(conn: Any, commands: Sequence[Command], cluster: bool = False) -> list[Any]:
+async def _exchange(conn: Any, commands: Sequence[Command], cluster: bool = False,
+                    results: list[Any] | None = None) -> list[Any]:
     """Write ``commands`` in one go on ``conn`` and read every reply; a command's error
     comes back in its place as CommandFailed (a cluster's redirections as redis-py's
-    MovedError/AskError/TryAgainError/ClusterDownError). Connection errors are raised."""
+    MovedError/AskError/TryAgainError/ClusterDownError). Connection errors are raised.
+    ``results``: the list the replies go into (the caller sees how far it got when it
+    is cancelled; the connection is left connected then, see RedisClient.pipeline)."""
     await conn.send_packed_command(_pack(conn, commands))
-    results: list[Any] = []
+    keep = results is not None and _resumable(conn)
+    if results is None:
+        results = []
     for command in commands:
         try:
-            reply = await conn.read_response()
+            reply = await conn.read_response(disconnect_on_error=not keep)
             if command[0] == "EVAL" and isinstance(reply, list):  # errors in its place
                 reply = [CommandFailed(str(x)) if isinstance(x, rexc.ResponseError) else x
                          for x in reply]
@@ -219,6 +225,13 @@ async def _exchange(conn: Any, commands: Sequence[Command], cluster: bool = Fals
             results.append(exc if cluster and isinstance(exc, _REDIRECTS)
                            else CommandFailed(str(exc)))
     return results
+
+
+def _resumable(conn: Any) -> bool:
+    """Whether a read of ``conn`` cancelled while it waits may simply be read again: the
+    hiredis parser feeds what arrives to its reader and keeps a partial reply there
+    (redis-py's pure-Python parsers may stop inside one)."""
+    return isinstance(getattr(conn, "_parser", None), _AsyncHiredisParser)
 
 
 def _pack(conn: Any, commands: Sequence[Command]) -> Any:
@@ -284,6 +297,9 @@ class RedisClient:
             self._client = aioredis.Redis(host=config.host, port=config.port, **options)
         self._conn: Any = None  # the pipelines' own connection
         self._turn = asyncio.Lock()  # pipelines take turns on it (see lone_reads)
+        # the connection a pipeline reads replies from, and the replies read so far
+        self._reading: tuple[Any, list[Any]] | None = None
+        self._drains: set[asyncio.Task[None]] = set()  # reading a cancelled caller's rest
         self._streams_conn: Any = None  # blocking XREADs of the candle streams
         self.on_masters_changed: Callable[[], None] | None = None  # (one server: never)
         self.on_untracked_keys: Callable[[list[str]], None] | None = None
@@ -308,8 +324,46 @@ class RedisClient:
         Pipeline adds a command stack, response callbacks and transaction bookkeeping
         the hub does not use. A connection that turns out dead is replaced once (every
         op the hub sends is idempotent, so a repeat is harmless)."""
-        async with self._turn:
+        await self._turn.acquire()
+        handed_over = False
+        try:
             return await self._pipeline(commands)
+        except asyncio.CancelledError:
+            handed_over = self._hand_over(commands)
+            raise
+        finally:
+            if not handed_over:
+                self._turn.release()
+
+    def _hand_over(self, commands: Sequence[Command]) -> bool:
+        """The caller was cancelled while it read the replies (a lone read's caller
+        timed out, say): a task reads the rest, holding the connection's turn, so the
+        connection goes on serving in step rather than being replaced. False when the
+        connection is not in that state (it is dropped, as before)."""
+        conn, read = self._conn, self._reading
+        if conn is None or read is None or not self._resumable_now(conn):
+            return False
+        remaining = len(commands) - len(read[1])
+        task = asyncio.get_running_loop().create_task(self._drain(conn, remaining),
+                                                      name="redis-drain")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        return True
+
+    async def _drain(self, conn: Any, remaining: int) -> None:
+        try:
+            for _ in range(remaining):
+                with contextlib.suppress(rexc.ResponseError):  # (read whole all the same)
+                    await conn.read_response()
+        except BaseException as exc:  # dead, or the hub closes: the next one reconnects
+            if self._conn is conn:
+                self._conn = None
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._turn.release()
 
     async def _pipeline(self, commands: Sequence[Command]) -> list[Any]:
         for attempt in (1, 2):
@@ -322,7 +376,9 @@ class RedisClient:
                     # connect() explicitly: a Sentinel-managed connection asks the
                     # sentinels for the master there (the implicit connect would not)
                     await conn.connect()
-                return await _exchange(conn, commands)
+                results: list[Any] = []
+                self._reading = (conn, results)
+                return await _exchange(conn, commands, results=results)
             except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
                 self._conn = None
                 await conn.disconnect()
@@ -332,12 +388,24 @@ class RedisClient:
                 self._conn = None
                 await conn.disconnect()
                 raise _translate(exc) from exc
+            except asyncio.CancelledError:
+                # cancelled mid-reply: ``pipeline`` hands the connection to a task that
+                # reads the rest, when the parser can go on; else it is never reused
+                if not self._resumable_now(conn):
+                    self._conn = None
+                    await conn.disconnect()
+                raise
             except BaseException:
-                # cancelled mid-reply: the connection's state is unknown, never reuse it
                 self._conn = None
                 await conn.disconnect()
                 raise
         raise AssertionError("unreachable")
+
+    def _resumable_now(self, conn: Any) -> bool:
+        """The commands went out whole on ``conn`` (a cancelled send disconnects it) and
+        its parser can be read on from where the cancelled read stopped."""
+        return self._reading is not None and self._reading[0] is conn is self._conn \
+            and conn.is_connected and _resumable(conn)
 
     async def read_streams(self, positions: Mapping[str, bytes], count: int,
                            block_ms: int) -> list[tuple[str, list[StreamEntry]]]:
@@ -413,6 +481,8 @@ class RedisClient:
         """Close every connection: the pipelines' and the reader's, the pool's, and each
         sentinel's. One failing to close (a timeout on a dead master's socket, on a busy
         machine) does not leave the others open; the first failure is raised after."""
+        for drain in list(self._drains):
+            await cancel_and_wait(drain)
         own = [c for c in (self._conn, self._streams_conn) if c is not None]
         self._conn = self._streams_conn = None
         steps: list[Callable[[], Awaitable[Any]]] = [c.disconnect for c in own]
