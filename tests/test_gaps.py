@@ -111,6 +111,30 @@ async def test_a_full_count_does_not_hide_a_hole_and_other_series_count(hub: Hub
                 == brute_force(times, first, hi - hi % span, span), (timeframe, lo, hi)
 
 
+async def test_an_answer_lacking_a_candle_does_not_make_a_hole(hub: Hub) -> None:
+    """influxd answering one of a scan's queries without a candle it holds (a busy
+    server mid-compaction, say) must not report a hole there: each hole is confirmed by
+    a second answer before it is reported."""
+    missing = {100, 101, DAY + 7}
+    await hub.write_candles_batch(EX, "SHAKY", [candle(i) for i in range(2 * DAY)
+                                                if i not in missing], window=False)
+    real = hub._influx
+    shaken: list[str] = []
+
+    async def lacking_one(query: Any) -> list[dict[str, Any]]:
+        answers = await real(query)
+        if "GROUP BY time(60s) fill(none)" in query.text and not shaken:
+            values = answers[0]["series"][0]["values"]
+            shaken.append(query.text)
+            del values[len(values) // 2]  # a present minute, answered missing
+        return answers
+
+    hub._influx = lacking_one  # type: ignore[method-assign]
+    assert await hub.gaps(EX, "SHAKY") == [(T0 + 6000, T0 + 6060), (T0 + 60 * (DAY + 7),
+                                                                    T0 + 60 * (DAY + 7))]
+    assert shaken  # the scan read slot by slot, and got the answer lacking a minute
+
+
 async def test_a_gap_scan_reports_each_product_and_the_newest_candles_age(
         config_data: dict[str, Any]) -> None:
     config = HubConfig.from_mapping({**config_data, "maintenance": {
