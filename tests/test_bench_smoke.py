@@ -49,7 +49,8 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     assert 2000 < with_rollups < 2000 * 1.4  # the candles and their closed rollups
     handover = results.tables["handover"][0]
     assert handover["runs"] == 5 and handover["duplicates"] == handover["holes"] == 0
-    assert results.tables["gap_scan"][0]["holes_found"] == 12
+    scan = results.tables["gap_scan"][0]
+    assert scan["holes_found"] == 12 and scan["scans_exact"] == scan["scans"] == 5
     assert [(row["where"], row["subscribers"] > 1) for row in results.tables["subscribers"]
             ] == [("none", False), ("other process", False), ("other process", True),
                   ("this process", True)]
