@@ -102,6 +102,9 @@ class Ring:
         self.closed = False
         self.followers = 0
         self.epoch = 0  # moved when continuity was lost for everybody (reconnect)
+        # the sequence of the last entry whose number did not follow the one before (a
+        # follower taking only entries after it needs to check none of their numbers)
+        self.jump = -1
         self._changed = asyncio.Event()
 
     @property
@@ -126,6 +129,7 @@ class Ring:
             if number is not None:
                 if self.number is not None and number != self.number + 1:
                     whole = False
+                    self.jump = self.base + len(self.entries)
                 self.number = number
             self.entries += entries
         if len(self.entries) >= 2 * self.size:  # amortized: a slice now and then
@@ -203,7 +207,18 @@ class Follower:
                 return None
             if self.cursor < self.ring.next_seq:
                 entries = self.ring.since(self.cursor)
-                self.cursor = self.ring.next_seq
+                start, self.cursor = self.cursor, self.ring.next_seq
+                first, last = entries[0], entries[-1]
+                number = self.number
+                if first.id > self.after and self.ring.jump < start \
+                        and first.number is not None and last.number is not None and (
+                            number is None or first.number == number
+                            or first.number == number + 1):
+                    # (the usual case, checked in O(1): the ring checked the numbers
+                    # from ``first`` on as it took them, and ids only grow)
+                    self.number = last.number
+                    self.after = last.id
+                    return entries
                 fresh = self._whole([e for e in entries if e.id > self.after])
                 if fresh:
                     self.after = fresh[-1].id
