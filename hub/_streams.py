@@ -295,22 +295,23 @@ class Streams:
                         last = candle.timestamp
                         yield _live(candle, timeframe, False)
                     continue
-                for k, entry in enumerate(entries, 1):
-                    if k % _TURN == 0:
+                for at in range(0, len(entries), _TURN):
+                    if at:
                         # a burst (a packed entry holds up to 1,024 candles): let the loop
                         # run now and then, so a thousand subscribers taking it one after
                         # another never hold it for long (the reader's XREAD timed out
                         # behind them, and every subscriber then caught up from storage)
                         await asyncio.sleep(0)
-                    candle = entry.candle
-                    if candle.timeframe != timeframe:
-                        continue
-                    if last is None or candle.timestamp > last:
-                        last = candle.timestamp
-                        yield candle if not candle.revision else _live(candle, timeframe,
-                                                                       False)
-                    elif candle.revision:
-                        yield candle
+                    for entry in entries[at:at + _TURN]:
+                        candle = entry.candle
+                        if candle.timeframe != timeframe:
+                            continue
+                        if last is None or candle.timestamp > last:
+                            last = candle.timestamp
+                            yield candle if not candle.revision else _live(
+                                candle, timeframe, False)
+                        elif candle.revision:
+                            yield candle
         finally:
             follower.close()
 
