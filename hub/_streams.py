@@ -295,14 +295,14 @@ class Streams:
                         last = candle.timestamp
                         yield _live(candle, timeframe, False)
                     continue
-                for at in range(0, len(entries), _TURN):
-                    if at:
+                for piece in range(0, len(entries), _TURN):
+                    if piece:
                         # a burst (a packed entry holds up to 1,024 candles): let the loop
                         # run now and then, so a thousand subscribers taking it one after
                         # another never hold it for long (the reader's XREAD timed out
                         # behind them, and every subscriber then caught up from storage)
                         await asyncio.sleep(0)
-                    for entry in entries[at:at + _TURN]:
+                    for entry in entries[piece:piece + _TURN]:
                         candle = entry.candle
                         if candle.timeframe != timeframe:
                             continue
