@@ -139,7 +139,6 @@ def _rollup_prefix(exchange: str, product: str, timeframe: str) -> str:
             + escape_tag(product) + ",timeframe=" + escape_tag(timeframe) + " ")
 
 
-
 def _ohlcv_lines(prefix: str, rows: Iterable[Row]) -> list[str]:
     """``prefix`` + the five fields + the time in ns, for each checked row (an int time,
     five finite floats). The numbers are formatted by orjson in one call for all rows,
