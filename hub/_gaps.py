@@ -12,10 +12,10 @@ asked for their present slots (pass two, a few at a time), and a close-knit chun
 one that is not only for its last slot (read with the next chunk: present, the chunk is
 whole; missing, it is read too). Each hole found is confirmed by one more answer (one
 request for them all) before it is reported: a hole holding a candle after all is read
-again, slot by slot. Pass one runs over the range
-cut in up to four parts, asked at once: influxd runs them on all its cores. A year of
-1-minute candles is 366 rows of answer when nothing is missing, and about 0.3 s of
-influxd's time on two cores against 0.7 s for counting the candles of every slot.
+again, slot by slot. Pass one runs over the range cut in up to four parts, asked at
+once: influxd runs them on all its cores. A year of 1-minute candles is 366 rows of
+answer when nothing is missing, and about 0.3 s of influxd's time on two cores against
+0.7 s for counting the candles of every slot.
 """
 
 from __future__ import annotations
