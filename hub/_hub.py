@@ -37,7 +37,7 @@ from hubdomain import validate as v
 from hubdomain.config import HubConfig
 from hubdomain.errors import BackendUnavailable, HubClosed, HubError, ValidationError
 from hubdomain.fieldtypes import FieldTypes
-from hubdomain.records import Candle, LiveCandle, Trade
+from hubdomain.records import Candle, LiveCandle, Trade, make_candle
 from hubdomain.resample import resample
 
 log = logging.getLogger(__name__)
@@ -919,7 +919,7 @@ def _candles(results: list[dict[str, Any]]) -> list[Candle]:
     out: list[Candle] = []
     for series in results[0].get("series", ()):
         assert series["columns"] == ["time", *ql.CANDLE_FIELDS], series["columns"]
-        out.extend(Candle(int(t), float(o), float(h), float(lo), float(c), float(v))
+        out.extend(make_candle(int(t), float(o), float(h), float(lo), float(c), float(v))
                    for t, o, h, lo, c, v in reversed(series["values"]))
     return out
 

@@ -42,7 +42,7 @@ from hubdomain import timeframes as tfs
 from hubdomain import validate as v
 from hubdomain.config import HubConfig
 from hubdomain.errors import BackendUnavailable, HubClosed, ValidationError
-from hubdomain.records import Candle, LiveCandle, Row
+from hubdomain.records import Candle, LiveCandle, Row, make_live_candle
 
 log = logging.getLogger(__name__)
 
@@ -430,8 +430,8 @@ def _row(c: Candle) -> Row:
 
 
 def _live(c: Candle, timeframe: str, revision: bool) -> LiveCandle:
-    return LiveCandle(c.timestamp, c.open, c.high, c.low, c.close, c.volume, timeframe,
-                      revision)
+    return make_live_candle(c.timestamp, c.open, c.high, c.low, c.close, c.volume,
+                            timeframe, revision)
 
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from hubdomain import validate as v
 from hubdomain.errors import ValidationError
 
-__all__ = ["Candle", "CheckedRows", "LiveCandle", "Row", "Trade", "candle_row", "candle_rows"]
+__all__ = ["Candle", "CheckedRows", "LiveCandle", "Row", "Trade", "candle_row", "candle_rows",
+           "make_candle", "make_live_candle"]
 
 # a checked candle as the write paths carry it: (timestamp, open, high, low, close, volume)
 Row = tuple[int, float, float, float, float, float]
@@ -172,6 +173,45 @@ class LiveCandle(Candle):
     def as_candle(self) -> Candle:
         return Candle(self.timestamp, self.open, self.high, self.low, self.close,
                       self.volume)
+
+
+# Candles built in bulk from stored values (a window read from Redis, an InfluxDB
+# answer, the entries of a stream): a frozen dataclass's __init__ sets each field
+# through object.__setattr__, which costs as much again as the object; these set the
+# slots directly (the same object: eq, hash, repr and immutability are unchanged).
+_new = object.__new__
+_SET_TS, _SET_OPEN, _SET_HIGH, _SET_LOW, _SET_CLOSE, _SET_VOLUME = (
+    Candle.__dict__[name].__set__ for name in _FIELDS)
+_SET_TIMEFRAME = LiveCandle.__dict__["timeframe"].__set__
+_SET_REVISION = LiveCandle.__dict__["revision"].__set__
+
+
+def make_candle(timestamp: int, open: float, high: float, low: float, close: float,
+                volume: float) -> Candle:
+    """``Candle(...)`` of values of the right types (int, five floats), unchecked."""
+    c = _new(Candle)
+    _SET_TS(c, timestamp)
+    _SET_OPEN(c, open)
+    _SET_HIGH(c, high)
+    _SET_LOW(c, low)
+    _SET_CLOSE(c, close)
+    _SET_VOLUME(c, volume)
+    return c
+
+
+def make_live_candle(timestamp: int, open: float, high: float, low: float, close: float,
+                     volume: float, timeframe: str, revision: bool) -> LiveCandle:
+    """``LiveCandle(...)`` of values of the right types, unchecked."""
+    c = _new(LiveCandle)
+    _SET_TS(c, timestamp)
+    _SET_OPEN(c, open)
+    _SET_HIGH(c, high)
+    _SET_LOW(c, low)
+    _SET_CLOSE(c, close)
+    _SET_VOLUME(c, volume)
+    _SET_TIMEFRAME(c, timeframe)
+    _SET_REVISION(c, revision)
+    return c
 
 
 @dataclass(frozen=True, slots=True)

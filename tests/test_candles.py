@@ -107,6 +107,22 @@ async def test_rewriting_a_candle_replaces_it(windowed: Hub) -> None:
     assert await windowed.query_candles(EX, PR) == expected  # InfluxDB overwrote too
 
 
+async def test_candles_read_back_are_records_like_the_ones_written(windowed: Hub) -> None:
+    """Candles from the hot window (Redis, or the near cache) and from InfluxDB are
+    Candles as a user builds them: equal, hashable alike, printable and read-only."""
+    data = random_candles(WINDOW + 10)
+    await windowed.write_candles_batch(EX, PR, data)
+    await windowed.flush()
+    hot = await windowed.query_candles(EX, PR, limit=5)  # the window
+    deep = await windowed.query_candles(EX, PR, limit=WINDOW + 10)  # InfluxDB
+    for got, want in zip(hot + deep, data[-5:] + data, strict=True):
+        assert type(got) is Candle and got == want and hash(got) == hash(want)
+        assert repr(got) == repr(want) and got.as_dict() == want.as_dict()
+        with pytest.raises(AttributeError):
+            got.close = 0.0  # type: ignore[misc]
+    assert len({*hot, *deep}) == WINDOW + 10
+
+
 async def test_old_backfill_does_not_punch_holes_in_the_window(windowed: Hub) -> None:
     data = random_candles(40)
     await windowed.write_candles_batch(EX, PR, data[20:])  # live candles first

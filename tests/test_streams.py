@@ -70,6 +70,12 @@ async def test_rollups_equal_influxdbs_resampling_to_the_bit(hub: Hub) -> None:
         published = await collect(hub.candles(EX, PR, timeframe, warmup=closed), closed)
         resampled = influx_resampled(hub, EX, PR, span, 10_000, T0, T0 + closed * span - 1)
         assert [c.as_candle() for c in published] == resampled, timeframe
+        # records like the ones a user builds: equal, hashable alike, read-only
+        built = [LiveCandle(c.timestamp, c.open, c.high, c.low, c.close, c.volume, timeframe)
+                 for c in resampled]
+        assert published == built and list(map(hash, published)) == list(map(hash, built))
+        with pytest.raises(AttributeError):
+            published[0].revision = True  # type: ignore[misc]
         assert await hub.query_candles(EX, PR, T0, T0 + closed * span - 1, limit=10_000,
                                        interval=timeframe) == resampled
         assert [c.timestamp for c in published] == [T0 + span * k for k in range(closed)]
@@ -168,6 +174,10 @@ async def test_candles_written_by_another_process_arrive(config: HubConfig,
     first = minutes[0].timestamp
     assert [c.timestamp for c in minutes] == list(range(first, T0 + 60 * 300, 60))
     assert len(minutes) >= 200 and first <= T0 + 60 * 51
+    # the live ones (read from the stream) are the candles the other process wrote
+    assert minutes[-100:] == [LiveCandle(T0 + 60 * i, 1.0 + i, 2.0 + i, 0.5 + i, 1.5 + i, 1.0)
+                              for i in range(200, 300)]
+    assert len(set(minutes)) == len(minutes)
     first = fives[0].timestamp
     assert [c.timestamp for c in fives] == list(range(first, T0 + 300 * 60, 300))
     assert len(fives) >= 40

@@ -18,7 +18,7 @@ import orjson
 from actors.backends.redis import Command
 from actors.runtime import Envelope, Request
 from hubdomain import jsonbytes, keys
-from hubdomain.records import Candle, Row
+from hubdomain.records import Candle, Row, make_candle
 
 R = TypeVar("R")
 
@@ -384,7 +384,7 @@ def encode_rows(rows: Sequence[Row]) -> list[bytes]:
 
 def decode_candle(raw: bytes) -> Candle:
     ts, o, h, low, c, vol = orjson.loads(raw)
-    return Candle(int(ts), float(o), float(h), float(low), float(c), float(vol))
+    return make_candle(int(ts), float(o), float(h), float(low), float(c), float(vol))
 
 
 def _first(results: list[Any]) -> Any:
