@@ -37,7 +37,8 @@ async def _write(hub: Hub, product: str, c: Candle) -> None:
     await hub.write_candle(EX, product, c.timestamp, c.open, c.high, c.low, c.close, c.volume)
 
 
-async def rollup_latency(hub: Hub, closes: int) -> list[dict[str, Any]]:
+async def rollup_latency(hub: Hub, closes: int,
+                         redis_url: str) -> list[dict[str, Any]]:
     """A live feed writes minutes; a subscriber follows each timeframe. Latency: from
     the call writing the minute that closes a bucket to the subscriber holding it."""
     rows = []
@@ -65,7 +66,47 @@ async def rollup_latency(hub: Hub, closes: int) -> list[dict[str, Any]]:
         rows.append({"timeframe": timeframe, "closes": len(sent), "delivered": len(waits),
                      "p50": statistics.median(waits), "p99": pct(waits, 0.99),
                      "max": max(waits)})
+    rows.append(await _raw_stream_latency(redis_url, closes))
     return rows
+
+
+async def _raw_stream_latency(redis_url: str, closes: int) -> dict[str, Any]:
+    """The floor beside it, at the same pace: raw redis.asyncio, an XADD on one
+    connection reaching an XREAD BLOCK waiting on another (two hops between processes,
+    each after the machine idled 5 ms, as a live feed's are; none of the hub's work)."""
+    import redis.asyncio as aioredis
+
+    writer, reader = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    key = f"bench:rawlatency:{time.time_ns()}"
+    arrived: dict[bytes, float] = {}
+
+    async def read() -> None:
+        last = b"$"
+        while True:
+            for _, entries in await reader.xread({key: last}, block=0):
+                for entry_id, _ in entries:
+                    arrived[entry_id] = time.perf_counter()
+                    last = entry_id
+
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0.2)
+    sent: dict[bytes, float] = {}
+    try:
+        for _ in range(closes):
+            await asyncio.sleep(0.005)
+            began = time.perf_counter()
+            sent[await writer.xadd(key, {"c": b"[0,1.0,1.0,1.0,1.0,1.0]"})] = began
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await writer.delete(key)
+        await writer.aclose()
+        await reader.aclose()
+    waits = [arrived[i] - s for i, s in sent.items() if i in arrived]
+    return {"timeframe": "raw XADD -> XREAD", "closes": len(sent), "delivered": len(waits),
+            "p50": statistics.median(waits), "p99": pct(waits, 0.99), "max": max(waits)}
 
 
 async def _note_arrivals(stream: Any, arrived: dict[int, float]) -> None:
@@ -298,7 +339,9 @@ def _tables_here(config: dict[str, Any], work: Path, size: str) -> dict[str, Any
         out: dict[str, Any] = {}
         async with Hub(HubConfig.from_mapping(config, environ={}),
                        handle_sigterm=False) as hub:
-            out["rollup_latency"] = await rollup_latency(hub, closes)
+            redis = config["redis"]
+            out["rollup_latency"] = await rollup_latency(
+                hub, closes, f"redis://{redis['host']}:{redis['port']}")
             out["subscribers"] = await subscribers_cost(
                 hub, config, writes, 1000 if size != "tiny" else 20)
             out["handover"] = await handovers(hub, runs, 1000)

@@ -40,10 +40,13 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
                   "candle_queries", "memory", "invalidation", "dropin", "dropin_writes"):
         assert results.tables[table], table
-    assert len(results.goals) == 24
-    # two informative rows beside the goals: influxd's floor with the rollups, one
-    # subscriber's process
-    assert [g["met"] for g in results.goals].count("-") == 2
+    assert len(results.goals) == 25
+    # three informative rows beside the goals: influxd's floor with the rollups, raw
+    # Redis' floor for a live candle's delivery, one subscriber's process
+    assert [g["met"] for g in results.goals].count("-") == 3
+    latency = {row["timeframe"]: row for row in results.tables["rollup_latency"]}
+    assert list(latency) == ["1m", "5m", "1h", "raw XADD -> XREAD"]
+    assert all(row["delivered"] == row["closes"] == 3 for row in latency.values())
     writes = {row["writer"]: row["points"] for row in results.tables["writes"]}
     with_rollups = writes["aioinflux 5,000-line batches, prebuilt, with the candles' rollups"]
     assert 2000 < with_rollups < 2000 * 1.4  # the candles and their closed rollups
