@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hubdomain import validate as v
 from hubdomain.errors import ValidationError
@@ -184,33 +184,32 @@ _SET_TS, _SET_OPEN, _SET_HIGH, _SET_LOW, _SET_CLOSE, _SET_VOLUME = (
     Candle.__dict__[name].__set__ for name in _FIELDS)
 _SET_TIMEFRAME = LiveCandle.__dict__["timeframe"].__set__
 _SET_REVISION = LiveCandle.__dict__["revision"].__set__
+_C = TypeVar("_C", bound=Candle)
 
 
 def make_candle(timestamp: int, open: float, high: float, low: float, close: float,
                 volume: float) -> Candle:
     """``Candle(...)`` of values of the right types (int, five floats), unchecked."""
-    c = _new(Candle)
-    _SET_TS(c, timestamp)
-    _SET_OPEN(c, open)
-    _SET_HIGH(c, high)
-    _SET_LOW(c, low)
-    _SET_CLOSE(c, close)
-    _SET_VOLUME(c, volume)
-    return c
+    return _filled(_new(Candle), timestamp, open, high, low, close, volume)
 
 
 def make_live_candle(timestamp: int, open: float, high: float, low: float, close: float,
                      volume: float, timeframe: str, revision: bool) -> LiveCandle:
     """``LiveCandle(...)`` of values of the right types, unchecked."""
-    c = _new(LiveCandle)
+    c = _filled(_new(LiveCandle), timestamp, open, high, low, close, volume)
+    _SET_TIMEFRAME(c, timeframe)
+    _SET_REVISION(c, revision)
+    return c
+
+
+def _filled(c: _C, timestamp: int, open: float, high: float, low: float, close: float,
+            volume: float) -> _C:
     _SET_TS(c, timestamp)
     _SET_OPEN(c, open)
     _SET_HIGH(c, high)
     _SET_LOW(c, low)
     _SET_CLOSE(c, close)
     _SET_VOLUME(c, volume)
-    _SET_TIMEFRAME(c, timeframe)
-    _SET_REVISION(c, revision)
     return c
 
 

@@ -16,7 +16,7 @@ from actors.backends.influx import Unavailable, WriteRejected
 from actors.backoff import Backoff
 from actors.runtime import Supervisor
 from actors.state import StateActor
-from actors.writer.accumulator import Accumulator, Entry
+from actors.writer.accumulator import Accumulator, Chunk, Entry
 from actors.writer.sender import Sender
 from actors.writer.spool import Spool
 from hub.errors import BackendUnavailable
@@ -53,15 +53,38 @@ def test_accumulator_is_due_on_size_linger_flush_close_and_bound() -> None:
     memory.add("b", None, 10.6)
     memory.add("c", 7, 10.7)
     assert memory.due(10.7, closing=False)  # a full batch
-    assert memory.chunk() == [("a", None), ("b", None), ("c", 7)]
+    assert memory.chunk().entries() == [("a", None), ("b", None), ("c", 7)]
     memory.add("d", None, 10.8)
     memory.add("e", None, 10.9)
     assert memory.full and len(memory) == 5
     memory.drop(3, now=12.0)
-    assert memory.snapshot() == [("d", None), ("e", None)]
+    assert memory.snapshot().entries() == [("d", None), ("e", None)]
     assert (memory.accepted, memory.done, memory.oldest_at) == (5, 3, 12.0)
     memory.drop(2, now=13.0)
     assert len(memory) == 0 and memory.oldest_at is None
+
+
+def test_accumulator_keeps_each_lines_outbox_row_in_step() -> None:
+    """Durable lines keep their outbox rows (a row's id on its last line, minus it on
+    the others) through chunks and drops; memory lines alone keep none."""
+    memory = Accumulator(batch_size=4, linger=1.0, max_pending=100)
+    memory.extend(["a", "b"], 0.0)
+    assert memory.chunk().rows is None and memory.chunk().written_rows() == []
+    memory.extend(["c", "d", "e", "f", "g"], 0.0, rows=[7, 8, 9], group=2)
+    assert memory.snapshot().entries() == [("a", None), ("b", None), ("c", -7), ("d", 7),
+                                           ("e", -8), ("f", 8), ("g", 9)]
+    assert memory.chunk().written_rows() == [7]  # row 8's last line is in the next one
+    memory.drop(4, 1.0)
+    assert memory.chunk().entries() == [("e", -8), ("f", 8), ("g", 9)]
+    assert memory.chunk()[1:].written_rows() == [8, 9]
+    memory.drop(3, 2.0)
+    memory.add("h", None, 3.0)
+    assert memory.chunk().rows is None  # no durable line left
+    with pytest.raises(ValueError):
+        memory.extend(["x", "y"], 4.0, rows=[1])
+    with pytest.raises(ValueError):
+        memory.extend(["x", "y", "z"], 4.0, rows=[1], group=2)
+    assert memory.snapshot().entries() == [("h", None)] and memory.accepted == 8
 
 
 async def test_accumulator_flushes_wait_for_memory_and_the_spool() -> None:
@@ -142,8 +165,8 @@ def make_sender(influx: Influx, rp_for: Any = None
 async def test_sender_bisects_rejected_data_down_to_the_bad_points() -> None:
     influx = Influx()
     sender, written, quarantined = make_sender(influx)
-    chunk: list[Entry] = [("m v=1 1", None), ("m v=2 2", 11), ("m BAD=1 3", 12),
-                          ("m v=4 4", None), ("m BAD=2 5", None), ("m v=6 6", 13)]
+    chunk = Chunk.of([("m v=1 1", None), ("m v=2 2", 11), ("m BAD=1 3", 12),
+                      ("m v=4 4", None), ("m BAD=2 5", None), ("m v=6 6", 13)])
     assert await sender.post(chunk, lambda: 0.0)
     assert [line for _, lines in influx.posts for line in lines] == [
         "m v=1 1", "m v=2 2", "m v=4 4", "m v=6 6"]  # the good ones, in order
@@ -156,30 +179,31 @@ async def test_sender_bisects_rejected_data_down_to_the_bad_points() -> None:
 
 async def test_sender_posts_once_per_retention_policy_keeping_series_order() -> None:
     influx = Influx()
-    sender, _, _ = make_sender(influx, rp_for=lambda m: {"candle": "rp_c"}.get(m))
-    chunk: list[Entry] = [("candle,p=A c=1 1", None), ("trade,p=A x=1 1", None),
-                          ("candle,p=A c=2 2", None)]
+    sender, written, _ = make_sender(influx, rp_for=lambda m: {"candle": "rp_c"}.get(m))
+    chunk = Chunk.of([("candle,p=A c=1 1", None), ("trade,p=A x=1 12", 5),
+                      ("candle,p=A c=2 2", None)])
     assert await sender.post(chunk, lambda: 0.0)
     assert influx.posts == [("rp_c", ["candle,p=A c=1 1", "candle,p=A c=2 2"]),
-                            (None, ["trade,p=A x=1 1"])]
+                            (None, ["trade,p=A x=1 12"])]
+    assert written == [[5]]  # the trade's outbox row went with its line
 
 
 async def test_sender_retry_clock_backs_off_and_heeds_retry_after() -> None:
     influx = Influx()
     sender, _, _ = make_sender(influx)
     influx.unavailable = Unavailable("HTTP 503", retry_after=7.0)
-    assert not await sender.post([("m v=1 1", None)], lambda: 100.0)
+    assert not await sender.post(Chunk(["m v=1 1"]), lambda: 100.0)
     assert sender.failing_since == 100.0 and sender.retry_at == 107.0  # Retry-After wins
     influx.unavailable = Unavailable("connection refused")
-    assert not await sender.post([("m v=1 1", None)], lambda: 101.0)
+    assert not await sender.post(Chunk(["m v=1 1"]), lambda: 101.0)
     assert 101.0 < sender.retry_at < 101.2  # the second backoff step: 0.1-0.2 s
     assert sender.failing_since == 100.0 and sender.retries == 2
     assert "connection refused" in sender.last_error
     influx.unavailable = None
-    assert await sender.post([("m v=1 1", None)], lambda: 102.0)
+    assert await sender.post(Chunk(["m v=1 1"]), lambda: 102.0)
     assert sender.failing_since is None
     influx.unavailable = Unavailable("refused again")
-    await sender.post([("m v=1 1", None)], lambda: 103.0)
+    await sender.post(Chunk(["m v=1 1"]), lambda: 103.0)
     assert sender.retry_at < 103.1  # a success resets the backoff
 
 

@@ -41,7 +41,7 @@ from actors.backends.influx import InfluxBackend
 from actors.heap import Trimmer
 from actors.runtime import Actor, Envelope, Request, close_quietly
 from actors.state import StateActor
-from actors.writer.accumulator import Accumulator, Entry
+from actors.writer.accumulator import Accumulator, Chunk, Entry
 from actors.writer.sender import Sender
 from actors.writer.spool import Spool
 from hubdomain.errors import BackendUnavailable
@@ -263,7 +263,7 @@ class WriterActor(Actor):
                   and spool.may_try(now)):
                 await self._spill(f"InfluxDB has failed for {self.spool_after:g}s")
 
-    async def _post(self, chunk: Sequence[Entry]) -> bool:
+    async def _post(self, chunk: Chunk) -> bool:
         """POST ``chunk``; a failure lasting ``influxdb.timeout`` fails waiting flushes."""
         loop = asyncio.get_running_loop()
         if await self.sender.post(chunk, loop.time):
@@ -293,11 +293,13 @@ class WriterActor(Actor):
                 return False  # closing during an outage: the rows stay on disk
             await self._wait(self._stop, self.sender.retry_at)
             return True
-        chunk: list[Entry] = []
-        for row_id, lines in rows:  # a row's id on its last line (see Entry)
-            chunk += [(line, -row_id) for line in lines[:-1]]
-            chunk.append((lines[-1], row_id))
-        if await self._post(chunk):
+        lines: list[str] = []
+        ids: list[int | None] = []
+        for row_id, row_lines in rows:  # a row's id on its last line (see Entry)
+            lines += row_lines
+            ids += [-row_id] * (len(row_lines) - 1)
+            ids.append(row_id)
+        if await self._post(Chunk(lines, ids)):
             spool.replayed_up_to(rows)
             self.memory.wake(spool.posted)
             return True
@@ -310,7 +312,9 @@ class WriterActor(Actor):
         memory, spool = self.memory, self.spool
         loop = asyncio.get_running_loop()
         snapshot = memory.snapshot()
-        fresh = [line for line, row_id in snapshot if row_id is None]
+        rows = snapshot.rows
+        fresh = snapshot.lines if rows is None else [
+            line for line, row_id in zip(snapshot.lines, rows, strict=True) if row_id is None]
         if not spool.active:
             log.warning("%s: %d lines go to the SQLite spool until it answers", reason,
                         len(snapshot))
@@ -323,7 +327,7 @@ class WriterActor(Actor):
         finally:
             self._wake.set()
         spool.took()
-        durable = [abs(row_id) for _, row_id in snapshot if row_id is not None]
+        durable = [] if rows is None else [abs(row_id) for row_id in rows if row_id is not None]
         if durable:
             spool.knows(durable)
         done_before = memory.done

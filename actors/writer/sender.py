@@ -6,11 +6,11 @@ retry clock (capped jittered backoff, at least the server's Retry-After).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from actors.backends.influx import InfluxBackend, Unavailable, WriteRejected
 from actors.backoff import Backoff
-from actors.writer.accumulator import Entry
+from actors.writer.accumulator import Chunk, Entry
 from hubdomain.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class Sender:
         self.retries = 0
         self.quarantined = 0
 
-    async def post(self, chunk: Sequence[Entry], now: Callable[[], float]) -> bool:
+    async def post(self, chunk: Chunk, now: Callable[[], float]) -> bool:
         """Write ``chunk``; False when InfluxDB could not take it (try after
         ``retry_at``). Rejected points are quarantined, not retried."""
         try:
@@ -57,23 +57,27 @@ class Sender:
         hint = exc.retry_after if isinstance(exc, Unavailable) else None
         self.retry_at = now + max(self._backoff.next(), hint or 0.0)
 
-    async def _write(self, chunk: Sequence[Entry]) -> None:
+    async def _write(self, chunk: Chunk) -> None:
         if self.rp_for is None:
             await self._write_to(chunk, None)
             return
-        groups: dict[str | None, list[Entry]] = {}
-        for entry in chunk:  # a series stays in one group, in order
-            groups.setdefault(self.rp_for(entry[0].split(",", 1)[0]), []).append(entry)
-        for rp, entries in groups.items():
-            await self._write_to(entries, rp)
+        groups: dict[str | None, list[int]] = {}
+        for i, line in enumerate(chunk.lines):  # a series stays in one group, in order
+            groups.setdefault(self.rp_for(line.split(",", 1)[0]), []).append(i)
+        if len(groups) == 1:
+            ((rp, _),) = groups.items()
+            await self._write_to(chunk, rp)
+            return
+        for rp, positions in groups.items():
+            await self._write_to(chunk.pick(positions), rp)
 
-    async def _write_to(self, chunk: Sequence[Entry], rp: str | None) -> None:
+    async def _write_to(self, chunk: Chunk, rp: str | None) -> None:
         try:
-            await self.backend.write("\n".join(line for line, _ in chunk).encode(), rp)
+            await self.backend.write("\n".join(chunk.lines).encode(), rp)
         except WriteRejected as exc:
             if len(chunk) == 1:
                 log.error("InfluxDB rejected a point; quarantined in SQLite: %s", exc.reason)
-                await self._quarantine(chunk[0], exc.reason)
+                await self._quarantine(chunk.entry(0), exc.reason)
                 self.quarantined += 1
                 return
             mid = len(chunk) // 2
@@ -84,6 +88,6 @@ class Sender:
         self.points_written += len(chunk)
         # rows whose last line is written (their other lines went out before: in this
         # chunk, or in an earlier one)
-        ids = [row_id for _, row_id in chunk if row_id is not None and row_id > 0]
+        ids = chunk.written_rows()
         if ids:
             await self._written(ids)
