@@ -471,7 +471,7 @@ class Hub:
             # minutes holds at most N buckets: a newest-N read of more, from no start
             # inside it, is InfluxDB's without reading the window first)
             key = keys.candles(exchange, product, self._tagged)
-            if self._cache is not None and not self._cache.held(key)[0] and (
+            if self._cache is not None and not self._cache.holds(key) and (
                     lo is not None or limit <= self.config.performance.redis_hot_data_window):
                 window = await self._cache.window(key)
                 found = resample(window, ql.interval_seconds(interval), lo, hi, limit) \

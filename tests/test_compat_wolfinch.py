@@ -339,6 +339,27 @@ def test_hot_reads_and_writes_do_not_wait_for_the_loop(sections: dict[str, Any])
     assert [c.time for c in influx.query_candles(EX, PR)] == [1697529600]
 
 
+def test_a_drop_in_read_counts_once_in_the_hit_rate(sections: dict[str, Any],
+                                                   servers: LocalServers) -> None:
+    """A read the near cache cannot answer looks there on the caller's thread, then on
+    the hub's loop, then goes to Redis: one miss in the hit rate, not three."""
+    redis, _ = boot(sections)
+    key = f"indicator:{EX}:{PR}:RSI:14"
+    assert redis_command(servers, "SET", key, "55.5", "EX", "600").startswith(b"+OK")
+    assert runtime.hub is not None and runtime.hub._cache is not None
+    near = runtime.hub._cache.near
+    assert near is not None
+    for _ in range(500):  # tracking on: values read are held from then on
+        if near.enabled:
+            break
+        time.sleep(0.01)
+    near.clear()
+    misses, hits = near.misses, near.hits
+    assert redis.get_indicator(EX, PR, "RSI", 14) == 55.5  # from Redis
+    assert redis.get_indicator(EX, PR, "RSI", 14) == 55.5  # held
+    assert (near.misses - misses, near.hits - hits) == (1, 1)
+
+
 def _query_in_child(queue: Any) -> None:
     influx = wolfinch.get_influx_db()
     assert influx is not None

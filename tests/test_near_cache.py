@@ -44,6 +44,29 @@ async def test_hot_reads_are_served_in_process(hub: Hub) -> None:
     assert after["near_cache"]["hits"] == before["near_cache"]["hits"] + 100
 
 
+async def test_each_read_counts_once_as_a_hit_or_a_miss(hub: Hub, servers: LocalServers
+                                                       ) -> None:
+    """The hit rate the hub reports (stats, metrics, its health points) counts each read
+    once: a read Redis answers is one miss, whatever was checked on its way."""
+    await tracking_on(hub)
+    assert redis_command(servers, "SET", KEY, "44500.0", "EX", "600").startswith(b"+OK")
+    for _ in range(3):
+        before = (await hub.get_stats())["actors"]["cache"]["near_cache"]
+        near_of(hub).clear()
+        assert await hub.get_indicator(EX, PR, "EMA", 20) == 44500.0  # from Redis
+        for _ in range(4):
+            assert await hub.get_indicator(EX, PR, "EMA", 20) == 44500.0  # held
+        after = (await hub.get_stats())["actors"]["cache"]["near_cache"]
+        assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 4)
+    await hub.write_candles_batch(EX, PR, [(1_700_000_040, 1.0, 2.0, 0.5, 1.5, 3.0)])
+    near_of(hub).clear()
+    before = (await hub.get_stats())["actors"]["cache"]["near_cache"]
+    assert len(await hub.get_candles(EX, PR, 1)) == 1  # the window, from Redis
+    assert len(await hub.query_candles(EX, PR, limit=1)) == 1  # held now
+    after = (await hub.get_stats())["actors"]["cache"]["near_cache"]
+    assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 1)
+
+
 async def test_a_write_by_another_client_invalidates(hub: Hub, servers: LocalServers) -> None:
     await tracking_on(hub)
     await hub.cache_indicator(EX, PR, "EMA", 20, 1.0)

@@ -66,19 +66,29 @@ class NearCache:
         return len(self._data)
 
     def get(self, key: str) -> tuple[bool, Any]:
-        """(True, value) when held and not expired. Mutable values are decoded afresh,
-        so a caller changing what it got cannot change the cache."""
+        """(True, value) when held and not expired (a hit). Mutable values are decoded
+        afresh, so a caller changing what it got cannot change the cache. A read it
+        cannot answer is counted by :meth:`missed` where it goes to Redis: a read may
+        look here more than once on its way (on its caller's thread, then on the loop),
+        and is one miss."""
         entry = self._data.get(key)
         if entry is None:
-            self.misses += 1
             return False, None
         expires, value, raw = entry
         if time.monotonic() >= expires:
             self._data.pop(key, None)
-            self.misses += 1
             return False, None
         self.hits += 1
         return True, (value if not raw or isinstance(value, _IMMUTABLE) else orjson.loads(raw))
+
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` is held and not expired (counted as nothing)."""
+        entry = self._data.get(key)
+        return entry is not None and time.monotonic() < entry[0]
+
+    def missed(self) -> None:
+        """A read this cache could not answer went to Redis."""
+        self.misses += 1
 
     def ticket(self) -> int:
         return self._seq

@@ -129,6 +129,10 @@ class CacheService:
             return False, None
         return self.near.get(key)
 
+    def holds(self, key: str) -> bool:
+        """Whether the near cache holds ``key`` (a probe: no hit or miss counted)."""
+        return self.near is not None and self.near.holds(key)
+
     async def perform(self, op: RedisOp[R]) -> R:
         """Run one op within ``redis.timeout``. Raises BackendUnavailable (and
         CommandFailed when Redis refuses a command)."""
@@ -157,7 +161,10 @@ class CacheService:
         held, value = self.held(key)
         if held:
             return True, value
-        ticket = self.near.ticket() if self.near is not None else 0
+        ticket = 0
+        if self.near is not None:
+            self.near.missed()
+            ticket = self.near.ticket()
         op = op_get_value(key)
         try:
             answered, found = await self.actor.read_now(op)
@@ -186,7 +193,10 @@ class CacheService:
         held, window = self.held(key)
         if held:
             return tuple(window)
-        ticket = self.near.ticket() if self.near is not None else 0
+        ticket = 0
+        if self.near is not None:
+            self.near.missed()
+            ticket = self.near.ticket()
         read = await self._read(op_window_all(key))
         if read is None:
             return None
