@@ -349,8 +349,8 @@ class Hub:
             return value
         exchange, product, name, period_s, key = _indicator_key(exchange, product, indicator,
                                                                 period, self._tagged)
-        if self._cache is not None:
-            _, value = await self._cache.value(key)
+        if self._cache is not None:  # (no await since the look above: still not held)
+            _, value = await self._cache.value(key, looked=True)
             if value is not MISS:
                 self._counters["indicator_cache_hits"] += 1
                 return value

@@ -119,6 +119,12 @@ async def test_returned_values_are_copies(hub: Hub) -> None:
     first = await hub.get_indicator(EX, PR, "MACD", 1)
     first["macd"].append(99.0)
     assert await hub.get_indicator(EX, PR, "MACD", 1) == {"macd": [1.0, 2.0]}
+    await asyncio.sleep(0.1)  # Redis reports our own write too; let that arrive first
+    near_of(hub).clear()
+    cold = await hub.get_indicator(EX, PR, "MACD", 1)  # read from Redis, and held
+    assert KEY.replace("EMA:20", "MACD:1") in near_of(hub)
+    cold["macd"].append(99.0)
+    assert await hub.get_indicator(EX, PR, "MACD", 1) == {"macd": [1.0, 2.0]}
 
 
 async def test_redis_loss_empties_and_disables_it(hub: Hub, servers: LocalServers) -> None:

@@ -96,8 +96,8 @@ class NearCache:
     def put(self, key: str, raw: bytes, ttl: float, ticket: int,
             value: Any = _DECODE) -> None:
         """Store a value read from Redis under ``ticket`` with ``ttl`` seconds left.
-        ``value``, when given, is the already decoded value and must be immutable (it is
-        handed out as it is)."""
+        ``value``, when given, is the value already decoded from ``raw`` (handed out as
+        it is when immutable or when ``raw`` is empty, else decoded afresh each time)."""
         if value is _DECODE:
             value = orjson.loads(raw)
         with self._lock:

@@ -155,12 +155,14 @@ class CacheService:
         self.reads_failed += 1
         log.debug("redis read failed, falling back: %s", exc)
 
-    async def value(self, key: str) -> tuple[bool, Any]:
+    async def value(self, key: str, looked: bool = False) -> tuple[bool, Any]:
         """``(answered, value)``: the JSON value under ``key``, or MISS when Redis
-        answered without one; ``answered`` is False when Redis could not answer."""
-        held, value = self.held(key)
-        if held:
-            return True, value
+        answered without one; ``answered`` is False when Redis could not answer.
+        ``looked``: the caller found the near cache without it just now."""
+        if not looked:
+            held, value = self.held(key)
+            if held:
+                return True, value
         ticket = 0
         if self.near is not None:
             self.near.missed()
@@ -176,7 +178,7 @@ class CacheService:
         if found is None:
             return True, MISS
         if self.near is not None and found.pttl > 0:
-            self.near.put(key, found.raw, found.pttl / 1000, ticket)
+            self.near.put(key, found.raw, found.pttl / 1000, ticket, found.value)
         return True, found.value
 
     async def mapping(self, key: str) -> tuple[bool, dict[str, Any] | None]:
