@@ -418,6 +418,77 @@ async def test_cancelled_caller_leaves_no_pending_reply() -> None:
     await sup.stop()
 
 
+class Holding(Actor):
+    """Answers each call at once, but the ones whose value is "hold" only once released."""
+
+    name = "holding"
+
+    def __init__(self) -> None:
+        super().__init__(mailbox_size=100_000)
+        self.held: list[Envelope] = []
+
+    async def handle(self, batch: Any) -> None:
+        for call in batch:
+            if call.message.value == "hold":
+                self.held.append(call)
+            else:
+                resolve(call.future, call.message.value)
+
+    def release(self) -> None:
+        for call in self.held:
+            resolve(call.future, "released")
+        self.held.clear()
+
+
+async def test_a_call_left_unanswered_fails_after_its_seconds_and_answered_ones_are_not_kept(
+        ) -> None:
+    actor = Holding()
+    sup = Supervisor()
+    await sup.start([actor])
+    loop = asyncio.get_running_loop()
+    try:
+        began = loop.time()
+        with pytest.raises(TimeoutError):
+            await actor.ask_within(Echo("hold"), 0.1)
+        assert 0.09 <= loop.time() - began < 1.0
+        # answered calls are let go as new ones come: memory does not grow with calls
+        for i in range(20_000):
+            assert await actor.ask_within(Echo(i), 5.0) == i
+        assert actor._deadlines.pending() <= 2
+        # one answered just in time is not failed after its answer
+        slow = asyncio.ensure_future(actor.ask_within(Echo("hold"), 0.2))
+        await asyncio.sleep(0.1)
+        actor.release()
+        assert await slow == "released"
+        await asyncio.sleep(0.2)  # past its deadline: nothing raised anywhere
+        assert slow.result() == "released"
+    finally:
+        actor.release()
+        await sup.stop()
+
+
+async def test_a_short_deadline_is_kept_behind_a_long_one() -> None:
+    """A call with a short timeout made while one with a long timeout waits fails on its
+    own time, not the long one's; the long one still has its whole time."""
+    actor = Holding()
+    sup = Supervisor()
+    await sup.start([actor])
+    loop = asyncio.get_running_loop()
+    try:
+        long = asyncio.ensure_future(actor.ask_within(Echo("hold"), 30.0))
+        await asyncio.sleep(0)
+        began = loop.time()
+        with pytest.raises(TimeoutError):
+            await actor.ask_within(Echo("hold"), 0.1)
+        assert loop.time() - began < 1.0
+        assert not long.done()
+        actor.release()
+        assert await long == "released"
+    finally:
+        actor.release()
+        await sup.stop()
+
+
 async def test_setup_failure_fails_start() -> None:
     class Broken(Actor):
         name = "broken"
