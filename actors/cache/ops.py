@@ -11,7 +11,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -404,22 +404,24 @@ def op_get(key: str) -> RedisOp[bytes | None]:
     return RedisOp((("GET", key),), _first, reads=key)
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A JSON value read from Redis: decoded, as stored, and its milliseconds left."""
+class Held(NamedTuple):
+    """A JSON value read from Redis: decoded, as stored, and its milliseconds left.
+    (A tuple: built once per cold read, at a third of a frozen dataclass's cost.)"""
 
     value: Any
     raw: bytes
     pttl: int
 
 
+def _held(results: list[Any]) -> Held | None:
+    raw, pttl = results
+    return None if raw is None else Held(orjson.loads(raw), raw, pttl)
+
+
 def op_get_value(key: str) -> RedisOp[Held | None]:
     """A JSON value with the milliseconds the key has left (for the near cache's
     expiry); None when absent. A value that is not JSON is a miss (see CacheActor)."""
-    def decode(results: list[Any]) -> Held | None:
-        raw, pttl = results
-        return None if raw is None else Held(orjson.loads(raw), raw, pttl)
-    return RedisOp((("GET", key), ("PTTL", key)), decode, reads=key, value_read=True)
+    return RedisOp((("GET", key), ("PTTL", key)), _held, reads=key, value_read=True)
 
 
 # Many value reads in one drained batch are one script call: one reply to parse instead
