@@ -764,6 +764,7 @@ class FakeRedis:
         self.gate = asyncio.Event()
         self.gate.set()
         self.turn = asyncio.Lock()
+        self.delay = 0.0  # seconds each trip takes (0: answered without waiting)
 
     async def connect(self) -> None:
         pass
@@ -772,6 +773,8 @@ class FakeRedis:
         async with self.turn:  # one at a time, as the real one
             self.trips += 1
             await self.gate.wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)
             out: list[Any] = []
             for command in commands:
                 if command[0] == "SET":
@@ -818,5 +821,32 @@ async def test_a_lone_read_skips_the_mailbox_but_never_a_stale_or_queued_write()
         assert await first == (True, 1.5)
         assert [await read for read in others] == [(True, MISS)] * 10
         assert backend.trips - trips == 2
+    finally:
+        await sup.stop()
+
+
+async def test_concurrent_callers_cold_reads_share_one_trip_a_round() -> None:
+    """Strategies reading cold keys one after another, concurrently: once the actor has
+    answered their reads together, each one's next read joins the others' in one trip
+    (none goes alone first, which would make every round two trips)."""
+    from actors.cache import CacheActor
+    from actors.cache.service import CacheService
+
+    backend = FakeRedis({f"indicator:{i}": str(i).encode() for i in range(200)})
+    backend.delay = 0.002  # a round trip
+    actor = CacheActor(backend)  # type: ignore[arg-type]
+    sup = Supervisor()
+    await sup.start([actor])
+    try:
+        service = CacheService(actor, timeout=5.0)
+
+        async def strategy(i: int) -> list[Any]:
+            return [(await service.value(f"indicator:{i * 10 + j}"))[1] for j in range(10)]
+
+        trips = backend.trips
+        answers = await asyncio.gather(*(strategy(i) for i in range(20)))
+        assert answers == [[i * 10 + j for j in range(10)] for i in range(20)]
+        # ten rounds of twenty reads: ten trips, and the first read of all going alone
+        assert backend.trips - trips <= 11
     finally:
         await sup.stop()

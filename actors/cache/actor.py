@@ -98,6 +98,7 @@ class CacheActor(Actor):
         self._cleaner: asyncio.Task[None] | None = None
         self._refills: set[asyncio.Task[None]] = set()  # reads of keys this hub wrote
         self._lone = False  # a read runs on its caller's task (read_now)
+        self._answered_many = False  # the last trip answered several value reads
 
     # ---- what callers use (CacheService) ------------------------------------------
 
@@ -252,6 +253,13 @@ class CacheActor(Actor):
                 ops = []
                 await self._answer(envelope)
             await self._pipeline(ops)
+            if self._answered_many:
+                # their callers' next reads are coming: let them run once, so those
+                # reads share the next trip rather than a read queued meanwhile going
+                # alone and them after it (100 strategies' concurrent cold reads took two
+                # trips a round, ~10% longer, measured)
+                self._answered_many = False
+                await asyncio.sleep(0)
         finally:
             if self.near is not None:  # run or given up: the near cache may hold them again
                 ended = [key for e in batch if isinstance(e.message, RedisOp) and e.message.near
@@ -294,9 +302,9 @@ class CacheActor(Actor):
         # value reads, when there are many, go as one script call where the last of them
         # stands (a read moved later sees the writes before it, and perhaps some after:
         # never older than what it was queued behind)
-        reads = [] if fallback or not self.backend.multi_key_scripts else [
-            e for e in batch if e.message.value_read]
-        if len(reads) < GET_VALUES_AT_LEAST:
+        reads = [e for e in batch if e.message.value_read]
+        self._answered_many = len(reads) > 1
+        if fallback or not self.backend.multi_key_scripts or len(reads) < GET_VALUES_AT_LEAST:
             reads = []
         batched = {id(e) for e in reads}
         for envelope in batch:
