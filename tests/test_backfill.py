@@ -1,5 +1,6 @@
 """wolfhub backfill against the session's real servers: formats traders download, resume
-markers keyed by destination, bad rows, kill -9 at random moments, Parquet."""
+markers keyed by destination, bad rows, kill -9 at random moments, Parquet, JSON arrays
+(ccxt, freqtrade) and Feather (freqtrade)."""
 
 from __future__ import annotations
 
@@ -350,3 +351,123 @@ async def test_candles_as_an_arrow_table_match_query_candles(hub: Any) -> None:
     assert empty.num_rows == 0 and empty.schema == table.schema
     with pytest.raises(ValidationError, match="limit"):
         await candles_table(hub, "px", "T", limit=0)
+
+
+# ---- JSON (ccxt, freqtrade) and Feather (freqtrade, pandas) ---------------------------
+# ccxt's fetch_ohlcv answers [[open time in ms, open, high, low, close, volume], ...];
+# freqtrade keeps its data as that array (its "json"/"jsongz" formats, pandas'
+# to_json(orient="values")) or as Feather (its default; pandas' to_feather, which is
+# pyarrow.feather.write_feather: a `date` column of UTC timestamps, then open, high, low,
+# close, volume), in files named PAIR-TIMEFRAME (BTC_USDT-1m.json, ...-1h-futures.feather).
+
+def _ms_arrays(data: list[list[object]]) -> list[list[object]]:
+    return [[int(r[0]) * 1000, *r[1:]] for r in data]  # type: ignore[call-overload]
+
+
+def test_json_arrays_and_objects_as_ccxt_and_freqtrade_keep_them(servers: LocalServers,
+                                                                 tmp_path: Path) -> None:
+    import orjson
+
+    make_config(servers, tmp_path)
+    data = rows(3000)
+    (tmp_path / "BTC_USDT-1m.json").write_bytes(orjson.dumps(_ms_arrays(data)))
+    with gzip.open(tmp_path / "ETH_USDT_USDT-1m-futures.json.gz", "wb") as fh:
+        fh.write(orjson.dumps(_ms_arrays(data[:500])))
+    # objects naming their fields, a symbol each: two products in one file
+    objects = [{"timestamp": int(r[0]) * 1000, "symbol": s, "open": r[1], "high": r[2],  # type: ignore[call-overload]
+                "low": r[3], "close": r[4], "volume": r[5]}
+               for r in data[:200] for s in ("SOL", "ADA")]
+    (tmp_path / "mixed.json").write_bytes(orjson.dumps(objects))
+    files = [str(tmp_path / n) for n in ("BTC_USDT-1m.json", "ETH_USDT_USDT-1m-futures.json.gz",
+                                         "mixed.json")]
+    done = wolfhub("backfill", *files, "--exchange", "ft", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "BTC_USDT-1m.json: 3000 of 3000 candles stored (3000 this run)" in done.stdout
+    assert "futures.json.gz: 500 of 500 candles stored" in done.stdout
+    assert "mixed.json: 400 of 400 candles stored" in done.stdout
+    assert _epoch_s(servers, tmp_path, "BTC_USDT", "ft") == data
+    assert _epoch_s(servers, tmp_path, "ETH_USDT_USDT", "ft") == data[:500]
+    assert _epoch_s(servers, tmp_path, "SOL", "ft") == data[:200]
+    assert _epoch_s(servers, tmp_path, "ADA", "ft") == data[:200]
+    again = wolfhub("backfill", *files, "--exchange", "ft", cwd=tmp_path)
+    assert "BTC_USDT-1m.json: 3000 of 3000 candles stored (0 this run)" in again.stdout
+
+
+def test_bad_json_candles_are_named_and_nothing_is_cut_off(servers: LocalServers,
+                                                           tmp_path: Path) -> None:
+    """A price that is `true` or text, a time with a fraction of a second (int() would
+    have cut it off), a candle that is not an array: each named by its place and column;
+    a file that is not an array of candles stops with the file named."""
+    import orjson
+
+    make_config(servers, tmp_path)
+    candles: list[object] = _ms_arrays(rows(20))
+    candles[4][4] = True  # type: ignore[index]
+    candles[8][5] = "lots"  # type: ignore[index]
+    candles[11][0] = 1697529600000.5  # type: ignore[index]
+    candles[15] = "not a candle"
+    source = tmp_path / "dirty.json"
+    source.write_bytes(orjson.dumps(candles))
+    done = wolfhub("backfill", str(source), "--exchange", "px", "--product", "J",
+                   "--skip-bad", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "16 of 20 candles stored (16 this run, 4 bad rows skipped)" in done.stdout
+    assert f"{source}, line 5, column close: expected a number, got 'True'" in done.stderr
+    assert f"{source}, line 9, column volume: expected a number, got 'lots'" in done.stderr
+    assert f"{source}, line 12, column time: " in done.stderr
+    assert f"{source}, line 16, column -: expected 6 columns, got 1" in done.stderr
+    assert count(servers, tmp_path, "J") == 16
+    (tmp_path / "object.json").write_bytes(orjson.dumps({"BTC": _ms_arrays(rows(3))}))
+    refused = wolfhub("backfill", str(tmp_path / "object.json"), "--exchange", "px",
+                      cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "object.json, line 1, column -: expected a JSON array of candles, got dict" \
+        in refused.stderr
+
+
+def test_feather_as_freqtrade_writes_it_and_repair_from_it(servers: LocalServers,
+                                                           tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    feather = pytest.importorskip("pyarrow.feather")
+    make_config(servers, tmp_path)
+    data = rows(4321)
+    table = pa.table({
+        "date": pa.array([int(r[0]) * 10**9 for r in data],  # type: ignore[call-overload]
+                         pa.timestamp("ns", tz="UTC")),
+        **{name: [r[k] for r in data] for k, name in enumerate(
+            ("open", "high", "low", "close", "volume"), 1)}})
+    feather.write_feather(table, tmp_path / "XRP_ETH-1m.feather", compression="lz4")
+    (tmp_path / "NXT_BTC-5m.feather").write_bytes(b"")  # freqtrade leaves such files
+    done = wolfhub("backfill", str(tmp_path / "XRP_ETH-1m.feather"),
+                   str(tmp_path / "NXT_BTC-5m.feather"), "--exchange", "ft", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "XRP_ETH-1m.feather: 4321 of 4321 candles stored (4321 this run)" in done.stdout
+    assert "NXT_BTC-5m.feather: 0 of 0 candles stored" in done.stdout
+    assert _epoch_s(servers, tmp_path, "XRP_ETH", "ft") == data
+    # resumed from a marker: only the rows after it
+    marker = tmp_path / "XRP_ETH-1m.feather.wolfhub-progress"
+    state = json.loads(marker.read_text())
+    (key,) = state["entries"]
+    state["entries"][key]["rows"] = 4000
+    marker.write_text(json.dumps(state))
+    resumed = wolfhub("backfill", str(tmp_path / "XRP_ETH-1m.feather"), "--exchange", "ft",
+                      cwd=tmp_path)
+    assert "4321 of 4321 candles stored (321 this run)" in resumed.stdout, resumed.stdout
+    # holes in another product, filled from a Feather file by --repair
+    partial = [r for i, r in enumerate(data[:300]) if not 100 <= i < 110]
+    write_csv(tmp_path / "partial.csv", partial)
+    assert wolfhub("backfill", str(tmp_path / "partial.csv"), "--exchange", "ft",
+                   "--product", "HOLEY", cwd=tmp_path).returncode == 0
+    filled = wolfhub("backfill", "--repair", str(tmp_path / "XRP_ETH-1m.feather"),
+                     "--exchange", "ft", "--product", "HOLEY", cwd=tmp_path)
+    assert filled.returncode == 0, filled.stderr
+    assert "10 candles written" in filled.stdout, filled.stdout
+    assert _epoch_s(servers, tmp_path, "HOLEY", "ft") == data[:300]
+
+
+def test_freqtrade_and_ccxt_file_names_name_the_product() -> None:
+    for name, product in (("BTC_USDT-1m.json", "BTC_USDT"),
+                          ("BTC_USDT_USDT-1h-futures.feather", "BTC_USDT_USDT"),
+                          ("ETH_BTC-5m.json.gz", "ETH_BTC"), ("BTC-USD.json", "BTC-USD"),
+                          ("BTCUSDT-1m-2024-01.zip", "BTCUSDT"), ("NIFTY.csv.gz", "NIFTY")):
+        assert product_from_name(BackfillSource(Path(name))) == product, name

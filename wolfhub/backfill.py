@@ -1,7 +1,8 @@
 """``wolfhub backfill``: candle files into the hub at the pace InfluxDB takes them.
 
-What a run does, per source (a CSV file, a ``.gz`` of one, each CSV member of a
-``.zip``, or a Parquet file when pyarrow is installed):
+What a run does, per source (a CSV file, a ``.gz`` of one, each member of a ``.zip``, a
+JSON array of candles as ccxt and freqtrade keep them, or a Parquet or Feather file when
+pyarrow is installed):
 
 - The layout is read from the first line: a header names the columns (``timestamp``/
   ``time``/``open_time``/``date``, ``open``, ``high``, ``low``, ``close``, ``volume``,
@@ -40,7 +41,7 @@ from wolfhub.tables import (
     BadRow,
     Parsed,
     Source,
-    csv_table,
+    open_table,
     parse_batch,
     product_from_name,
     sources,
@@ -207,12 +208,7 @@ class _Run:
                    bad: int) -> tuple[int, int, int]:
         """(rows in the source, bad rows, candles stored this run)."""
         report, number, stored = self.report, done, 0
-        if source.parquet:
-            from wolfhub import columnar  # pyarrow: the optional "columnar" extra
-            opened = columnar.parquet_table(source, done, self.batch)
-        else:
-            opened = csv_table(source, done, self.batch)
-        with opened as table:
+        with open_table(source, done, self.batch) as table:
             if table is None:
                 await checkpoints.final(0, 0)
                 return 0, 0, 0

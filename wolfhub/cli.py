@@ -460,7 +460,8 @@ def gaps(config_path: str, exchange: str, product: str, start: float | None,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--exchange", required=True)
 @click.option("--product", help="The product of every row. Default: a product/symbol column, "
-                                "else the file's name (BTCUSDT-1m-2024-01.csv -> BTCUSDT).")
+                                "else the file's name (BTCUSDT-1m-2024-01.csv -> BTCUSDT, "
+                                "BTC_USDT-1m.feather -> BTC_USDT).")
 @click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000),
               help="Rows parsed and written at a time (the writer still POSTs "
                    "influxdb.batch.size lines; smaller parses let it start the next POST "
@@ -482,8 +483,10 @@ def backfill(config_path: str, files: tuple[Path, ...], exchange: str, product: 
              fetcher: str | None, start: float | None, end: float | None) -> None:
     """Load candles from CSV files (.csv, .gz, .zip; a header row naming timestamp, open,
     high, low, close, volume and optionally product, or no header as in Binance's kline
-    dumps) or Parquet files (with the 'columnar' extra). Resumable per file and
-    destination: rows already stored are skipped when run again."""
+    dumps), JSON arrays of candles (.json, .json.gz: ccxt's fetch_ohlcv, freqtrade's
+    json data) or Parquet and Feather files (with the 'columnar' extra; Feather is
+    freqtrade's default). Resumable per file and destination: rows already stored are
+    skipped when run again."""
     if repair:
         _repair(config_path, list(files), exchange, product, fetcher, start, end, time_unit)
         return

@@ -1,6 +1,6 @@
 """Columnar files and frames, with pyarrow (the optional ``columnar`` extra:
-``pip install 'wolfinch-hub[columnar]'``): Parquet backfill and export, and candles as a
-pyarrow Table, pandas or polars DataFrame."""
+``pip install 'wolfinch-hub[columnar]'``): Parquet and Feather backfill, Parquet export,
+and candles as a pyarrow Table, pandas or polars DataFrame."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ try:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise HubError("Parquet and DataFrames need pyarrow: pip install "
+    raise HubError("Parquet, Feather and DataFrames need pyarrow: pip install "
                    "'wolfinch-hub[columnar]'") from exc
 
 from wolfhub.tables import Layout, Source, Table, find_layout
@@ -57,9 +57,7 @@ def parquet_table(source: Source, done: int, batch: int) -> Iterator[Table | Non
             yield None
             return
         layout: Layout = find_layout(list(names), source.label)
-        wanted = sorted({i for i in (layout.time, layout.open, layout.high, layout.low,
-                                     layout.close, layout.volume, layout.product)
-                         if i is not None})
+        wanted = _wanted(layout)
 
         def chunks() -> Iterator[list[list[Any]]]:
             seen = 0
@@ -69,19 +67,65 @@ def parquet_table(source: Source, done: int, batch: int) -> Iterator[Table | Non
                 if seen + size <= done:
                     seen += size
                     continue
-                columns: list[Any] = [None] * len(names)
-                for i, name in zip(wanted, record_batch.schema.names, strict=True):
-                    column = record_batch.column(name)
-                    columns[i] = (_time_column(column) if i == layout.time
-                                  else column.to_pylist())
-                rows = [list(r) for r in zip(*(c if c is not None else [None] * size
-                                               for c in columns), strict=True)]
+                rows = _rows(record_batch, len(names), wanted, layout)
                 if seen < done:
                     rows = rows[done - seen:]
                 seen += size
                 yield rows
 
         yield Table(layout, chunks(), done + 1, raw.tell)
+
+
+@contextlib.contextmanager
+def feather_table(source: Source, done: int, batch: int) -> Iterator[Table | None]:
+    """A Feather (Arrow IPC) source from its row ``done + 1`` on: freqtrade's default
+    data format (``date`` as a UTC timestamp, open, high, low, close, volume), pandas'
+    ``to_feather``. Read whole (memory-mapped from a file)."""
+    import pyarrow.feather as feather
+
+    if source.member is None and source.size == 0:
+        yield None  # (freqtrade leaves empty files for pairs it found no data for)
+        return
+    try:
+        table = feather.read_table(
+            str(source.path) if source.member is None
+            else pa.BufferReader(source.read_bytes()), memory_map=source.member is None)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise HubError(f"{source.label}: not a Feather file ({exc})") from None
+    if table.num_rows == 0:
+        yield None
+        return
+    names = table.column_names
+    layout: Layout = find_layout(list(names), source.label)
+    wanted = _wanted(layout)
+    picked = table.select([names[i] for i in wanted]).slice(done)
+    total, size, read = table.num_rows, source.size, [done]
+
+    def chunks() -> Iterator[list[list[Any]]]:
+        for record_batch in picked.to_batches(max_chunksize=batch):
+            read[0] += record_batch.num_rows
+            yield _rows(record_batch, len(names), wanted, layout)
+
+    yield Table(layout, chunks(), done + 1, lambda: size * read[0] // total)
+
+
+def _wanted(layout: Layout) -> list[int]:
+    """The columns a table's candles are read from, in the file's order."""
+    return sorted({i for i in (layout.time, layout.open, layout.high, layout.low,
+                               layout.close, layout.volume, layout.product) if i is not None})
+
+
+def _rows(record_batch: Any, width: int, wanted: list[int], layout: Layout
+          ) -> list[list[Any]]:
+    """A record batch of the ``wanted`` columns as rows of ``width`` cells (the others
+    None), times as whole seconds where they are (see :func:`_time_column`)."""
+    size = record_batch.num_rows
+    columns: list[Any] = [None] * width
+    for i, name in zip(wanted, record_batch.schema.names, strict=True):
+        column = record_batch.column(name)
+        columns[i] = _time_column(column) if i == layout.time else column.to_pylist()
+    return [list(r) for r in zip(*(c if c is not None else [None] * size
+                                   for c in columns), strict=True)]
 
 
 def _candle_schema() -> Any:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from hubdomain.errors import ValidationError
 from hubdomain.records import Row, candle_rows
 from hubdomain.timeframes import BASE_SECONDS, bucket
-from wolfhub.tables import UNITS, csv_table, parse_batch, product_from_name, sources
+from wolfhub.tables import UNITS, open_table, parse_batch, product_from_name, sources
 
 Fetcher = Callable[[str, str, int, int], Awaitable[Any]]
 
@@ -87,7 +87,7 @@ def _file_rows(files: list[Path], product: str, time_unit: str) -> list[Row]:
     found: list[Row] = []
     for source in sources(files):
         named = product_from_name(source)
-        with csv_table(source, 0, 50_000) as table:
+        with open_table(source, 0, 50_000) as table:
             if table is None:
                 continue
             line = table.first_line

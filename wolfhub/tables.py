@@ -1,9 +1,10 @@
 """Candle tables as traders have them: CSV files (``.gz``, each member of a ``.zip``),
-their layouts (a header naming the columns, or positional as in Binance's kline dumps),
-times in any unit or ISO 8601, and the rows of a batch checked into candles.
+JSON arrays of candles (ccxt's ``fetch_ohlcv``, freqtrade's json and jsongz data), their
+layouts (a header naming the columns, or positional as in Binance's kline dumps), times
+in any unit or ISO 8601, and the rows of a batch checked into candles.
 
-Used by ``wolfhub.backfill`` (and ``wolfhub.columnar`` for Parquet): a bad row is a
-``BadRow`` naming the source, line and column.
+Used by ``wolfhub.backfill`` and ``wolfhub.repair`` (and ``wolfhub.columnar`` for Parquet
+and Feather): a bad row is a ``BadRow`` naming the source, line and column.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import orjson
 
 from hubdomain.errors import HubError
 from hubdomain.records import CheckedRows, Row
 from hubdomain.validate import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 __all__ = ["BINANCE_KLINE", "UNITS", "BadRow", "Layout", "Parsed", "Source", "Table",
-           "csv_table", "find_layout", "parse_batch", "product_from_name", "sources"]
+           "csv_table", "find_layout", "json_table", "open_table", "parse_batch",
+           "product_from_name", "sources"]
 
 # header names (lower case, spaces and dashes as underscores) -> the field they hold
 _ALIASES = {
@@ -50,6 +54,10 @@ BINANCE_KLINE = ("open_time", "open", "high", "low", "close", "volume", "close_t
 UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _SECONDS_BELOW = 100_000_000_000  # 5138-11-16 in seconds, 1973-03-03 in milliseconds
 _BINANCE_NAME = re.compile(r"^(?P<symbol>.+?)-(\d+[smhdwM]|1mo)-\d{4}-\d{2}(-\d{2})?$")
+# freqtrade's data files: BTC_USDT-1m.feather, BTC_USDT_USDT-1h-futures.json.gz
+_FREQTRADE_NAME = re.compile(r"^(?P<pair>.+?)-\d+[smhdwMy](-(spot|futures|mark|index|"
+                             r"premiumIndex))?$")
+_SUFFIXES = (".gz", ".zip", ".csv", ".txt", ".parquet", ".json", ".feather", ".arrow")
 
 
 class BadRow(HubError):
@@ -78,8 +86,25 @@ class Source:
         return str(self.path.resolve()) + ("" if self.member is None else "//" + self.member)
 
     @property
-    def parquet(self) -> bool:
-        return (self.member or self.path.name).lower().endswith(".parquet")
+    def kind(self) -> str:
+        """``csv``, ``parquet``, ``feather`` (Arrow IPC, freqtrade's default) or ``json``
+        (``.json`` or ``.json.gz``), by the name."""
+        name = (self.member or self.path.name).lower()
+        if name.endswith(".parquet"):
+            return "parquet"
+        if name.endswith((".feather", ".arrow")):
+            return "feather"
+        if name.endswith((".json", ".json.gz")):
+            return "json"
+        return "csv"
+
+    def read_bytes(self) -> bytes:
+        """The whole content (a ``.gz`` unpacked, a zip member read out)."""
+        if self.member is not None:
+            with zipfile.ZipFile(self.path) as archive:
+                return archive.read(self.member)
+        data = self.path.read_bytes()
+        return gzip.decompress(data) if self.path.name.lower().endswith(".gz") else data
 
     @property
     def size(self) -> int:
@@ -106,12 +131,13 @@ def sources(paths: list[Path]) -> list[Source]:
         if path.name.lower().endswith(".zip"):
             try:
                 with zipfile.ZipFile(path) as archive:
-                    members = sorted(n for n in archive.namelist()
-                                     if n.lower().endswith((".csv", ".txt", ".parquet")))
+                    members = sorted(n for n in archive.namelist() if n.lower().endswith(
+                        (".csv", ".txt", ".parquet", ".json", ".feather", ".arrow")))
             except zipfile.BadZipFile as exc:
                 raise HubError(f"{path}: not a zip archive ({exc})") from None
             if not members:
-                raise HubError(f"{path}: the archive holds no .csv file")
+                raise HubError(f"{path}: the archive holds no .csv, .json, .parquet or "
+                               ".feather file")
             found += [Source(path, m) for m in members]
         else:
             found.append(Source(path))
@@ -120,13 +146,14 @@ def sources(paths: list[Path]) -> list[Source]:
 
 def product_from_name(source: Source) -> str:
     """A product named by the file: Binance's ``BTCUSDT-1m-2024-01.csv`` -> ``BTCUSDT``,
-    otherwise the name without its extensions (``NIFTY.csv.gz`` -> ``NIFTY``)."""
+    freqtrade's ``BTC_USDT-1m.feather`` -> ``BTC_USDT``, otherwise the name without its
+    extensions (``NIFTY.csv.gz`` -> ``NIFTY``)."""
     name = Path(source.member or source.path.name).name
-    for suffix in (".gz", ".zip", ".csv", ".txt", ".parquet"):
+    for suffix in _SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
-    match = _BINANCE_NAME.match(name)
-    return match.group("symbol") if match else name
+    match = _BINANCE_NAME.match(name) or _FREQTRADE_NAME.match(name)
+    return match.group(1) if match else name
 
 
 # ---- layout and parsing ----------------------------------------------------------------
@@ -363,3 +390,96 @@ def csv_table(source: Source, done: int, batch: int) -> Iterator[Table | None]:
                 yield chunk
 
         yield Table(layout, chunks(), 1 + layout.header + done, position)
+
+
+@contextlib.contextmanager
+def json_table(source: Source, done: int, batch: int) -> Iterator[Table | None]:
+    """A JSON source from its candle ``done + 1`` on (None when it holds none): an array
+    of candles, each an array ``[time, open, high, low, close, volume, ...]`` (ccxt's
+    ``fetch_ohlcv``, freqtrade's json and jsongz data: millisecond times) or an object
+    whose keys name its fields as a CSV header would. Read whole (orjson); a row's
+    "line" in errors is the candle's place in the array, from 1."""
+    data = source.read_bytes()
+    if not data.strip():
+        yield None
+        return
+    try:
+        candles = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRow(source.label, 1, "-", f"not JSON ({exc})") from None
+    if not isinstance(candles, list):
+        raise BadRow(source.label, 1, "-", "expected a JSON array of candles, got "
+                                           f"{type(candles).__name__}")
+    if not candles:
+        yield None
+        return
+    first = candles[0]
+    if isinstance(first, dict):
+        names = [str(name) for name in first]
+        layout = find_layout(names, source.label)
+    elif isinstance(first, list):
+        names = []
+        layout = find_layout([_cell(value) for value in first], source.label)
+    else:
+        raise BadRow(source.label, 1, "-", "expected each candle to be an array or an "
+                                           f"object, got {type(first).__name__}")
+    numbers = [layout.open, layout.high, layout.low, layout.close, layout.volume]
+    size, count = source.size, len(candles)
+    read = [done]
+
+    def chunks() -> Iterator[list[list[Any]]]:
+        for start in range(done, count, batch):
+            rows = [_json_row(candle, names, layout.time, numbers, layout.product)
+                    for candle in candles[start:start + batch]]
+            read[0] = start + len(rows)
+            yield rows
+
+    yield Table(layout, chunks(), 1 + done, lambda: size * read[0] // count)
+
+
+def _cell(value: Any) -> Any:
+    """A value of the first candle as ``find_layout`` reads it: numbers as they are,
+    anything else as text."""
+    kind = type(value)
+    return value if kind is int or kind is float else str(value)
+
+
+def _json_row(candle: Any, names: list[str], time: int, numbers: list[int],
+              product: int | None) -> list[Any]:
+    """A candle's cells as ``parse_batch`` takes them: ints and floats as they are, but a
+    time that is not an int goes as text (so a fraction of a second is refused, not cut
+    off by ``int()``), and any other value as text (``true`` is no price: refused, with
+    its column named, as in a CSV)."""
+    if names:  # objects: their fields in the header's order
+        if not isinstance(candle, dict):
+            return [repr(candle)]  # (too few columns: the check names it)
+        row = [candle.get(name) for name in names]
+    elif isinstance(candle, list):
+        row = list(candle)
+    else:
+        return [repr(candle)]
+    width = len(row)
+    if time < width and type(row[time]) is not int:
+        row[time] = str(row[time])
+    for i in numbers:
+        if i < width:
+            kind = type(row[i])
+            if kind is not float and kind is not int:
+                row[i] = str(row[i])
+    if product is not None and product < width and type(row[product]) is not str:
+        row[product] = str(row[product])
+    return row
+
+
+def open_table(source: Source, done: int, batch: int
+               ) -> contextlib.AbstractContextManager[Table | None]:
+    """The source's rows from ``done + 1`` on, by its kind (Parquet and Feather with the
+    optional ``columnar`` extra, pyarrow)."""
+    if source.kind in ("parquet", "feather"):
+        from wolfhub import columnar  # pyarrow: the optional "columnar" extra
+
+        return (columnar.parquet_table if source.kind == "parquet"
+                else columnar.feather_table)(source, done, batch)
+    if source.kind == "json":
+        return json_table(source, done, batch)
+    return csv_table(source, done, batch)
