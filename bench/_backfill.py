@@ -62,13 +62,17 @@ def backfill_table(servers: LocalServers, work: Path, sizes: tuple[int, ...]
         source = work / f"candles_{n}.csv"
         rows = write_csv(source, n)
         raw = asyncio.run(raw_seconds(config, rows, f"RAW{n}"))
-        began = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "hub", "backfill", str(source), "--exchange",
-                        "bench", "--product", f"BF{n}", "--config", str(work / "backfill.yml")],
-                       check=True, capture_output=True, timeout=1800)
-        hub = time.perf_counter() - began
-        out += [{"loader": f"aioinflux 5,000-line batches, prebuilt ({n:,} rows)", "rows": n,
-                 "seconds": raw, "rows_per_s": n / raw},
-                {"loader": f"wolfhub backfill, whole process ({n:,}-row CSV)", "rows": n,
-                 "seconds": hub, "rows_per_s": n / hub}]
+        out.append({"loader": f"aioinflux 5,000-line batches, prebuilt ({n:,} rows)",
+                    "rows": n, "seconds": raw, "rows_per_s": n / raw})
+        # the default (pyarrow's CSV reader, the columnar extra being installed here),
+        # then Python's csv module, as without the extra
+        for reader, label in (("auto", ""), ("python", " --reader python")):
+            began = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "hub", "backfill", str(source),
+                            "--exchange", "bench", "--product", f"BF{n}{reader}",
+                            "--reader", reader, "--config", str(work / "backfill.yml")],
+                           check=True, capture_output=True, timeout=1800)
+            hub = time.perf_counter() - began
+            out.append({"loader": f"wolfhub backfill{label}, whole process ({n:,}-row CSV)",
+                        "rows": n, "seconds": hub, "rows_per_s": n / hub})
     return out

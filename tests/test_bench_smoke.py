@@ -30,7 +30,7 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
         dropin(servers, tmp_path, sizes, results)
         results.tables["backfill"] = backfill_table(servers, tmp_path, (3000,))
         results.tables.update(streams_tables(servers, tmp_path, "tiny"))
-        # what the backfill row timed landed in InfluxDB (BF3000 and the raw RAW3000)
+        # what the backfill rows timed landed in InfluxDB (two products, and the raw RAW3000)
         loaded = servers_count(servers.influx.url, "bench_bf")
     results.tables["mailbox"] = uvloop.run(mailbox_vs_stream(500, 50, rounds=1))
     assert [row["queue"] for row in results.tables["mailbox"]] == [
@@ -61,8 +61,9 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     assert all(row["writer_cpu_per_write"] > 1e-6 for row in results.tables["subscribers"])
     loaders = {row["loader"]: row["rows"] for row in results.tables["backfill"]}
     assert loaders == {"aioinflux 5,000-line batches, prebuilt (3,000 rows)": 3000,
-                       "wolfhub backfill, whole process (3,000-row CSV)": 3000}
-    assert loaded == 2 * 3000
+                       "wolfhub backfill, whole process (3,000-row CSV)": 3000,
+                       "wolfhub backfill --reader python, whole process (3,000-row CSV)": 3000}
+    assert loaded == 3 * 3000
     assert results.tables["dropin_writes"][0]["points"] == 200
     text = markdown(results)
     assert "| hub hot (near cache) |" in text and "#### Goals" in text

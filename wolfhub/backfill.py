@@ -42,7 +42,6 @@ from wolfhub.tables import (
     Parsed,
     Source,
     open_table,
-    parse_batch,
     product_from_name,
     sources,
 )
@@ -167,12 +166,14 @@ def _newest(rows: list[Row], count: int) -> list[Row]:
 async def backfill(hub: Sink, files: list[Path], exchange: str, product: str | None, *,
                    destination: str, window: int = 1000, batch: int = 1000,
                    skip_bad: bool = False, restart: bool = False, time_unit: str = "auto",
-                   checkpoint: float = 1.0, report: Report | None = None) -> Report:
+                   checkpoint: float = 1.0, report: Report | None = None,
+                   reader: str = "auto") -> Report:
     """Load candle files; see the module's docstring. Raises BadRow (after storing the
     rows before it) unless ``skip_bad``. ``destination`` names where the hub writes (for
     the resume marker's key); ``window`` is the hot window's size."""
     run = _Run(hub, exchange, batch, skip_bad, 0 if time_unit == "auto" else UNITS[time_unit],
-               checkpoint, window, report or Report(), product_given=product is not None)
+               checkpoint, window, report or Report(), product_given=product is not None,
+               reader=reader)
     found = sources(files)
     run.report.bytes_total = sum(s.size for s in {s.path: s for s in found}.values())
     for number, source in enumerate(found):
@@ -203,12 +204,13 @@ class _Run:
     report: Report
     done_bytes: int = 0
     product_given: bool = False  # --product: every row is that product, a column or not
+    reader: str = "auto"  # a CSV's: pyarrow's when installed ("auto"), "arrow", "python"
 
     async def load(self, source: Source, named: str, checkpoints: _Checkpoints, done: int,
                    bad: int) -> tuple[int, int, int]:
         """(rows in the source, bad rows, candles stored this run)."""
         report, number, stored = self.report, done, 0
-        with open_table(source, done, self.batch) as table:
+        with open_table(source, done, self.batch, self.reader) as table:
             if table is None:
                 await checkpoints.final(0, 0)
                 return 0, 0, 0
@@ -216,7 +218,7 @@ class _Run:
             layout = replace(table.layout, product=None) if self.product_given \
                 else table.layout
             for chunk in table.chunks:
-                parsed = parse_batch(chunk, layout, self.unit, source.label, line,
+                parsed = table.parse(chunk, layout, self.unit, source.label, line,
                                      self.skip_bad)
                 count = await self._write(named, parsed, checkpoints)
                 stored += count

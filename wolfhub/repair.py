@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from hubdomain.errors import ValidationError
 from hubdomain.records import Row, candle_rows
 from hubdomain.timeframes import BASE_SECONDS, bucket
-from wolfhub.tables import UNITS, open_table, parse_batch, product_from_name, sources
+from wolfhub.tables import UNITS, open_table, product_from_name, sources
 
 Fetcher = Callable[[str, str, int, int], Awaitable[Any]]
 
@@ -92,7 +92,7 @@ def _file_rows(files: list[Path], product: str, time_unit: str) -> list[Row]:
                 continue
             line = table.first_line
             for chunk in table.chunks:
-                parsed = parse_batch(chunk, table.layout, unit, source.label, line, False)
+                parsed = table.parse(chunk, table.layout, unit, source.label, line, False)
                 if parsed.stopped_at is not None:
                     raise parsed.bad[0]
                 for name, rows in parsed.groups.items():

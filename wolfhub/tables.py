@@ -364,12 +364,15 @@ def _by_magnitude(value: int) -> int:
 
 @dataclass
 class Table:
-    """A source opened: its layout and its rows after those done, a batch at a time."""
+    """A source opened: its layout and its rows after those done, a batch at a time, and
+    how a batch becomes candles (``parse_batch``'s arguments; a reader whose batches are
+    columns brings its own)."""
 
     layout: Layout
-    chunks: Iterator[list[list[str]]]
+    chunks: Iterator[Any]
     first_line: int  # the file's line (or row number) of the first row of ``chunks``
     position: Callable[[], int]  # bytes of the file read so far
+    parse: Callable[[Any, Layout, int, str, int, bool], Parsed] = field(default=parse_batch)
 
 
 @contextlib.contextmanager
@@ -471,10 +474,11 @@ def _json_row(candle: Any, names: list[str], time: int, numbers: list[int],
     return row
 
 
-def open_table(source: Source, done: int, batch: int
+def open_table(source: Source, done: int, batch: int, reader: str = "auto"
                ) -> contextlib.AbstractContextManager[Table | None]:
     """The source's rows from ``done + 1`` on, by its kind (Parquet and Feather with the
-    optional ``columnar`` extra, pyarrow)."""
+    optional ``columnar`` extra, pyarrow). A CSV goes through pyarrow's CSV reader when
+    it is installed (``reader`` "auto" or "arrow"; "python": the ``csv`` module)."""
     if source.kind in ("parquet", "feather"):
         from wolfhub import columnar  # pyarrow: the optional "columnar" extra
 
@@ -482,4 +486,12 @@ def open_table(source: Source, done: int, batch: int
                 else columnar.feather_table)(source, done, batch)
     if source.kind == "json":
         return json_table(source, done, batch)
+    if reader != "python":
+        try:
+            from wolfhub import columnar
+        except HubError:
+            if reader == "arrow":
+                raise
+        else:
+            return columnar.csv_table_arrow(source, done, batch)
     return csv_table(source, done, batch)
