@@ -295,7 +295,9 @@ def test_parquet_in_and_out(servers: LocalServers, tmp_path: Path) -> None:
 def test_killed_at_random_moments_every_row_is_stored_once(servers: LocalServers,
                                                            tmp_path: Path) -> None:
     """kill -9 mid-run, three times, then a run to the end: the marker never claims a row
-    InfluxDB lacks, and in the end every row is there with its values, once."""
+    InfluxDB lacks, and in the end every row is there with its values, once. The runs
+    take turns between pyarrow's CSV reader and the csv module (each resuming where the
+    other's marker stopped), when pyarrow is installed."""
     make_config(servers, tmp_path)
     n = 400_000
     data = rows(n)
@@ -305,10 +307,16 @@ def test_killed_at_random_moments_every_row_is_stored_once(servers: LocalServers
     seed = int.from_bytes(os.urandom(4), "big")
     rnd = random.Random(seed)
     claims = []
-    for _ in range(3):
+    try:
+        import pyarrow  # noqa: F401
+        readers = ["arrow", "python", "arrow", "python"]
+    except ImportError:
+        readers = ["python"] * 4
+    for reader in readers[:3]:
         run = subprocess.Popen([sys.executable, "-m", "hub", "backfill", str(source),
-                                "--exchange", "px", "--product", "K"], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--exchange", "px", "--product", "K", "--reader", reader],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
         time.sleep(rnd.uniform(0.4, 1.4))
         run.send_signal(signal.SIGKILL)
         run.wait()
@@ -322,7 +330,7 @@ def test_killed_at_random_moments_every_row_is_stored_once(servers: LocalServers
         claims.append(claimed)
     assert min(claims) < n, f"no kill landed mid-run: {claims}"
     finished = wolfhub("backfill", str(source), "--exchange", "px", "--product", "K",
-                       cwd=tmp_path)
+                       "--reader", readers[3], cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert f"{n} of {n} candles stored" in finished.stdout
     assert count(servers, tmp_path, "K") == n
@@ -584,3 +592,27 @@ def test_pyarrow_reads_every_csv_as_the_csv_module_does(tmp_path: Path) -> None:
         _read_all(tmp_path / "dirty.csv", "python", skip_bad=False)
     assert _read_all(tmp_path / "binance.csv", "arrow", unit=1000) == \
         _read_all(tmp_path / "binance.csv", "python", unit=1000)
+
+
+def test_pyarrow_reads_only_csv_large_enough_to_pay_for_it(tmp_path: Path,
+                                                           monkeypatch: Any) -> None:
+    """Importing pyarrow and its first batches cost a loader ~0.5 s: "auto" takes the
+    csv module below ARROW_FROM_BYTES of CSV (a compressed file counting four times its
+    size); a reader named is kept."""
+    from wolfhub import tables
+
+    monkeypatch.setattr(tables, "ARROW_FROM_BYTES", 1000)
+    small, big = tmp_path / "small.csv", tmp_path / "big.csv"
+    write_csv(small, rows(5))
+    write_csv(big, rows(40))
+    with gzip.open(tmp_path / "packed.csv.gz", "wt") as fh:
+        fh.write("timestamp,open,high,low,close,volume\n" + "\n".join(
+            ",".join(map(str, r)) for r in rows(40)))
+    assert small.stat().st_size < 1000 < big.stat().st_size
+    assert (tmp_path / "packed.csv.gz").stat().st_size < 1000
+    assert tables.csv_reader_for(tables.sources([small]), "auto") == "python"
+    assert tables.csv_reader_for(tables.sources([big]), "auto") == "auto"
+    assert tables.csv_reader_for(tables.sources([small, small]), "auto") == "python"
+    assert tables.csv_reader_for(tables.sources([tmp_path / "packed.csv.gz"]),
+                                 "auto") == "auto"
+    assert tables.csv_reader_for(tables.sources([small]), "arrow") == "arrow"

@@ -41,6 +41,7 @@ from wolfhub.tables import (
     BadRow,
     Parsed,
     Source,
+    csv_reader_for,
     open_table,
     product_from_name,
     sources,
@@ -175,6 +176,7 @@ async def backfill(hub: Sink, files: list[Path], exchange: str, product: str | N
                checkpoint, window, report or Report(), product_given=product is not None,
                reader=reader)
     found = sources(files)
+    run.reader = csv_reader_for(found, reader)
     run.report.bytes_total = sum(s.size for s in {s.path: s for s in found}.values())
     for number, source in enumerate(found):
         key = f"{source.key} -> {destination} exchange={exchange} product=" + (

@@ -474,8 +474,8 @@ def gaps(config_path: str, exchange: str, product: str, start: float | None,
 @click.option("--reader", type=click.Choice(["auto", "arrow", "python"]), default="auto",
               show_default=True,
               help="How CSV files are read: pyarrow's CSV reader (auto: when the 'columnar' "
-                   "extra is installed) or Python's csv module. The same candles and bad "
-                   "rows either way; pyarrow's takes about a third of the CPU.")
+                   "extra is installed and the files are large, 24 MB or more) or Python's "
+                   "csv module. The same candles and bad rows either way.")
 @click.option("--repair", is_flag=True, help="Fill only the holes `wolfhub gaps` finds, from "
                                              "FILES and/or --fetcher; nothing stored is "
                                              "written again.")

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from hubdomain.errors import ValidationError
 from hubdomain.records import Row, candle_rows
 from hubdomain.timeframes import BASE_SECONDS, bucket
-from wolfhub.tables import UNITS, open_table, product_from_name, sources
+from wolfhub.tables import UNITS, csv_reader_for, open_table, product_from_name, sources
 
 Fetcher = Callable[[str, str, int, int], Awaitable[Any]]
 
@@ -85,9 +85,11 @@ def _only_missing(rows: list[Row], missing: set[int]) -> list[Row]:
 def _file_rows(files: list[Path], product: str, time_unit: str) -> list[Row]:
     unit = 0 if time_unit == "auto" else UNITS[time_unit]
     found: list[Row] = []
-    for source in sources(files):
+    every = sources(files)
+    reader = csv_reader_for(every, "auto")
+    for source in every:
         named = product_from_name(source)
-        with open_table(source, 0, 50_000) as table:
+        with open_table(source, 0, 50_000, reader) as table:
             if table is None:
                 continue
             line = table.first_line
