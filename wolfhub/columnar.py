@@ -16,7 +16,7 @@ try:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise HubError("Parquet, Feather and DataFrames need pyarrow: pip install "
+    raise HubError("Parquet, Feather, DataFrames and --reader arrow need pyarrow: pip install "
                    "'wolfinch-hub[columnar]'") from exc
 
 from hubdomain.records import CheckedRows, Row
