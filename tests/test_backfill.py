@@ -487,7 +487,8 @@ def _read_all(path: Path, reader: str, done: int = 0, unit: int = 0,
               skip_bad: bool = True) -> tuple[dict[str | None, list[Any]], list[str], int]:
     """Every candle of a file by product, the bad rows' messages, and the rows counted,
     read a batch at a time as the backfill does."""
-    from wolfhub.tables import open_table, sources
+    from wolfhub.readers import open_table
+    from wolfhub.tables import sources
 
     groups: dict[str | None, list[Any]] = {}
     bad: list[str] = []
@@ -576,7 +577,8 @@ def test_pyarrow_reads_every_csv_as_the_csv_module_does(tmp_path: Path) -> None:
             assert sum(map(len, python[0].values())) > 0, name
     # (and pyarrow did read them: its batches are not the csv module's lists of cells,
     # but for a file whose times are ISO text, which goes the csv module's way)
-    from wolfhub.tables import open_table, sources
+    from wolfhub.readers import open_table
+    from wolfhub.tables import sources
 
     for name, by_pyarrow in (("plain.csv", True), ("plain.csv.gz", True),
                              ("two.zip", True), ("iso.csv", False)):
@@ -599,9 +601,9 @@ def test_pyarrow_reads_only_csv_large_enough_to_pay_for_it(tmp_path: Path,
     """Importing pyarrow and its first batches cost a loader ~0.5 s: "auto" takes the
     csv module below ARROW_FROM_BYTES of CSV (a compressed file counting four times its
     size); a reader named is kept."""
-    from wolfhub import tables
+    from wolfhub import readers, tables
 
-    monkeypatch.setattr(tables, "ARROW_FROM_BYTES", 1000)
+    monkeypatch.setattr(readers, "ARROW_FROM_BYTES", 1000)
     small, big = tmp_path / "small.csv", tmp_path / "big.csv"
     write_csv(small, rows(5))
     write_csv(big, rows(40))
@@ -610,9 +612,9 @@ def test_pyarrow_reads_only_csv_large_enough_to_pay_for_it(tmp_path: Path,
             ",".join(map(str, r)) for r in rows(40)))
     assert small.stat().st_size < 1000 < big.stat().st_size
     assert (tmp_path / "packed.csv.gz").stat().st_size < 1000
-    assert tables.csv_reader_for(tables.sources([small]), "auto") == "python"
-    assert tables.csv_reader_for(tables.sources([big]), "auto") == "auto"
-    assert tables.csv_reader_for(tables.sources([small, small]), "auto") == "python"
-    assert tables.csv_reader_for(tables.sources([tmp_path / "packed.csv.gz"]),
+    assert readers.csv_reader_for(tables.sources([small]), "auto") == "python"
+    assert readers.csv_reader_for(tables.sources([big]), "auto") == "auto"
+    assert readers.csv_reader_for(tables.sources([small, small]), "auto") == "python"
+    assert readers.csv_reader_for(tables.sources([tmp_path / "packed.csv.gz"]),
                                  "auto") == "auto"
-    assert tables.csv_reader_for(tables.sources([small]), "arrow") == "arrow"
+    assert readers.csv_reader_for(tables.sources([small]), "arrow") == "arrow"

@@ -36,13 +36,12 @@ from typing import Any, Protocol
 
 from hubdomain.errors import HubError, ValidationError
 from hubdomain.records import CheckedRows, Row
+from wolfhub.readers import csv_reader_for, open_table
 from wolfhub.tables import (
     UNITS,
     BadRow,
     Parsed,
     Source,
-    csv_reader_for,
-    open_table,
     product_from_name,
     sources,
 )

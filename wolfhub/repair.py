@@ -17,7 +17,8 @@ from typing import Any, Protocol
 from hubdomain.errors import ValidationError
 from hubdomain.records import Row, candle_rows
 from hubdomain.timeframes import BASE_SECONDS, bucket
-from wolfhub.tables import UNITS, csv_reader_for, open_table, product_from_name, sources
+from wolfhub.readers import csv_reader_for, open_table
+from wolfhub.tables import UNITS, product_from_name, sources
 
 Fetcher = Callable[[str, str, int, int], Awaitable[Any]]
 
