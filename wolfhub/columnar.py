@@ -154,9 +154,11 @@ class _Block:
 
 
 class _ArrowCsv:
-    def __init__(self, source: Source, layout: Layout, names: list[str]) -> None:
+    """The state a pyarrow-read CSV shares between its batches and their parse (which
+    takes the run's layout: ``--product`` drops the product column)."""
+
+    def __init__(self, source: Source, names: list[str]) -> None:
         self.source = source
-        self.layout = layout
         self.names = names
         self.python = False  # a batch went the csv module's way: the rest goes too
 
@@ -234,7 +236,7 @@ def csv_table_arrow(source: Source, done: int, batch: int) -> Iterator[Table | N
                                                  layout.close, layout.volume)}}
     if layout.product is not None:
         types[names[layout.product]] = pa.string()
-    state = _ArrowCsv(source, layout, names)
+    state = _ArrowCsv(source, names)
     with open(source.path, "rb") as raw:
         inner: Any = raw
         archive = None
