@@ -113,6 +113,47 @@ async def test_never_served_past_the_ttl(hub: Hub) -> None:
     assert await hub.get_indicator(EX, PR, "EMA", 20, default="expired") == "expired"
 
 
+async def test_a_key_without_a_ttl_is_held_until_it_changes(hub: Hub, servers: LocalServers
+                                                           ) -> None:
+    """A value another client set with no expiry is held (it used to be read from Redis
+    every time); whatever that client does to the key next (a new value, an expiry given
+    later, a delete) evicts it, and a later expiry is kept."""
+    await tracking_on(hub)
+    near = near_of(hub)
+
+    def read_and_held(value: Any) -> Any:
+        async def check() -> bool:
+            got = await hub.get_indicator(EX, PR, "EMA", 20, default="none")
+            return got == value and KEY in near
+        return check
+
+    redis_command(servers, "SET", KEY, "1.0")  # no TTL
+    await eventually(read_and_held(1.0))  # (once the SET's own invalidation is in)
+    before = (await hub.get_stats())["actors"]["cache"]
+    for _ in range(50):
+        assert await hub.get_indicator(EX, PR, "EMA", 20) == 1.0
+    after = (await hub.get_stats())["actors"]["cache"]
+    assert after["round_trips"] == before["round_trips"]  # held: not one went to Redis
+    assert after["near_cache"]["hits"] == before["near_cache"]["hits"] + 50
+
+    redis_command(servers, "SET", KEY, "2.0")  # a new value, still no TTL
+    await eventually(read_and_held(2.0))
+    redis_command(servers, "PEXPIRE", KEY, "800")  # an expiry given later: evicts
+
+    async def evicted() -> bool:
+        return KEY not in near
+    await eventually(evicted)
+    await eventually(read_and_held(2.0))  # held again, with the key's TTL
+    await asyncio.sleep(0.9)
+    assert await hub.get_indicator(EX, PR, "EMA", 20, default="none") == "none"
+
+    redis_command(servers, "SET", KEY, "3.0")
+    await eventually(read_and_held(3.0))
+    redis_command(servers, "DEL", KEY)
+    await eventually(evicted)
+    assert await hub.get_indicator(EX, PR, "EMA", 20, default="none") == "none"
+
+
 async def test_returned_values_are_copies(hub: Hub) -> None:
     await tracking_on(hub)
     await hub.cache_indicator(EX, PR, "MACD", 1, {"macd": [1.0, 2.0]})

@@ -32,7 +32,7 @@ from actors.backends.redis import (
     SlotsUnavailable,
 )
 from actors.backoff import Backoff
-from actors.cache.near import NearCache
+from actors.cache.near import NearCache, lifetime
 from actors.cache.ops import (
     GET_VALUES,
     GET_VALUES_AT_LEAST,
@@ -236,8 +236,8 @@ class CacheActor(Actor):
         found = await asyncio.gather(*(self.perform(op_get_value(key)) for key in keys),
                                      return_exceptions=True)
         for key, held in zip(keys, found, strict=True):
-            if isinstance(held, Held) and held.pttl > 0:
-                near.put(key, held.raw, held.pttl / 1000, ticket)
+            if isinstance(held, Held):
+                near.put(key, held.raw, lifetime(held.pttl), ticket, held.value)
 
     # ---- the mailbox ----------------------------------------------------------------
 

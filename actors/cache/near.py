@@ -6,7 +6,9 @@ sends an invalidation for each key under the tracked prefixes that anyone writes
 documented race, an invalidation arriving while a read of the same key is in
 flight, is closed with tickets: a read takes a ticket before it is sent, and its
 answer is stored only if no invalidation of that key came after the ticket.
-Entries never outlive the key's TTL in Redis; the cache is bounded (oldest
+Entries never outlive the key's TTL in Redis (a key without one is held until a
+write evicts it: every change to a key, its expiry, eviction or a flush, comes as an
+invalidation, the TTL is only a second guard); the cache is bounded (oldest
 insertion evicted first) and emptied whenever invalidations might have been
 missed (a disconnect of the listener).
 
@@ -32,6 +34,7 @@ a lock, ``get`` needs none (single dict operations are atomic in CPython).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -42,6 +45,14 @@ import orjson
 
 _IMMUTABLE = (int, float, str, bool, type(None))
 _DECODE: Any = object()
+
+
+def lifetime(pttl: int) -> float:
+    """Seconds a value read from Redis may be held, from its key's ``PTTL``: what the
+    key has left, forever for a key without a TTL (-1), nothing for one that is gone."""
+    if pttl > 0:
+        return pttl / 1000
+    return math.inf if pttl == -1 else 0.0
 
 
 class NearCache:

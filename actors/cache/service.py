@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from actors.backends.redis import ScanCursor
 from actors.cache.actor import CacheActor
+from actors.cache.near import lifetime
 from actors.cache.ops import (
     NEAR_PREFIXES,
     RedisOp,
@@ -177,8 +178,8 @@ class CacheService:
             return False, MISS
         if found is None:
             return True, MISS
-        if self.near is not None and found.pttl > 0:
-            self.near.put(key, found.raw, found.pttl / 1000, ticket, found.value)
+        if self.near is not None:
+            self.near.put(key, found.raw, lifetime(found.pttl), ticket, found.value)
         return True, found.value
 
     async def mapping(self, key: str) -> tuple[bool, dict[str, Any] | None]:
@@ -203,8 +204,8 @@ class CacheService:
         if read is None:
             return None
         candles, pttl = read
-        if self.near is not None and candles and pttl > 0:
-            self.near.put(key, b"", pttl / 1000, ticket, value=candles)
+        if self.near is not None and candles:
+            self.near.put(key, b"", lifetime(pttl), ticket, value=candles)
         return candles
 
     async def window_range(self, key: str, lo: int | None, hi: int | None,
