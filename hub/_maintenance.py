@@ -16,6 +16,7 @@ from actors.state import StateActor
 from hub._streams import Streams
 from hubdomain import influxql as ql
 from hubdomain import keys
+from hubdomain import timeframes as tfs
 from hubdomain.config import HubConfig
 from hubdomain.records import Candle
 
@@ -76,8 +77,9 @@ class Jobs:
         return out
 
     async def warm(self) -> dict[str, int]:
-        """Hot windows filled from InfluxDB where Redis has none, then read into the
-        near cache, for the products in config (every timeframe's window)."""
+        """Hot windows filled from InfluxDB where Redis has none (every timeframe's:
+        the rollups' with their closed buckets), then read into the near cache, for the
+        products in config."""
         filled = held = 0
         for item in self.config.maintenance.products:
             exchange, product = item.exchange, item.product
@@ -92,8 +94,12 @@ class Jobs:
                     await self.hub.cache_candles(exchange, product, stored)
                     filled += 1
             for timeframe in self.streams.spans:
-                found = await self.cache.window(self.streams.window_key(exchange, product,
-                                                                        timeframe))
+                key = self.streams.window_key(exchange, product, timeframe)
+                found = await self.cache.window(key)
+                if not found and timeframe != tfs.BASE \
+                        and await self.streams.warm_window(exchange, product, timeframe):
+                    filled += 1
+                    found = await self.cache.window(key)
                 held += bool(found)
         return {"windows_filled": filled, "windows_held": held}
 

@@ -31,7 +31,7 @@ from typing import Any
 from actors.backends.influx import rows as result_rows
 from actors.backoff import Backoff
 from actors.cache import CacheService
-from actors.cache.ops import op_publish_many, op_snapshot
+from actors.cache.ops import op_publish_many, op_push_candles, op_snapshot
 from actors.query import Query
 from actors.stream import Follower, StreamReader, parse_id
 from hub._intake import Accepted, Intake
@@ -174,6 +174,30 @@ class Streams:
             for timeframe in order:
                 lines += lp.rollup_lines(exchange, product, timeframe, grouped[timeframe])
         return [self.intake.begin(Accepted(lines, op))]
+
+    async def warm_window(self, exchange: str, product: str, timeframe: str) -> int:
+        """Fill a rollup timeframe's hot window from the stored minutes (the maintenance
+        actor's warm job, for a window found empty: history loaded without rollups, a
+        Redis that lost its data, a window that expired): its newest closed buckets, the
+        same candles the rollups would have put there (InfluxDB's resampling, which they
+        equal), never the bucket still open. Nothing goes on the stream (nothing new
+        closed). A window a writer filled meanwhile keeps what it holds: the push takes
+        no candle older than the window's oldest. Returns the candles put."""
+        if not self.publishing or self._influx is None or timeframe == tfs.BASE:
+            return 0  # (with streams off no rollup keeps such a window up to date)
+        bound = await self._closed_bound(exchange, product, timeframe)
+        if bound is None:
+            return 0
+        size = self.config.performance.redis_hot_data_window
+        stored = await self._stored(exchange, product, timeframe, None, bound - 1, size)
+        if not stored:
+            return 0
+        op = op_push_candles(self.window_key(exchange, product, timeframe),
+                             [_row(c) for c in stored], size,
+                             self.config.redis.ttl.candles + self.spans[timeframe],
+                             self.intake.near_on)
+        await self.intake.deliver(self.intake.begin(Accepted([], op)))
+        return len(stored)
 
     async def _work(self, key: Product, where: tuple[str, str, str],
                     queue: deque[tfs.Event]) -> None:

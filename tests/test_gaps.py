@@ -287,6 +287,60 @@ def test_repair_fills_only_the_holes_from_a_file_and_a_fetcher(servers: LocalSer
     assert {found[T0 + 60 * i] for i in range(200, 230)} == {9.0}
 
 
+async def test_the_warm_job_fills_each_timeframes_window_with_closed_buckets_only(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """History loaded without rollups (as a backfill loads it): at start the warm job puts
+    each rollup timeframe's closed buckets in its window, equal to InfluxDB's resampling,
+    and never a bucket still open; a warm-up is then served from Redis, and the live
+    minutes after it hand over without a duplicate or a hole."""
+    minutes = 3 * 60 + 7  # from midnight: ends inside a 5m, 15m, 30m, 1h, 4h and 1d bucket
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.write_candles_batch(EX, PR, [candle(i, 10.0 + i % 13) for i in
+                                               range(minutes)], window=False)
+        await hub.flush()
+        resampled = {tf: await hub.query_candles(EX, PR, interval=tf, limit=100)
+                     for tf in ("5m", "15m", "30m", "1h", "4h", "1d")}
+    end = T0 + 60 * minutes
+    spans = {"5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "4h": 14_400, "1d": 86_400}
+    closed = {tf: [c for c in found if c.timestamp + spans[tf] <= end]
+              for tf, found in resampled.items()}
+    assert [len(closed[tf]) for tf in spans] == [37, 12, 6, 3, 0, 0]
+    assert all(len(resampled[tf]) == len(closed[tf]) + 1 for tf in spans)  # one open each
+    warm = HubConfig.from_mapping({**config_data, "maintenance": {
+        "products": [{"exchange": EX, "product": PR}]}}, environ={})
+    async with Hub(warm) as hub:
+        async def warmed() -> bool:
+            jobs = (await hub.get_stats())["actors"]["maintenance"]["jobs"]
+            return bool(jobs["warm"]["runs"])
+
+        await eventually(warmed)
+        job = (await hub.get_stats())["actors"]["maintenance"]["jobs"]["warm"]
+        # the 1m window and the four timeframes with a closed bucket
+        assert job["last_result"]["windows_filled"] == 5 and job["failures"] == 0
+        for tf in ("5m", "15m", "30m", "1h"):
+            before = (await hub.get_stats())["hub"]["candle_cold_queries"]
+            stream = hub.candles(EX, PR, tf, warmup=len(closed[tf]))
+            got = [await anext(stream) for _ in closed[tf]]
+            assert (await hub.get_stats())["hub"]["candle_cold_queries"] == before, tf
+            assert [(c.timestamp, c.open, c.high, c.low, c.close, c.volume) for c in got] == [
+                (c.timestamp, c.open, c.high, c.low, c.close, c.volume) for c in closed[tf]]
+            await stream.aclose()
+        for tf in ("4h", "1d"):  # nothing closed: nothing in the window
+            assert redis_command(servers, "EXISTS",
+                                 f"candles:{EX}:{PR}:{tf}") == b":0\r\n"
+        # live minutes close the open 1h bucket: it follows the warm-up, once
+        stream = hub.candles(EX, PR, "1h", warmup=3)
+        got = [await anext(stream) for _ in range(3)]
+        for i in range(minutes, 4 * 60):
+            c = candle(i, 10.0 + i % 13)
+            await hub.write_candle(EX, PR, c.timestamp, c.open, c.high, c.low, c.close,
+                                   c.volume)
+        got.append(await asyncio.wait_for(anext(stream), 10))
+        await stream.aclose()
+        assert [c.timestamp for c in got] == [T0 + 3600 * h for h in range(4)]
+        assert not got[-1].revision
+
+
 def test_config_names_a_bad_timeframe(tmp_path: Path) -> None:
     path = tmp_path / "c.yml"
     path.write_text(yaml.safe_dump({"streams": {"timeframes": ["1m", "5x"]}}))
@@ -311,7 +365,8 @@ async def test_the_warm_job_fills_empty_hot_windows_at_start(
 
         await eventually(warmed)
         job = (await hub.get_stats())["actors"]["maintenance"]["jobs"]["warm"]
-        assert job["last_result"]["windows_filled"] == 1 and job["failures"] == 0
+        # the 1m window and every rollup's (25 hours: each has a closed bucket)
+        assert job["last_result"]["windows_filled"] == 7 and job["failures"] == 0
         before = (await hub.get_stats())["hub"]["candle_cold_queries"]
         newest = await hub.get_candles(EX, PR, 1000)
         assert [c.timestamp for c in newest] == [T0 + 60 * i for i in range(500, 1500)]
