@@ -265,7 +265,7 @@ class Bench:
                 for timeframe, span, _ in tfs.plan(self.config.streams.timeframes):
                     buckets: dict[int, list[tfs.Row]] = {}
                     for row in rows:
-                        buckets.setdefault(row[0] - row[0] % span, []).append(row)
+                        buckets.setdefault(tfs.bucket(row[0], span), []).append(row)
                     closed = [tfs.aggregate(start, parts) for start, parts in buckets.items()
                               if len(parts) * 60 == span]
                     lines += lp.rollup_lines(EX, product, timeframe, closed)

@@ -29,6 +29,7 @@ from actors.backends.influx import rows
 from actors.query import Query
 from hubdomain import influxql as ql
 from hubdomain.lineproto import seconds_to_ns
+from hubdomain.timeframes import bucket
 
 CHUNK_SLOTS = 1440
 _CONCURRENT = 4
@@ -54,7 +55,7 @@ def _counts(exchange: str, product: str, lo: int, hi: int, chunk: int, rp: str |
     """Candles per chunk of the slots from ``lo`` to ``hi`` (their last second included)."""
     return (f'SELECT count("close") AS "n" FROM {ql.source("candle", rp)} '
             f"WHERE {_tags(exchange, product)} AND {_between(lo, hi)} "
-            f"GROUP BY time({chunk}s) fill(0)")
+            f"GROUP BY {ql.group_by_time(chunk)} fill(0)")
 
 
 def _spacing(exchange: str, product: str, lo: int, hi: int, chunk: int,
@@ -67,14 +68,14 @@ def _spacing(exchange: str, product: str, lo: int, hi: int, chunk: int,
     inner = (f'SELECT elapsed("close", 1s) AS "e" FROM {ql.source("candle", rp)} '
              f"WHERE {_tags(exchange, product)} AND {bounds}")
     return (f'SELECT count("e") AS "n", max("e") AS "e" FROM ({inner}) '
-            f"WHERE {bounds} GROUP BY time({chunk}s)")
+            f"WHERE {bounds} GROUP BY {ql.group_by_time(chunk)}")
 
 
 def _present(exchange: str, product: str, lo: int, hi: int, span: int,
              rp: str | None) -> str:
     return (f'SELECT count("close") FROM {ql.source("candle", rp)} '
             f"WHERE {_tags(exchange, product)} AND {_between(lo, hi + span - 1)} "
-            f"GROUP BY time({span}s) fill(none)")
+            f"GROUP BY {ql.group_by_time(span)} fill(none)")
 
 
 def runs(missing: list[int], span: int) -> list[Gap]:
@@ -94,7 +95,7 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
     if hi < lo:
         return []
     chunk = span * CHUNK_SLOTS
-    first = lo - lo % chunk
+    first = bucket(lo, chunk)  # (whole weeks: chunks from a Monday, as their slots)
     chunks = (hi - first) // chunk + 1
     per = max(1, -(-chunks // _PARTS))
     # parts of whole chunks (the first from its chunk's start: a chunk is judged whole)
@@ -140,7 +141,7 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
     async def read(start: int, end: int) -> tuple[list[Gap], tuple[int, int] | None]:
         """The holes from ``start`` to ``end``; and the chunk before, when its last slot
         (read here too) is missing: it is read whole then."""
-        before = tails.get(start - start % chunk)
+        before = tails.get(bucket(start, chunk))
         lo_slot = before[1] if before is not None else start
         async with limit:
             (answer,) = await influx(Query(_present(exchange, product, lo_slot, end, span,

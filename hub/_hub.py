@@ -581,7 +581,7 @@ class Hub:
         # buckets the newest ``limit`` most likely lie in (a margin for a few empty
         # ones), then, only when that holds fewer, for the rest below. The split is at a
         # bucket boundary, so the answer is the single query's, by construction.
-        bottom = hi - hi % span - (limit + limit // 10 + 1) * span
+        bottom = tfs.bucket(hi, span) - (limit + limit // 10 + 1) * span
         if bottom <= lo:
             return _candles(await self._influx(Query(ql.select_candles_resampled(
                 exchange, product, lo, hi, limit, interval, rp))))
@@ -638,10 +638,11 @@ class Hub:
             if stored is None:
                 return []
             first_slot = tfs.bucket(stored[0], span)
-            lo_slot = first_slot if lo is None else max(first_slot, -(-int(lo) // span) * span)
+            lo_slot = first_slot if lo is None else max(first_slot,
+                                                        tfs.bucket(int(lo) - 1, span) + span)
             hi = stored[1] if hi is None else hi
         else:
-            lo_slot = -(-int(lo) // span) * span
+            lo_slot = tfs.bucket(int(lo) - 1, span) + span  # the first slot from lo on
         return await _gaps.find(self._influx, exchange, product, lo_slot,
                                 tfs.bucket(int(hi), span), span,
                                 self.config.influxdb.rp_for("candle"))

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from hubdomain.errors import ValidationError
 from hubdomain.lineproto import seconds_to_ns
+from hubdomain.timeframes import offset
 
 CANDLE_FIELDS = ("open", "high", "low", "close", "volume")
 _INTERVAL = re.compile(r"^([1-9][0-9]*)(s|m|h|d|w)$")
@@ -81,13 +82,21 @@ _OHLCV = ('SELECT first("open") AS "open", max("high") AS "high", min("low") AS 
 
 def select_candles_resampled(exchange: str, product: str, start: int, end: int,
                              limit: int, interval: str, rp: str | None = None) -> str:
-    """OHLCV per bucket: first open, max high, min low, last close, sum volume."""
+    """OHLCV per bucket: first open, max high, min low, last close, sum volume (weeks
+    from Mondays, as the rollups)."""
     seconds = interval_seconds(interval)
     return (
         f'{_OHLCV} FROM {source("candle", rp)}'
         f"{where({'exchange': exchange, 'product': product}, start, end)}"
-        f" GROUP BY time({seconds}s) fill(none) ORDER BY time DESC LIMIT {int(limit)}"
+        f" GROUP BY {group_by_time(seconds)} fill(none) ORDER BY time DESC LIMIT {int(limit)}"
     )
+
+
+def group_by_time(span: int) -> str:
+    """``time(<span>s)``, with the offset that starts buckets of whole weeks on Mondays
+    (InfluxDB's own start on Thursdays, as the epoch did)."""
+    shift = offset(span)
+    return f"time({span}s,{shift}s)" if shift else f"time({span}s)"
 
 
 def select_rollup_bucket(exchange: str, product: str, start: int, span: int,

@@ -2,7 +2,8 @@
 InfluxDB answers it (pure, so the rules are unit-tested on their own).
 
 InfluxDB's ``GROUP BY time(span) fill(none)`` over ``WHERE time >= lo AND time <= hi``
-labels each bucket by its epoch-aligned start and puts in it only the minutes inside
+labels each bucket by its epoch-aligned start (a week's: its Monday, the offset the hub
+asks for, :func:`hubdomain.timeframes.offset`) and puts in it only the minutes inside
 [lo, hi] (a bucket cut by ``lo`` holds just the minutes from ``lo`` on); buckets with
 no minute are left out; the newest ``limit`` are answered. Open, high, low, close and
 volume are those of :func:`hubdomain.timeframes.aggregate`: the same floats, to the last
@@ -15,7 +16,7 @@ import bisect
 from collections.abc import Sequence
 
 from hubdomain.records import Candle
-from hubdomain.timeframes import volume
+from hubdomain.timeframes import bucket, volume
 
 
 def resample(window: Sequence[Candle], span: int, lo: int | None, hi: int | None,
@@ -34,7 +35,7 @@ def resample(window: Sequence[Candle], span: int, lo: int | None, hi: int | None
     start = None
     while end > first and len(out) < limit:
         newest = times[end - 1]
-        start = newest - newest % span
+        start = bucket(newest, span)
         begin = max(first, bisect.bisect_left(times, start, first, end))
         part = window[begin:end]
         out.append(Candle(start, part[0].open, max(c.high for c in part),

@@ -3,9 +3,13 @@ look-ahead. Pure (no I/O), so the rules are unit-tested on their own.
 
 A bucket of timeframe T starts at a multiple of T seconds since the Unix epoch (as
 InfluxDB's ``GROUP BY time(T)`` aligns them, so a rollup equals the database's
-resampling over the same candles). Every timeframe is built from the 1-minute
-candles themselves (first open, max high, min low, last close, the volumes summed in the
-order the database sums them): the same floats InfluxDB computes, to the last bit.
+resampling over the same candles), except that a timeframe of whole weeks starts on a
+Monday at 00:00 UTC, as TradingView draws weeks (the epoch fell on a Thursday: the
+hub asks InfluxDB for ``GROUP BY time(T, 4d)``, :func:`offset`). Every timeframe is
+built from the 1-minute candles themselves (first open, max high, min low, last close,
+the volumes summed in the order the database sums them): the same floats InfluxDB
+computes, to the last bit; in memory, each from the largest smaller timeframe whose
+buckets lie whole in its own (:func:`chains`).
 
 :class:`Book` holds one product's open buckets and says when each one closes:
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import heapq
 import operator
 import re
 import sys
@@ -61,9 +66,20 @@ def seconds(timeframe: object, argument: str = "timeframe") -> int:
     return int(match.group(1)) * _UNIT[match.group(2)]
 
 
+WEEK = 604_800
+_MONDAY = 4 * 86_400  # 1970-01-05, the first Monday after the epoch
+
+
+def offset(span: int) -> int:
+    """Where buckets of ``span`` seconds start, past the multiples of ``span`` since the
+    epoch: on Mondays for whole weeks (1w, 2w, 7d), else nothing."""
+    return _MONDAY % span if span % WEEK == 0 else 0
+
+
 def bucket(ts: int, span: int) -> int:
-    """Start of the bucket of ``span`` seconds holding ``ts`` (epoch-aligned)."""
-    return ts - ts % span
+    """Start of the bucket of ``span`` seconds holding ``ts`` (epoch-aligned; weeks from
+    a Monday, :func:`offset`)."""
+    return ts - (ts - offset(span)) % span
 
 
 def aggregate(start: int, parts: Iterable[Row]) -> Row:
@@ -107,7 +123,10 @@ def plan(timeframes: Sequence[str]) -> list[tuple[str, int, str]]:
     ordered = sorted(spans, key=spans.__getitem__)
     out = []
     for i, tf in enumerate(ordered[1:], 1):
-        source = max((s for s in ordered[:i] if spans[tf] % spans[s] == 0),
+        # a smaller timeframe whose buckets fit whole in this one's (a week's from
+        # Monday hold whole days, not whole 2-day buckets since the epoch)
+        source = max((s for s in ordered[:i] if spans[tf] % spans[s] == 0
+                      and (offset(spans[tf]) - offset(spans[s])) % spans[s] == 0),
                      key=spans.__getitem__)
         out.append((tf, spans[tf], source))
     return out
@@ -157,6 +176,7 @@ class _Open:
 class _Level:
     timeframe: str
     span: int
+    offset: int  # where its buckets start past multiples of span (Mondays for weeks)
     open: _Open | None = None
     closed_before: int | None = None  # buckets starting before this are closed
 
@@ -174,8 +194,83 @@ def _once(events: list[Event]) -> list[Event]:
     return out
 
 
+def _nests(small: _Level, large: _Level) -> bool:
+    """Every bucket of ``small`` lies whole in one of ``large``."""
+    return large.span % small.span == 0 and (large.offset - small.offset) % small.span == 0
+
+
+def chains(timeframes: Sequence[str]) -> list[list[str]]:
+    """The rollup timeframes as chains, each fed by the one before it (the first by the
+    minutes): a timeframe goes after the largest last timeframe of a chain whose buckets
+    fit whole in its own, else starts a chain of its own. The usual timeframes (5m, 15m,
+    30m, 1h, 4h, 1d) are one chain; 3m beside 5m, or 3d beside 1w, are not."""
+    return [[level.timeframe for level in chain] for chain in _chains(timeframes)]
+
+
+def _chains(timeframes: Sequence[str]) -> list[list[_Level]]:
+    out: list[list[_Level]] = []
+    for tf, span, _ in plan(timeframes):
+        level = _Level(tf, span, offset(span))
+        fits = [chain for chain in out if _nests(chain[-1], level)]
+        if fits:
+            max(fits, key=lambda chain: chain[-1].span).append(level)
+        else:
+            out.append([level])
+    return out
+
+
 class Book:
-    """One product's open buckets, for every rollup timeframe.
+    """One product's open buckets, for every rollup timeframe: one :class:`_Chain` per
+    chain of timeframes (:func:`chains`; the usual ones make one), each fed every minute.
+    Their events are merged by the time the buckets end (smaller timeframes first at the
+    same end), each chain's own order kept."""
+
+    def __init__(self, timeframes: Sequence[str], close_grace: float) -> None:
+        self.close_grace = close_grace
+        self.chains = [_Chain(levels, close_grace) for levels in _chains(timeframes)]
+        self._one = self.chains[0] if len(self.chains) == 1 else None
+        self._spans = {level.timeframe: level.span
+                       for chain in self.chains for level in chain.levels}
+
+    def add(self, row: Row, now: float) -> list[Event]:
+        """A closed 1-minute candle: the buckets it closes, smaller timeframes first,
+        and the closed buckets it arrived too late for."""
+        if self._one is not None:
+            return self._one.add(row, now)
+        return self._merged([chain.add(row, now) for chain in self.chains])
+
+    def add_many(self, rows: Sequence[Row], now: float,
+                 times: list[int] | None = None) -> list[Event]:
+        """``add`` for each of many minutes (``times``: their times, when the caller
+        has them): the same events."""
+        if self._one is not None:
+            return self._one.add_many(rows, now, times)
+        if times is None and self.chains:
+            times = [row[0] for row in rows]
+        return self._merged([chain.add_many(rows, now, times) for chain in self.chains])
+
+    def expire(self, now: float) -> list[Event]:
+        """Close the live buckets whose end is ``close_grace`` seconds past (a stalled
+        feed); smaller timeframes first."""
+        if self._one is not None:
+            return self._one.expire(now)
+        return self._merged([chain.expire(now) for chain in self.chains])
+
+    def pending(self) -> int:
+        """Open buckets (for the stats)."""
+        return sum(chain.pending() for chain in self.chains)
+
+    def _merged(self, parts: list[list[Event]]) -> list[Event]:
+        spans = self._spans
+
+        def end(event: Event) -> tuple[int, int]:
+            span = spans[event.timeframe]
+            return event.start + span, span
+        return list(heapq.merge(*parts, key=end))
+
+
+class _Chain:
+    """Open buckets of a chain of timeframes, each one's buckets whole in the next's.
 
     Minutes go into the smallest timeframe; each bucket that closes goes, whole, into
     the next timeframe up (its minutes' volumes with it, so every timeframe's volume is
@@ -183,9 +278,9 @@ class Book:
     minutes, :func:`volume`). A minute in order touches one timeframe; a bucket opening
     tells the larger timeframes the time, which closes theirs when it is past them."""
 
-    def __init__(self, timeframes: Sequence[str], close_grace: float) -> None:
+    def __init__(self, levels: list[_Level], close_grace: float) -> None:
         self.close_grace = close_grace
-        self.levels = [_Level(tf, span) for tf, span, _ in plan(timeframes)]
+        self.levels = levels
 
     # ---- minutes in ---------------------------------------------------------------
 
@@ -238,12 +333,12 @@ class Book:
         if times is None:
             times = [row[0] for row in rows]
         base = self.levels[0]
-        span = base.span
+        span, shift = base.span, base.offset
         grace = BASE_SECONDS + self.close_grace
         i, count = 0, len(rows)
         while i < count:
             ts = times[i]
-            start = ts - ts % span
+            start = ts - (ts - shift) % span
             current = base.open
             if (current is not None and start < current.start) or (current is None and (
                     base.closed_before is not None and start < base.closed_before)):
@@ -300,7 +395,7 @@ class Book:
         whose bucket of it closed is Late; an open one holding it is recomputed."""
         ts = row[0]
         for level in self.levels:
-            start = ts - ts % level.span
+            start = ts - (ts - level.offset) % level.span
             current = level.open
             if current is not None and current.start == start:
                 self._again(current, row, now)
@@ -316,7 +411,7 @@ class Book:
         already (the timer closed it) is Late."""
         for index in range(1, len(self.levels)):
             level = self.levels[index]
-            start = ts - ts % level.span
+            start = ts - (ts - level.offset) % level.span
             current = level.open
             if current is not None:
                 if current.start == start:
@@ -345,7 +440,7 @@ class Book:
         """A bucket closed one timeframe down goes into this one."""
         level = self.levels[index]
         span = level.span
-        start = part.start - part.start % span
+        start = part.start - (part.start - level.offset) % span
         current = level.open
         if current is not None and start > current.start:
             self._close(index, events)

@@ -9,6 +9,16 @@ from dataclasses import dataclass
 
 from hubdomain.timeframes import BASE_SECONDS, Closed, Event, Late, Row, plan, volume
 
+MONDAY = 4 * 86_400  # 1970-01-05 00:00 UTC, the first Monday after the epoch
+
+
+def _start(ts: int, span: int) -> int:
+    """Weeks begin on Mondays (as TradingView draws them), the rest at multiples of
+    their length since the epoch (as InfluxDB's GROUP BY time() aligns them)."""
+    if span % (7 * 86_400) == 0:
+        return ts - (ts - MONDAY) % span
+    return ts - ts % span
+
 
 @dataclass(slots=True)
 class _Open:
@@ -52,7 +62,7 @@ class ReferenceBook:
         ts, o, h, low, c, vol = row
         live = now - (ts + BASE_SECONDS) <= BASE_SECONDS + self.close_grace
         for level in self.levels:
-            start = ts - ts % level.span
+            start = _start(ts, level.span)
             current = level.open
             if current is None:
                 if level.closed_before is not None and start < level.closed_before:

@@ -178,12 +178,14 @@ def influx_candles(hub: Hub, q: str) -> list[Candle]:
 
 
 def influx_resampled(hub: Hub, exchange: str, product: str, seconds: int, limit: int,
-                     start: int, end: int) -> list[Candle]:
+                     start: int, end: int, offset: str = "") -> list[Candle]:
     """The newest ``limit`` buckets of ``seconds`` as influxd itself resamples the stored
     minutes of [start, end] (newest first, as the hub asks): what query_candles(interval)
-    answers, asked of the server directly."""
+    answers, asked of the server directly. ``offset``: InfluxQL's ``GROUP BY time()``
+    offset (``"4d"`` starts weeks on Mondays)."""
+    shift = f",{offset}" if offset else ""
     return influx_candles(hub, (
         'SELECT first("open"), max("high"), min("low"), last("close"), sum("volume") '
         f"FROM candle WHERE exchange='{exchange}' AND product='{product}' "
-        f"AND time >= {start}s AND time <= {end}s GROUP BY time({seconds}s) fill(none) "
-        f"ORDER BY time DESC LIMIT {limit}"))
+        f"AND time >= {start}s AND time <= {end}s GROUP BY time({seconds}s{shift}) "
+        f"fill(none) ORDER BY time DESC LIMIT {limit}"))

@@ -251,6 +251,22 @@ async def test_resampling_from_the_hot_window_is_influxdbs_to_the_bit(
     assert bool(got) == (start != T0 + 442 * 60)
 
 
+async def test_weeks_resampled_from_the_hot_window_start_on_monday(hub: Hub) -> None:
+    """Minutes across a Monday's midnight, answered from the hot window: two weekly
+    buckets labelled by their Mondays, as influxd computes them with the offset that
+    starts weeks on Monday (``GROUP BY time(1w, 4d)``), to the bit."""
+    monday = 1_699_833_600  # 2023-11-13 00:00 UTC
+    data = ragged_minutes(480, range(100, 130), monday - 4 * 3600, seed=9)
+    await hub.write_candles_batch(EX, PR, data)
+    await hub.flush()
+    cold = (await hub.get_stats())["hub"]["candle_cold_queries"]
+    got = await hub.query_candles(EX, PR, data[0].timestamp, None, limit=10, interval="1w")
+    assert (await hub.get_stats())["hub"]["candle_cold_queries"] == cold  # not asked
+    assert [c.timestamp for c in got] == [monday - 604_800, monday]
+    assert got == influx_resampled(hub, EX, PR, 604_800, 10, data[0].timestamp,
+                                   data[-1].timestamp, offset="4d")
+
+
 @pytest.mark.parametrize("interval,seconds,limit,start", [
     ("5m", 300, 20, None),  # the newest buckets alone
     ("5m", 300, 50, None),  # a hole among them: a second query, split inside the data

@@ -341,6 +341,24 @@ async def test_the_warm_job_fills_each_timeframes_window_with_closed_buckets_onl
         assert not got[-1].revision
 
 
+async def test_weekly_gaps_are_counted_in_weeks_from_monday(hub: Hub) -> None:
+    """Weekly candles as charts and freqtrade label them (Mondays, 00:00 UTC) with two
+    weeks missing: the holes are those two Mondays, not the Thursdays of the epoch's
+    weeks."""
+    monday = 1_699_833_600  # 2023-11-13 00:00 UTC
+    week = 604_800
+    stored = [k for k in range(12) if k not in (4, 5)]
+    await hub.write_candles_batch(EX, "WEEKLY", [
+        Candle(monday + week * k, 1.0, 2.0, 0.5, 1.5, 3.0) for k in stored])
+    assert await hub.gaps(EX, "WEEKLY", timeframe="1w") == [
+        (monday + 4 * week, monday + 5 * week)]
+    # a start inside a week counts from the next Monday
+    assert await hub.gaps(EX, "WEEKLY", start=monday + 3 * week + 3600,
+                          timeframe="1w") == [(monday + 4 * week, monday + 5 * week)]
+    assert await hub.gaps(EX, "WEEKLY", start=monday + 4 * week + 1,
+                          timeframe="1w") == [(monday + 5 * week, monday + 5 * week)]
+
+
 def test_config_names_a_bad_timeframe(tmp_path: Path) -> None:
     path = tmp_path / "c.yml"
     path.write_text(yaml.safe_dump({"streams": {"timeframes": ["1m", "5x"]}}))

@@ -16,7 +16,7 @@ from hubdomain.errors import ValidationError
 from hubdomain.timeframes import Book, Closed, Late, aggregate, plan, seconds, volume
 from tests._rollup_reference import ReferenceBook
 
-T0 = 1_700_006_400  # a multiple of 1d: every bucket of every timeframe starts here
+T0 = 1_700_006_400  # a multiple of 1d (a Tuesday): every bucket but a week's starts here
 LIVE_DELAY = 2.0  # a live feed writes a minute two seconds after it ends
 
 
@@ -169,35 +169,83 @@ _STEP = st.one_of(
 )
 
 
+# minute 300 of the steps below at a Monday's midnight (1970-01-05 was a Monday)
+_MONDAY_SHIFT = (4 * 86_400 - T0) % 604_800 - 300 * 60
+
+
 @settings(max_examples=400, deadline=None)
-@given(st.lists(_STEP, max_size=60), st.sampled_from([["1m", "5m", "15m", "1h"],
-                                                      ["1m", "5m", "10m", "30m"],
-                                                      ["1m", "3m", "1h"]]))
-def test_the_book_agrees_with_the_plain_rules(steps: list[Any], timeframes: list[str]) -> None:
+@given(st.lists(_STEP, max_size=60), st.sampled_from([
+    (["1m", "5m", "15m", "1h"], 0), (["1m", "5m", "10m", "30m"], 0), (["1m", "3m", "1h"], 0),
+    # timeframes whose buckets do not nest (3m in 5m, 2h in 3h, 1d in 2h+: two chains)
+    (["1m", "3m", "5m", "15m"], 0), (["1m", "2h", "3h", "6h"], _MONDAY_SHIFT),
+    (["1m", "3m", "5m", "6m", "15m"], 0),  # 6m after 3m, 15m after 5m: ends interleave
+    # weeks from Monday: 1d nests, 2d does not (its buckets run from the epoch)
+    (["1m", "4h", "1d", "1w"], _MONDAY_SHIFT), (["1m", "2h", "2d", "1w"], _MONDAY_SHIFT)]))
+def test_the_book_agrees_with_the_plain_rules(steps: list[Any],
+                                              case: tuple[list[str], int]) -> None:
     """Minutes in order and out of it, written twice, in batches, live and replayed,
-    with the timer running: the Book (minutes into the smallest timeframe, buckets up
-    the chain, batches a bucket at a time) closes and flags exactly what feeding every
-    timeframe every minute does."""
+    with the timer running: the Book (minutes into the smallest timeframe of each chain,
+    buckets up the chain, batches a bucket at a time) closes and flags exactly what
+    feeding every timeframe every minute does; and of buckets ending together, the
+    smaller timeframe's comes first."""
+    timeframes, shift = case
     book = Book(timeframes, close_grace=5)
     plain = ReferenceBook(timeframes, close_grace=5)
+    spans = {tf: seconds(tf) for tf in timeframes}
     got: list[Any] = []
     want: list[Any] = []
-    clock = float(T0)
+
+    def taken(events: list[Any]) -> list[Any]:
+        """What one call returned; of the buckets it closes ending together, the
+        smaller timeframe's first."""
+        by_end: dict[int, list[int]] = {}
+        for e in events:
+            if isinstance(e, Closed):
+                by_end.setdefault(e.start + spans[e.timeframe], []).append(spans[e.timeframe])
+        assert all(order == sorted(order) for order in by_end.values()), by_end
+        return events
+
+    clock = float(T0 + shift)
     for kind, at, value, how in steps:
         if kind == "expire":
-            clock = max(clock, T0 + 60 * at)
-            got += book.expire(clock)
+            clock = max(clock, T0 + shift + 60 * at)
+            got += taken(book.expire(clock))
             want += plain.expire(clock)
             continue
         count = 1 if kind == "minute" else int(value)
-        rows = [minute(i, volume=float(value) if kind == "minute" else 1.0 + i % 3)
-                for i in range(at, at + count)]
+        rows = [(t + shift, *rest) for t, *rest in (
+            minute(i, volume=float(value) if kind == "minute" else 1.0 + i % 3)
+            for i in range(at, at + count))]
         clock = max(clock, rows[-1][0] + 62.0) if how == "live" else clock
         now = clock if how == "live" else rows[-1][0] + 10 * 86_400
-        got += book.add_many(rows, now) if kind == "batch" else book.add(rows[0], now)
+        got += taken(book.add_many(rows, now) if kind == "batch" else book.add(rows[0], now))
         for row in rows:
             want += plain.add(row, now)
     assert _by_timeframe(got) == _by_timeframe(want)
+
+
+def test_weeks_start_on_monday_and_nest_whole_days() -> None:
+    """A week's bucket starts on the Monday at or before the time (00:00 UTC), as
+    TradingView draws weeks; InfluxDB is asked for the same (``time(604800s,
+    345600s)``), and every other timeframe stays aligned to the epoch."""
+    from datetime import UTC, datetime
+
+    from hubdomain.influxql import group_by_time
+
+    for ts in range(T0 - 20 * 86_400, T0 + 20 * 86_400, 3_607):
+        start = timeframes.bucket(ts, 604_800)
+        day = datetime.fromtimestamp(start, UTC)
+        assert (day.weekday(), day.hour, day.minute, day.second) == (0, 0, 0, 0)
+        assert start <= ts < start + 604_800
+        assert timeframes.bucket(ts, 86_400) == ts - ts % 86_400
+        assert timeframes.bucket(ts, 2 * 604_800) in (start, start - 604_800)
+    assert group_by_time(604_800) == "time(604800s,345600s)"
+    assert group_by_time(3_600) == "time(3600s)"
+    assert timeframes.chains(["1m", "5m", "15m", "30m", "1h", "4h", "1d"]) == [
+        ["5m", "15m", "30m", "1h", "4h", "1d"]]
+    # 1d after the larger of 3m and 5m; 1w after 3m (a 3d bucket is not whole in a week)
+    assert timeframes.chains(["1m", "3m", "5m", "1d", "3d", "1w"]) == [
+        ["3m", "1w"], ["5m", "1d", "3d"]]
 
 
 # ---- the shared ring a process's subscribers follow (actors.stream), without Redis ----

@@ -83,6 +83,39 @@ async def test_rollups_equal_influxdbs_resampling_to_the_bit(hub: Hub) -> None:
         assert all(c.timestamp + span <= candles[-1].timestamp + 60 for c in published)
 
 
+async def test_weekly_and_non_nesting_rollups_equal_influxdbs_resampling(
+        config_data: dict[str, Any]) -> None:
+    """Timeframes whose buckets do not nest (3m beside 5m; a week from Monday beside
+    days) and weeks: nine days of random minutes from a Saturday, and every 3m, 5m, 1d
+    and 1w candle published equals what influxd computes over the same minutes, asked
+    directly (weeks with the offset that starts them on Mondays, ``time(1w,4d)``, as
+    TradingView's weekly candles start); query_candles(interval="1w") answers the same."""
+    config_data["streams"] = {"timeframes": ["1m", "3m", "5m", "1d", "1w"]}
+    saturday = 1_700_265_600  # 2023-11-18 00:00 UTC
+    rng = random.Random(11)
+    candles = [minute(i, rng, saturday) for i in range(9 * 1440)]  # to a Monday 00:00
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await write(hub, candles)
+        assert hub.streams is not None
+        await hub.streams.settle()
+        await hub.flush()
+        # computed in memory, each from the timeframe its buckets nest in: only the week
+        # that began before the first minute is read back from storage
+        assert (await hub.get_stats())["streams"]["rollups_recomputed"] == 1
+        end = candles[-1].timestamp + 59
+        for timeframe, span, offset in (("3m", 180, ""), ("5m", 300, ""),
+                                        ("1d", 86_400, ""), ("1w", 604_800, "4d")):
+            closed = min(1000, len(candles) * 60 // span + (timeframe == "1w"))
+            published = await collect(hub.candles(EX, PR, timeframe, warmup=closed), closed)
+            resampled = influx_resampled(hub, EX, PR, span, closed, saturday, end, offset)
+            assert [c.as_candle() for c in published] == resampled, timeframe
+            assert await hub.query_candles(EX, PR, saturday, end, limit=closed,
+                                           interval=timeframe) == resampled, timeframe
+        weeks = [c.timestamp for c in published]
+        assert weeks == [saturday - 5 * 86_400, saturday + 2 * 86_400]  # two Mondays
+        assert [(c.timestamp - 4 * 86_400) % 604_800 for c in resampled] == [0, 0]
+
+
 async def test_warm_up_hands_over_to_live_without_duplicate_or_hole(hub: Hub) -> None:
     """A writer keeps writing while subscribers come and go: each one sees consecutive
     minutes from its warm-up on, whatever moment it subscribed at."""
