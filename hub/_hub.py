@@ -203,8 +203,9 @@ class Hub:
                   if cfg.streams.enabled and cache is not None and service is not None
                   else None)
         influx = self._influx if self._query is not None else None
-        self.streams = Streams(cfg, self.intake, self._cache, reader, flush=self.flush,
-                               influx=influx, history=self._history)
+        self.streams = Streams(cfg, self.intake, self._cache, reader,
+                               flush=self._flush_accepted, influx=influx,
+                               history=self._history)
         if cfg.streams.enabled and (self._cache is not None or self._writer is not None):
             self.intake.rollups = self.streams.feed
         assert self._sqlite is not None
@@ -792,6 +793,13 @@ class Hub:
         Raises BackendUnavailable if InfluxDB stays unreachable past
         ``influxdb.timeout`` (the writes are kept and retried)."""
         self._check_open()
+        if self._writer is not None:
+            await self._writer.flush()
+
+    async def _flush_accepted(self) -> None:
+        """``flush`` for the hub's own work (a rollup's recompute), also while it
+        closes: the rollups waiting for one are published before the writer stops."""
+        self.intake.seal()
         if self._writer is not None:
             await self._writer.flush()
 

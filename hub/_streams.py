@@ -47,6 +47,7 @@ from hubdomain.records import Candle, LiveCandle, Row, make_live_candle
 log = logging.getLogger(__name__)
 
 _CATCH_UP_LIMIT = 100_000  # candles read from storage to close a subscriber's hole
+_RECOMPUTED_TOGETHER = 1000  # buckets one read from storage may span (recomputes)
 _TURN = 256  # candles a subscriber takes from a burst before it lets the loop run
 Product = tuple[str, str]
 
@@ -201,26 +202,38 @@ class Streams:
 
     async def _work(self, key: Product, where: tuple[str, str, str],
                     queue: deque[tfs.Event]) -> None:
-        """Recompute and publish, in order, what could not be published at once (the
-        complete closes queued behind a recompute go out together)."""
+        """Recompute and publish, in order, what could not be published at once: the
+        events at the head of the queue (up to ``_RECOMPUTED_TOGETHER`` buckets apart)
+        in one delivery, the buckets to recompute (closed without every minute, or
+        found late) from one read of the stored minutes, the complete closes between
+        them as they are."""
         try:
             while queue:
-                event = queue[0]
-                if isinstance(event, tfs.Closed) and event.complete:
-                    ready = []
-                    while queue and isinstance(queue[0], tfs.Closed) and queue[0].complete:
-                        done = queue.popleft()
-                        assert isinstance(done, tfs.Closed)
-                        ready.append((done.timeframe, done.row))
+                span = self.spans[where[2]]
+                run: list[tfs.Event] = []
+                lo = hi = queue[0].start
+                for queued in queue:
+                    lo, hi = min(lo, queued.start), max(hi, queued.start)
+                    if hi - lo >= _RECOMPUTED_TOGETHER * span:
+                        break
+                    run.append(queued)
+                again = [e.start for e in run
+                         if not (isinstance(e, tfs.Closed) and e.complete)]
+                rows = await self._recompute(key, where[2], again) if again else {}
+                self.counters["rollups_recomputed"] += len(again)
+                ready: list[tuple[str, Row]] = []
+                done: set[int] = set()
+                for e in run:
+                    if isinstance(e, tfs.Closed) and e.complete:
+                        ready.append((e.timeframe, e.row))
+                    elif e.start in rows and e.start not in done:
+                        done.add(e.start)  # (one bucket found late twice: once)
+                        ready.append((e.timeframe, rows[e.start]))
+                if ready:
                     for accepted in self._accepted(key, ready):
                         await self.intake.deliver(accepted)
-                    continue
-                row = await self._recompute(key, event.timeframe, event.start)
-                self.counters["rollups_recomputed"] += 1
-                if row is not None:
-                    for accepted in self._accepted(key, [(event.timeframe, row)]):
-                        await self.intake.deliver(accepted)
-                queue.popleft()
+                for _ in run:
+                    queue.popleft()
         except (HubClosed, asyncio.CancelledError):
             raise
         except Exception:
@@ -232,29 +245,39 @@ class Streams:
                 del self._pending[where]
                 self._workers.pop(where, None)
 
-    async def _recompute(self, key: Product, timeframe: str, start: int) -> Row | None:
-        """The rollup of bucket ``start`` from the stored minutes (the hot window when
-        it reaches back that far, else InfluxDB after a flush); None when none is
-        stored."""
+    async def _recompute(self, key: Product, timeframe: str,
+                         starts: list[int]) -> dict[int, Row]:
+        """The rollups of buckets ``starts`` from the stored minutes, in one read (the
+        hot window when it reaches back that far, else InfluxDB's resampling after a
+        flush: the same floats, newest minute first); a bucket with no stored minute
+        has none."""
         exchange, product = key
         span = self.spans[timeframe]
+        lo, hi = min(starts), max(starts) + span - 1
+        wanted = set(starts)
         if self.cache is not None:
             minutes = await self.cache.window_range(self.window_key(exchange, product, tfs.BASE),
-                                                    start, start + span - 1, span // 60,
-                                                    hold=False)
+                                                    lo, hi, (hi + 1 - lo) // 60, hold=False)
             if minutes is not None:
-                return tfs.aggregate(start, [_row(c) for c in minutes]) if minutes else None
+                parts: dict[int, list[Row]] = {}
+                for c in minutes:
+                    start = tfs.bucket(c.timestamp, span)
+                    if start in wanted:
+                        parts.setdefault(start, []).append(_row(c))
+                return {start: tfs.aggregate(start, rows) for start, rows in parts.items()}
         if self._influx is None:
-            return None
+            return {}
         await self._flush()
-        results = await self._influx(Query(ql.select_rollup_bucket(
-            exchange, product, start, span, self.config.influxdb.rp_for("candle"))))
-        found = [r for result in results for r in result_rows(result)]
-        if not found or found[0].get("open") is None:
-            return None
-        r = found[0]
-        return (start, float(r["open"]), float(r["high"]), float(r["low"]), float(r["close"]),
-                float(r["volume"]))
+        results = await self._influx(Query(ql.select_candles_resampled(
+            exchange, product, lo, hi, (hi + 1 - lo) // span, timeframe,
+            self.config.influxdb.rp_for("candle"))))
+        out: dict[int, Row] = {}
+        for r in (r for result in results for r in result_rows(result)):
+            start = int(r["time"])
+            if start in wanted and r.get("open") is not None:
+                out[start] = (start, float(r["open"]), float(r["high"]), float(r["low"]),
+                              float(r["close"]), float(r["volume"]))
+        return out
 
     async def settle(self) -> None:
         """Wait until every recompute queued so far is published (tests, close)."""

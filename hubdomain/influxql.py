@@ -74,8 +74,8 @@ def select_candles(exchange: str, product: str, start: int | None, end: int | No
 
 
 # OHLCV of a bucket: first open, max high, min low, last close, summed volume. The
-# resampling and a rollup's recompute both use it (and both read newest first, so the
-# volume is the same float sum): a rollup equals query_candles(interval=...) to the bit.
+# resampling (query_candles(interval=...) and a rollup's recompute from storage) reads
+# newest first, the order the rollups sum their volumes in: the same floats, to the bit.
 _OHLCV = ('SELECT first("open") AS "open", max("high") AS "high", min("low") AS "low", '
           'last("close") AS "close", sum("volume") AS "volume"')
 
@@ -97,16 +97,6 @@ def group_by_time(span: int) -> str:
     (InfluxDB's own start on Thursdays, as the epoch did)."""
     shift = offset(span)
     return f"time({span}s,{shift}s)" if shift else f"time({span}s)"
-
-
-def select_rollup_bucket(exchange: str, product: str, start: int, span: int,
-                         rp: str | None = None) -> str:
-    """One rollup from the stored 1-minute candles of [start, start + span)."""
-    return (
-        f'{_OHLCV} FROM {source("candle", rp)}'
-        f"{where({'exchange': exchange, 'product': product}, start, start + span - 1)}"
-        " ORDER BY time DESC"  # sums newest first, as select_candles_resampled does
-    )
 
 
 def select_candle_bounds(exchange: str, product: str, rp: str | None = None) -> str:

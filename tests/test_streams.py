@@ -19,7 +19,7 @@ import pytest
 
 from hub import Candle, Hub, HubConfig, LiveCandle, ValidationError
 from hubdomain import timeframes as tfs
-from tests.conftest import eventually, influx_resampled, redis_command
+from tests.conftest import eventually, influx_candles, influx_resampled, redis_command
 from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
@@ -114,6 +114,44 @@ async def test_weekly_and_non_nesting_rollups_equal_influxdbs_resampling(
         weeks = [c.timestamp for c in published]
         assert weeks == [saturday - 5 * 86_400, saturday + 2 * 86_400]  # two Mondays
         assert [(c.timestamp - 4 * 86_400) % 604_800 for c in resampled] == [0, 0]
+
+
+async def test_sparse_minutes_rollups_are_recomputed_together_and_published_at_close(
+        config_data: dict[str, Any]) -> None:
+    """An exchange skips minutes without trades, so in history written in batches most
+    buckets lack a minute and are recomputed from the stored minutes before they are
+    published: they are read together (a few queries, not one a bucket), and a hub
+    closed right after such a write publishes them all before it stops. Every rollup
+    stored equals influxd's own resampling."""
+    config_data["streams"] = {"timeframes": ["1m", "5m", "1h"]}
+    rng = random.Random(5)
+    sparse = [minute(i, rng) for i in range(6000) if rng.random() < 0.7]
+    config = HubConfig.from_mapping(config_data, environ={})
+    async with Hub(config) as hub:
+        before = await hub.get_stats()
+        for i in range(0, len(sparse), 5000):
+            await hub.write_candles_batch(EX, PR, sparse[i:i + 5000])
+        assert hub.streams is not None
+        await hub.streams.settle()
+        after = await hub.get_stats()
+        recomputed = after["streams"]["rollups_recomputed"]
+        queries = after["actors"]["query"]["queries"] - before["actors"]["query"]["queries"]
+        assert recomputed > 1000  # most of the 1,200 5m buckets and all 100 1h ones
+        assert queries <= 10, queries  # one read spans up to 1,000 buckets
+        for i in range(0, len(sparse), 5000):  # another product, and close at once
+            await hub.write_candles_batch(EX, "CLOSED", sparse[i:i + 5000])
+    last = sparse[-1].timestamp
+    for product in (PR, "CLOSED"):
+        for timeframe, span in (("5m", 300), ("1h", 3600)):
+            stored = influx_candles(hub, (
+                "SELECT open, high, low, close, volume FROM candle_rollup WHERE "
+                f"exchange='{EX}' AND product='{product}' AND timeframe='{timeframe}' "
+                "ORDER BY time DESC"))
+            closed = tfs.bucket(last + 60, span) - 1  # the last bucket is still open
+            assert stored == influx_resampled(hub, EX, product, span, 10_000, T0, closed), (
+                product, timeframe)
+            assert len(stored) == len({tfs.bucket(c.timestamp, span) for c in sparse
+                                       if c.timestamp <= closed})
 
 
 async def test_warm_up_hands_over_to_live_without_duplicate_or_hole(hub: Hub) -> None:
