@@ -648,6 +648,19 @@ class Hub:
                                 tfs.bucket(int(hi), span), span,
                                 self.config.influxdb.rp_for("candle"))
 
+    async def warm_windows(self, exchange: str, product: str) -> int:
+        """Fill a product's empty hot windows from InfluxDB: the 1-minute window with the
+        newest minutes, each rollup timeframe's (streams on) with its newest closed
+        buckets, never the one still open. For history loaded with
+        ``write_candles_batch(..., window=False)``; ``wolfhub backfill`` calls it, and the
+        maintenance actor's ``warm`` job does it at start for ``maintenance.products``.
+        A window that holds candles is left alone. Returns the windows filled."""
+        exchange, product = _names(exchange, product)
+        self._check_open()
+        assert self.streams is not None
+        filled, _ = await self.streams.warm(exchange, product)
+        return filled
+
     async def run_maintenance(self, job: str) -> dict[str, Any]:
         """Run one maintenance job now; its stats afterwards (``get_stats()["actors"]
         ["maintenance"]["jobs"][job]``)."""

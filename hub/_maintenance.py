@@ -15,8 +15,6 @@ from actors.query import Query
 from actors.state import StateActor
 from hub._streams import Streams
 from hubdomain import influxql as ql
-from hubdomain import keys
-from hubdomain import timeframes as tfs
 from hubdomain.config import HubConfig
 from hubdomain.records import Candle
 
@@ -32,8 +30,6 @@ class _Hub(Protocol):
                    end: int | float | None = None,
                    timeframe: str = "1m") -> list[tuple[int, int]]: ...
     async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None: ...
-    async def cache_candles(self, exchange: str, product: str, candles: list[Candle],
-                            max_candles: int | None = None) -> None: ...
 
 
 class Jobs:
@@ -82,25 +78,8 @@ class Jobs:
         products in config."""
         filled = held = 0
         for item in self.config.maintenance.products:
-            exchange, product = item.exchange, item.product
-            if self.cache is None:
-                break
-            window_key = keys.candles(exchange, product, self.streams.intake.tagged)
-            window = await self.cache.window(window_key)
-            if not window and self.influx is not None:
-                size = self.config.performance.redis_hot_data_window
-                stored = await self.streams._history(exchange, product, None, None, size, None)
-                if stored:
-                    await self.hub.cache_candles(exchange, product, stored)
-                    filled += 1
-            for timeframe in self.streams.spans:
-                key = self.streams.window_key(exchange, product, timeframe)
-                found = await self.cache.window(key)
-                if not found and timeframe != tfs.BASE \
-                        and await self.streams.warm_window(exchange, product, timeframe):
-                    filled += 1
-                    found = await self.cache.window(key)
-                held += bool(found)
+            done = await self.streams.warm(item.exchange, item.product)
+            filled, held = filled + done[0], held + done[1]
         return {"windows_filled": filled, "windows_held": held}
 
     async def scan_gaps(self) -> dict[str, int]:

@@ -176,6 +176,34 @@ class Streams:
                 lines += lp.rollup_lines(exchange, product, timeframe, grouped[timeframe])
         return [self.intake.begin(Accepted(lines, op))]
 
+    async def warm(self, exchange: str, product: str) -> tuple[int, int]:
+        """A product's empty hot windows filled from storage (the 1-minute one with the
+        newest minutes, each rollup's by :meth:`warm_window`), then every timeframe's
+        window read into the near cache. Returns (windows filled, windows held)."""
+        if self.cache is None:
+            return 0, 0
+        filled = held = 0
+        for timeframe in sorted(self.spans, key=self.spans.__getitem__):  # 1m first
+            key = self.window_key(exchange, product, timeframe)
+            found = await self.cache.window(key)
+            if not found and self._influx is not None and (
+                    await self._warm_minutes(exchange, product) if timeframe == tfs.BASE
+                    else await self.warm_window(exchange, product, timeframe)):
+                filled += 1
+                found = await self.cache.window(key)
+            held += bool(found)
+        return filled, held
+
+    async def _warm_minutes(self, exchange: str, product: str) -> int:
+        """The 1-minute window filled with the newest stored minutes; how many."""
+        size = self.config.performance.redis_hot_data_window
+        stored = await self._history(exchange, product, None, None, size, None)
+        accepted = self.intake.cache_candles(exchange, product, stored) if stored else None
+        if accepted is None:
+            return 0
+        await self.intake.deliver(self.intake.begin(accepted))
+        return len(stored)
+
     async def warm_window(self, exchange: str, product: str, timeframe: str) -> int:
         """Fill a rollup timeframe's hot window from the stored minutes (the maintenance
         actor's warm job, for a window found empty: history loaded without rollups, a

@@ -206,6 +206,29 @@ def test_the_marker_is_kept_per_destination(servers: LocalServers, tmp_path: Pat
     assert "(300 this run)" in restarted.stdout
 
 
+def test_backfill_fills_the_rollups_windows_with_closed_buckets(servers: LocalServers,
+                                                                tmp_path: Path) -> None:
+    """History loaded writes no rollups; at its end the backfill fills each empty rollup
+    window with its closed buckets (as the warm job would at start), so a 5m or 1h
+    warm-up is served from Redis at once; the bucket still open is never there."""
+    make_config(servers, tmp_path)
+    source = tmp_path / "r.csv"
+    write_csv(source, rows(307))  # 08:00 to 13:06: the 13:05 5m and 13:00 1h are open
+    done = wolfhub("backfill", str(source), "--exchange", "px", "--product", "ROLL",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    def held(timeframe: str) -> list[int]:
+        key = "candles:px:ROLL" + ("" if timeframe == "1m" else f":{timeframe}")
+        raw = redis_command(servers, "ZRANGE", key, "0", "-1", "WITHSCORES")
+        return [int(float(x)) for x in raw.split(b"\r\n")[2::2][1::2]]
+    assert held("5m") == [T0 + 300 * k for k in range(61)]  # 13:05 is open
+    assert held("1h") == [T0 + 3600 * k for k in range(5)]
+    assert held("4h") == [T0]  # 08:00 to 12:00; 12:00 to 16:00 is open
+    assert held("1d") == []
+    assert held("1m")[-1] == T0 + 60 * 306
+
+
 def test_binance_zip_gzip_and_a_product_column_in_one_run(servers: LocalServers,
                                                           tmp_path: Path) -> None:
     make_config(servers, tmp_path)

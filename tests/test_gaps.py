@@ -341,6 +341,20 @@ async def test_the_warm_job_fills_each_timeframes_window_with_closed_buckets_onl
         assert not got[-1].revision
 
 
+async def test_warm_windows_fills_only_empty_windows(hub: Hub) -> None:
+    """``warm_windows`` after a bulk load without the windows: the 1-minute window and
+    each rollup's with a closed bucket are filled (25 hours: all seven); called again it
+    leaves them as they are; names are checked."""
+    await hub.write_candles_batch(EX, "BULK", [candle(i) for i in range(1500)], window=False)
+    assert await hub.warm_windows(EX, "BULK") == 7
+    assert [c.timestamp for c in await hub.get_candles(EX, "BULK", 2)] == [
+        T0 + 60 * 1498, T0 + 60 * 1499]
+    assert await hub.warm_windows(EX, "BULK") == 0
+    assert await hub.warm_windows(EX, "NOTHING") == 0
+    with pytest.raises(ValidationError, match="product"):
+        await hub.warm_windows(EX, "")
+
+
 async def test_weekly_gaps_are_counted_in_weeks_from_monday(hub: Hub) -> None:
     """Weekly candles as charts and freqtrade label them (Mondays, 00:00 UTC) with two
     weeks missing: the holes are those two Mondays, not the Thursdays of the epoch's

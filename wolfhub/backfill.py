@@ -91,6 +91,8 @@ class Sink(Protocol):
 
     async def flush(self) -> None: ...
 
+    async def warm_windows(self, exchange: str, product: str) -> int: ...
+
 
 @dataclass
 class Report:
@@ -190,6 +192,8 @@ async def backfill(hub: Sink, files: list[Path], exchange: str, product: str | N
         run.report.lines.append(
             f"{source.label}: {rows - bad} of {rows} candles stored ({stored} this run"
             + (f", {bad} bad rows skipped" if bad else "") + ")")
+    for name in sorted(run.products) if window > 0 else ():
+        await hub.warm_windows(exchange, name)  # the rollups' windows, as the warm job
     return run.report
 
 
@@ -205,6 +209,7 @@ class _Run:
     report: Report
     done_bytes: int = 0
     product_given: bool = False  # --product: every row is that product, a column or not
+    products: set[str] = field(default_factory=set)  # those candles were stored for
     reader: str = "auto"  # a CSV's: pyarrow's when installed ("auto"), "arrow", "python"
 
     async def load(self, source: Source, named: str, checkpoints: _Checkpoints, done: int,
@@ -250,4 +255,5 @@ class _Run:
                 except ValidationError as exc:  # a name the hub refuses
                     raise HubError(f"product {name!r}: {exc}") from None
                 checkpoints.written(name, rows)
+                self.products.add(name)
         return count
