@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 _CATCH_UP_LIMIT = 100_000  # candles read from storage to close a subscriber's hole
 _RECOMPUTED_TOGETHER = 1000  # buckets one read from storage may span (recomputes)
+_WARM_MINUTES = 100_000  # minutes a rollup window filled from storage may cover
 _TURN = 256  # candles a subscriber takes from a burst before it lets the loop run
 Product = tuple[str, str]
 
@@ -182,17 +183,27 @@ class Streams:
         window read into the near cache. Returns (windows filled, windows held)."""
         if self.cache is None:
             return 0, 0
-        filled = held = 0
-        for timeframe in sorted(self.spans, key=self.spans.__getitem__):  # 1m first
+        cache = self.cache
+        key = self.window_key(exchange, product, tfs.BASE)
+        minutes = await cache.window(key)
+        filled = 0
+        if not minutes and self._influx is not None and \
+                await self._warm_minutes(exchange, product):
+            filled, minutes = 1, await cache.window(key)
+        newest = minutes[-1].timestamp if minutes else None  # the newest stored minute
+
+        async def rollup(timeframe: str) -> tuple[int, int]:
             key = self.window_key(exchange, product, timeframe)
-            found = await self.cache.window(key)
-            if not found and self._influx is not None and (
-                    await self._warm_minutes(exchange, product) if timeframe == tfs.BASE
-                    else await self.warm_window(exchange, product, timeframe)):
-                filled += 1
-                found = await self.cache.window(key)
-            held += bool(found)
-        return filled, held
+            found = await cache.window(key)
+            if not found and await self.warm_window(exchange, product, timeframe, newest):
+                return 1, bool(await cache.window(key))
+            return 0, bool(found)
+
+        # (at once: influxd resamples each timeframe's range on a core of its own)
+        done = await asyncio.gather(*(rollup(timeframe) for timeframe in self.spans
+                                      if timeframe != tfs.BASE))
+        return (filled + sum(f for f, _ in done),
+                bool(minutes) + sum(h for _, h in done))
 
     async def _warm_minutes(self, exchange: str, product: str) -> int:
         """The 1-minute window filled with the newest stored minutes; how many."""
@@ -204,21 +215,31 @@ class Streams:
         await self.intake.deliver(self.intake.begin(accepted))
         return len(stored)
 
-    async def warm_window(self, exchange: str, product: str, timeframe: str) -> int:
+    async def warm_window(self, exchange: str, product: str, timeframe: str,
+                          newest: int | None = None) -> int:
         """Fill a rollup timeframe's hot window from the stored minutes (the maintenance
         actor's warm job, for a window found empty: history loaded without rollups, a
         Redis that lost its data, a window that expired): its newest closed buckets, the
         same candles the rollups would have put there (InfluxDB's resampling, which they
-        equal), never the bucket still open. Nothing goes on the stream (nothing new
-        closed). A window a writer filled meanwhile keeps what it holds: the push takes
-        no candle older than the window's oldest. Returns the candles put."""
+        equal), never the bucket still open, and as many as ``_WARM_MINUTES`` minutes
+        make (a window of a thousand days would have influxd resample everything stored;
+        a deeper warm-up resamples the rest as before). Nothing goes on the stream
+        (nothing new closed). A window a writer filled meanwhile keeps what it holds: the
+        push takes no candle older than the window's oldest. ``newest``: the newest
+        stored minute's time, when known. Returns the candles put."""
         if not self.publishing or self._influx is None or timeframe == tfs.BASE:
             return 0  # (with streams off no rollup keeps such a window up to date)
-        bound = await self._closed_bound(exchange, product, timeframe)
-        if bound is None:
-            return 0
+        if newest is None:
+            found = await self._history(exchange, product, None, None, 1, None)
+            if not found:
+                return 0
+            newest = found[-1].timestamp
+        span = self.spans[timeframe]
+        bound = tfs.bucket(newest + tfs.BASE_SECONDS, span)  # buckets before it are closed
         size = self.config.performance.redis_hot_data_window
-        stored = await self._stored(exchange, product, timeframe, None, bound - 1, size)
+        count = min(size, max(1, _WARM_MINUTES * tfs.BASE_SECONDS // span))
+        stored = await self._stored(exchange, product, timeframe, bound - count * span,
+                                    bound - 1, count)
         if not stored:
             return 0
         op = op_push_candles(self.window_key(exchange, product, timeframe),
