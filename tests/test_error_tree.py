@@ -44,6 +44,7 @@ CALLS: dict[str, Callable[[Hub], Awaitable[Any]]] = {
     "get_stats": lambda h: h.get_stats(),
     "gaps": lambda h: h.gaps("px", "P"),
     "run_maintenance": lambda h: h.run_maintenance("prune"),
+    "warm_windows": lambda h: h.warm_windows("px", "P"),
 }
 
 
