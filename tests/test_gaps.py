@@ -287,6 +287,23 @@ def test_repair_fills_only_the_holes_from_a_file_and_a_fetcher(servers: LocalSer
     assert {found[T0 + 60 * i] for i in range(200, 230)} == {9.0}
 
 
+def warming(config_data: dict[str, Any]) -> HubConfig:
+    """The config with this product to warm at start."""
+    return HubConfig.from_mapping({**config_data, "maintenance": {
+        "products": [{"exchange": EX, "product": PR}]}}, environ={})
+
+
+async def warm_job(hub: Hub) -> dict[str, Any]:
+    """The warm job's stats once it has run."""
+    async def warmed() -> bool:
+        jobs = (await hub.get_stats())["actors"]["maintenance"]["jobs"]
+        return bool(jobs["warm"]["runs"])
+
+    await eventually(warmed)
+    job: dict[str, Any] = (await hub.get_stats())["actors"]["maintenance"]["jobs"]["warm"]
+    return job
+
+
 async def test_the_warm_job_fills_each_timeframes_window_with_closed_buckets_only(
         config_data: dict[str, Any], servers: LocalServers) -> None:
     """History loaded without rollups (as a backfill loads it): at start the warm job puts
@@ -306,15 +323,8 @@ async def test_the_warm_job_fills_each_timeframes_window_with_closed_buckets_onl
               for tf, found in resampled.items()}
     assert [len(closed[tf]) for tf in spans] == [37, 12, 6, 3, 0, 0]
     assert all(len(resampled[tf]) == len(closed[tf]) + 1 for tf in spans)  # one open each
-    warm = HubConfig.from_mapping({**config_data, "maintenance": {
-        "products": [{"exchange": EX, "product": PR}]}}, environ={})
-    async with Hub(warm) as hub:
-        async def warmed() -> bool:
-            jobs = (await hub.get_stats())["actors"]["maintenance"]["jobs"]
-            return bool(jobs["warm"]["runs"])
-
-        await eventually(warmed)
-        job = (await hub.get_stats())["actors"]["maintenance"]["jobs"]["warm"]
+    async with Hub(warming(config_data)) as hub:
+        job = await warm_job(hub)
         # the 1m window and the four timeframes with a closed bucket
         assert job["last_result"]["windows_filled"] == 5 and job["failures"] == 0
         for tf in ("5m", "15m", "30m", "1h"):
@@ -388,15 +398,8 @@ async def test_the_warm_job_fills_empty_hot_windows_at_start(
         await hub.write_candles_batch(EX, PR, [candle(i) for i in range(1500)], window=False)
         await hub.flush()
         assert await hub.flush_all() is None
-    warm = HubConfig.from_mapping({**config_data, "maintenance": {
-        "products": [{"exchange": EX, "product": PR}]}}, environ={})
-    async with Hub(warm) as hub:
-        async def warmed() -> bool:
-            jobs = (await hub.get_stats())["actors"]["maintenance"]["jobs"]
-            return bool(jobs["warm"]["runs"])
-
-        await eventually(warmed)
-        job = (await hub.get_stats())["actors"]["maintenance"]["jobs"]["warm"]
+    async with Hub(warming(config_data)) as hub:
+        job = await warm_job(hub)
         # the 1m window and every rollup's (25 hours: each has a closed bucket)
         assert job["last_result"]["windows_filled"] == 7 and job["failures"] == 0
         before = (await hub.get_stats())["hub"]["candle_cold_queries"]
