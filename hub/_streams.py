@@ -229,13 +229,12 @@ class Streams:
         stored minute's time, when known. Returns the candles put."""
         if not self.publishing or self._influx is None or timeframe == tfs.BASE:
             return 0  # (with streams off no rollup keeps such a window up to date)
-        if newest is None:
-            found = await self._history(exchange, product, None, None, 1, None)
-            if not found:
-                return 0
-            newest = found[-1].timestamp
         span = self.spans[timeframe]
-        bound = tfs.bucket(newest + tfs.BASE_SECONDS, span)  # buckets before it are closed
+        # buckets starting before it are closed
+        bound = await self._closed_bound(exchange, product, timeframe) if newest is None \
+            else tfs.bucket(newest + tfs.BASE_SECONDS, span)
+        if bound is None:
+            return 0
         size = self.config.performance.redis_hot_data_window
         count = min(size, max(1, _WARM_MINUTES * tfs.BASE_SECONDS // span))
         stored = await self._stored(exchange, product, timeframe, bound - count * span,
