@@ -131,6 +131,38 @@ async def test_old_backfill_does_not_punch_holes_in_the_window(windowed: Hub) ->
     assert await windowed.query_candles(EX, PR, limit=5) == data[-5:]
 
 
+
+@pytest.mark.parametrize("streams,durable", [(True, True), (False, True), (True, False)],
+                         ids=["durable", "durable-no-streams", "memory"])
+async def test_a_large_window_takes_batches_whole_and_in_order(
+        config_data: dict[str, Any], streams: bool, durable: bool) -> None:
+    """A 10,000-candle window filled by batches newer than all it holds, one of 6,000
+    (durable mode pushes a batch whole: more than one ZADD's slice, and more than Lua
+    unpacks at once), then a batch mixing new minutes with corrections of held ones:
+    the window holds what InfluxDB stores, every candle once, ascending."""
+    config_data["performance"] = {"redis_hot_data_window": 10_000, "near_cache": False}
+    config_data["streams"] = {"enabled": streams}
+    config_data["influxdb"]["durable"] = durable
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        data = random_candles(10_200, seed=11)
+        assert await hub.write_candles_batch(EX, PR, data[:2100]) == 2100
+        assert await hub.write_candles_batch(EX, PR, data[2100:8100]) == 6000
+        assert await hub.write_candles_batch(EX, PR, data[8100:9600]) == 1500
+        fixed = [Candle(c.timestamp, c.open, c.high + 1, c.low, c.close, 0.5)
+                 for c in data[9000:9600:50]]
+        mixed = data[9600:] + fixed
+        random.Random(5).shuffle(mixed)
+        assert await hub.write_candles_batch(EX, PR, mixed) == len(mixed)
+        await hub.flush()
+        stored = influx_candles(hub, f"SELECT open, high, low, close, volume FROM candle "
+                                     f"WHERE exchange='{EX}' AND product='{PR}' "
+                                     f"ORDER BY time DESC LIMIT 10000")
+        assert len(stored) == 10_000 and sum(c.volume == 0.5 for c in stored) == len(fixed)
+        before = await counters(hub)
+        assert await hub.query_candles(EX, PR, limit=10_000) == stored
+        assert (await counters(hub))[0] == before[0] + 1  # from the window
+
+
 async def test_every_candle_shape_stores_the_same_candles(windowed: Hub) -> None:
     """Tuples of floats (the fast path), lists, ints, mappings and Candles, out of order,
     more than the window, values near the float limit: the window and InfluxDB agree."""

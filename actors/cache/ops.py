@@ -92,7 +92,30 @@ class RedisOp(Request[R]):
 # is trimmed to the window size and its TTL refreshed. Atomic, one round trip. A candle
 # newer than every one held (a feed's next minute) cannot replace one: those are added
 # by one ZADD for many, the others one at a time, in order (what went before first).
-PUSH_CANDLES = """
+# A group's candles for window ``key`` (ARGV[first..last], (time, member) pairs), all
+# newer than the newest held (``hi``; nil: the window is empty) and strictly ascending:
+# the common case (a feed's next minutes, a batch's newest). They go in by ZADDs of
+# ARGV's own slices (1,000 candles each: Lua's unpack takes at most 8,000 values), no
+# Lua table built a candle at a time (that was a quarter of the script's time,
+# measured). True once they went in; false (nothing written): the rule is applied
+# candle by candle.
+IN_ORDER = """
+local function in_order(key, first, last, hi)
+  local prev = tonumber(ARGV[first])
+  if hi ~= nil and prev <= hi then return false end
+  for x = first + 2, last - 1, 2 do
+    local ts = tonumber(ARGV[x])
+    if ts <= prev then return false end
+    prev = ts
+  end
+  for a = first, last, 2000 do
+    redis.call('ZADD', key, unpack(ARGV, a, math.min(a + 1999, last)))
+  end
+  return true
+end
+"""
+
+PUSH_CANDLES = IN_ORDER + """
 local key = KEYS[1]
 local window = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -104,7 +127,12 @@ local hi = nil
 if last[2] then hi = tonumber(last[2]) end
 local fresh = {}
 local added = 0
-for i = 3, #ARGV, 2 do
+local start = 3
+if #ARGV >= 3 and in_order(key, 3, #ARGV, hi) then
+  start = #ARGV + 1
+  added = (#ARGV - 2) / 2
+end
+for i = start, #ARGV, 2 do
   local ts = tonumber(ARGV[i])
   if lo == nil or ts >= lo then
     if hi ~= nil and ts <= hi then
@@ -176,7 +204,7 @@ local function number_of(stream, fields)
 end
 """
 
-PUBLISH_MANY = NUMBER_OF + """
+PUBLISH_MANY = NUMBER_OF + IN_ORDER + """
 local stream = KEYS[1]
 local length = ARGV[1]
 local now = redis.call('TIME')
@@ -240,6 +268,14 @@ for k = 3, #KEYS do
   local fresh = {}
   local pack = {}
   local here = 0
+  if n > 0 and in_order(key, i, i + 2 * n - 1, hi) then
+    if followed then
+      for x = i + 1, i + 2 * n - 1, 2 do pack[#pack + 1] = ARGV[x] end
+    end
+    here = n
+    i = i + 2 * n
+    n = 0
+  end
   for j = 1, n do
     local ts = tonumber(ARGV[i])
     if lo == nil or ts >= lo then
