@@ -567,14 +567,13 @@ class Hub:
             raise BackendUnavailable("influxdb", "resampling needs InfluxDB (disabled)")
         self._counters["candle_cold_queries"] += 1
         await self._read_your_writes()
-        if lo is None or hi is None:
-            # GROUP BY time() needs both bounds; take them from the data
-            stored = await self._stored_bounds(exchange, product)
-            if stored is None:
+        # GROUP BY time() needs both bounds; the newest stored candle's time when no
+        # end is given, the oldest's only when the newest buckets do not fill ``limit``
+        if hi is None:
+            hi = await self._stored_edge(exchange, product, newest=True)
+            if hi is None:
                 return []
-            lo = stored[0] if lo is None else lo
-            hi = stored[1] if hi is None else hi
-        if hi < lo:
+        if lo is not None and hi < lo:
             return []
         rp = self.config.influxdb.rp_for("candle")
         span = ql.interval_seconds(interval)
@@ -583,25 +582,56 @@ class Hub:
         # ones), then, only when that holds fewer, for the rest below. The split is at a
         # bucket boundary, so the answer is the single query's, by construction.
         bottom = tfs.bucket(hi, span) - (limit + limit // 10 + 1) * span
-        if bottom <= lo:
-            return _candles(await self._influx(Query(ql.select_candles_resampled(
-                exchange, product, lo, hi, limit, interval, rp))))
-        newer = _candles(await self._influx(Query(ql.select_candles_resampled(
-            exchange, product, bottom, hi, limit, interval, rp))))
+        if lo is not None and bottom <= lo:
+            return await self._resample(exchange, product, lo, hi, limit, interval, rp)
+        newer = await self._resample(exchange, product, bottom, hi, limit, interval, rp)
         if len(newer) >= limit:
             return newer
-        older = _candles(await self._influx(Query(ql.select_candles_resampled(
-            exchange, product, lo, bottom - 1, limit - len(newer), interval, rp))))
+        if lo is None:
+            lo = await self._stored_edge(exchange, product, newest=False)
+            if lo is None or lo >= bottom:  # (nothing stored below what was asked)
+                return newer
+        older = await self._resample(exchange, product, lo, bottom - 1, limit - len(newer),
+                                     interval, rp)
         return older + newer
 
+    async def _resample(self, exchange: str, product: str, lo: int, hi: int, limit: int,
+                        interval: str, rp: str | None) -> list[Candle]:
+        """The newest ``limit`` buckets of [lo, hi], ascending. A range of more than
+        ``_SPLIT_RESAMPLE`` seconds is asked as two halves at once, split at a bucket's
+        start (each bucket whole in one), so influxd resamples them on two cores: 500
+        daily candles of 720,000 minutes took 272 ms against 437-460 ms here."""
+        span = ql.interval_seconds(interval)
+        middle = tfs.bucket(lo + (hi - lo) // 2, span)
+        if hi - lo <= _SPLIT_RESAMPLE or middle <= lo:
+            return _candles(await self._influx(Query(ql.select_candles_resampled(
+                exchange, product, lo, hi, limit, interval, rp))))
+        older, newer = await asyncio.gather(*(self._influx(Query(
+            ql.select_candles_resampled(exchange, product, a, b, limit, interval, rp)))
+            for a, b in ((lo, middle - 1), (middle, hi))))
+        return (_candles(older) + _candles(newer))[-limit:]
+
+    async def _stored_edge(self, exchange: str, product: str, newest: bool) -> int | None:
+        """The time of the newest (or the oldest) stored candle; None when none is. The
+        newest is looked for among the last week's first (a live product's is there):
+        when any is, the newest of all is too."""
+        rp = self.config.influxdb.rp_for("candle")
+        for recent in (True, False) if newest else (False,):
+            results = await self._influx(Query(ql.select_candle_edge(
+                exchange, product, newest, recent=recent, rp=rp)))
+            found = rows(results[0]) if results else []
+            if found:
+                return int(found[0]["time"])
+        return None
+
     async def _stored_bounds(self, exchange: str, product: str) -> tuple[int, int] | None:
-        """Times of the first and the newest stored candle; None when there is none."""
-        bounds = await self._influx(Query(ql.select_candle_bounds(
-            exchange, product, self.config.influxdb.rp_for("candle"))))
-        first, last = (rows(r) for r in bounds)
-        if not first or not last:
+        """Times of the first and the newest stored candle (asked together); None when
+        there is none."""
+        first, last = await asyncio.gather(self._stored_edge(exchange, product, False),
+                                           self._stored_edge(exchange, product, True))
+        if first is None or last is None:
             return None
-        return int(first[0]["time"]), int(last[0]["time"])
+        return first, last
 
     # ---- live candles, gaps, maintenance ---------------------------------------------
 
@@ -931,6 +961,9 @@ class Hub:
 
 
 _DEEP_AT = 2000  # candles; below, one query is as fast
+# seconds of minutes beyond which a resampled range is asked as two halves at once
+# (200,000 minutes: 240,000 gained little, 720,000 ~1.65x, measured on two cores)
+_SPLIT_RESAMPLE = 200_000 * 60
 
 
 def _candles(results: list[dict[str, Any]]) -> list[Candle]:

@@ -99,10 +99,20 @@ def group_by_time(span: int) -> str:
     return f"time({span}s,{shift}s)" if shift else f"time({span}s)"
 
 
-def select_candle_bounds(exchange: str, product: str, rp: str | None = None) -> str:
+# How far back the newest candle is looked for first (see select_candle_edge)
+RECENT = "7d"
+
+
+def select_candle_edge(exchange: str, product: str, newest: bool, recent: bool = False,
+                       rp: str | None = None) -> str:
+    """The oldest or the newest stored candle (its time), of all, or (``recent``) of
+    those from ``RECENT`` ago on, future ones included: influxd opens only the shards of
+    that span (a week's), where a question about all time opens every shard the series
+    has (~21 ms for two years of minutes here, against ~1 ms)."""
     tags = where({"exchange": exchange, "product": product})
-    src = source("candle", rp)
-    return f'SELECT first("close") FROM {src}{tags}; SELECT last("close") FROM {src}{tags}'
+    if recent:
+        tags += f" AND time >= now() - {RECENT}"
+    return f'SELECT {"last" if newest else "first"}("close") FROM {source("candle", rp)}{tags}'
 
 
 def select_last_indicator(exchange: str, product: str, name: str, period: str,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+import hub._hub as hub_module
 from hub import Candle, Hub, HubConfig
 from tests.conftest import influx_candles, influx_resampled
 
@@ -299,6 +301,28 @@ async def test_weeks_resampled_from_the_hot_window_start_on_monday(hub: Hub) -> 
                                    data[-1].timestamp, offset="4d")
 
 
+@pytest.mark.parametrize("interval,seconds,limit", [("5m", 300, 400), ("1h", 3600, 30)])
+async def test_resampling_a_live_product_reaches_its_newest_candle(
+        hub: Hub, interval: str, seconds: int, limit: int) -> None:
+    """A product written up to now, and one candle dated two days ahead (a clock set
+    wrong): with no end given, query_candles(interval) answers as influxd does over
+    everything stored, the future candle's bucket and the older buckets below a gap
+    included (the newest candle is looked for in the last week first)."""
+    now = int(time.time()) // 60 * 60
+    shift = now - 3000 * 60 - T0
+    minutes = [Candle(c.timestamp + shift, c.open, c.high, c.low, c.close, c.volume)
+               for c in random_candles(3000, seed=3)]
+    ahead = Candle(now + 2 * 86400, 1.0, 2.0, 0.5, 1.5, 3.0)
+    await hub.write_candles_batch(EX, PR, [*minutes, ahead], window=False)
+    await hub.flush()
+    got = await hub.query_candles(EX, PR, limit=limit, interval=interval)
+    assert got[-1].timestamp == ahead.timestamp - ahead.timestamp % seconds
+    assert got == influx_resampled(hub, EX, PR, seconds, limit, minutes[0].timestamp,
+                                   ahead.timestamp)
+    assert len(got) == min(limit, len({c.timestamp - c.timestamp % seconds
+                                       for c in [*minutes, ahead]}))
+
+
 @pytest.mark.parametrize("interval,seconds,limit,start", [
     ("5m", 300, 20, None),  # the newest buckets alone
     ("5m", 300, 50, None),  # a hole among them: a second query, split inside the data
@@ -307,11 +331,16 @@ async def test_weeks_resampled_from_the_hot_window_start_on_monday(hub: Hub) -> 
     ("1h", 3600, 30, T0 + 60 * 7),  # all of it, from an unaligned start
     ("15m", 900, 10_000, None),
 ])
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "halves"])
 async def test_resampling_beyond_the_hot_window_answers_as_the_single_query_does(
-        windowed: Hub, interval: str, seconds: int, limit: int, start: int | None) -> None:
+        windowed: Hub, interval: str, seconds: int, limit: int, start: int | None,
+        split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Beyond the hot window InfluxDB resamples the range the newest buckets lie in,
-    then (when a gap leaves fewer) the rest below: the answer is influxd's to the one
-    query over the whole range."""
+    then (when a gap leaves fewer) the rest below, a long range as two halves at once
+    (``halves``: every range longer than two hours): the answer is influxd's to the
+    one query over the whole range."""
+    if split:
+        monkeypatch.setattr(hub_module, "_SPLIT_RESAMPLE", 7200)
     early = ragged_minutes(1200, range(0), T0, seed=4)
     late = ragged_minutes(1200, range(1000, 1080), T0 + 20 * 86400, seed=5)
     await windowed.write_candles_batch(EX, PR, early + late)
