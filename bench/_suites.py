@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from actors.backends.influx import InfluxClient, aioinflux
 from hub import Candle, Hub, HubConfig
 from hubdomain import influxql as ql
+from hubdomain import keys
 from hubdomain import lineproto as lp
 from hubdomain import timeframes as tfs
 from wolfhub.servers import LocalServers
@@ -407,6 +408,25 @@ class Bench:
                              await atimed(lambda q=q: influx.query(q), reps)),
                          "hub": statistics.median(await atimed(
                              lambda n=n: hub.query_candles(EX, product, limit=n), reps))})
+        # a product whose hot window is gone (expired, or history written with
+        # window=False): the hub goes by the newest stored candle's time
+        other = PRODUCTS[1]
+        async with aioredis.Redis(port=self.rport) as raw_redis:
+            await raw_redis.delete(keys.candles(EX, other))
+        other_data = candles(len(data), 1)
+        for n in (100, 10_000):
+            q = ql.select_candles(EX, other, None, None, n)
+            got = await hub.query_candles(EX, other, limit=n)
+            assert got == other_data[-n:], f"hub answer for last {n} (no window) differs"
+            rows.append({"query": f"last {n:,} candles, no hot window",
+                         "sqlite": statistics.median(timed(lambda n=n: db.execute(
+                             "SELECT ts, open, high, low, close, volume FROM candles WHERE "
+                             "product = ? ORDER BY ts DESC LIMIT ?", (other, n)).fetchall(),
+                             reps)),
+                         "influxql (aioinflux)": statistics.median(
+                             await atimed(lambda q=q: influx.query(q), reps)),
+                         "hub": statistics.median(await atimed(
+                             lambda n=n: hub.query_candles(EX, other, limit=n), reps))})
         end = T0 + 60 * len(data)
         for n in (100, 1000):  # the newest 5m buckets: within, then beyond, the hot window
             q = ql.select_candles_resampled(EX, product, T0, end, n, "5m")

@@ -225,16 +225,26 @@ def influx_newest(hub: Hub, limit: int, start: int | None = None,
 @pytest.mark.parametrize("limit,start,end", [
     (2000, None, None), (2600, None, None), (5000, None, None),  # across the gap, all
     (2200, T0 + 60 * 100, None), (2000, None, T0 + 60 * 1400 + 40 * 86400),
-    (3000, T0, T0 + 60 * 1499 + 30 * 86400)])
+    (3000, T0, T0 + 60 * 1499 + 30 * 86400), (10, None, None), (1000, None, None),
+    (10, None, T0 + 60 * 1400 + 40 * 86400)])
+@pytest.mark.parametrize("written", ["window", "no-window", "no-window-live"])
 async def test_deep_reads_answer_as_the_single_query_does(
-        windowed: Hub, limit: int, start: int | None, end: int | None) -> None:
+        windowed: Hub, limit: int, start: int | None, end: int | None, written: str) -> None:
     """Beyond the hot window the hub splits a newest-N read into time-bounded queries
-    guessed from the window's spacing; with a 40-day gap in the data (the guess falls
-    short) and bounds on either side, the answer is what influxd gives for one query."""
-    dense = random_candles(1500)
-    late = [Candle(c.timestamp + 40 * 86400, c.open, c.high, c.low, c.close, c.volume)
-            for c in random_candles(1500, seed=8)]
-    await windowed.write_candles_batch(EX, PR, dense + late)
+    guessed from the window's spacing, or with no window (history written with
+    ``window=False``) from the newest stored candle's time, which it looks for in the
+    last week first (``live``: the data ends a minute ago); with a 40-day gap in the
+    data (the guess falls short) and bounds on either side, the answer is what influxd
+    gives for one query."""
+    shift = 0
+    if written == "no-window-live":
+        shift = (int(time.time()) // 60 - 1) * 60 - (T0 + 60 * 1499 + 40 * 86400)
+        start, end = (None if t is None else t + shift for t in (start, end))
+    dense = [Candle(c.timestamp + shift, c.open, c.high, c.low, c.close, c.volume)
+             for c in random_candles(1500)]
+    late = [Candle(c.timestamp + 40 * 86400 + shift, c.open, c.high, c.low, c.close,
+                   c.volume) for c in random_candles(1500, seed=8)]
+    await windowed.write_candles_batch(EX, PR, dense + late, window=written == "window")
     await windowed.flush()
     got = await windowed.query_candles(EX, PR, start, end, limit=limit)
     assert got == influx_newest(windowed, limit, start, end)
