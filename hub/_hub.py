@@ -367,13 +367,18 @@ class Hub:
             if cache is not None and found and found[0].get("last") is not None:
                 await cache.fill(key, jsonbytes.dumps(_number(found[0]["last"])), ttl)
 
-        results = await self._influx(Query(
-            ql.select_last_indicator(exchange, product, name, period_s,
-                                     self.config.influxdb.rp_for("indicator")),
-            key=key, fill=fill if cache is not None else None,
-        ))
-        found = rows(results[0]) if results else []
-        if not found or found[0].get("last") is None:
+        # the last week's first (an indicator still written has its newest there, and
+        # influxd opens only that week's shards), then all of them
+        rp = self.config.influxdb.rp_for("indicator")
+        for recent in (True, False):
+            results = await self._influx(Query(
+                ql.select_last_indicator(exchange, product, name, period_s, rp, recent),
+                key=f"{key} recent" if recent else key,
+                fill=fill if cache is not None else None))
+            found = rows(results[0]) if results else []
+            if found and found[0].get("last") is not None:
+                break
+        else:
             return default
         self._counters["indicator_cold_hits"] += 1
         return _number(found[0]["last"])

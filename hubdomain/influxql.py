@@ -116,9 +116,12 @@ def select_candle_edge(exchange: str, product: str, newest: bool, recent: bool =
 
 
 def select_last_indicator(exchange: str, product: str, name: str, period: str,
-                          rp: str | None = None) -> str:
+                          rp: str | None = None, recent: bool = False) -> str:
+    """The newest value (``recent``: of those from ``RECENT`` ago on, as
+    :func:`select_candle_edge`)."""
     tags = {"exchange": exchange, "product": product, "name": name, "period": period}
-    return f'SELECT last("value") FROM {source("indicator", rp)}{where(tags)}'
+    since = f" AND time >= now() - {RECENT}" if recent else ""
+    return f'SELECT last("value") FROM {source("indicator", rp)}{where(tags)}{since}'
 
 
 def select_trades(exchange: str, product: str, start: int | float | None,

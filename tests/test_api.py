@@ -36,11 +36,21 @@ async def test_indicator_cache_roundtrip_uses_the_seed_key(hub: Hub, servers: Lo
     assert await hub.get_indicator(EX, PR, "EMA", 50, default=-1) == -1
 
 
-async def test_get_indicator_reads_through_influx_then_caches(hub: Hub, servers: LocalServers
-                                                              ) -> None:
-    await hub.write_indicator(EX, PR, "RSI", T0, 40.0, period=14)
-    await hub.write_indicator(EX, PR, "RSI", T0 + 60, 55.5, period=14)
-    await hub.write_indicator(EX, PR, "RSI", T0 + 60, 99.0, period=7)
+@pytest.mark.parametrize("dated", ["years-ago", "live"])
+async def test_get_indicator_reads_through_influx_then_caches(
+        hub: Hub, servers: LocalServers, dated: str) -> None:
+    """The newest point, whether written years ago (looked for in all of time) or
+    lately (in the last week, first), a point dated a day ahead included."""
+    if dated == "live":
+        now = int(time.time())
+        await hub.write_indicator(EX, PR, "RSI", now - 30 * 86400, 40.0, period=14)
+        await hub.write_indicator(EX, PR, "RSI", now - 60, 50.0, period=14)
+        await hub.write_indicator(EX, PR, "RSI", now + 86400, 55.5, period=14)
+        await hub.write_indicator(EX, PR, "RSI", now + 2 * 86400, 99.0, period=7)
+    else:
+        await hub.write_indicator(EX, PR, "RSI", T0, 40.0, period=14)
+        await hub.write_indicator(EX, PR, "RSI", T0 + 60, 55.5, period=14)
+        await hub.write_indicator(EX, PR, "RSI", T0 + 60, 99.0, period=7)
     await hub.flush()
     redis_command(servers, "FLUSHALL")
 
