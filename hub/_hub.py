@@ -530,18 +530,19 @@ class Hub:
         """For a read InfluxDB answers: (bottom, top), a time range that likely holds
         the newest ``limit`` candles, from the hot window's newest time and spacing, or
         with no window to go by (expired, or history written with ``window=False``)
-        from the newest stored candle's time, a minute apart. InfluxDB answers a
-        time-bounded ORDER BY time DESC LIMIT much faster than an unbounded one on a
-        long series, which opens every shard it has (measured here on 1,000,000
-        candles: 35 ms against 557 ms for 10,000; 100-115 ms for the newest 10). None:
-        nothing is stored."""
+        from the end asked for, else the newest stored candle's time, a minute apart.
+        InfluxDB answers a time-bounded ORDER BY time DESC LIMIT much faster than an
+        unbounded one on a long series, which opens every shard it has (measured here
+        on 1,000,000 candles: 35 ms against 557 ms for 10,000; 100-115 ms for the
+        newest 10). None: nothing is stored."""
         window = None if self._cache is None else await self._cache.window(
             keys.candles(exchange, product, self._tagged))
         if window and len(window) >= 2:
             newest, oldest = window[-1].timestamp, window[0].timestamp
             step = max(1, (newest - oldest) // (len(window) - 1))
         else:
-            found = await self._stored_edge(exchange, product, newest=True)
+            found = hi if hi is not None else await self._stored_edge(exchange, product,
+                                                                      newest=True)
             if found is None:
                 return None
             newest, step = found, tfs.BASE_SECONDS
