@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -762,12 +763,27 @@ class Hub:
         if self._query is None:
             return []
         await self._read_your_writes()
+        # the last week's first: each trade is a series of its own (order_id is a tag),
+        # and a question with no time bound opens every shard with all of their series
+        # (1.0-1.25 s for the newest 10 of 100,000 trades over a year, measured here)
+        week = int(time.time()) - _RECENT_SECONDS
+        if (start is not None and start >= week) or (end is not None and end < week):
+            found = await self._trade_rows(exchange, product, start, end, limit)
+        else:
+            found = await self._trade_rows(exchange, product, week, end, limit)
+            if len(found) < limit:
+                found = await self._trade_rows(exchange, product, start, week - 1,
+                                               limit - len(found)) + found
+        trades = (_trade(r, self._field_types) for r in found)
+        return [t for t in trades if t is not None]
+
+    async def _trade_rows(self, exchange: str, product: str, start: int | float | None,
+                          end: int | float | None, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` trade rows in [start, end], ascending."""
         results = await self._influx(Query(
             ql.select_trades(exchange, product, start, end, limit,
                              self.config.influxdb.rp_for("trade")), epoch="ns"))
-        found = [_trade(r, self._field_types) for r in reversed(rows(results[0]))
-                 ] if results else []
-        return [t for t in found if t is not None]
+        return list(reversed(rows(results[0]))) if results else []
 
     async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None:
         """Write a ``metric`` point (tags name plus ``tags``: exchange, product,
@@ -972,6 +988,8 @@ class Hub:
         return stats
 
 
+# how far back the newest trades are looked for first (ql.RECENT, in seconds)
+_RECENT_SECONDS = 7 * 86400
 # seconds of minutes beyond which a resampled range is asked as two halves at once
 # (200,000 minutes: 240,000 gained little, 720,000 ~1.65x, measured on two cores)
 _SPLIT_RESAMPLE = 200_000 * 60

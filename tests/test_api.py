@@ -116,6 +116,42 @@ async def test_trades_roundtrip_ascending(hub: Hub) -> None:
     assert await hub.query_trades(EX, "OTHER") == []
 
 
+async def test_trades_around_the_last_week_answer_as_one_query(hub: Hub) -> None:
+    """Trades spread over 20 days up to one dated a day ahead: the newest N (asked of
+    the last week first, then below it) with and without bounds on either side of the
+    week's start are influxd's answer to the single query."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    now = int(time.time())
+    times = [now - 20 * 86400 + k * 7200 for k in range(240)] + [now + 86400]
+    for k, t in enumerate(times):
+        await hub.write_trade(EX, PR, t, "buy" if k % 2 else "sell", 100.0 + k, 1.0, f"o{k}")
+    await hub.flush()
+
+    def influxd(start: int | None, end: int | None, limit: int) -> list[str]:
+        where = f"exchange='{EX}' AND product='{PR}'"
+        where += "" if start is None else f" AND time >= {start}s"
+        where += "" if end is None else f" AND time <= {end}s"
+        url = hub.config.influxdb.url + "/query?" + urllib.parse.urlencode({
+            "db": hub.config.influxdb.bucket, "q": f"SELECT price, order_id FROM trade WHERE "
+                                                  f"{where} ORDER BY time DESC LIMIT {limit}"})
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            series = json.load(answer)["results"][0].get("series", [])
+        return [row[2] for row in reversed(series[0]["values"])] if series else []
+
+    week = now - 7 * 86400
+    for start, end, limit in [(None, None, 10), (None, None, 84), (None, None, 150),
+                              (None, None, 1000), (week - 86400, None, 100),
+                              (None, week + 86400, 30), (week - 3 * 86400, now, 60),
+                              (now - 86400, None, 5), (None, week - 86400, 5)]:
+        got = await hub.query_trades(EX, PR, start, end, limit=limit)
+        assert [t.order_id for t in got] == influxd(start, end, limit), (start, end, limit)
+        assert len(got) == min(limit, len([t for t in times if (start is None or t >= start)
+                                           and (end is None or t <= end)]))
+
+
 async def test_metric_is_written_with_time_now(hub: Hub, config: HubConfig) -> None:
     before = time.time()
     await hub.write_metric("pnl", 12.5, exchange=EX, product=PR, strategy="ema")
