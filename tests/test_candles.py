@@ -222,6 +222,26 @@ def influx_newest(hub: Hub, limit: int, start: int | None = None,
                                f"WHERE {where} ORDER BY time DESC LIMIT {limit}")
 
 
+def influx_newest_csv(hub: Hub, limit: int, start: int | None = None,
+                      end: int | None = None) -> bytes:
+    """The same single query's answer as influxd's own CSV."""
+    import urllib.parse
+    import urllib.request
+
+    where = f"exchange='{EX}' AND product='{PR}'"
+    if start is not None:
+        where += f" AND time >= {start}s"
+    if end is not None:
+        where += f" AND time <= {end}s"
+    url = hub.config.influxdb.url + "/query?" + urllib.parse.urlencode({
+        "db": hub.config.influxdb.bucket, "epoch": "s",
+        "q": f"SELECT open, high, low, close, volume FROM candle WHERE {where} "
+             f"ORDER BY time DESC LIMIT {limit}"})
+    request = urllib.request.Request(url, headers={"Accept": "application/csv"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return bytes(answer.read())
+
+
 @pytest.mark.parametrize("limit,start,end", [
     (2000, None, None), (2600, None, None), (5000, None, None),  # across the gap, all
     (2200, T0 + 60 * 100, None), (2000, None, T0 + 60 * 1400 + 40 * 86400),
@@ -235,7 +255,7 @@ async def test_deep_reads_answer_as_the_single_query_does(
     ``window=False``) from the newest stored candle's time, which it looks for in the
     last week first (``live``: the data ends a minute ago); with a 40-day gap in the
     data (the guess falls short) and bounds on either side, the answer is what influxd
-    gives for one query."""
+    gives for one query, and query_candles_csv's is influxd's CSV of it, to the byte."""
     shift = 0
     if written == "no-window-live":
         shift = (int(time.time()) // 60 - 1) * 60 - (T0 + 60 * 1499 + 40 * 86400)
@@ -248,6 +268,9 @@ async def test_deep_reads_answer_as_the_single_query_does(
     await windowed.flush()
     got = await windowed.query_candles(EX, PR, start, end, limit=limit)
     assert got == influx_newest(windowed, limit, start, end)
+    csv = await windowed.query_candles_csv(EX, PR, start, end, limit=limit)
+    assert csv == influx_newest_csv(windowed, limit, start, end)
+    assert hub_module._csv_rows(csv) == len(got)  # (how the hub counts an answer's rows)
     assert len(got) == min(limit, len([c for c in dense + late
                                        if (start is None or c.timestamp >= start)
                                        and (end is None or c.timestamp <= end)]))
