@@ -395,19 +395,25 @@ class Bench:
         db = sqlite3.connect(self.sqlite_path)
         reps = max(5, self.sizes.repeats // 4)
         rows = []
-        for n in self.sizes.query_sizes:
-            q = ql.select_candles(EX, product, None, None, n)  # what the hub sends
-            got = await hub.query_candles(EX, product, limit=n)
-            assert got == data[-n:], f"hub answer for last {n} differs"
-            rows.append({"query": f"last {n:,} candles",
-                         "sqlite": statistics.median(timed(lambda n=n: db.execute(
+
+        async def newest(name: str, n: int, expected: list[Candle], label: str) -> None:
+            """The newest ``n`` candles of product ``name``: SQLite, raw InfluxQL (the
+            query the hub sends when it asks InfluxDB at all) and the hub."""
+            q = ql.select_candles(EX, name, None, None, n)
+            got = await hub.query_candles(EX, name, limit=n)
+            assert got == expected[-n:], f"hub answer for {label} differs"
+            rows.append({"query": label,
+                         "sqlite": statistics.median(timed(lambda: db.execute(
                              "SELECT ts, open, high, low, close, volume FROM candles WHERE "
-                             "product = ? ORDER BY ts DESC LIMIT ?", (product, n)).fetchall(),
+                             "product = ? ORDER BY ts DESC LIMIT ?", (name, n)).fetchall(),
                              reps)),
                          "influxql (aioinflux)": statistics.median(
-                             await atimed(lambda q=q: influx.query(q), reps)),
+                             await atimed(lambda: influx.query(q), reps)),
                          "hub": statistics.median(await atimed(
-                             lambda n=n: hub.query_candles(EX, product, limit=n), reps))})
+                             lambda: hub.query_candles(EX, name, limit=n), reps))})
+
+        for n in self.sizes.query_sizes:
+            await newest(product, n, data, f"last {n:,} candles")
         # a product whose hot window is gone (expired, or history written with
         # window=False): the hub goes by the newest stored candle's time
         other = PRODUCTS[1]
@@ -415,18 +421,7 @@ class Bench:
             await raw_redis.delete(keys.candles(EX, other))
         other_data = candles(len(data), 1)
         for n in (100, 10_000):
-            q = ql.select_candles(EX, other, None, None, n)
-            got = await hub.query_candles(EX, other, limit=n)
-            assert got == other_data[-n:], f"hub answer for last {n} (no window) differs"
-            rows.append({"query": f"last {n:,} candles, no hot window",
-                         "sqlite": statistics.median(timed(lambda n=n: db.execute(
-                             "SELECT ts, open, high, low, close, volume FROM candles WHERE "
-                             "product = ? ORDER BY ts DESC LIMIT ?", (other, n)).fetchall(),
-                             reps)),
-                         "influxql (aioinflux)": statistics.median(
-                             await atimed(lambda q=q: influx.query(q), reps)),
-                         "hub": statistics.median(await atimed(
-                             lambda n=n: hub.query_candles(EX, other, limit=n), reps))})
+            await newest(other, n, other_data, f"last {n:,} candles, no hot window")
         end = T0 + 60 * len(data)
         for n in (100, 1000):  # the newest 5m buckets: within, then beyond, the hot window
             q = ql.select_candles_resampled(EX, product, T0, end, n, "5m")
