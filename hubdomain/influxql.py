@@ -125,10 +125,14 @@ def select_last_indicator(exchange: str, product: str, name: str, period: str,
 
 
 def select_trades(exchange: str, product: str, start: int | float | None,
-                  end: int | float | None, limit: int, rp: str | None = None) -> str:
+                  end: int | float | None, limit: int, rp: str | None = None,
+                  before: int | None = None) -> str:
+    """The newest ``limit`` trades in [start, end], and before ``before`` (exclusive:
+    trades keep fractions of a second) when given."""
+    below = "" if before is None else f" AND time < {seconds_to_ns(before)}"
     return (
         f'SELECT * FROM {source("trade", rp)}'
-        f'{where({"exchange": exchange, "product": product}, start, end)}'
+        f'{where({"exchange": exchange, "product": product}, start, end)}{below}'
         f" ORDER BY time DESC LIMIT {int(limit)}"
     )
 

@@ -117,15 +117,19 @@ async def test_trades_roundtrip_ascending(hub: Hub) -> None:
 
 
 async def test_trades_around_the_last_week_answer_as_one_query(hub: Hub) -> None:
-    """Trades spread over 20 days up to one dated a day ahead: the newest N (asked of
-    the last week first, then below it) with and without bounds on either side of the
+    """Trades spread over 20 days up to one dated a day ahead, some a fraction of a
+    second apart around the last week's start: the newest N (asked of the last week
+    first, then of the weeks before) with and without bounds on either side of the
     week's start are influxd's answer to the single query."""
     import json
     import urllib.parse
     import urllib.request
 
     now = int(time.time())
-    times = [now - 20 * 86400 + k * 7200 for k in range(240)] + [now + 86400]
+    # every 2 hours over 20 days, a quarter-second apart around the week's start (so
+    # the start the hub takes, a moment later, falls among them), one a day ahead
+    times: list[float] = [now - 20 * 86400 + k * 7200 for k in range(240)]
+    times += [now - 7 * 86400 - 5 + k * 0.25 for k in range(120)] + [now + 86400]
     for k, t in enumerate(times):
         await hub.write_trade(EX, PR, t, "buy" if k % 2 else "sell", 100.0 + k, 1.0, f"o{k}")
     await hub.flush()
@@ -145,7 +149,8 @@ async def test_trades_around_the_last_week_answer_as_one_query(hub: Hub) -> None
     for start, end, limit in [(None, None, 10), (None, None, 84), (None, None, 150),
                               (None, None, 1000), (week - 86400, None, 100),
                               (None, week + 86400, 30), (week - 3 * 86400, now, 60),
-                              (now - 86400, None, 5), (None, week - 86400, 5)]:
+                              (now - 86400, None, 5), (None, week - 86400, 5),
+                              (None, None, 220), (None, week + 60, 20)]:
         got = await hub.query_trades(EX, PR, start, end, limit=limit)
         assert [t.order_id for t in got] == influxd(start, end, limit), (start, end, limit)
         assert len(got) == min(limit, len([t for t in times if (start is None or t >= start)
