@@ -779,7 +779,7 @@ class Hub:
         # 10 of 100,000 trades over a year, measured here). The edges are fixed once,
         # each window's upper one exclusive, so no trade is asked for twice or missed.
         now = int(time.time())
-        edges: list[int | None] = [now - _RECENT_SECONDS * 4 ** k for k in range(4)]
+        edges: list[int | None] = [now - ql.RECENT_SECONDS * 4 ** k for k in range(4)]
         found: list[dict[str, Any]] = []
         upper: int | None = None  # the window's exclusive upper edge (None: up to end)
         for floor in [*edges, None]:
@@ -1006,8 +1006,6 @@ class Hub:
         return stats
 
 
-# how far back the newest trades are looked for first (ql.RECENT, in seconds)
-_RECENT_SECONDS = 7 * 86400
 # seconds of minutes beyond which a resampled range is asked as two halves at once
 # (200,000 minutes: 240,000 gained little, 720,000 ~1.65x, measured on two cores)
 _SPLIT_RESAMPLE = 200_000 * 60

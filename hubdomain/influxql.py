@@ -100,7 +100,8 @@ def group_by_time(span: int) -> str:
 
 
 # How far back the newest candle is looked for first (see select_candle_edge)
-RECENT = "7d"
+RECENT_SECONDS = 7 * 86400  # (a shard's span in a policy that keeps data forever)
+RECENT = f"{RECENT_SECONDS}s"
 
 
 def select_candle_edge(exchange: str, product: str, newest: bool, recent: bool = False,
