@@ -162,14 +162,24 @@ class _Server:
 
 
 def make_certificates(directory: Path) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1/localhost (openssl CLI)."""
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost (openssl CLI).
+
+    Both carry the extensions strict X.509 checking asks for (Python 3.13's default
+    TLS context verifies strictly: a CA without ``keyUsage`` is refused)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {n: directory / f"{n}.pem" for n in ("ca", "ca-key", "cert", "key")}
     ext = directory / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    # (a cluster node is a TLS client of the others with the same certificate)
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                   "basicConstraints=critical,CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                   "extendedKeyUsage=serverAuth,clientAuth\n")
     run = [binary("openssl")]
     subprocess.run([*run, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=wolfhub-test-ca", "-keyout", str(paths["ca-key"]),
+                    "-subj", "/CN=wolfhub-test-ca",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                    "-keyout", str(paths["ca-key"]),
                     "-out", str(paths["ca"])], check=True, capture_output=True)
     csr = directory / "server.csr"
     subprocess.run([*run, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
