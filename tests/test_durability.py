@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import pytest
 
 from hub import Hub, HubConfig
@@ -60,7 +62,7 @@ async def test_trade_is_on_disk_before_write_trade_returns(hub: Hub, config: Hub
         await hub.write_trade(EX, PR, 1697529600, "buy", 100.0, 1.0, "o-1")
         # read the SQLite file from outside the hub: the trade is there already
         import sqlite3
-        with sqlite3.connect(config.sqlite.path) as db:
+        with closing(sqlite3.connect(config.sqlite.path)) as db:
             lines = [r[0] for r in db.execute("SELECT line FROM outbox WHERE kind='trade'")]
         assert len(lines) == 1 and lines[0].startswith("trade,exchange=papertrader")
     finally:
@@ -106,7 +108,7 @@ async def test_hubs_sharing_a_sqlite_file_each_replay_only_their_own_spool(
             stats = [(await h.get_stats())["sqlite"] for h in (bot, script)]
             assert [s["slot"] for s in stats] == [0, 1]
         import sqlite3
-        with sqlite3.connect(config.sqlite.path) as db:
+        with closing(sqlite3.connect(config.sqlite.path)) as db:
             owners = dict(db.execute("SELECT owner, count(*) FROM outbox "
                                      "WHERE line LIKE 'candle,%' GROUP BY owner"))
         assert owners == {0: 50, 1: 30}  # closed while InfluxDB was down: both spooled

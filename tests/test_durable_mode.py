@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ CHILD = Path(__file__).with_name("_child.py")
 def outbox(path: str, what: str = "sum(lines)") -> dict[str, int]:
     """Outbox lines (or ``count(*)``: rows) per kind, read by a connection of its own
     (what is on disk)."""
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         return dict(db.execute(f"SELECT kind, {what} FROM outbox GROUP BY kind").fetchall())
 
 

@@ -11,6 +11,7 @@ import textwrap
 import time
 import urllib.parse
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -174,10 +175,11 @@ async def test_maintenance_jobs_report_and_write_the_hubs_health(
         spool = _influx(config, "SELECT last(value) FROM metric WHERE \"name\"='spool_lines'")
         assert spool and spool[0][1] == 0.0
         # an old quarantined line goes, a fresh one stays
-        with sqlite3.connect(config.sqlite.path) as db:
+        with closing(sqlite3.connect(config.sqlite.path)) as db:
             db.executemany("INSERT INTO quarantine(line, reason, created_at) VALUES (?, ?, ?)",
                            [("old x=1", "test", time.time() - 3 * 86_400),
                             ("new x=1", "test", time.time())])
+            db.commit()
         pruned = await hub.run_maintenance("prune")
         assert pruned["last_result"] == {"quarantine": 1, "outbox": 0}
         assert [q["line"] for q in await hub.quarantined()] == ["new x=1"]

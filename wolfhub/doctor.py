@@ -12,6 +12,7 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
+from contextlib import closing
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -147,7 +148,8 @@ def _sqlite(config: HubConfig) -> list[Finding]:
     if not path.exists():
         return [Finding("sqlite state", "ok", f"{path} not created yet")]
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        # (closing: a connection's own "with" commits, and leaves it open)
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
             # (a row holds several lines since the 'lines' column; one before)
             outbox = db.execute("SELECT coalesce(sum(lines), 0) FROM outbox" if "lines" in

@@ -100,14 +100,18 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=10000")
-        db.executescript(_SCHEMA)
-        _add_owner_column(db)
-        if self.path != ":memory:":
-            st = os.stat(self.path)
-            self._inode = (st.st_dev, st.st_ino)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            _add_owner_column(db)
+            if self.path != ":memory:":
+                st = os.stat(self.path)
+                self._inode = (st.st_dev, st.st_ino)
+        except BaseException:
+            db.close()  # (a full disk or a locked file: not left open to the collector)
+            raise
         return db
 
     def check_file(self) -> None:
