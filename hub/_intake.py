@@ -82,7 +82,7 @@ class Intake:
         self._runs: dict[tuple[str, str], list[Row]] = {}
         self._run_rows = 0
         self._run_cap = min(RUN_CAP, config.performance.redis_hot_data_window)
-        self._stream_length = config.streams.length_candles  # (computed once)
+        self._stream_length = config.streams.length  # (minutes: see PUBLISH_MANY)
         self._seal_scheduled = False
         self._loop_thread: int | None = None  # set when the hub starts
 

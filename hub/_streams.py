@@ -72,7 +72,7 @@ class Streams:
         # (exchange, product, lo, hi, limit, interval or None) -> stored candles
         self._history = history
         self.spans = {tf: tfs.seconds(tf) for tf in self.settings.timeframes}
-        self._stream_length = self.settings.length_candles  # (computed once)
+        self._stream_length = self.settings.length  # (minutes: see PUBLISH_MANY)
         self.books: dict[Product, tfs.Book] = {}
         self.newest: dict[Product, int] = {}  # newest minute written here, per product
         # per product and timeframe: closes waiting behind a recompute (a timeframe's

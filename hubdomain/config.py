@@ -215,11 +215,6 @@ class StreamsConfig(_Model):
         """Candles of every timeframe ``buffer`` consecutive minutes publish, at most."""
         return self._candles_in(self.buffer)
 
-    @property
-    def length_candles(self) -> int:
-        """Candles of every timeframe ``length`` consecutive minutes publish, at most."""
-        return self._candles_in(self.length)
-
     def _candles_in(self, minutes: int) -> int:
         # n minutes close at most n // k + 1 buckets of a k-minute timeframe (k > 1)
         spans = [seconds(tf) // 60 for tf in self.timeframes]

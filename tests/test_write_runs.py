@@ -368,17 +368,41 @@ async def test_a_lapsed_presence_is_caught_up_from_storage(
         await live.aclose()
 
 
-async def test_a_reader_behind_a_trimmed_stream_catches_up(config_data: dict[str, Any]
-                                                           ) -> None:
-    """A writer far ahead of a reader: Redis trims the stream (about streams.length
-    entries) past entries the reader had not read yet. The reader finds out (Redis
-    says which entries it deleted) and its subscriber catches up from storage: every
-    minute, once, in order."""
+async def test_a_reader_behind_a_trimmed_stream_catches_up(
+        config_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer far ahead of a reader (here the reader stalls: its next XREAD waits
+    until the writer is done): Redis trims the stream (streams.length minutes) past
+    entries the reader had not read yet. The reader finds out (the entries' numbers
+    jump) and its subscriber catches up from storage: every minute, once, in order."""
     config_data["streams"] = {"length": 50}
     config = HubConfig.from_mapping(config_data, environ={})
     data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 3.0) for i in range(600)]
     async with Hub(config) as hub, Hub(config) as other:
-        assert await written_while_followed(hub, other, "TRIM", data) == data
+        live = other.candles(EX, "TRIM")
+        got: list[Candle] = []
+
+        async def follow() -> None:
+            async for candle in live:
+                got.append(candle.as_candle())
+                if len(got) == len(data):
+                    return
+        following = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.3)  # the subscription is in place
+        assert other.streams is not None and other.streams.reader is not None
+        backend = other.streams.reader._backend
+        read, go = backend.read_streams, asyncio.Event()
+
+        async def stalled(*args: Any, **kwargs: Any) -> Any:
+            await go.wait()
+            return await read(*args, **kwargs)
+        monkeypatch.setattr(backend, "read_streams", stalled)
+        for i in range(0, len(data), 100):  # six script calls of 100 minutes each
+            await hub.write_candles_batch(EX, "TRIM", data[i:i + 100])
+            await hub.get_candles(EX, "TRIM", 1)
+        go.set()
+        await asyncio.wait_for(following, 10)
+        await live.aclose()
+        assert got == data
         assert (await other.get_stats())["streams"]["trimmed_unread"] >= 1
 
 
@@ -440,6 +464,44 @@ async def test_a_stream_of_entries_of_every_size_keeps_streams_length_candles(
             for m in (orjson.loads(f[b"cs"]) if b"cs" in f else [orjson.loads(f[b"c"])])]
     assert 1000 <= len(held) <= 1500 + 500
     assert held == [c.timestamp for c in data[-len(held):]]
+
+
+async def test_a_trim_keeps_streams_length_minutes_not_only_their_rollups(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """Batches of 452 minutes with every default timeframe: each script call publishes
+    a 452-minute entry, then the rollups it closed. The stream keeps the newest
+    ``streams.length`` minutes at least, with every rollup published after the oldest
+    of them (trimmed by counting every candle, it kept the rollups of a batch whose
+    minutes it had taken, and 904 minutes instead of 1,000; under load, runs of
+    write_candle calls did the same)."""
+    import orjson
+    import redis
+
+    config_data["streams"] = {"length": 1000}
+    config = HubConfig.from_mapping(config_data, environ={})
+    stream = keys.key("candlestream", EX, "BATCHES")
+    client = redis.Redis(port=servers.redis.port)
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0) for i in range(5 * 452)]
+    try:  # followed by a reader of another process, as its snapshot marks it
+        client.zadd(keys.followers(stream), {"reader-elsewhere": 4_000_000_000_000})
+        async with Hub(config) as hub:
+            for i in range(0, len(data), 452):
+                await hub.write_candles_batch(EX, "BATCHES", data[i:i + 452])
+                await hub.get_candles(EX, "BATCHES", 1)  # (each batch its own script call)
+            await hub.flush()
+        entries = client.xrange(stream)
+    finally:
+        client.close()
+    packs = [(f[b"t"], orjson.loads(f[b"cs"]) if b"cs" in f else [orjson.loads(f[b"c"])])
+             for _, f in entries]
+    minutes = [m[0] for timeframe, pack in packs if timeframe == b"1m" for m in pack]
+    assert 1000 <= len(minutes) <= 1500 + 452
+    assert minutes == [c.timestamp for c in data[-len(minutes):]]
+    # the 5m rollups held: every bucket after the oldest minute held, once, in order
+    fives = [m[0] for timeframe, pack in packs if timeframe == b"5m" for m in pack]
+    last_closed = (data[-1].timestamp + 60) // 300 * 300 - 300
+    assert fives[-1] == last_closed and fives == sorted(set(fives))
+    assert fives[0] <= minutes[0] + 300
 
 
 @pytest.mark.parametrize("window", [300, 1500])  # the window's candles in one piece, two

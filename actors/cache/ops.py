@@ -179,11 +179,13 @@ return added
 # entry ('cs': a JSON array of the members) when there are several (a run of write_candle
 # calls, a batch's newest): one XADD for Redis and one entry for each reading process to
 # parse, instead of one per candle (a subscribing process had cost the writer a quarter of
-# its rate). Each entry's 'k' counts the candles ever published on the stream up to it,
-# so the stream is trimmed by candles, not entries (which hold 1 to 1,024 candles): the
-# entries holding only candles older than the newest ARGV[1] go (XTRIM MINID), once they
-# are half as many again (amortized), so the stream keeps ARGV[1] to 1.5 x ARGV[1]
-# candles, plus one entry's.
+# its rate). Each entry's 'k' counts the 1-minute candles ever published on the stream up
+# to it, so the stream is trimmed by minutes, not entries (which hold 1 to 1,024
+# candles): the entries published before the newest ARGV[1] minutes go (XTRIM MINID),
+# once they are half as many again (amortized), so the stream keeps ARGV[1] to 1.5 x
+# ARGV[1] minutes, plus one entry's, with every rollup published after the oldest of them.
+# (Counting the rollups too let a trim keep the rollups of a run whose minutes it took:
+# up to a third as many candles again, and fewer than ARGV[1] minutes were left.)
 # The number of a stream's newest entry (its fields given): its 'n', or for an entry
 # written before entries were numbered, Redis' count of entries added.
 NUMBER_OF = """
@@ -223,7 +225,7 @@ local i = 2
 local added = 0
 local function publish(timeframe, pack)
   seq = seq + 1
-  total = total + #pack
+  if timeframe == '1m' then total = total + #pack end
   if #pack == 1 then
     redis.call('XADD', stream, '*', 't', timeframe, 'c', pack[1], 'r', 0, 'n', seq,
                'k', total)
@@ -292,7 +294,7 @@ for k = 3, #KEYS do
           redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
           if followed then
             seq = seq + 1
-            total = total + 1
+            if timeframe == '1m' then total = total + 1 end
             redis.call('XADD', stream, '*', 't', timeframe, 'c', ARGV[i + 1],
                        'r', replaced, 'n', seq, 'k', total)
           end
