@@ -341,10 +341,11 @@ async def test_a_snapshot_inside_a_trimmed_stretch_is_caught_up_not_stepped_over
 @pytest.mark.parametrize("timeframes", [None, ["1m", "5m"], ["1m", "3m", "1h", "1w"]])
 def test_streams_buffer_holds_its_minutes_rollups_and_all(timeframes: list[str] | None
                                                            ) -> None:
-    """``streams.buffer`` minutes (and ``streams.length``) count whole: the candles any
-    600 consecutive minutes publish, the rollups they close included, fit in what the
-    config sizes for them, however the minutes fall on the buckets (a share per minute,
-    rounded up, fell short: 794 candles against 793 at one start)."""
+    """``streams.buffer`` minutes count whole: the candles any 600 consecutive minutes
+    publish, the rollups they close included, fit in what the config sizes for them,
+    however the minutes fall on the buckets (a share per minute, rounded up, fell short:
+    794 candles against 793 at one start). (``streams.length`` is counted in minutes
+    by the stream itself: tests/test_write_runs.py.)"""
     from hubdomain.config import StreamsConfig
 
     config = StreamsConfig() if timeframes is None else StreamsConfig(timeframes=timeframes)
@@ -357,7 +358,4 @@ def test_streams_buffer_holds_its_minutes_rollups_and_all(timeframes: list[str] 
             book.add_many(rows[:start], 0.0)
         closed = [e for e in book.add_many(rows[start:], 0.0) if isinstance(e, Closed)]
         most = max(most, n + len(closed))
-    assert most <= StreamsConfig(buffer=n, length=n,
-                                 timeframes=config.timeframes).buffer_candles
-    assert most <= StreamsConfig(buffer=n, length=n,
-                                 timeframes=config.timeframes).length_candles
+    assert most <= StreamsConfig(buffer=n, timeframes=config.timeframes).buffer_candles
