@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -31,10 +32,12 @@ async def write(hub: Hub, product: str, c: Candle) -> None:
     await hub.write_candle(EX, product, c.timestamp, c.open, c.high, c.low, c.close, c.volume)
 
 
-async def written_while_followed(hub: Hub, other: Hub, product: str,
-                                 data: list[Candle]) -> list[Candle]:
-    """``data`` written by ``hub`` one call at a time while ``other`` follows the
-    product's 1-minute candles: what ``other``'s subscriber got (as many as written)."""
+async def written_while_followed(
+        hub: Hub, other: Hub, product: str, data: list[Candle],
+        write_all: Callable[[], Awaitable[None]] | None = None) -> list[Candle]:
+    """``data`` written by ``hub`` one call at a time (or by ``write_all``) while
+    ``other`` follows the product's 1-minute candles: what ``other``'s subscriber got
+    (as many as written)."""
     live = other.candles(EX, product)
     got: list[Candle] = []
 
@@ -45,8 +48,11 @@ async def written_while_followed(hub: Hub, other: Hub, product: str,
                 return
     following = asyncio.ensure_future(follow())
     await asyncio.sleep(0.3)  # the subscription is in place
-    for c in data:
-        await write(hub, product, c)
+    if write_all is not None:
+        await write_all()
+    else:
+        for c in data:
+            await write(hub, product, c)
     await asyncio.wait_for(following, 10)
     await live.aclose()
     return got
@@ -378,31 +384,21 @@ async def test_a_reader_behind_a_trimmed_stream_catches_up(
     config = HubConfig.from_mapping(config_data, environ={})
     data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 3.0) for i in range(600)]
     async with Hub(config) as hub, Hub(config) as other:
-        live = other.candles(EX, "TRIM")
-        got: list[Candle] = []
+        async def while_the_reader_stalls() -> None:
+            assert other.streams is not None and other.streams.reader is not None
+            backend = other.streams.reader._backend
+            read, go = backend.read_streams, asyncio.Event()
 
-        async def follow() -> None:
-            async for candle in live:
-                got.append(candle.as_candle())
-                if len(got) == len(data):
-                    return
-        following = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.3)  # the subscription is in place
-        assert other.streams is not None and other.streams.reader is not None
-        backend = other.streams.reader._backend
-        read, go = backend.read_streams, asyncio.Event()
-
-        async def stalled(*args: Any, **kwargs: Any) -> Any:
-            await go.wait()
-            return await read(*args, **kwargs)
-        monkeypatch.setattr(backend, "read_streams", stalled)
-        for i in range(0, len(data), 100):  # six script calls of 100 minutes each
-            await hub.write_candles_batch(EX, "TRIM", data[i:i + 100])
-            await hub.get_candles(EX, "TRIM", 1)
-        go.set()
-        await asyncio.wait_for(following, 10)
-        await live.aclose()
-        assert got == data
+            async def stalled(*args: Any, **kwargs: Any) -> Any:
+                await go.wait()
+                return await read(*args, **kwargs)
+            monkeypatch.setattr(backend, "read_streams", stalled)
+            for i in range(0, len(data), 100):  # six script calls of 100 minutes each
+                await hub.write_candles_batch(EX, "TRIM", data[i:i + 100])
+                await hub.get_candles(EX, "TRIM", 1)
+            go.set()
+        assert await written_while_followed(hub, other, "TRIM", data,
+                                            while_the_reader_stalls) == data
         assert (await other.get_stats())["streams"]["trimmed_unread"] >= 1
 
 
