@@ -183,7 +183,8 @@ return added
 # to it, so the stream is trimmed by minutes, not entries (which hold 1 to 1,024
 # candles): the entries published before the newest ARGV[1] minutes go (XTRIM MINID),
 # once they are half as many again (amortized), so the stream keeps ARGV[1] to 1.5 x
-# ARGV[1] minutes, plus one entry's, with every rollup published after the oldest of them.
+# ARGV[1] minutes, plus an entry or two, with every rollup published after the oldest
+# of them (the trim is checked against the oldest entry's count only).
 # (Counting the rollups too let a trim keep the rollups of a run whose minutes it took:
 # up to a third as many candles again, and fewer than ARGV[1] minutes were left.)
 # The number of a stream's newest entry (its fields given): its 'n', or for an entry
