@@ -277,14 +277,34 @@ async def gap_scan(hub: Hub, days: int = 365) -> list[dict[str, Any]]:
     times = []
     found: list[tuple[int, int]] = []
     exact = 0
+    wrong: list[dict[str, Any]] = []  # what an inexact scan got wrong, read back
     for _ in range(5):
         began = time.perf_counter()
         found = await hub.gaps(EX, product)
         times.append(time.perf_counter() - began)
         exact += found == made
+        if found != made and len(wrong) < 3:
+            wrong.append(await _wrong_holes(hub, product, found, made))
     return [{"candles": total - len(missing), "holes_found": len(found),
              "holes_made": len(made), "scans_exact": exact, "scans": len(times),
-             "p50": statistics.median(times), "max": max(times)}]
+             "p50": statistics.median(times), "max": max(times),
+             **({"wrong": wrong} if wrong else {})}]
+
+
+async def _wrong_holes(hub: Hub, product: str, found: list[tuple[int, int]],
+                       made: list[tuple[int, int]], later: float = 5.0) -> dict[str, Any]:
+    """The holes a scan reported that were not made, and those made it missed, each
+    with the candles a read of its slots returns right away and ``later`` seconds later
+    (whether the store lacked them for a while or a write is missing)."""
+    async def stored(hole: tuple[int, int]) -> int:
+        return len(await hub.query_candles(EX, product, hole[0], hole[1], limit=100_000))
+
+    extra = [h for h in found if h not in made]
+    lost = [h for h in made if h not in found]
+    now = [await stored(h) for h in extra]
+    await asyncio.sleep(later)
+    return {"extra": extra, "missed": lost, "extra_candles_read": now,
+            "extra_candles_read_later": [await stored(h) for h in extra]}
 
 
 def _cpu_seconds(pids: list[int]) -> float:

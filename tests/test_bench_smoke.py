@@ -8,6 +8,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 import uvloop
 
 from bench.__main__ import goals
@@ -16,8 +17,9 @@ from bench._dropin import dropin
 from bench._mailbox import mailbox_vs_stream
 from bench._report import chart, markdown, save
 from bench._scale import CLUSTER_WORKLOAD, WORKLOADS, scale_out
-from bench._streams import streams_tables
+from bench._streams import EX, _minute, _wrong_holes, streams_tables
 from bench._suites import Bench, Results, Sizes
+from hub import Hub
 from wolfhub.servers import LocalServers, RedisClusterServers
 
 
@@ -72,6 +74,21 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     js, _md, png = save(results, tmp_path / "out")
     assert json.loads(js.read_text())["tables"]["writes"][0]["points"] == 2000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.anyio
+async def test_an_inexact_gap_scan_is_read_back(hub: Hub) -> None:
+    """When a scan's holes differ from those made, the harness says which, and how many
+    candles a read of a wrongly reported hole finds (a store that lacked them for a
+    while, or a write that is missing)."""
+    await hub.write_candles_batch(EX, "ODD", [_minute(i) for i in range(30) if i != 10],
+                                  window=False)
+    t = _minute(0).timestamp
+    missing, stored = (t + 600, t + 600), (t + 120, t + 240)  # a real hole, three candles
+    wrong = await _wrong_holes(hub, "ODD", [stored, missing], [missing, (t, t)], later=0)
+    assert wrong == {"extra": [stored], "missed": [(t, t)], "extra_candles_read": [3],
+                     "extra_candles_read_later": [3]}
+    assert (await _wrong_holes(hub, "ODD", [missing], [missing], later=0))["extra"] == []
 
 
 def test_scale_out_table_runs_every_workload(tmp_path: Path) -> None:
