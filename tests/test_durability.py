@@ -89,11 +89,20 @@ async def test_candles_survive_influx_being_down_at_close(config: HubConfig,
         assert (await hub.get_stats())["sqlite"]["outbox"] == 0
 
 
-async def test_hubs_sharing_a_sqlite_file_each_replay_only_their_own_spool(
+def _owners(config: HubConfig) -> dict[int, int]:
+    """Candle lines in the outbox per slot (their rollups left out)."""
+    import sqlite3
+    with closing(sqlite3.connect(config.sqlite.path)) as db:
+        return dict(db.execute("SELECT owner, sum(lines) FROM outbox "
+                               "WHERE line LIKE 'candle,%' GROUP BY owner"))
+
+
+async def test_hubs_sharing_a_sqlite_file_each_spool_and_the_next_replays_all(
         config: HubConfig, servers: LocalServers) -> None:
     """Two hubs on one file (as a bot and its diagnostic script would be): state is
-    shared, each spools into its own slot, and a spool is replayed only by the next
-    hub to take that slot, never by the other."""
+    shared, each spools into its own slot, and the next hub to start replays both
+    spools, not only the one of the slot it takes (a script's writes of an outage are
+    not left waiting for some later process to take its slot)."""
     from hub import Candle
 
     first = [Candle(1697529600 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(50)]
@@ -107,21 +116,52 @@ async def test_hubs_sharing_a_sqlite_file_each_replay_only_their_own_spool(
             await script.write_candles_batch(EX, "OTHER", second)
             stats = [(await h.get_stats())["sqlite"] for h in (bot, script)]
             assert [s["slot"] for s in stats] == [0, 1]
-        import sqlite3
-        with closing(sqlite3.connect(config.sqlite.path)) as db:
-            owners = dict(db.execute("SELECT owner, count(*) FROM outbox "
-                                     "WHERE line LIKE 'candle,%' GROUP BY owner"))
-        assert owners == {0: 50, 1: 30}  # closed while InfluxDB was down: both spooled
+        assert _owners(config) == {0: 50, 1: 30}  # closed while InfluxDB was down
     finally:
         servers.influx.start()
-    async with Hub(config) as alone:  # takes slot 0: replays the bot's spool only
+    async with Hub(config) as alone:  # takes slot 0, and the script's spool with it
         await alone.flush()
+        await alone.flush_all()
         assert await alone.query_candles(EX, PR, limit=10_000) == first
-        assert await alone.query_candles(EX, "OTHER") == []
-        # the script's 30 candles and the 9 rollups they closed (6 of 5m, 2 of 15m, 1 of 30m)
-        assert (await alone.get_stats())["sqlite"]["outbox_all"] == 39
-        async with Hub(config) as next_one:  # slot 1: the script's spool
-            await next_one.flush()
-            await alone.flush_all()
-            assert await alone.query_candles(EX, "OTHER", limit=10_000) == second
-            assert (await next_one.get_stats())["sqlite"]["outbox_all"] == 0
+        assert await alone.query_candles(EX, "OTHER", limit=10_000) == second
+        assert (await alone.get_stats())["sqlite"]["outbox_all"] == 0
+
+
+async def test_a_running_hubs_spool_is_never_taken_by_another(
+        config: HubConfig, servers: LocalServers) -> None:
+    """A hub that starts takes over the spools of processes that ended, never the
+    outbox of one still running (which writes it itself once InfluxDB is back)."""
+    from hub import Candle
+
+    ended = {name: [Candle(1697529600 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(n)]
+             for name, n in (("B", 20), ("C", 30))}
+    servers.influx.kill()
+    running = Hub(config)
+    try:
+        await running.start()  # slot 0, alive throughout
+        b, c = Hub(config), Hub(config)
+        await b.start()
+        await c.start()  # slots 1 and 2
+        await b.write_candles_batch(EX, "B", ended["B"])
+        await c.write_candles_batch(EX, "C", ended["C"])
+        await b.close()
+        await c.close()  # both spooled: InfluxDB is down
+        await running.write_trade(EX, PR, 1697529600, "buy", 1.5, 2.0, "t-1")  # its outbox
+        assert _owners(config) == {1: 20, 2: 30}
+        async with Hub(config) as d:  # slot 1 (free): C's slot 2 is taken over too
+            assert (await d.get_stats())["sqlite"]["slot"] == 1
+            assert _owners(config) == {1: 50}
+            assert (await d.get_stats())["sqlite"]["outbox"] == (await d.get_stats())[
+                "sqlite"]["outbox_all"] - 1  # all but the running hub's trade
+            servers.influx.start()
+            await d.flush()
+            await d.flush_all()
+            for name, data in ended.items():
+                assert await d.query_candles(EX, name, limit=1000) == data
+        await running.flush()  # the running hub wrote its own trade
+        assert [t.order_id for t in await running.query_trades(EX, PR)] == ["t-1"]
+        assert (await running.get_stats())["sqlite"]["outbox_all"] == 0
+    finally:
+        if not servers.influx.running:
+            servers.influx.start()
+        await running.close()

@@ -4,8 +4,10 @@ write outbox/spool and the quarantine, in one WAL file; maps sqlite3's errors on
 Several processes may share one file (a bot, its forked UI, a diagnostic script):
 SQLite serialises their transactions, state is shared, and each process owns a
 *slot* (a lock file held with flock, released by the kernel when the process
-dies) whose outbox rows only it replays. A process taking a dead process's slot
-replays what that process left behind; no spool is ever replayed twice at once.
+dies) whose outbox rows only it replays. A process that starts takes over the rows of
+every slot whose process is gone (its lock free: taken for the moment of the move, so
+no slot's owner can come back meanwhile) and replays them with its own; no spool is
+ever replayed twice at once, nor one whose process still runs.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class SQLiteStore:
                 self._take_slot()
             try:
                 self._db = self._connect()
+                if self.path != ":memory:":
+                    self._adopt_orphans()
             except BaseException:
                 self._release_slot()
                 raise
@@ -158,11 +162,14 @@ class SQLiteStore:
             raise
         self._db = db
 
+    def _lock_name(self, slot: int) -> str:
+        return self.path + ".lock" + (f".{slot}" if slot else "")
+
     def _take_slot(self) -> None:
         """The first free slot: ``path.lock`` (slot 0), then ``path.lock.1``, ...; held
         until close() or the process's end."""
         for slot in range(MAX_SLOTS):
-            name = self.path + ".lock" + (f".{slot}" if slot else "")
+            name = self._lock_name(slot)
             lock = open(name, "a+")  # held until close()
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,6 +186,33 @@ class SQLiteStore:
             return
         raise BackendUnavailable(
             "sqlite", f"{self.path}: all {MAX_SLOTS} slots are in use by other hub processes")
+
+    def _adopt_orphans(self) -> None:
+        """Outbox rows of slots no process holds (a process that ended during an
+        outage, or was killed, while no later one took its slot) become this slot's,
+        replayed with its own in id order; a slot whose lock is held is left alone.
+        Without this a dead slot's rows waited for a process to take that very slot,
+        which only happens while the lower ones are all held."""
+        owners = [int(row[0]) for row in self.db.execute(
+            "SELECT DISTINCT owner FROM outbox WHERE owner != ?", (self.slot,))]
+        for owner in owners:
+            try:
+                lock = open(self._lock_name(owner), "a+")
+            except OSError:
+                continue
+            with lock:  # (closing it releases the flock)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its process runs: its rows are its own
+                lines = int(self.db.execute(
+                    "SELECT coalesce(sum(lines), 0) FROM outbox WHERE owner = ?",
+                    (owner,)).fetchone()[0])
+                self.db.execute("UPDATE outbox SET owner = ? WHERE owner = ?",
+                                (self.slot, owner))
+            log.warning("%s: %d lines a hub process in slot %d left unwritten (it ended "
+                        "while InfluxDB was unavailable) are replayed by this one (slot %d)",
+                        self.path, lines, owner, self.slot)
 
     def _release_slot(self) -> None:
         if self._lock is not None:
