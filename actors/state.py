@@ -121,9 +121,11 @@ class StateActor(Actor):
 
     name = "state"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, replays: bool = True) -> None:
         super().__init__(mailbox_size=10_000)
-        self.store = SQLiteStore(path)
+        # replays: this process writes to InfluxDB, so it takes over ended processes'
+        # spools at start (one that does not would only hold them back)
+        self.store = SQLiteStore(path, adopt=replays)
         self._limiter = CapacityLimiter(1)
         self.commits = 0
 

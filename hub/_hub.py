@@ -138,7 +138,7 @@ class Hub:
             raise HubClosed(f"hub is {self._state.value}; create a new Hub")
         self._state = _State.STARTING
         cfg = self.config
-        self._sqlite = StateActor(cfg.sqlite.path)
+        self._sqlite = StateActor(cfg.sqlite.path, replays=cfg.influxdb.enabled)
         actors: list[Actor] = [self._sqlite]
         cache = None
         if cfg.redis.enabled:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import closing
+from typing import Any
 
 import pytest
 
@@ -128,7 +129,7 @@ async def test_hubs_sharing_a_sqlite_file_each_spool_and_the_next_replays_all(
 
 
 async def test_a_running_hubs_spool_is_never_taken_by_another(
-        config: HubConfig, servers: LocalServers) -> None:
+        config: HubConfig, config_data: dict[str, Any], servers: LocalServers) -> None:
     """A hub that starts takes over the spools of processes that ended, never the
     outbox of one still running (which writes it itself once InfluxDB is back)."""
     from hub import Candle
@@ -158,6 +159,24 @@ async def test_a_running_hubs_spool_is_never_taken_by_another(
             await d.flush_all()
             for name, data in ended.items():
                 assert await d.query_candles(EX, name, limit=1000) == data
+            # a hub that does not write to InfluxDB (a Redis-only drop-in process)
+            # leaves ended processes' spools to one that does
+            cache_only = HubConfig.from_mapping({**config_data, "influxdb": {
+                **config_data["influxdb"], "enabled": False}}, environ={})
+            holder, late = Hub(config), Hub(config)
+            await holder.start()
+            await late.start()  # slots 2 and 3
+            await late.write_candles_batch(EX, "E", ended["B"][:5])
+            servers.influx.kill()
+            await late.close()  # spooled in slot 3
+            await holder.close()
+            async with Hub(cache_only) as e:  # slot 2
+                assert (await e.get_stats())["sqlite"]["slot"] == 2
+                assert _owners(config) == {3: 5}
+            servers.influx.start()
+            async with Hub(config) as f:  # slot 2, taking slot 3's spool over
+                await f.flush()
+                assert await f.query_candles(EX, "E") == ended["B"][:5]
         await running.flush()  # the running hub wrote its own trade
         assert [t.order_id for t in await running.query_trades(EX, PR)] == ["t-1"]
         assert (await running.get_stats())["sqlite"]["outbox_all"] == 0

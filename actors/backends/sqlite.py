@@ -4,10 +4,11 @@ write outbox/spool and the quarantine, in one WAL file; maps sqlite3's errors on
 Several processes may share one file (a bot, its forked UI, a diagnostic script):
 SQLite serialises their transactions, state is shared, and each process owns a
 *slot* (a lock file held with flock, released by the kernel when the process
-dies) whose outbox rows only it replays. A process that starts takes over the rows of
-every slot whose process is gone (its lock free: taken for the moment of the move, so
-no slot's owner can come back meanwhile) and replays them with its own; no spool is
-ever replayed twice at once, nor one whose process still runs.
+dies) whose outbox rows only it replays. A process that starts (and writes to
+InfluxDB, so it replays them) takes over the rows of every slot whose process is gone
+(its lock free: held for the moment of the move, so no process can take that slot
+meanwhile) and replays them with its own; no spool is ever replayed twice at once, nor
+one whose process still runs.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ _OPEN_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 class SQLiteStore:
     """Synchronous store; only ever used from one thread at a time (the actor's)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, adopt: bool = True) -> None:
         self.path = path
+        self.adopt = adopt  # take over ended processes' spools at open (see module doc)
         self.slot = 0
         self._db: sqlite3.Connection | None = None
         self._lock: IO[str] | None = None
@@ -93,7 +95,7 @@ class SQLiteStore:
                 self._take_slot()
             try:
                 self._db = self._connect()
-                if self.path != ":memory:":
+                if self.path != ":memory:" and self.adopt:
                     self._adopt_orphans()
             except BaseException:
                 self._release_slot()
