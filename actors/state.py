@@ -164,6 +164,13 @@ class StateActor(Actor):
     async def counts(self) -> dict[str, int]:
         return await self.ask(Counts())
 
+    async def take_over_ended(self) -> tuple[int, int]:
+        """Move the outbox rows of slots whose process has ended into this one's (see
+        SQLiteStore.take_over_ended): (lines moved, this slot's highest outbox id). Runs
+        between the mailbox's transactions, on the store's thread."""
+        return await anyio.to_thread.run_sync(self.store.take_over_ended_now,
+                                              limiter=self._limiter)
+
     async def prune(self, quarantine_before: float | None,
                     outbox_before: float | None) -> dict[str, int]:
         return await self.ask(Prune(quarantine_before, outbox_before))

@@ -211,7 +211,8 @@ class Hub:
             self.intake.rollups = self.streams.feed
         assert self._sqlite is not None
         self._jobs = Jobs(self, self.streams, self._cache, self._sqlite, influx,
-                          self._actor_statistics, self._newest_minute)
+                          self._actor_statistics, self._newest_minute,
+                          None if self._writer is None else self._writer.taken_over)
         jobs = self._jobs.build()
         if jobs:
             self._maintenance = MaintenanceActor(jobs)

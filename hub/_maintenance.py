@@ -38,8 +38,10 @@ class Jobs:
     def __init__(self, hub: _Hub, streams: Streams, cache: CacheService | None,
                  state: StateActor, influx: Callable[[Query], Awaitable[list[dict[str, Any]]]]
                  | None, actor_statistics: Callable[[], dict[str, Any]],
-                 newest: Callable[[str, str], Awaitable[list[Candle]]]) -> None:
+                 newest: Callable[[str, str], Awaitable[list[Candle]]],
+                 taken_over: Callable[[int], None] | None = None) -> None:
         self.hub = hub
+        self.taken_over = taken_over  # the writer's: rows moved into this outbox
         self.config = hub.config
         self.streams = streams
         self.cache = cache
@@ -64,6 +66,8 @@ class Jobs:
             jobs.append(Job("health", m.health_interval, self.health))
             jobs.append(Job("check", m.check_interval, self.check, at_start=True))
         jobs.append(Job("prune", m.prune_interval, self.prune, at_start=True))
+        if self.taken_over is not None:  # (at start the SQLite store took them over)
+            jobs.append(Job("takeover", m.takeover_interval, self.take_over))
         return jobs
 
     def watched(self) -> list[tuple[str, str]]:
@@ -128,6 +132,16 @@ class Jobs:
         return await self.state.prune(
             now - m.quarantine_days * 86_400 if m.quarantine_days else None,
             now - m.outbox_days * 86_400 if m.outbox_days else None)
+
+    async def take_over(self) -> dict[str, int]:
+        """The outbox rows of hub processes on this SQLite file that ended before
+        InfluxDB took them (their slot's lock is free) become this process's, and its
+        writer replays them."""
+        assert self.taken_over is not None
+        moved, max_id = await self.state.take_over_ended()
+        if moved:
+            self.taken_over(max_id)
+        return {"lines": moved}
 
     async def check(self) -> dict[str, Any]:
         """Retention policies and the 1h continuous query against the config: what

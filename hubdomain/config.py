@@ -243,6 +243,9 @@ class MaintenanceConfig(_Model):
     # InfluxDB has not taken yet, so this loses them on purpose)
     outbox_days: float = Field(0.0, ge=0)
     prune_interval: float = Field(3600.0, ge=0)
+    # outbox rows of hub processes on the same SQLite file that ended before InfluxDB
+    # took them are taken over and replayed by this one (at start, and this often)
+    takeover_interval: float = Field(60.0, ge=0)
     # retention policies and the continuous query checked against influxdb.retention
     check_interval: float = Field(3600.0, ge=0)
 

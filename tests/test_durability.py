@@ -184,3 +184,34 @@ async def test_a_running_hubs_spool_is_never_taken_by_another(
         if not servers.influx.running:
             servers.influx.start()
         await running.close()
+
+
+async def test_a_running_hub_takes_over_a_spool_left_while_it_runs(
+        config: HubConfig, servers: LocalServers) -> None:
+    """A bot that runs for days replays what a script that ended during an outage left
+    (the maintenance job `takeover`), beside its own writes of that outage, without
+    waiting for its own restart."""
+    from hub import Candle
+
+    mine = [Candle(1697529600 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(40)]
+    theirs = [Candle(1697529600 + 60 * i, 3.0, 4.0, 2.5, 3.5, 2.0) for i in range(25)]
+    async with Hub(config) as bot:
+        servers.influx.kill()
+        try:
+            async with Hub(config) as script:
+                await script.write_candles_batch(EX, "SCRIPT", theirs)
+                await bot.write_candles_batch(EX, PR, mine[:20])
+            assert _owners(config) == {1: 25}  # the script's, spooled at its close
+            stats = await bot.run_maintenance("takeover")  # (InfluxDB still down)
+            assert stats["last_result"]["lines"] >= 25 and stats["last_error"] is None
+            assert _owners(config) == {0: 25}
+        finally:
+            servers.influx.start()
+        await bot.write_candles_batch(EX, PR, mine[20:])  # (its memory, behind them)
+        assert (await bot.run_maintenance("takeover"))["last_result"] == {"lines": 0}
+        await bot.flush()
+        await bot.flush_all()
+        assert await bot.query_candles(EX, "SCRIPT") == theirs
+        assert await bot.query_candles(EX, PR) == mine
+        assert (await bot.get_stats())["sqlite"]["slot"] == 0
+        assert _owners(config) == {}

@@ -190,12 +190,20 @@ class SQLiteStore:
             "sqlite", f"{self.path}: all {MAX_SLOTS} slots are in use by other hub processes")
 
     def _adopt_orphans(self) -> None:
+        self.take_over_ended()
+
+    def take_over_ended(self) -> tuple[int, int]:
         """Outbox rows of slots no process holds (a process that ended during an
-        outage, or was killed, while no later one took its slot) become this slot's,
-        replayed with its own in id order; a slot whose lock is held is left alone.
-        Without this a dead slot's rows waited for a process to take that very slot,
-        which only happens while the lower ones are all held."""
-        owners = [int(row[0]) for row in self.db.execute(
+        outage, or was killed, while no later one took its slot) become this slot's:
+        moved, in their order, to new ids above every row there is, so a running
+        writer replays them after what it knows of; a slot whose lock is held is left
+        alone, and its lock is held here until the move is committed. Returns (lines
+        moved, the highest id of this slot's outbox). Without this a dead slot's rows
+        waited for a process to take that very slot, which only happens while the
+        lower ones are all held."""
+        db = self.db
+        moved = 0
+        owners = [int(row[0]) for row in db.execute(
             "SELECT DISTINCT owner FROM outbox WHERE owner != ?", (self.slot,))]
         for owner in owners:
             try:
@@ -207,14 +215,34 @@ class SQLiteStore:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its process runs: its rows are its own
-                lines = int(self.db.execute(
-                    "SELECT coalesce(sum(lines), 0) FROM outbox WHERE owner = ?",
-                    (owner,)).fetchone()[0])
-                self.db.execute("UPDATE outbox SET owner = ? WHERE owner = ?",
-                                (self.slot, owner))
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    lines = int(db.execute(
+                        "SELECT coalesce(sum(lines), 0) FROM outbox WHERE owner = ?",
+                        (owner,)).fetchone()[0])
+                    db.execute("INSERT INTO outbox(line, kind, created_at, owner, lines) "
+                               "SELECT line, kind, created_at, ?, lines FROM outbox "
+                               "WHERE owner = ? ORDER BY id", (self.slot, owner))
+                    db.execute("DELETE FROM outbox WHERE owner = ?", (owner,))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            moved += lines
             log.warning("%s: %d lines a hub process in slot %d left unwritten (it ended "
                         "while InfluxDB was unavailable) are replayed by this one (slot %d)",
                         self.path, lines, owner, self.slot)
+        top = db.execute("SELECT max(id) FROM outbox WHERE owner = ?",
+                         (self.slot,)).fetchone()[0]
+        return moved, int(top or 0)
+
+    def take_over_ended_now(self) -> tuple[int, int]:
+        """:meth:`take_over_ended` for a running hub; raises BackendUnavailable."""
+        try:
+            return self.take_over_ended()
+        except (sqlite3.Error, OSError) as exc:
+            raise unavailable(exc) from exc
 
     def _release_slot(self) -> None:
         if self._lock is not None:

@@ -22,6 +22,8 @@ loop* POSTs. So ``await write_candle`` only waits for mailbox room, never for In
   spool mode.
 - Lines that carry an outbox id (trades) are durable already; their row is
   deleted once written.
+- Outbox rows of processes that ended before writing them, moved into this process's
+  outbox (``taken_over``), are replayed the spool's way, behind what memory holds.
 
 A flush resolves once every line accepted before it is written (or quarantined);
 it fails with BackendUnavailable after ``influxdb.timeout`` seconds of continuous
@@ -57,6 +59,14 @@ class Lines:
     lines: Sequence[str]
     rows: Sequence[int] | None = None
     group: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """Outbox rows that processes which ended left were moved into this process's
+    outbox, up to id ``max_id``: replayed from there (the spool's way)."""
+
+    max_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,11 @@ class WriterActor(Actor):
         bound: a flush waits for the lines, not for room."""
         await self.ask(Flush(), past_bound=True)
 
+    def taken_over(self, max_id: int) -> None:
+        """Rows up to ``max_id`` were moved into this process's outbox (by
+        StateActor.take_over_ended): replay them, behind what memory holds."""
+        self.tell_past_bound(TakenOver(max_id))
+
     @property
     def failing(self) -> bool:
         """True while InfluxDB writes are failing (reads should not wait on a flush)."""
@@ -203,6 +218,10 @@ class WriterActor(Actor):
             if isinstance(message, Flush):
                 if envelope.future is not None:
                     self.memory.wait_for(self.spool.max_id, envelope.future)
+                continue
+            if isinstance(message, TakenOver):  # replayed from the outbox, in id order
+                self.spool.knows((message.max_id,))
+                self.spool.active = True
                 continue
             rows, group = message.rows, message.group
             if self.spool.active and rows:  # durable lines: in the outbox already, replayed
