@@ -215,3 +215,32 @@ async def test_a_running_hub_takes_over_a_spool_left_while_it_runs(
         assert await bot.query_candles(EX, PR) == mine
         assert (await bot.get_stats())["sqlite"]["slot"] == 0
         assert _owners(config) == {}
+
+
+async def test_a_hub_without_influxdb_leaves_an_ended_processes_slot_to_others(
+        config: HubConfig, config_data: dict[str, Any], servers: LocalServers) -> None:
+    """A Redis-only hub (it replays nothing) does not take the slot of a process that
+    ended with writes in its spool, which would hold them back while it runs: the next
+    hub that writes to InfluxDB replays them."""
+    from hub import Candle
+
+    data = [Candle(1697529600 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(15)]
+    cache_only = HubConfig.from_mapping({**config_data, "influxdb": {
+        **config_data["influxdb"], "enabled": False}}, environ={})
+    servers.influx.kill()
+    try:
+        async with Hub(config) as bot:  # slot 0
+            async with Hub(config) as script:  # slot 1, spooled at its close
+                await script.write_candles_batch(EX, "SCRIPT", data)
+            assert _owners(config) == {1: 15}
+            async with Hub(cache_only) as reader:
+                assert (await reader.get_stats())["sqlite"]["slot"] == 2
+                servers.influx.start()
+                async with Hub(config) as next_one:  # slot 1, with its spool
+                    assert (await next_one.get_stats())["sqlite"]["slot"] == 1
+                    await next_one.flush()
+                    assert await next_one.query_candles(EX, "SCRIPT") == data
+            await bot.flush()
+    finally:
+        if not servers.influx.running:
+            servers.influx.start()

@@ -90,14 +90,23 @@ class SQLiteStore:
     def open(self) -> None:
         """Open (creating it) and take a slot; raises BackendUnavailable."""
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                self._take_slot()
             try:
-                self._db = self._connect()
+                avoid: set[int] = set()
+                if self.path != ":memory:":
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                    if not self.adopt:  # a slot holding rows is left to a hub that replays
+                        self._db = self._connect()
+                        avoid = {int(row[0]) for row in self._db.execute(
+                            "SELECT DISTINCT owner FROM outbox")}
+                    self._take_slot(avoid)
+                if self._db is None:
+                    self._db = self._connect()
                 if self.path != ":memory:" and self.adopt:
                     self._adopt_orphans()
             except BaseException:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
                 self._release_slot()
                 raise
         except (sqlite3.Error, OSError) as exc:
@@ -167,10 +176,13 @@ class SQLiteStore:
     def _lock_name(self, slot: int) -> str:
         return self.path + ".lock" + (f".{slot}" if slot else "")
 
-    def _take_slot(self) -> None:
+    def _take_slot(self, avoid: set[int] | frozenset[int] = frozenset()) -> None:
         """The first free slot: ``path.lock`` (slot 0), then ``path.lock.1``, ...; held
-        until close() or the process's end."""
-        for slot in range(MAX_SLOTS):
+        until close() or the process's end. Slots in ``avoid`` only when no other is
+        free."""
+        order = [s for s in range(MAX_SLOTS) if s not in avoid] + sorted(
+            s for s in avoid if s < MAX_SLOTS)
+        for slot in order:
             name = self._lock_name(slot)
             lock = open(name, "a+")  # held until close()
             try:
