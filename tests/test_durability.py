@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -244,3 +245,29 @@ async def test_a_hub_without_influxdb_leaves_an_ended_processes_slot_to_others(
     finally:
         if not servers.influx.running:
             servers.influx.start()
+
+
+def test_an_ended_slots_spool_is_taken_over_once_and_in_order(tmp_path: Path) -> None:
+    """Two running processes look for ended slots at once: one takes the rows over, in
+    their order, and the other finds none left (nothing is replayed twice)."""
+    from actors.backends.sqlite import SQLiteStore
+
+    path = str(tmp_path / "state.sqlite")
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    first.open()
+    second.open()
+    ended = SQLiteStore(path)
+    ended.open()  # slot 2
+    ended.run_batch([lambda st: st.outbox_add([f"m v={i}" for i in range(7)], "spool",
+                                              group=2)])
+    ended.close()
+    try:
+        moved, top = first.take_over_ended()
+        assert (moved, second.take_over_ended()[0]) == (7, 0)
+        loaded = first.outbox_load(0, 100)
+        assert [line for _, lines in loaded for line in lines] == [f"m v={i}" for i in range(7)]
+        assert loaded[-1][0] == top and first.counts()["outbox"] == 7
+        assert second.counts()["outbox"] == 0
+    finally:
+        first.close()
+        second.close()

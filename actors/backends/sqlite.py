@@ -241,6 +241,8 @@ class SQLiteStore:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
+            if not lines:  # (another process took them over first)
+                continue
             moved += lines
             log.warning("%s: %d lines a hub process in slot %d left unwritten (it ended "
                         "while InfluxDB was unavailable) are replayed by this one (slot %d)",
