@@ -120,3 +120,25 @@ async def _killed_once(config_data: dict[str, Any], wait: float) -> tuple[set[in
     config_data["influxdb"]["bucket"] = f"test_{uuid.uuid4().hex[:12]}"
     last = run_and_kill(config_data, wait)
     return set(range(last + 1)) - await stored_indices(config_data), last
+
+
+async def test_a_running_hub_replays_what_a_killed_process_acknowledged(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """Durable mode, a bot running throughout, a second process on the same file killed
+    with SIGKILL while it writes: the bot's `takeover` job writes every candle the killed
+    process acknowledged (its outbox rows), beside the bot's own durable writes."""
+    config_data["influxdb"]["durable"] = True
+    config_data["influxdb"]["batch"] = {"size": 5000, "flush_interval": 5.0}
+    config_data["influxdb"]["bucket"] = f"test_{uuid.uuid4().hex[:12]}"
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as bot:  # slot 0
+        await bot.write_candle("px", "OWN", T0, 1.0, 2.0, 0.5, 1.5, 1.0)
+        last = run_and_kill(config_data, random.uniform(0.3, 1.2))  # the child: slot 1
+        assert last > 0
+        taken = (await bot.run_maintenance("takeover"))["last_result"]["lines"]
+        await bot.write_candle("px", "OWN", T0 + 60, 1.0, 2.0, 0.5, 1.5, 2.0)
+        await bot.flush()
+        await bot.flush_all()
+        got = {int(c.volume) for c in await bot.query_candles("px", "BANK", limit=1_000_000)}
+        assert set(range(last + 1)) <= got, f"taken over {taken} lines"
+        assert [c.volume for c in await bot.query_candles("px", "OWN")] == [1.0, 2.0]
+        assert (await bot.get_stats())["sqlite"]["outbox_all"] == 0
