@@ -102,7 +102,7 @@ class SQLiteStore:
                 if self._db is None:
                     self._db = self._connect()
                 if self.path != ":memory:" and self.adopt:
-                    self._adopt_orphans()
+                    self.take_over_ended()
             except BaseException:
                 if self._db is not None:
                     self._db.close()
@@ -200,9 +200,6 @@ class SQLiteStore:
             return
         raise BackendUnavailable(
             "sqlite", f"{self.path}: all {MAX_SLOTS} slots are in use by other hub processes")
-
-    def _adopt_orphans(self) -> None:
-        self.take_over_ended()
 
     def take_over_ended(self) -> tuple[int, int]:
         """Outbox rows of slots no process holds (a process that ended during an
