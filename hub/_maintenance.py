@@ -30,6 +30,7 @@ class _Hub(Protocol):
                    end: int | float | None = None,
                    timeframe: str = "1m") -> list[tuple[int, int]]: ...
     async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None: ...
+    async def flush(self) -> None: ...
 
 
 class Jobs:
@@ -50,6 +51,9 @@ class Jobs:
         self.actor_statistics = actor_statistics
         self.newest = newest  # the newest stored 1-minute candle (hot window, else InfluxDB)
         self.products: dict[tuple[str, str], dict[str, Any]] = {}
+        # how often the cache had dropped every key when ``rewarm`` last caught up
+        self._forgot_seen = 0
+        self._rewarmed = {"windows_filled": 0, "windows_held": 0}
 
     def build(self) -> list[Job]:
         m = self.config.maintenance
@@ -61,6 +65,8 @@ class Jobs:
             jobs.append(Job("rollups", tick, self.streams.expire))
         if m.products and (self.cache is not None or self.influx is not None):
             jobs.append(Job("warm", 0, self.warm, at_start=True))
+        if self.cache is not None and self.influx is not None:
+            jobs.append(Job("rewarm", 1.0, self.rewarm))
         if self.influx is not None:
             jobs.append(Job("gaps", m.gap_scan_interval, self.scan_gaps))
             jobs.append(Job("health", m.health_interval, self.health))
@@ -85,6 +91,22 @@ class Jobs:
             done = await self.streams.warm(item.exchange, item.product)
             filled, held = filled + done[0], held + done[1]
         return {"windows_filled": filled, "windows_held": held}
+
+    async def rewarm(self) -> dict[str, int]:
+        """After the cache dropped every Redis key (the server restarted, perhaps from an
+        older snapshot, or failed over): the hot windows of the products in config and
+        of those this process wrote filled again from InfluxDB, once every write
+        accepted before is stored there (a candle still in the writer would otherwise be
+        a hole behind the window's newest). Checks each second; does nothing otherwise."""
+        forgot = int((self.actor_statistics().get("cache") or {}).get("forgot_all", 0))
+        if forgot != self._forgot_seen:
+            await self.hub.flush()
+            for exchange, product in self.watched():
+                filled, held = await self.streams.warm(exchange, product)
+                self._rewarmed["windows_filled"] += filled
+                self._rewarmed["windows_held"] += held
+            self._forgot_seen = forgot
+        return {"restarts": forgot, **self._rewarmed}
 
     async def scan_gaps(self) -> dict[str, int]:
         """Holes in the last ``maintenance.gap_scan_span`` seconds of each watched

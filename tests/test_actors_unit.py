@@ -769,6 +769,9 @@ class FakeRedis:
     async def connect(self) -> None:
         pass
 
+    def forgot_all(self) -> None:
+        pass
+
     async def pipeline(self, commands: Any) -> list[Any]:
         async with self.turn:  # one at a time, as the real one
             self.trips += 1

@@ -616,3 +616,69 @@ async def test_doctor_warns_of_a_small_or_read_only_disk_under_sqlite(
                                 check=True)
         found = next(f for f in await examine(config, "") if f.check == "sqlite disk")
         assert found.status == "FAIL" and "not writable" in found.detail, found
+
+
+async def test_redis_restarting_from_an_older_snapshot_serves_nothing_rolled_back(
+        fault_config: dict[str, Any], servers: LocalServers, tmp_path: Path) -> None:
+    """Redis crashes and restarts from its last snapshot (RDB), taken before the hub's
+    newest writes: it acknowledged them, then lost them. What it now holds for those
+    keys (an indicator, a position, a hot window) is older than what the hub wrote;
+    none of it may be served: the hub notices the server's new run_id and drops every
+    cached key before Redis serves again."""
+    redis = RedisServer(tmp_path / "snapshot", extra=["--save", "", "--dbfilename", "d.rdb"])
+    await asyncio.to_thread(redis.start)
+
+    def minutes(first: int, end: int) -> list[Candle]:
+        return [Candle(T0 + i * 60, 1.0, 2.0, 0.5, 1.0 + i, 1.0) for i in range(first, end)]
+    try:
+        fault_config["redis"].update(port=redis.port, timeout=0.5)
+        config = HubConfig.from_mapping(fault_config, environ={})
+        async with Hub(config) as hub:
+            probe = ReadBack(hub, "SNAP")
+            await probe.write(1.0)
+            await hub.write_candles_batch(EX, "SNAP", minutes(0, 100))
+            await hub.flush()
+            await probe.check()
+            await asyncio.to_thread(redis_cli, redis, "SAVE")  # the snapshot
+            await probe.write(2.0)
+            await hub.write_candles_batch(EX, "SNAP", minutes(100, 150))
+            await hub.flush()
+            await probe.check()
+            assert len(await hub.get_candles(EX, "SNAP", 1000)) == 150
+            await asyncio.to_thread(redis.kill)  # a crash: what came after SAVE is gone
+            await asyncio.to_thread(redis.start)  # loads the snapshot
+            assert await asyncio.to_thread(redis_cli, redis, "EXISTS",
+                                           keys.candles(EX, "SNAP")) == "1"
+            await probe.check()  # (the first reads meet the new server)
+
+            async def forgotten() -> bool:
+                cache = (await hub.get_stats())["actors"]["cache"]
+                return bool(cache["available"]) and cache["stale_keys_pending"] == 0
+            await eventually(forgotten, within=30)
+            await probe.check()
+
+            async def rewarmed() -> bool:  # the maintenance job filled the window again
+                jobs = (await hub.get_stats())["actors"]["maintenance"]["jobs"]
+                return (jobs["rewarm"]["last_result"] or {}).get("restarts", 0) >= 1
+            await eventually(rewarmed, within=30)
+            refilled = await hub.get_candles(EX, "SNAP", 1000)
+            await hub.write_candles_batch(EX, "SNAP", minutes(150, 160))
+            await hub.flush()
+            newest = await hub.query_candles(EX, "SNAP", limit=60)
+            window = await hub.get_candles(EX, "SNAP", 1000)
+            await probe.check()
+            stored = sum([await counted(servers, config.influxdb.bucket, measurement, field,
+                                        " WHERE product='SNAP'")
+                          for measurement, field in (("indicator", "value"),
+                                                     ("candle", "close"))])
+    finally:
+        await asyncio.to_thread(redis.kill)
+    assert probe.stale == 0
+    assert stored == 2 + 160  # the two indicator points and every candle
+    assert [c.timestamp for c in newest] == [T0 + i * 60 for i in range(100, 160)]
+    # the window is whole again, from InfluxDB, with none of the minutes Redis lost
+    # skipped, and the writes after the restart join it
+    assert [c.timestamp for c in refilled] == [T0 + i * 60 for i in range(150)]
+    assert [c.timestamp for c in window] == [T0 + i * 60 for i in range(160)]
+    report("Redis restarted from an older snapshot", 2 + 160, stored,
+           stale_reads=probe.stale, window_candles_after=len(window))

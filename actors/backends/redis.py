@@ -89,7 +89,11 @@ class RedisBackend(Protocol):
     @property
     def forget_all_on_reconnect(self) -> bool:
         """After an outage every cached key is dropped (a failover may have lost
-        writes the old master acknowledged)."""
+        writes the old master acknowledged; so may a server that restarted)."""
+
+    def forgot_all(self) -> None:
+        """Every cached key was dropped after a reconnect (what made it necessary, a
+        restart seen, is settled)."""
 
     @property
     def multi_key_scripts(self) -> bool:
@@ -130,6 +134,28 @@ class ScriptMissing(CommandFailed):
 
 class RedisUnreachable(BackendUnavailable):
     """Redis did not answer (refused, reset, timed out): transient, worth a reconnect."""
+
+
+class RedisRestarted(RedisUnreachable):
+    """The server a new connection reached is not the one the connections before it
+    reached (its ``run_id`` changed): it restarted, perhaps from a snapshot older than
+    what it acknowledged (RDB, a crash), or another server took its place. Nothing is
+    sent on it until every cached key is dropped (see ``forget_all_on_reconnect``)."""
+
+
+async def _run_id(conn: Any) -> str | None:
+    """The ``run_id`` of the server ``conn`` reached (INFO server); None when this user
+    may not run INFO (the check is then skipped)."""
+    await conn.send_command("INFO", "server")
+    try:
+        reply = await conn.read_response()
+    except rexc.ResponseError:
+        return None
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[7:].strip()
+    return None
 
 
 class SlotsUnavailable(RedisUnreachable):
@@ -303,10 +329,16 @@ class RedisClient:
         self._streams_conn: Any = None  # blocking XREADs of the candle streams
         self.on_masters_changed: Callable[[], None] | None = None  # (one server: never)
         self.on_untracked_keys: Callable[[list[str]], None] | None = None
+        # the run_id of the server the pipelines' connections reach, and whether one of
+        # them found another since every cached key was last dropped
+        self._run_id: str | None = None
+        self._restarted = False
 
     async def connect(self) -> None:
         with mapped():  # (MasterNotFoundError while sentinels elect: unreachable)
             await self._client.ping()
+        with contextlib.suppress(RedisRestarted):  # noted: the caller drops every key
+            await self.pipeline([("PING",)])  # (the pipelines' connection, checked)
         if self._sentinel is not None:
             log.info("Redis connected: master %r via sentinels %s db=%s",
                      self._config.sentinel.service_name if self._config.sentinel else "",
@@ -376,6 +408,7 @@ class RedisClient:
                     # connect() explicitly: a Sentinel-managed connection asks the
                     # sentinels for the master there (the implicit connect would not)
                     await conn.connect()
+                    self._same_server(await _run_id(conn))
                 results: list[Any] = []
                 self._reading = (conn, results)
                 return await _exchange(conn, commands, results=results)
@@ -400,6 +433,18 @@ class RedisClient:
                 await conn.disconnect()
                 raise
         raise AssertionError("unreachable")
+
+    def _same_server(self, run_id: str | None) -> None:
+        """Raises RedisRestarted when ``run_id`` is not the server's seen before."""
+        if run_id is None:
+            return
+        before, self._run_id = self._run_id, run_id
+        if before is not None and before != run_id:
+            self._restarted = True
+            log.warning("Redis restarted (or another server answers at its address): "
+                        "every cached key is dropped before it serves again")
+            raise RedisRestarted("redis", "the server restarted or was replaced; what it "
+                                 "holds may be older than what it acknowledged")
 
     def _resumable_now(self, conn: Any) -> bool:
         """The commands went out whole on ``conn`` (a cancelled send disconnects it) and
@@ -456,9 +501,13 @@ class RedisClient:
     @property
     def forget_all_on_reconnect(self) -> bool:
         """After a Sentinel failover the new master may lack writes the old one had
-        acknowledged: the CacheActor then drops every cached key rather than serve one
-        stale."""
-        return self._sentinel is not None
+        acknowledged, and a server that restarted may have loaded a snapshot older than
+        what it acknowledged (a crash after the last RDB save): the CacheActor then drops
+        every cached key rather than serve one stale (or a hot window with a hole)."""
+        return self._sentinel is not None or self._restarted
+
+    def forgot_all(self) -> None:
+        self._restarted = False
 
     async def invalidations(self, prefixes: Sequence[str]
                             ) -> AsyncGenerator[list[str] | None, None]:
@@ -574,6 +623,9 @@ class RedisClusterClient:
         """A promoted replica may lack writes its master acknowledged (replication is
         asynchronous): after an outage every cached key is dropped, as with Sentinel."""
         return True
+
+    def forgot_all(self) -> None:
+        pass  # (always forgets all)
 
     @property
     def unavailable_slots(self) -> int:

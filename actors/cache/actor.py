@@ -89,6 +89,7 @@ class CacheActor(Actor):
         self.commands = 0
         self.skipped = 0  # writes Redis could not take
         self.reconnects = 0
+        self.forgot_all = 0  # times every hub key was dropped (a restart, a failover)
         self.undecodable = 0  # values under the hub's keys it could not read
         self._warned: set[str] = set()  # keys whose undecodable value was logged
         self._down_since: float | None = None
@@ -476,7 +477,7 @@ class CacheActor(Actor):
 
     async def _forget_skipped(self) -> None:
         """Delete what may be stale: keys whose writes were skipped while Redis was away
-        (every hub key when a failover may have happened)."""
+        (every hub key when a failover may have happened, or the server restarted)."""
         if self._dirty_overflow or self.backend.forget_all_on_reconnect:
             for prefix in PREFIXES:
                 cursor: ScanCursor | None = None
@@ -487,6 +488,8 @@ class CacheActor(Actor):
                         await self.backend.pipeline([("UNLINK", *found)])
                     if cursor is None:
                         break
+            self.backend.forgot_all()
+            self.forgot_all += 1
         else:
             keys = list(self._dirty)
             for i in range(0, len(keys), 1000):
@@ -498,6 +501,7 @@ class CacheActor(Actor):
         return {**super().statistics(), "round_trips": self.round_trips,
                 "commands": self.commands, "skipped": self.skipped,
                 "available": self.available, "reconnects": self.reconnects,
+                "forgot_all": self.forgot_all,
                 "stale_keys_pending": len(self._dirty), "undecodable": self.undecodable,
                 "unavailable_slots": self.backend.unavailable_slots,
                 "near_cache": self.near.statistics() if self.near is not None else None}
