@@ -15,8 +15,9 @@ from wolfhub.servers import InfluxServer, RedisServer, make_certificates
 pytestmark = pytest.mark.anyio
 REDIS_PW = "r3dis-pw-Zq9"
 ALICE_PW = "al1ce-pw-Xk2"
+BOB_PW = "b0b-pw-Lr4"  # a user who may not run INFO
 INFLUX_PW = "infl-pw-Wm7'\""
-SECRETS = (REDIS_PW, ALICE_PW, INFLUX_PW)
+SECRETS = (REDIS_PW, ALICE_PW, BOB_PW, INFLUX_PW)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     certs = make_certificates(root / "certs")
     servers = {
         "redis": RedisServer(root / "redis", password=REDIS_PW,
-                             acl_users=[f"alice on >{ALICE_PW} ~* &* +@all"]),
+                             acl_users=[f"alice on >{ALICE_PW} ~* &* +@all",
+                                        f"bob on >{BOB_PW} ~* &* +@all -info"]),
         "tls": RedisServer(root / "tls", tls=certs),
         "influx": InfluxServer(root / "influx", admin=("admin", INFLUX_PW)),
     }
@@ -75,6 +77,21 @@ async def test_redis_acl_user_by_url(secure: dict[str, Any], tmp_path: Path) -> 
     cfg = config(secure, tmp_path, {"url": url})
     assert ALICE_PW not in repr(cfg)
     await exercise(cfg)
+
+
+async def test_a_redis_user_without_info_still_uses_the_cache(
+        secure: dict[str, Any], tmp_path: Path) -> None:
+    """The hub reads the server's run_id (INFO) on each new connection, to notice a
+    restart; a user INFO is refused to is served all the same, without that check."""
+    url = f"redis://bob:{BOB_PW}@127.0.0.1:{secure['redis'].port}/0"
+    async with Hub(config(secure, tmp_path, {"url": url})) as hub:
+        await hub.cache_indicator("e", "p", "EMA", 20, 2.5)
+        assert await hub.get_indicator("e", "p", "EMA", 20) == 2.5
+        await hub.write_candle("e", "p", 1697529600, 1.0, 2.0, 0.5, 1.5, 3.0)
+        await hub.flush()
+        assert [c.close for c in await hub.get_candles("e", "p", 10)] == [1.5]
+        stats = await hub.get_stats()
+        assert stats["actors"]["cache"]["available"] and stats["keyspace_hits"] is None
 
 
 @pytest.mark.parametrize("style", ["url", "flag"])
