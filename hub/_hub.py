@@ -446,8 +446,12 @@ class Hub:
         await self._accept(self.intake.cache_candles(exchange, product, candles, max_candles))
 
     async def get_candles(self, exchange: str, product: str, count: int = 100) -> list[Candle]:
-        """The newest ``count`` candles of the hot window, ascending. When Redis is down
-        or off, the same answer comes from InfluxDB."""
+        """The newest ``count`` candles (at most a hot window's worth,
+        ``performance.redis_hot_data_window``), ascending, from the hot window. A window
+        holding fewer than that while older candles are stored (it expired after a
+        pause longer than ``redis.ttl.candles``, or Redis lost it, and minutes were
+        written since) is completed from InfluxDB, as is the whole answer when Redis is
+        down or off."""
         exchange, product, count, window = self.intake.hot_newest(exchange, product, count)
         if window is not None:
             return window
@@ -455,8 +459,28 @@ class Hub:
             found = await self._cache.newest(keys.candles(exchange, product, self._tagged),
                                              count)
             if found is not None:
-                return found
+                if self.intake.whole(exchange, product, found, count):
+                    return found
+                return await self._completed(exchange, product, found, count)
         return await self._cold_candles(exchange, product, None, None, count)
+
+    async def _completed(self, exchange: str, product: str, window: list[Candle],
+                         count: int) -> list[Candle]:
+        """A short hot window (all of it) with the newest stored candles older than its
+        oldest in front, up to ``count`` (at most a window's worth). The window's span
+        is whole (the push rule), and a cold read first makes what the writer holds
+        queryable, so nothing lies between the two. InfluxDB not answering: the window
+        as it is."""
+        wanted = min(count, self.config.performance.redis_hot_data_window) - len(window)
+        oldest = window[0].timestamp if window else None
+        try:
+            older = await self._cold_candles(
+                exchange, product, None, None if oldest is None else oldest - 1, wanted)
+        except BackendUnavailable:
+            return window
+        if len(older) < wanted:
+            self.intake.found_bottom(exchange, product, oldest)
+        return older + window
 
     async def query_candles(self, exchange: str, product: str,
                             start_time: int | float | None = None,

@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,9 @@ RUN_CAP = 256
 # batch at once held the loop ~15 ms (the writer's next POST, and every other coroutine,
 # waited behind it)
 PIECE = 1000
+# seconds get_candles trusts having found that the store holds nothing older than a
+# short hot window (another process may load older history meanwhile)
+BOTTOM_SECONDS = 60.0
 
 _INDICATOR_TAGS = frozenset({"exchange", "product", "name"})
 _METRIC_TAGS = frozenset({"name"})
@@ -85,6 +88,10 @@ class Intake:
         self._stream_length = config.streams.length  # (minutes: see PUBLISH_MANY)
         self._seal_scheduled = False
         self._loop_thread: int | None = None  # set when the hub starts
+        # products whose store holds no candle older than their hot window's oldest (or,
+        # no window, none at all), found by get_candles: (that oldest time or None, the
+        # monotonic time the finding is trusted until)
+        self._bottoms: dict[tuple[str, str], tuple[int | None, float]] = {}
 
     def check_open(self) -> None:
         """Raises HubClosed unless the hub is open."""
@@ -430,7 +437,29 @@ class Intake:
         number = v.positive_int(count, "count")
         self._check_open()
         window = self._held_window(exchange, product)
-        return exchange, product, number, None if window is None else list(window[-number:])
+        if window is None or not self.whole(exchange, product, window, number):
+            return exchange, product, number, None
+        return exchange, product, number, list(window[-number:])
+
+    def whole(self, exchange: str, product: str, window: Sequence[Candle], count: int
+              ) -> bool:
+        """Whether the hot window alone answers get_candles(count): it holds as many as
+        asked (or a whole window's worth), or the store was found to hold nothing older
+        than its oldest (a young product; the finding is trusted for BOTTOM_SECONDS).
+        A window shorter than that (it expired after a pause longer than
+        ``redis.ttl.candles``, or Redis lost it, and candles were written since) is
+        completed from InfluxDB."""
+        if len(window) >= min(count, self.config.performance.redis_hot_data_window):
+            return True
+        bottom = self._bottoms.get((exchange, product))
+        return bottom is not None and time.monotonic() < bottom[1] and \
+            bottom[0] == (window[0].timestamp if window else None)
+
+    def found_bottom(self, exchange: str, product: str, oldest: int | None) -> None:
+        """The store holds no candle older than ``oldest`` (None: none at all)."""
+        if len(self._bottoms) >= 10_000:
+            self._bottoms.clear()
+        self._bottoms[(exchange, product)] = (oldest, time.monotonic() + BOTTOM_SECONDS)
 
     def _held_window(self, exchange: str, product: str) -> tuple[Candle, ...] | None:
         if self.cache is None:

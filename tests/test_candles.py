@@ -97,6 +97,35 @@ async def test_hot_window_is_trimmed_and_ttl_set(windowed: Hub) -> None:
     assert 590 < ttl <= 600
 
 
+async def test_get_candles_after_the_window_expired_answers_the_stored_newest(
+        windowed: Hub) -> None:
+    """A feed that paused longer than redis.ttl.candles (a market closed overnight)
+    lost its hot window; the minutes written since start a new one. get_candles answers
+    the newest candles all the same (the window completed from InfluxDB), as it does
+    with Redis down, not the few written since; a young product's short window is
+    answered as it is, and once found whole, without asking InfluxDB again."""
+    data = random_candles(WINDOW + 30)
+    await windowed.write_candles_batch(EX, PR, data[:WINDOW + 20])
+    await windowed.flush()
+    assert windowed._cache is not None
+    await windowed._cache.clear_all()  # the window expired
+    assert await windowed.get_candles(EX, PR, 30) == data[WINDOW - 10:WINDOW + 20]
+    for c in data[WINDOW + 20:]:  # the next day's first minutes
+        await windowed.write_candle(EX, PR, c.timestamp, c.open, c.high, c.low, c.close,
+                                    c.volume)
+    assert await windowed.get_candles(EX, PR, 30) == data[-30:]
+    assert await windowed.get_candles(EX, PR, 5) == data[-5:]  # the window alone
+    # at most a window's worth, as the seed's list
+    assert await windowed.get_candles(EX, PR, 1000) == data[-WINDOW:]
+    young = random_candles(5, seed=3)
+    await windowed.write_candles_batch(EX, "YOUNG", young)
+    assert await windowed.get_candles(EX, "YOUNG", 20) == young
+    before = await counters(windowed)
+    for _ in range(3):
+        assert await windowed.get_candles(EX, "YOUNG", 20) == young
+    assert (await counters(windowed))[1] == before[1]  # no cold query
+
+
 async def test_rewriting_a_candle_replaces_it(windowed: Hub) -> None:
     data = random_candles(3)
     await windowed.write_candles_batch(EX, PR, data)
