@@ -98,7 +98,7 @@ class Jobs:
         of those this process wrote filled again from InfluxDB, once every write
         accepted before is stored there (a candle still in the writer would otherwise be
         a hole behind the window's newest). Checks each second; does nothing otherwise."""
-        forgot = int((self.actor_statistics().get("cache") or {}).get("forgot_all", 0))
+        forgot = self.cache.actor.forgot_all if self.cache is not None else 0
         if forgot != self._forgot_seen:
             await self.hub.flush()
             for exchange, product in self.watched():
