@@ -200,6 +200,31 @@ def test_candle_database_save_and_restart_import_with_wolfinch_candles(
         influx.write_candles_batch(EX, PR, [OHLC(1697529600.5, 1, 2, 1, 1, 1)])
 
 
+def test_the_import_after_a_night_gets_the_days_before_too(
+        sections: dict[str, Any], servers: LocalServers) -> None:
+    """The hot window expired overnight (redis.ttl.candles after the market's last
+    minute); the morning's minutes start a new one. A process importing then (the
+    bot's restart, its UI) reads the newest candles through get_candles as the seed's
+    list, which never expired, gave them: yesterday's with this morning's."""
+    redis, influx = boot(sections)
+    day = [OHLC(1697529600 + 60 * i, 100 + i, 101 + i, 99 + i, 100.5 + i, 7) for i in range(30)]
+    assert influx.write_candles_batch(exchange=EX, product=PR, candles=[
+        {"timestamp": c.time, "open": c.open, "high": c.high, "low": c.low, "close": c.close,
+         "volume": c.volume} for c in day])
+    assert redis.cache_candles(exchange=EX, product=PR, candles=day, max_candles=1000)
+    assert influx.flush()
+    redis_command(servers, "DEL", f"candles:{EX}:{PR}")  # expired overnight
+    morning = [OHLC(1697529600 + 86400 + 60 * i, 200, 201, 199, 200.5, 3) for i in range(3)]
+    for live in morning:  # db_save_candle
+        assert influx.write_candle(exchange=EX, product=PR, timestamp=live.time,
+                                   open_price=live.open, high=live.high, low=live.low,
+                                   close=live.close, volume=live.volume)
+        assert redis.cache_candles(exchange=EX, product=PR, candles=[live], max_candles=1000)
+    imported = redis.get_candles(exchange=EX, product=PR, count=1000)
+    assert [c.time for c in imported] == [c.time for c in day + morning]
+    assert [c.close for c in imported[-4:]] == [129.5, 200.5, 200.5, 200.5]
+
+
 def test_trade_logger_points_land_with_their_tags_fields_and_time(
         sections: dict[str, Any], servers: LocalServers) -> None:
     _, influx = boot(sections)
