@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from actors.backends.redis import INSTANCE_MARKER
 from hub import Candle, Hub, HubConfig
 from wolfhub.servers import LocalServers
 
@@ -68,6 +69,13 @@ def redis_command(servers: LocalServers, *args: str | bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", servers.redis.port), timeout=5) as s:
         s.sendall(payload)
         return s.recv(65536)
+
+
+def keys_in_redis(servers: LocalServers) -> int:
+    """How many keys Redis holds besides the hub's instance marker (``wolfhub:instance``,
+    set once the hub's keys on a server are vetted)."""
+    total = int(redis_command(servers, "DBSIZE")[1:])
+    return total - int(redis_command(servers, "EXISTS", INSTANCE_MARKER)[1:])
 
 
 @pytest.fixture

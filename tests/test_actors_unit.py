@@ -756,6 +756,7 @@ class FakeRedis:
     multi_key_scripts = False
     lone_reads = True
     forget_all_on_reconnect = False
+    restarted = False
     unavailable_slots = 0
 
     def __init__(self, values: dict[str, bytes]) -> None:
@@ -769,7 +770,7 @@ class FakeRedis:
     async def connect(self) -> None:
         pass
 
-    def forgot_all(self) -> None:
+    async def forgot_all(self) -> None:
         pass
 
     async def pipeline(self, commands: Any) -> list[Any]:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from hub import Candle, Hub, HubClosed, HubConfig, Trade
-from tests.conftest import eventually, redis_command
+from tests.conftest import eventually, keys_in_redis, redis_command
 from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
@@ -187,7 +187,8 @@ async def test_flush_all_clears_only_hub_keys_with_scan(hub: Hub, servers: Local
     await hub.cache_candles(EX, PR, [candle(0)])
     await hub.cache_position(EX, PR, {"size": 1})
     await hub.flush_all()
-    assert redis_command(servers, "DBSIZE") == b":1\r\n"
+    assert keys_in_redis(servers) == 1
+    assert redis_command(servers, "EXISTS", "someone:else") == b":1\r\n"
     assert await hub.get_indicator(EX, PR, "EMA", 20) is None
     # positions are durable in SQLite, so they come back
     assert await hub.get_position(EX, PR) == {"size": 1}

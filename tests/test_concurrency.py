@@ -141,9 +141,10 @@ async def test_a_read_its_caller_gave_up_on_leaves_the_connection_in_step(
     and the hub opens no new connection to Redis for it."""
     from tests.conftest import redis_command
 
-    for period, value in ((11, "1"), (12, "2"), (13, "3")):
-        redis_command(servers, "SET", f"indicator:{EX}:GIVEUP:EMA:{period}", value, "EX", "60")
     async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        for period, value in ((11, "1"), (12, "2"), (13, "3")):  # (another process's)
+            redis_command(servers, "SET", f"indicator:{EX}:GIVEUP:EMA:{period}", value,
+                          "EX", "60")
         assert await hub.get_indicator(EX, "GIVEUP", "EMA", 13) == 3
         before = _connections_received(servers)
         redis_command(servers, "CLIENT", "PAUSE", "400", "ALL")

@@ -618,6 +618,36 @@ async def test_doctor_warns_of_a_small_or_read_only_disk_under_sqlite(
         assert found.status == "FAIL" and "not writable" in found.detail, found
 
 
+def minutes(first: int, end: int) -> list[Candle]:
+    return [Candle(T0 + i * 60, 1.0, 2.0, 0.5, 1.0 + i, 1.0) for i in range(first, end)]
+
+
+async def snapshotting_redis(tmp_path: Path, fault_config: dict[str, Any]
+                             ) -> tuple[RedisServer, HubConfig]:
+    """A redis-server of its own that saves its snapshot only when told (SAVE), and the
+    config of a hub using it."""
+    redis = RedisServer(tmp_path / "snapshot", extra=["--save", "", "--dbfilename", "d.rdb"])
+    await asyncio.to_thread(redis.start)
+    fault_config["redis"].update(port=redis.port, timeout=0.5)
+    return redis, HubConfig.from_mapping(fault_config, environ={})
+
+
+async def written_around_a_snapshot(hub: Hub, redis: RedisServer) -> ReadBack:
+    """An indicator, a position and minutes 0-99, the snapshot, then newer values of
+    both and minutes 100-149: what Redis loses when it restarts from that snapshot."""
+    probe = ReadBack(hub, "SNAP")
+    await probe.write(1.0)
+    await hub.write_candles_batch(EX, "SNAP", minutes(0, 100))
+    await hub.flush()
+    await probe.check()
+    await asyncio.to_thread(redis_cli, redis, "SAVE")  # the snapshot
+    await probe.write(2.0)
+    await hub.write_candles_batch(EX, "SNAP", minutes(100, 150))
+    await hub.flush()
+    await probe.check()
+    return probe
+
+
 async def test_redis_restarting_from_an_older_snapshot_serves_nothing_rolled_back(
         fault_config: dict[str, Any], servers: LocalServers, tmp_path: Path) -> None:
     """Redis crashes and restarts from its last snapshot (RDB), taken before the hub's
@@ -625,25 +655,10 @@ async def test_redis_restarting_from_an_older_snapshot_serves_nothing_rolled_bac
     keys (an indicator, a position, a hot window) is older than what the hub wrote;
     none of it may be served: the hub notices the server's new run_id and drops every
     cached key before Redis serves again."""
-    redis = RedisServer(tmp_path / "snapshot", extra=["--save", "", "--dbfilename", "d.rdb"])
-    await asyncio.to_thread(redis.start)
-
-    def minutes(first: int, end: int) -> list[Candle]:
-        return [Candle(T0 + i * 60, 1.0, 2.0, 0.5, 1.0 + i, 1.0) for i in range(first, end)]
+    redis, config = await snapshotting_redis(tmp_path, fault_config)
     try:
-        fault_config["redis"].update(port=redis.port, timeout=0.5)
-        config = HubConfig.from_mapping(fault_config, environ={})
         async with Hub(config) as hub:
-            probe = ReadBack(hub, "SNAP")
-            await probe.write(1.0)
-            await hub.write_candles_batch(EX, "SNAP", minutes(0, 100))
-            await hub.flush()
-            await probe.check()
-            await asyncio.to_thread(redis_cli, redis, "SAVE")  # the snapshot
-            await probe.write(2.0)
-            await hub.write_candles_batch(EX, "SNAP", minutes(100, 150))
-            await hub.flush()
-            await probe.check()
+            probe = await written_around_a_snapshot(hub, redis)
             assert len(await hub.get_candles(EX, "SNAP", 1000)) == 150
             await asyncio.to_thread(redis.kill)  # a crash: what came after SAVE is gone
             await asyncio.to_thread(redis.start)  # loads the snapshot
@@ -682,3 +697,44 @@ async def test_redis_restarting_from_an_older_snapshot_serves_nothing_rolled_bac
     assert [c.timestamp for c in window] == [T0 + i * 60 for i in range(160)]
     report("Redis restarted from an older snapshot", 2 + 160, stored,
            stale_reads=probe.stale, window_candles_after=len(window))
+
+
+async def test_a_hub_started_after_redis_restarted_from_a_snapshot_serves_nothing_rolled_back(
+        fault_config: dict[str, Any], servers: LocalServers, tmp_path: Path) -> None:
+    """The machine loses power: Redis and the bot go down together, and both start
+    again, Redis from its last snapshot. The new hub process never saw the server
+    before, so the run_id cannot tell it; the instance marker the snapshot holds can."""
+    redis, config = await snapshotting_redis(tmp_path, fault_config)
+    try:
+        async with Hub(config) as hub:
+            probe = await written_around_a_snapshot(hub, redis)
+        await asyncio.to_thread(redis.kill)  # the power goes
+        await asyncio.to_thread(redis.start)  # loads the snapshot
+        assert await asyncio.to_thread(redis_cli, redis, "GET",
+                                       keys.position(EX, "SNAP")) == '{"size":1.0}'
+        async with Hub(config) as hub:  # the bot starts again
+            probe.hub = hub
+            await probe.check()
+            await hub.write_candles_batch(EX, "SNAP", minutes(150, 160))
+            await hub.flush()
+            newest = await hub.query_candles(EX, "SNAP", limit=60)
+            window = await hub.get_candles(EX, "SNAP", 1000)
+            await probe.check()
+            forgot = (await hub.get_stats())["actors"]["cache"]["forgot_all"]
+            stored = sum([await counted(servers, config.influxdb.bucket, measurement, field,
+                                        " WHERE product='SNAP'")
+                          for measurement, field in (("indicator", "value"),
+                                                     ("candle", "close"))])
+        async with Hub(config) as hub:  # and once more: the keys are its own now
+            again = (await hub.get_stats())["actors"]["cache"]["forgot_all"]
+            position = await hub.get_position(EX, "SNAP")
+    finally:
+        await asyncio.to_thread(redis.kill)
+    assert probe.stale == 0
+    assert [c.timestamp for c in newest] == [T0 + i * 60 for i in range(100, 160)]
+    assert [c.timestamp for c in window] == [T0 + i * 60 for i in range(160)]
+    assert (forgot, again) == (1, 0)
+    assert position == {"size": 2.0}
+    assert stored == 2 + 160
+    report("Redis and the hub restarted together, Redis from an older snapshot", 2 + 160,
+           stored, stale_reads=probe.stale)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hub import Candle, Hub, ValidationError
-from tests.conftest import redis_command
+from tests.conftest import keys_in_redis, redis_command
 from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
@@ -137,7 +137,7 @@ async def test_bad_input_is_refused_and_writes_nothing(
     with pytest.raises(ValidationError, match=argument):
         await getattr(hub, method)(*args, **kwargs)
     await hub.flush()
-    assert redis_command(servers, "DBSIZE") == b":0\r\n"
+    assert keys_in_redis(servers) == 0
     stats = await hub.get_stats()
     assert stats["actors"]["writer"]["points_written"] == 0
     assert {k: stats["sqlite"][k] for k in ("outbox", "outbox_all", "quarantined")} == {

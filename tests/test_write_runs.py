@@ -415,9 +415,10 @@ async def test_a_followed_stream_keeps_about_streams_length_candles(
     config = HubConfig.from_mapping(config_data, environ={})
     stream = keys.key("candlestream", EX, "LONG")
     client = redis.Redis(port=servers.redis.port)
-    try:  # followed by a reader of another process, as its snapshot marks it
-        client.zadd(keys.followers(stream), {"reader-elsewhere": 4_000_000_000_000})
+    try:
         async with Hub(config) as hub:
+            # followed by a reader of another process, as its snapshot marks it
+            client.zadd(keys.followers(stream), {"reader-elsewhere": 4_000_000_000_000})
             for i in range(5000):
                 await write(hub, "LONG", Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0))
             await hub.flush()
@@ -445,9 +446,10 @@ async def test_a_stream_of_entries_of_every_size_keeps_streams_length_candles(
     stream = keys.key("candlestream", EX, "MIXED")
     client = redis.Redis(port=servers.redis.port)
     data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0) for i in range(1100)]
-    try:  # followed by a reader of another process, as its snapshot marks it
-        client.zadd(keys.followers(stream), {"reader-elsewhere": 4_000_000_000_000})
+    try:
         async with Hub(config) as hub:
+            # followed by a reader of another process, as its snapshot marks it
+            client.zadd(keys.followers(stream), {"reader-elsewhere": 4_000_000_000_000})
             for i in range(0, 600, 2):
                 await hub.write_candles_batch(EX, "MIXED", data[i:i + 2])
                 await hub.get_candles(EX, "MIXED", 1)  # (each batch its own script call)
@@ -478,9 +480,10 @@ async def test_a_trim_keeps_streams_length_minutes_not_only_their_rollups(
     stream = keys.key("candlestream", EX, "BATCHES")
     client = redis.Redis(port=servers.redis.port)
     data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0) for i in range(5 * 452)]
-    try:  # followed by a reader of another process, as its snapshot marks it
-        client.zadd(keys.followers(stream), {"reader-elsewhere": 4_000_000_000_000})
+    try:
         async with Hub(config) as hub:
+            # followed by a reader of another process, as its snapshot marks it
+            client.zadd(keys.followers(stream), {"reader-elsewhere": 4_000_000_000_000})
             for i in range(0, len(data), 452):
                 await hub.write_candles_batch(EX, "BATCHES", data[i:i + 452])
                 await hub.get_candles(EX, "BATCHES", 1)  # (each batch its own script call)

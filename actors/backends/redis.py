@@ -91,9 +91,14 @@ class RedisBackend(Protocol):
         """After an outage every cached key is dropped (a failover may have lost
         writes the old master acknowledged; so may a server that restarted)."""
 
-    def forgot_all(self) -> None:
+    @property
+    def restarted(self) -> bool:
+        """The server restarted, or another took its place, since the hub's keys on it
+        were last vetted: every one must be dropped before it serves."""
+
+    async def forgot_all(self) -> None:
         """Every cached key was dropped after a reconnect (what made it necessary, a
-        restart seen, is settled)."""
+        restart seen, is settled; the server is marked as vetted)."""
 
     @property
     def multi_key_scripts(self) -> bool:
@@ -141,6 +146,23 @@ class RedisRestarted(RedisUnreachable):
     reached (its ``run_id`` changed): it restarted, perhaps from a snapshot older than
     what it acknowledged (RDB, a crash), or another server took its place. Nothing is
     sent on it until every cached key is dropped (see ``forget_all_on_reconnect``)."""
+
+
+# The run_id of the server instance whose hub keys were last vetted: set once the keys
+# were dropped after a restart (or found none), so a hub process that starts after a
+# restart it never saw (a power loss takes the bot and Redis down together) finds it
+# too: a snapshot Redis loads holds the marker of the instance that wrote it.
+INSTANCE_MARKER = "wolfhub:instance"
+# 1: the marker names this server (or the database is empty: it is set); 0: it does not
+_VET = """
+local marker = redis.call('GET', KEYS[1])
+if marker == ARGV[1] then return 1 end
+if not marker and redis.call('DBSIZE') == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
 async def _run_id(conn: Any) -> str | None:
@@ -333,6 +355,7 @@ class RedisClient:
         # them found another since every cached key was last dropped
         self._run_id: str | None = None
         self._restarted = False
+        self._vetted: str | None = None  # the run_id the instance marker was found to name
 
     async def connect(self) -> None:
         with mapped():  # (MasterNotFoundError while sentinels elect: unreachable)
@@ -408,7 +431,9 @@ class RedisClient:
                     # connect() explicitly: a Sentinel-managed connection asks the
                     # sentinels for the master there (the implicit connect would not)
                     await conn.connect()
-                    self._same_server(await _run_id(conn))
+                    run_id = await _run_id(conn)
+                    self._same_server(run_id)
+                    await self._vet(conn, run_id)
                 results: list[Any] = []
                 self._reading = (conn, results)
                 return await _exchange(conn, commands, results=results)
@@ -445,6 +470,29 @@ class RedisClient:
                         "every cached key is dropped before it serves again")
             raise RedisRestarted("redis", "the server restarted or was replaced; what it "
                                  "holds may be older than what it acknowledged")
+
+    async def _vet(self, conn: Any, run_id: str | None) -> None:
+        """Raises RedisRestarted when the server's hub keys were not written on this
+        server instance (its marker names another run_id: it loaded them from disk or
+        a master, which may have lost the newest of them) and were not yet dropped."""
+        if run_id is None or run_id == self._vetted or self._restarted:
+            return
+        await conn.send_command("EVAL", _VET, 1, INSTANCE_MARKER, run_id)
+        try:
+            vetted = await conn.read_response() == 1
+        except rexc.ResponseError as exc:  # (an ACL without the marker's key: unchecked)
+            log.info("Redis refused the hub's instance check (%s); a restart it did not "
+                     "see is not noticed", exc)
+            vetted = True
+        if vetted:
+            self._vetted = run_id
+            return
+        self._restarted = True
+        log.warning("Redis holds hub keys written before it last started (restored from "
+                    "a snapshot, replicated, or of an older wolfinch-hub): every cached key "
+                    "is dropped before it serves")
+        raise RedisRestarted("redis", "the server's data was loaded at its start; it may be "
+                             "older than what it acknowledged")
 
     def _resumable_now(self, conn: Any) -> bool:
         """The commands went out whole on ``conn`` (a cancelled send disconnects it) and
@@ -506,7 +554,16 @@ class RedisClient:
         every cached key rather than serve one stale (or a hot window with a hole)."""
         return self._sentinel is not None or self._restarted
 
-    def forgot_all(self) -> None:
+    @property
+    def restarted(self) -> bool:
+        return self._restarted
+
+    async def forgot_all(self) -> None:
+        if self._run_id is not None and self._vetted != self._run_id:
+            (done,) = await self.pipeline([("SET", INSTANCE_MARKER, self._run_id)])
+            if isinstance(done, CommandFailed) and "NOPERM" not in done.reply:
+                raise done
+            self._vetted = self._run_id
         self._restarted = False
 
     async def invalidations(self, prefixes: Sequence[str]
@@ -624,7 +681,11 @@ class RedisClusterClient:
         asynchronous): after an outage every cached key is dropped, as with Sentinel."""
         return True
 
-    def forgot_all(self) -> None:
+    @property
+    def restarted(self) -> bool:
+        return False  # (a node is fenced, and its keys dropped, before it serves again)
+
+    async def forgot_all(self) -> None:
         pass  # (always forgets all)
 
     @property

@@ -67,6 +67,14 @@ class Info(Request[dict[str, Any]]):
     """Redis' INFO."""
 
 
+def _refused(results: list[Any]) -> None:
+    """Raises what Redis answered a cleanup command with when it refused it (a read-only
+    replica, an ACL): the keys are still there, and must not be served."""
+    for result in results:
+        if isinstance(result, CommandFailed):
+            raise result
+
+
 class CacheActor(Actor):
     """Owns the Redis connection pool; one pipeline per drained mailbox batch.
 
@@ -169,9 +177,10 @@ class CacheActor(Actor):
     async def setup(self) -> None:
         try:
             await self.backend.connect()
-            if self._dirty or self._dirty_overflow:  # restarted after a crash
+            # restarted after a crash, or Redis holds keys it loaded at its start
+            if self._dirty or self._dirty_overflow or self.backend.restarted:
                 await self._forget_skipped()
-        except RedisUnreachable as exc:
+        except (RedisUnreachable, CommandFailed) as exc:  # (CommandFailed: an UNLINK)
             log.warning("Redis not reachable (%s); serving from InfluxDB/SQLite until it is",
                         exc)
             self._mark_down()
@@ -485,15 +494,15 @@ class CacheActor(Actor):
                     cursor, found = await self.backend.scan_page(
                         glob_literal(prefix) + "*", cursor)
                     if found:
-                        await self.backend.pipeline([("UNLINK", *found)])
+                        _refused(await self.backend.pipeline([("UNLINK", *found)]))
                     if cursor is None:
                         break
-            self.backend.forgot_all()
+            await self.backend.forgot_all()
             self.forgot_all += 1
         else:
             keys = list(self._dirty)
             for i in range(0, len(keys), 1000):
-                await self.backend.pipeline([("UNLINK", *keys[i:i + 1000])])
+                _refused(await self.backend.pipeline([("UNLINK", *keys[i:i + 1000])]))
         self._dirty.clear()
         self._dirty_overflow = False
 
