@@ -94,19 +94,21 @@ class Jobs:
 
     async def rewarm(self) -> dict[str, int]:
         """After the cache dropped every Redis key (the server restarted, perhaps from an
-        older snapshot, or failed over): the hot windows of the products in config and
+        older snapshot, or failed over), or somebody emptied Redis (FLUSHALL, FLUSHDB,
+        seen by the near cache's invalidation link): the hot windows of the products in config and
         of those this process wrote filled again from InfluxDB, once every write
         accepted before is stored there (a candle still in the writer would otherwise be
         a hole behind the window's newest). Checks each second; does nothing otherwise."""
-        forgot = self.cache.actor.forgot_all if self.cache is not None else 0
-        if forgot != self._forgot_seen:
+        actor = self.cache.actor if self.cache is not None else None
+        forgot, flushes = (actor.forgot_all, actor.flushes) if actor is not None else (0, 0)
+        if forgot + flushes != self._forgot_seen:
             await self.hub.flush()
             for exchange, product in self.watched():
                 filled, held = await self.streams.warm(exchange, product)
                 self._rewarmed["windows_filled"] += filled
                 self._rewarmed["windows_held"] += held
-            self._forgot_seen = forgot
-        return {"restarts": forgot, **self._rewarmed}
+            self._forgot_seen = forgot + flushes
+        return {"restarts": forgot, "flushes": flushes, **self._rewarmed}
 
     async def scan_gaps(self) -> dict[str, int]:
         """Holes in the last ``maintenance.gap_scan_span`` seconds of each watched

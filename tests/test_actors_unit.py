@@ -773,6 +773,9 @@ class FakeRedis:
     async def forgot_all(self) -> None:
         pass
 
+    async def flushed(self) -> None:
+        pass
+
     async def pipeline(self, commands: Any) -> list[Any]:
         async with self.turn:  # one at a time, as the real one
             self.trips += 1

@@ -738,3 +738,34 @@ async def test_a_hub_started_after_redis_restarted_from_a_snapshot_serves_nothin
     assert stored == 2 + 160
     report("Redis and the hub restarted together, Redis from an older snapshot", 2 + 160,
            stored, stale_reads=probe.stale)
+
+
+async def test_redis_emptied_under_a_running_hub_gets_its_windows_and_marker_back(
+        fault_config: dict[str, Any], tmp_path: Path) -> None:
+    """An operator empties Redis (FLUSHALL) under a running hub: the hot window is
+    filled again from InfluxDB, and the server is marked vetted again, so the next
+    hub process to start drops nothing."""
+    redis, config = await snapshotting_redis(tmp_path, fault_config)
+    window = keys.candles(EX, "FLUSH")
+    try:
+        async with Hub(config) as hub:
+            await hub.write_candles_batch(EX, "FLUSH", minutes(0, 100))
+            await hub.flush()
+            marker = await asyncio.to_thread(redis_cli, redis, "GET", "wolfhub:instance")
+            await asyncio.to_thread(redis_cli, redis, "FLUSHALL")
+
+            async def refilled() -> bool:
+                return await asyncio.to_thread(redis_cli, redis, "ZCARD", window) == "100"
+            await eventually(refilled, within=30)
+            again = await asyncio.to_thread(redis_cli, redis, "GET", "wolfhub:instance")
+            rewarm = (await hub.get_stats())["actors"]["maintenance"]["jobs"]["rewarm"]
+        async with Hub(config) as hub:
+            forgot = (await hub.get_stats())["actors"]["cache"]["forgot_all"]
+            candles = await hub.get_candles(EX, "FLUSH", 1000)
+        info = await asyncio.to_thread(redis_cli, redis, "INFO", "server")
+    finally:
+        await asyncio.to_thread(redis.kill)
+    assert f"run_id:{marker}" in info and again == marker
+    assert forgot == 0
+    assert rewarm["last_result"]["flushes"] == 1
+    assert [c.timestamp for c in candles] == [T0 + i * 60 for i in range(100)]

@@ -100,6 +100,11 @@ class RedisBackend(Protocol):
         """Every cached key was dropped after a reconnect (what made it necessary, a
         restart seen, is settled; the server is marked as vetted)."""
 
+    async def flushed(self) -> None:
+        """Redis was emptied (FLUSHALL/FLUSHDB) while the hub used it: what it holds of
+        the hub's from now on is written on it, so it is marked vetted again (the next
+        process to start then drops nothing)."""
+
     @property
     def multi_key_scripts(self) -> bool:
         """One script may read keys of any slot (not on a Redis Cluster)."""
@@ -566,6 +571,12 @@ class RedisClient:
             self._vetted = self._run_id
         self._restarted = False
 
+    async def flushed(self) -> None:
+        if self._vetted is not None and not self._restarted:
+            # (NX: never over a marker a process set since; a server that is not the one
+            # vetted is found by the pipeline's connection check before the SET is sent)
+            await self.pipeline([("SET", INSTANCE_MARKER, self._vetted, "NX")])
+
     async def invalidations(self, prefixes: Sequence[str]
                             ) -> AsyncGenerator[list[str] | None, None]:
         """Keys under ``prefixes`` that any client wrote, as Redis reports them
@@ -687,6 +698,9 @@ class RedisClusterClient:
 
     async def forgot_all(self) -> None:
         pass  # (always forgets all)
+
+    async def flushed(self) -> None:
+        pass  # (no marker: see ``restarted``)
 
     @property
     def unavailable_slots(self) -> int:

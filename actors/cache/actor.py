@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -98,6 +98,7 @@ class CacheActor(Actor):
         self.skipped = 0  # writes Redis could not take
         self.reconnects = 0
         self.forgot_all = 0  # times every hub key was dropped (a restart, a failover)
+        self.flushes = 0  # times Redis was emptied by somebody (FLUSHALL/FLUSHDB)
         self.undecodable = 0  # values under the hub's keys it could not read
         self._warned: set[str] = set()  # keys whose undecodable value was logged
         self._down_since: float | None = None
@@ -216,8 +217,10 @@ class CacheActor(Actor):
                 async with contextlib.aclosing(
                         self.backend.invalidations(NEAR_PREFIXES)) as stream:
                     async for keys in stream:
-                        if keys is None:
+                        if keys is None:  # FLUSHALL/FLUSHDB
                             near.clear()
+                            self.flushes += 1
+                            self._background(self._mark_flushed())
                         elif keys:
                             again = near.invalidated(keys)
                             if again:
@@ -237,10 +240,19 @@ class CacheActor(Actor):
     def _read_again(self, near: NearCache, keys: list[str]) -> None:
         """Keys this hub wrote were invalidated (by its own write, or another's): read
         them again behind the writes queued now, so the next read is a hit."""
-        task = asyncio.create_task(self._refill(near, keys, near.ticket()),
-                                   name="near-cache refill")
+        self._background(self._refill(near, keys, near.ticket()))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the mailbox (cancelled at teardown)."""
+        task = asyncio.create_task(work, name="redis-cache background")
         self._refills.add(task)
         task.add_done_callback(self._refills.discard)
+
+    async def _mark_flushed(self) -> None:
+        try:
+            await self.backend.flushed()
+        except BackendUnavailable as exc:  # (the next start drops the keys: slower only)
+            log.debug("instance marker not set again after a flush: %s", exc)
 
     async def _refill(self, near: NearCache, keys: list[str], ticket: int) -> None:
         found = await asyncio.gather(*(self.perform(op_get_value(key)) for key in keys),
@@ -511,6 +523,7 @@ class CacheActor(Actor):
                 "commands": self.commands, "skipped": self.skipped,
                 "available": self.available, "reconnects": self.reconnects,
                 "forgot_all": self.forgot_all,
+                "flushes_seen": self.flushes,
                 "stale_keys_pending": len(self._dirty), "undecodable": self.undecodable,
                 "unavailable_slots": self.backend.unavailable_slots,
                 "near_cache": self.near.statistics() if self.near is not None else None}
