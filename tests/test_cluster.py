@@ -65,6 +65,17 @@ async def released(cluster: RedisClusterServers) -> None:
     await eventually(none_open, within=5)
 
 
+def hub_data_on(node: RedisServer) -> int:
+    """Keys ``node`` holds besides the hub's instance marker (``wolfhub:instance:{n}``)."""
+    markers, cursor = 0, "0"
+    while True:
+        reply = RedisClusterServers.ask(node, "SCAN", cursor, "MATCH", "wolfhub:instance:*",
+                                        "COUNT", "1000").split()
+        cursor, markers = reply[0], markers + len(reply) - 1
+        if cursor == "0":
+            return int(RedisClusterServers.ask(node, "DBSIZE")) - markers
+
+
 def node_get(node: RedisServer, key: str) -> str:
     return RedisClusterServers.ask(node, "GET", key).strip()
 
@@ -130,7 +141,7 @@ async def test_every_call_works_on_a_cluster(cluster: RedisClusterServers,
         assert await hub.get_indicator(EX, kept, "RSI", 14) == 42.0
 
         await hub.flush_all()  # SCAN + UNLINK on every master
-        assert all(cluster.ask(n, "DBSIZE").strip() == "0" for n in cluster.nodes if n.running)
+        assert all(hub_data_on(n) == 0 for n in cluster.nodes if n.running)
         assert await hub.get_position(EX, PRODUCTS[3]) == {"size": 3}  # durable in SQLite
         assert await hub.get_indicator(EX, PRODUCTS[3], "RSI", 14, default="gone") == "gone"
     await released(cluster)
@@ -281,7 +292,7 @@ async def test_the_command_line_on_a_cluster(cluster: RedisClusterServers,
                       cwd=tmp_path)
     assert cleared.returncode == 0, cleared.stderr
     assert "removed 12 keys" in cleared.stdout
-    left = sum(int(cluster.ask(n, "DBSIZE")) for n in cluster.nodes
+    left = sum(hub_data_on(n) for n in cluster.nodes
                if n.running and cluster.ask(n, "ROLE").startswith("master"))
     assert left == 12  # the EMA keys
 
@@ -388,7 +399,7 @@ async def test_a_cluster_with_password_and_tls(tmp_path: Path,
             assert stats["hub"]["cache_reads_failed"] == 0
             assert stats["actors"]["cache"]["near_cache"]["enabled"]
             await hub.flush_all()
-            assert all(own.ask(n, "DBSIZE").strip() == "0" for n in own.nodes)
+            assert all(hub_data_on(n) == 0 for n in own.nodes)
         await released(own)
         data["redis"]["password"] = "wrong"
         with pytest.raises(BackendUnavailable, match="credentials refused"):
@@ -462,6 +473,56 @@ async def test_one_master_down_the_others_keep_serving(tmp_path: Path,
         await released(own)  # the dead master's old connections included
     finally:
         own.stop()
+
+
+async def test_a_hub_started_after_a_master_restarted_from_a_snapshot_serves_nothing_older(
+        tmp_path: Path, config_data: dict[str, Any]) -> None:
+    """A master restarts from its last snapshot (RDB) while no hub runs: what it holds
+    of the hub's is older than what it acknowledged. The next hub process drops that
+    master's hub keys (its instance marker names the run_id before the restart) before
+    serving from it; a process after that drops nothing."""
+    own = RedisClusterServers(tmp_path / "snapshot", replicas=0)
+    for node in own.nodes:
+        node.extra += ["--dbfilename", "d.rdb"]
+    own.start()
+    product = PRODUCTS[0]
+    key = f"indicator:{{{EX}:{product}}}:EMA:20"
+    position = f"position:{{{EX}:{product}}}"
+    try:
+        victim = own.master_of(key)
+        async with Hub(cluster_config(config_data, own)) as hub:
+            await hub.cache_indicator(EX, product, "EMA", 20, 1.0)
+            await hub.cache_position(EX, product, {"size": 1.0})
+
+            async def in_redis() -> bool:
+                return (node_get(victim, key), node_get(victim, position)) == (
+                    "1.0", '{"size":1.0}')
+            await eventually(in_redis, within=10)
+            assert own.ask(victim, "SAVE").strip() == "OK"  # the snapshot
+            await hub.cache_indicator(EX, product, "EMA", 20, 2.0)
+            await hub.cache_position(EX, product, {"size": 2.0})
+            assert await hub.get_indicator(EX, product, "EMA", 20) == 2.0
+        victim.kill()  # the master crashes, the bot is down too
+        victim.start()  # its snapshot (and nodes.conf: the same slots)
+
+        def whole() -> bool:
+            return own.healthy()
+        await eventually(lambda: asyncio.to_thread(whole), within=30)
+        assert node_get(victim, key) == "1.0"  # what the snapshot held
+        async with Hub(cluster_config(config_data, own)) as hub:
+            indicator = await hub.get_indicator(EX, product, "EMA", 20, "gone")
+            held = await hub.get_position(EX, product)
+            await hub.cache_indicator(EX, product, "EMA", 20, 3.0)
+
+            async def written() -> bool:
+                return node_get(victim, key) == "3.0"
+            await eventually(written, within=10)
+        async with Hub(cluster_config(config_data, own)) as hub:  # nothing dropped now
+            kept = await hub.get_indicator(EX, product, "EMA", 20, "gone")
+        await released(own)
+    finally:
+        own.stop()
+    assert (indicator, held, kept) == ("gone", {"size": 2.0}, 3.0)
 
 
 @pytest.mark.parametrize("used_by", ["the hub's own commands", "redis-py's target_nodes"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import math
 from collections.abc import (
@@ -178,11 +180,7 @@ async def _run_id(conn: Any) -> str | None:
         reply = await conn.read_response()
     except rexc.ResponseError:
         return None
-    text = reply.decode() if isinstance(reply, bytes) else str(reply)
-    for line in text.splitlines():
-        if line.startswith("run_id:"):
-            return line[7:].strip()
-    return None
+    return _info_run_id(reply)
 
 
 class SlotsUnavailable(RedisUnreachable):
@@ -634,6 +632,25 @@ def _slot(key: Any) -> int:
     return key_slot(key if isinstance(key, bytes) else str(key).encode())
 
 
+@functools.lru_cache(maxsize=64)
+def _marker_in(slot: int) -> str:
+    """A Redis Cluster master's instance marker: ``wolfhub:instance:{n}`` with the
+    smallest ``n`` whose hash tag falls in ``slot`` (one of the master's own)."""
+    for n in itertools.count():
+        key = f"{INSTANCE_MARKER}:{{{n}}}"
+        if _slot(key) == slot:
+            return key
+    raise AssertionError("unreachable")
+
+
+def _info_run_id(reply: Any) -> str | None:
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[7:].strip()
+    return None
+
+
 class RedisClusterClient:
     """Redis Cluster (``redis.cluster.nodes``): redis.asyncio's cluster client finds the
     nodes and keeps the slot map; the hub's pipelines are split per master and written
@@ -694,10 +711,17 @@ class RedisClusterClient:
 
     @property
     def restarted(self) -> bool:
-        return False  # (a node is fenced, and its keys dropped, before it serves again)
+        # (a master is vetted as the client connects, and one that stops answering is
+        # fenced, and its keys dropped, before it serves again)
+        return False
 
     async def forgot_all(self) -> None:
-        pass  # (always forgets all)
+        """Every master's hub keys were dropped: each is marked as vetted."""
+        try:
+            for master in self._masters():
+                await self._mark(master)
+        except _REDIS_ERRORS as exc:
+            raise _translate(exc) from exc
 
     async def flushed(self) -> None:
         pass  # (no marker: see ``restarted``)
@@ -755,7 +779,52 @@ class RedisClusterClient:
             text = reply.decode() if isinstance(reply, bytes) else str(reply)
             if "cluster_state:ok" not in text:
                 raise RedisUnreachable("redis", "cluster_state is not ok (failover under way?)")
+        try:
+            for master in masters:
+                await self._vet(master)
+        except _REDIS_ERRORS as exc:
+            raise _translate(exc) from exc
         log.info("Redis cluster connected: %d masters via %s", len(masters), where)
+
+    async def _instance(self, node: ClusterNode) -> tuple[str, str] | None:
+        """``node``'s instance marker (in its first slot) and its run_id; None when it
+        serves no slot, or this user may not run INFO."""
+        cache = self._client.nodes_manager.slots_cache
+        slots = [slot for slot, owners in cache.items() if owners and owners[0].name == node.name]
+        if not slots:
+            return None
+        (info,) = await self._on(node, [("INFO", "server")])
+        run_id = _info_run_id(info)
+        return None if run_id is None else (_marker_in(min(slots)), run_id)
+
+    async def _vet(self, node: ClusterNode) -> None:
+        """Drop every hub key ``node`` holds when they were not written on this instance
+        of it (its marker names another run_id: it restarted from a snapshot, or is a
+        promoted replica), as RedisClient does for one server; then mark it."""
+        try:
+            instance = await self._instance(node)
+            if instance is None:
+                return
+            (vetted,) = await self._on(node, [("EVAL", _VET, 1, *instance)])
+        except CommandFailed as exc:  # (an ACL without INFO or the marker's key)
+            log.info("Redis refused the hub's instance check on %s (%s)", node.name, exc)
+            return
+        if vetted == 1:
+            return
+        log.warning("Redis cluster master %s holds hub keys written before it last started "
+                    "(restored from a snapshot, or a promoted replica): its hub keys are "
+                    "dropped before it serves", node.name)
+        await self._forget_on(node)
+        await self._mark(node)
+
+    async def _mark(self, node: ClusterNode) -> None:
+        """Set ``node``'s instance marker to its run_id (its hub keys were dropped)."""
+        try:
+            instance = await self._instance(node)
+            if instance is not None:
+                await self._on(node, [("SET", *instance)])
+        except CommandFailed as exc:
+            log.info("Redis refused the hub's instance marker on %s (%s)", node.name, exc)
 
     def _stray(self, host: str, port: int) -> ClusterNode:
         node = self._strays.get(f"{host}:{port}")
@@ -943,6 +1012,7 @@ class RedisClusterClient:
                     if b"cluster_state:ok" not in state:
                         raise RedisUnreachable("redis", f"{node.name}: cluster_state not ok")
                     await self._forget_on(node)
+                    await self._mark(node)
             except (HubError, rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
                 # (HubError: a command refused, e.g. CLUSTERDOWN while the election runs)
                 log.debug("redis cluster slots still unavailable: %s", exc)
