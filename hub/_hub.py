@@ -421,22 +421,36 @@ class Hub:
         volume)`` tuples, mappings with the seed's keys, or objects with candle attributes
         such as Wolfinch's ``OHLC``). All are validated before any is written. Returns the
         count. ``window=False`` writes InfluxDB only: for bulk loads that put the newest
-        candles in the hot window themselves (``cache_candles``), once, at the end.
+        candles in the hot window themselves (``cache_candles``), once, at the end; the
+        candles of such a batch as new as the window's oldest or newer go into the window
+        all the same (it holds every stored candle of its span, which reads rely on).
         A batch of more than 1,000 candles in ascending time is taken 1,000 at a time
         with a turn of the loop between (other coroutines and the writer's next POST
         run meanwhile; a concurrent read may see its first pieces before the rest). Only
         the first piece may wait for the writer (and raise BackendUnavailable, nothing
         of the batch kept); the others follow it without waiting."""
-        pieces, count = self.intake.write_candle_pieces(exchange, product, candles, window)
-        for number, accepted in enumerate(pieces):
-            if number == 0:  # may wait for room, and raise: nothing of the batch kept then
-                await self._accept(accepted)
-                continue
-            await asyncio.sleep(0)  # the writer's next POST, and other coroutines
-            self._check_open()
-            # the batch is accepted once its first piece is: the rest never wait
-            self.intake.deliver_now(self.intake.begin(accepted))
-        return count
+        exchange, product, rows = self.intake.checked_batch(exchange, product, candles)
+        parts = [(rows, window)]
+        if not window and rows and self._cache is not None:
+            # a hot window holds every stored candle from its oldest on: what the batch
+            # has of that span goes in as any write does (replacing what it held)
+            oldest = await self._cache.window_oldest(keys.candles(exchange, product,
+                                                                  self._tagged))
+            if oldest is not None and any(row[0] >= oldest for row in rows):
+                parts = [([row for row in rows if row[0] < oldest], False),
+                         ([row for row in rows if row[0] >= oldest], True)]
+        first = True
+        for part, pushed in parts:
+            for accepted in self.intake.row_pieces(exchange, product, part, pushed):
+                if first:  # may wait for room, and raise: nothing of the batch kept then
+                    first = False
+                    await self._accept(accepted)
+                    continue
+                await asyncio.sleep(0)  # the writer's next POST, and other coroutines
+                self._check_open()
+                # the batch is accepted once its first piece is: the rest never wait
+                self.intake.deliver_now(self.intake.begin(accepted))
+        return len(rows)
 
     async def cache_candles(self, exchange: str, product: str,
                             candles: Iterable[Candle | Mapping[str, Any]],

@@ -331,22 +331,27 @@ class Intake:
                         (exchange, product, rows) if window and self.rollups is not None
                         else None)
 
-    def write_candle_pieces(self, exchange: object, product: object, candles: object,
-                            window: bool = True) -> tuple[Iterator[Accepted], int]:
-        """``write_candles`` for a batch, validated at once (bad input raises, nothing is
-        kept) and encoded a piece of PIECE rows at a time, for the caller to deliver
-        with a turn of the loop between pieces. Only strictly ascending batches are cut
-        (durable mode too takes a batch whole: one outbox commit); a piece pushes to the
-        hot window only its rows among the batch's newest ``redis_hot_data_window``, the
-        only ones the window keeps (and publishes) of a whole batch."""
+    @staticmethod
+    def checked_batch(exchange: object, product: object,
+                      candles: object) -> tuple[str, str, list[Row]]:
+        """The names and the rows of a batch, validated whole (bad input raises)."""
         exchange, product = _names(exchange, product)
-        rows = candle_rows(candles)
+        return exchange, product, candle_rows(candles)
+
+    def row_pieces(self, exchange: str, product: str, rows: list[Row],
+                   window: bool) -> Iterator[Accepted]:
+        """``write_candles`` for a batch of checked rows (:meth:`checked_batch`), encoded
+        a piece of PIECE rows at a time, for the caller to deliver with a turn of the
+        loop between pieces. Only strictly ascending batches are cut (durable mode too
+        takes a batch whole: one outbox commit); a piece pushes to the hot window only
+        its rows among the batch's newest ``redis_hot_data_window``, the only ones the
+        window keeps (and publishes) of a whole batch."""
         count = len(rows)
         if count <= PIECE or self.config.influxdb.durable \
                 or any(rows[i][0] >= rows[i + 1][0] for i in range(count - 1)):
             whole = self._whole(exchange, product, rows, window)
-            return iter(() if whole is None else (whole,)), count
-        return self._pieces(exchange, product, rows, window), count
+            return iter(() if whole is None else (whole,))
+        return self._pieces(exchange, product, rows, window)
 
     def _pieces(self, exchange: str, product: str, rows: list[Row],
                 window: bool) -> Iterator[Accepted]:

@@ -4,6 +4,7 @@ markers keyed by destination, bad rows, kill -9 at random moments, Parquet, JSON
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import json
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hub import Candle, Hub, HubConfig
 from tests.conftest import redis_command, wolfhub
 from tests.test_cli_data import T0, make_config, rows, write_csv
 from wolfhub.servers import LocalServers
@@ -204,6 +206,37 @@ def test_the_marker_is_kept_per_destination(servers: LocalServers, tmp_path: Pat
     restarted = wolfhub("backfill", str(source), "--exchange", "px", "--product", "A",
                         "--restart", cwd=tmp_path)
     assert "(300 this run)" in restarted.stdout
+
+
+def test_a_backfill_over_a_live_window_is_what_the_bots_reads_answer(
+        servers: LocalServers, tmp_path: Path) -> None:
+    """A live feed dropped ten minutes, and the hot window a bot keeps writing spans
+    them. ``wolfhub backfill`` of the exchange's file for those hours (which has the ten,
+    and other values for the minutes around them) is what the bot reads afterwards,
+    not the window's older picture."""
+    make_config(servers, tmp_path)
+    config = HubConfig.load(tmp_path / "config" / "cache_db.yml")
+    data = rows(300)
+    candles = [Candle(int(r[0]), *map(float, r[1:])) for r in data]
+    exchange_file = [[*r[:5], float(r[5]) + 0.5] for r in data[150:250]]
+    write_csv(tmp_path / "exchange.csv", exchange_file)
+    expected = candles[:150] + [Candle(int(r[0]), *map(float, r[1:]))
+                                for r in exchange_file] + candles[250:]
+
+    async def live() -> tuple[list[Candle], list[Candle]]:
+        async with Hub(config) as hub:
+            await hub.write_candles_batch("px", "LIVE", candles[:200] + candles[210:])
+            await hub.flush()
+            done = await asyncio.to_thread(
+                wolfhub, "backfill", str(tmp_path / "exchange.csv"), "--exchange", "px",
+                "--product", "LIVE", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            return (await hub.get_candles("px", "LIVE", 1000),
+                    await hub.query_candles("px", "LIVE", start_time=candles[190].timestamp,
+                                            end_time=candles[220].timestamp))
+    window, around = asyncio.run(live())
+    assert window == expected
+    assert around == expected[190:221]
 
 
 def test_backfill_fills_the_rollups_windows_with_closed_buckets(servers: LocalServers,

@@ -126,6 +126,27 @@ async def test_get_candles_after_the_window_expired_answers_the_stored_newest(
     assert (await counters(windowed))[1] == before[1]  # no cold query
 
 
+async def test_a_bulk_load_over_a_live_window_is_what_reads_answer(windowed: Hub) -> None:
+    """A bulk load (``window=False``, as ``wolfhub backfill`` writes) of minutes a live
+    product's hot window spans: the minutes it fills in (a feed dropped them) and those
+    it corrects are what reads answer, as InfluxDB holds them, not the window's older
+    picture; history older than the window leaves the window alone."""
+    data = random_candles(90)
+    live = data[30:60] + data[65:]  # the feed dropped five minutes
+    await windowed.write_candles_batch(EX, PR, live)
+    fixed = [Candle(c.timestamp, c.open, c.high, c.low, c.close, c.volume + 1)
+             for c in data[55:70]]
+    assert await windowed.write_candles_batch(EX, PR, fixed, window=False) == 15
+    assert await windowed.write_candles_batch(EX, PR, data[:30], window=False) == 30
+    expected = data[:55] + fixed + data[70:]
+    assert await windowed.get_candles(EX, PR, WINDOW) == expected[-WINDOW:]
+    assert await windowed.query_candles(EX, PR, start_time=data[50].timestamp,
+                                        end_time=data[75].timestamp) == expected[50:76]
+    assert await windowed.query_candles(EX, PR, limit=WINDOW) == expected[-WINDOW:]
+    await windowed.flush()
+    assert await windowed.query_candles(EX, PR, limit=90) == expected
+
+
 async def test_rewriting_a_candle_replaces_it(windowed: Hub) -> None:
     data = random_candles(3)
     await windowed.write_candles_batch(EX, PR, data)

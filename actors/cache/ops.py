@@ -677,6 +677,13 @@ def command_renew(stream_key: str, reader: str, presence_ms: int) -> tuple[Any, 
     return ("EVAL", RENEW, 1, keys.followers(stream_key), reader, presence_ms)
 
 
+def op_window_oldest(key: str) -> RedisOp[int | None]:
+    """The time of the oldest candle the hot window holds; None when it holds none."""
+    def decode(results: list[Any]) -> int | None:
+        return decode_candle(results[0][0]).timestamp if results[0] else None
+    return RedisOp((("ZRANGE", key, 0, 0),), decode, reads=key, miss=None)
+
+
 def op_newest_candles(key: str, count: int) -> RedisOp[list[Candle]]:
     def decode(results: list[Any]) -> list[Candle]:
         return [decode_candle(m) for m in results[0]]

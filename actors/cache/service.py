@@ -38,6 +38,7 @@ from actors.cache.ops import (
     op_trim_window,
     op_unlink,
     op_window_all,
+    op_window_oldest,
     op_window_range,
     pick,
 )
@@ -221,6 +222,14 @@ class CacheService:
                 or not covers(len(answer.candles), answer.oldest, lo, limit):
             return None
         return answer.candles
+
+    async def window_oldest(self, key: str) -> int | None:
+        """The time of the hot window's oldest candle; None when it holds none, or Redis
+        cannot answer."""
+        held, window = self.held(key)
+        if held:
+            return window[0].timestamp if window else None
+        return await self._read(op_window_oldest(key))
 
     async def newest(self, key: str, count: int) -> list[Candle] | None:
         """The newest ``count`` candles of the hot window; None when Redis cannot
