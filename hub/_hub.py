@@ -422,8 +422,9 @@ class Hub:
         such as Wolfinch's ``OHLC``). All are validated before any is written. Returns the
         count. ``window=False`` writes InfluxDB only: for bulk loads that put the newest
         candles in the hot window themselves (``cache_candles``), once, at the end; the
-        candles of such a batch as new as the window's oldest or newer go into the window
-        all the same (it holds every stored candle of its span, which reads rely on).
+        candles of such a batch as new as the oldest any of the product's hot windows
+        holds or newer go in as any write's do (a window holds every stored candle, or
+        every rollup of them, of its span: reads rely on it).
         A batch of more than 1,000 candles in ascending time is taken 1,000 at a time
         with a turn of the loop between (other coroutines and the writer's next POST
         run meanwhile; a concurrent read may see its first pieces before the rest). Only
@@ -432,10 +433,11 @@ class Hub:
         exchange, product, rows = self.intake.checked_batch(exchange, product, candles)
         parts = [(rows, window)]
         if not window and rows and self._cache is not None:
-            # a hot window holds every stored candle from its oldest on: what the batch
-            # has of that span goes in as any write does (replacing what it held)
-            oldest = await self._cache.window_oldest(keys.candles(exchange, product,
-                                                                  self._tagged))
+            # a hot window holds every stored candle from its oldest on (a rollup's: the
+            # rollups of every stored minute from its oldest bucket on): what the batch
+            # has of their spans goes in as any write does (the minutes' window replaces
+            # what it held; the rollups of buckets closed already are recomputed)
+            oldest = await self._windows_oldest(exchange, product)
             if oldest is not None and any(row[0] >= oldest for row in rows):
                 parts = [([row for row in rows if row[0] < oldest], False),
                          ([row for row in rows if row[0] >= oldest], True)]
@@ -451,6 +453,17 @@ class Hub:
                 # the batch is accepted once its first piece is: the rest never wait
                 self.intake.deliver_now(self.intake.begin(accepted))
         return len(rows)
+
+    async def _windows_oldest(self, exchange: str, product: str) -> int | None:
+        """The oldest time any of the product's hot windows holds (the 1-minute one's
+        oldest minute, each rollup's oldest bucket); None when none holds anything."""
+        assert self._cache is not None
+        names = [keys.candles(exchange, product, self._tagged)]
+        if self.streams is not None and self.streams.publishing:
+            names += [self.streams.window_key(exchange, product, timeframe)
+                      for timeframe in self.streams.spans if timeframe != tfs.BASE]
+        found = await asyncio.gather(*(self._cache.window_oldest(key) for key in names))
+        return min((t for t in found if t is not None), default=None)
 
     async def cache_candles(self, exchange: str, product: str,
                             candles: Iterable[Candle | Mapping[str, Any]],

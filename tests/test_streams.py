@@ -334,6 +334,27 @@ async def test_a_corrected_minute_republishes_its_rollup_as_a_revision(hub: Hub)
     assert revised.as_candle() == resampled
 
 
+async def test_a_bulk_load_under_closed_rollups_is_what_their_warm_ups_answer(
+        hub: Hub) -> None:
+    """Minutes older than the 1-minute window, inside the rollup windows' spans, rewritten
+    by a bulk load (``window=False``, as ``wolfhub backfill`` writes): a 1h warm-up then
+    answers their rollups as InfluxDB resamples the stored minutes, not those published
+    before; a bulk load older than every window changes no window."""
+    await hub.write_candles_batch(EX, PR, [minute(i) for i in range(1200)])  # 20 hours
+    assert hub.streams is not None
+    await hub.streams.settle()
+    fixed = [Candle(T0 + 60 * i, 100.0, 900.0, 1.0, 100.5, 7.0) for i in range(60, 120)]
+    await hub.write_candles_batch(EX, PR, fixed, window=False)  # hour 1, long closed
+    history = [minute(i, t0=T0 - 86_400) for i in range(600)]  # the day before
+    await hub.write_candles_batch(EX, PR, history, window=False)
+    await hub.streams.settle()
+    await hub.flush()
+    warm = await collect(hub.candles(EX, PR, "1h", warmup=20), 20)
+    resampled = await hub.query_candles(EX, PR, T0, T0 + 20 * 3600 - 1, interval="1h")
+    assert [c.as_candle() for c in warm] == resampled
+    assert warm[0].timestamp == T0 and warm[1].high == 900.0 and warm[1].low == 1.0
+
+
 async def test_a_stalled_live_feed_is_closed_by_the_timer_a_replay_never(
         config_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The hub's clock is set by the test: a live feed writes each minute as it ends and
