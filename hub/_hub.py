@@ -19,7 +19,7 @@ import orjson
 from actors.backends.influx import InfluxBackend, InfluxClient, rows
 from actors.backends.redis import RedisBackend, make_client
 from actors.cache import MISS, CacheActor, CacheService, NearCache
-from actors.cache.ops import RedisOp
+from actors.cache.ops import RedisOp, op_forget
 from actors.maintenance import MaintenanceActor
 from actors.query import CsvQuery, Query, QueryActor
 from actors.runtime import Actor, Supervisor
@@ -437,7 +437,13 @@ class Hub:
             # rollups of every stored minute from its oldest bucket on): what the batch
             # has of their spans goes in as any write does (the minutes' window replaces
             # what it held; the rollups of buckets closed already are recomputed)
-            oldest = await self._windows_oldest(exchange, product)
+            names = self._window_names(exchange, product)
+            found = await asyncio.gather(*(self._cache.window_oldest(k) for k in names))
+            oldest = min((t for t in found if t is not None), default=None)
+            if oldest is None and not self._cache.actor.available:
+                # Redis is away: the windows cannot take these candles; their keys are
+                # dropped when it is back, as the keys of the writes it missed are
+                await self._accept(Accepted([], op_forget(names)))
             if oldest is not None and any(row[0] >= oldest for row in rows):
                 parts = [([row for row in rows if row[0] < oldest], False),
                          ([row for row in rows if row[0] >= oldest], True)]
@@ -454,16 +460,13 @@ class Hub:
                 self.intake.deliver_now(self.intake.begin(accepted))
         return len(rows)
 
-    async def _windows_oldest(self, exchange: str, product: str) -> int | None:
-        """The oldest time any of the product's hot windows holds (the 1-minute one's
-        oldest minute, each rollup's oldest bucket); None when none holds anything."""
-        assert self._cache is not None
+    def _window_names(self, exchange: str, product: str) -> list[str]:
+        """The keys of the product's hot windows: its minutes', each rollup's."""
         names = [keys.candles(exchange, product, self._tagged)]
         if self.streams is not None and self.streams.publishing:
             names += [self.streams.window_key(exchange, product, timeframe)
                       for timeframe in self.streams.spans if timeframe != tfs.BASE]
-        found = await asyncio.gather(*(self._cache.window_oldest(key) for key in names))
-        return min((t for t in found if t is not None), default=None)
+        return names
 
     async def cache_candles(self, exchange: str, product: str,
                             candles: Iterable[Candle | Mapping[str, Any]],

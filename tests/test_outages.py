@@ -249,6 +249,38 @@ async def test_frozen_redis_never_serves_a_stale_position(config_data: dict[str,
         assert await hub.get_position(EX, PR) == {"size": 2}
 
 
+async def test_a_bulk_load_while_redis_is_frozen_is_what_reads_answer_after(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """A bulk load (``window=False``) of minutes the hot window spans, written while
+    Redis does not answer: once Redis is back (the same server, its window as it was),
+    reads answer the loaded minutes too, not the window's older picture."""
+    config_data["redis"]["timeout"] = 0.5
+    data = [Candle(T0 + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 1.0) for i in range(100)]
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.write_candles_batch(EX, PR, data[:50] + data[60:])  # ten minutes lost
+        await hub.flush()
+        assert servers.redis.process is not None
+        pid = servers.redis.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert await hub.get_indicator(EX, PR, "FRZ", 1, default=-1) == -1  # noticed
+
+            async def down() -> bool:
+                return not (await hub.get_stats())["actors"]["cache"]["available"]
+            await eventually(down, within=10)
+            await hub.write_candles_batch(EX, PR, data[50:60], window=False)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+        async def back() -> bool:
+            return bool((await hub.get_stats())["actors"]["cache"]["available"])
+        await eventually(back)
+        await hub.flush()
+        assert await hub.get_candles(EX, PR, 100) == data
+        assert await hub.query_candles(EX, PR, start_time=data[40].timestamp,
+                                       end_time=data[70].timestamp) == data[40:71]
+
+
 async def test_hub_starts_while_both_servers_are_down(config_data: dict[str, Any],
                                                       servers: LocalServers) -> None:
     servers.redis.kill()

@@ -517,6 +517,12 @@ def op_unlink(keys: Sequence[str]) -> RedisOp[int]:
     return RedisOp((("UNLINK", *keys),), _first)
 
 
+def op_forget(keys: Sequence[str]) -> RedisOp[int]:
+    """UNLINK ``keys`` as a write of them: when Redis cannot take it now, they are
+    deleted before it serves again (the keys of a skipped write are)."""
+    return RedisOp((("UNLINK", *keys),), _first, writes=tuple(keys))
+
+
 PUSH_CANDLES_SHA = script_sha(PUSH_CANDLES)
 
 
