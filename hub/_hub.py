@@ -38,7 +38,7 @@ from hubdomain import validate as v
 from hubdomain.config import HubConfig
 from hubdomain.errors import BackendUnavailable, HubClosed, HubError, ValidationError
 from hubdomain.fieldtypes import FieldTypes
-from hubdomain.records import Candle, LiveCandle, Trade, make_candle
+from hubdomain.records import Candle, LiveCandle, Row, Trade, make_candle
 from hubdomain.resample import resample
 
 log = logging.getLogger(__name__)
@@ -431,22 +431,8 @@ class Hub:
         the first piece may wait for the writer (and raise BackendUnavailable, nothing
         of the batch kept); the others follow it without waiting."""
         exchange, product, rows = self.intake.checked_batch(exchange, product, candles)
-        parts = [(rows, window)]
-        if not window and rows and self._cache is not None:
-            # a hot window holds every stored candle from its oldest on (a rollup's: the
-            # rollups of every stored minute from its oldest bucket on): what the batch
-            # has of their spans goes in as any write does (the minutes' window replaces
-            # what it held; the rollups of buckets closed already are recomputed)
-            names = self._window_names(exchange, product)
-            found = await asyncio.gather(*(self._cache.window_oldest(k) for k in names))
-            oldest = min((t for t in found if t is not None), default=None)
-            if oldest is None and not self._cache.actor.available:
-                # Redis is away: the windows cannot take these candles; their keys are
-                # dropped when it is back, as the keys of the writes it missed are
-                await self._accept(Accepted([], op_forget(names)))
-            if oldest is not None and any(row[0] >= oldest for row in rows):
-                parts = [([row for row in rows if row[0] < oldest], False),
-                         ([row for row in rows if row[0] >= oldest], True)]
+        parts = [(rows, window)] if window or not rows else \
+            await self._bulk_parts(exchange, product, rows)
         first = True
         for part, pushed in parts:
             for accepted in self.intake.row_pieces(exchange, product, part, pushed):
@@ -459,6 +445,28 @@ class Hub:
                 # the batch is accepted once its first piece is: the rest never wait
                 self.intake.deliver_now(self.intake.begin(accepted))
         return len(rows)
+
+    async def _bulk_parts(self, exchange: str, product: str,
+                          rows: list[Row]) -> list[tuple[list[Row], bool]]:
+        """A ``window=False`` batch cut where the product's hot windows begin: a window
+        holds every stored candle from its oldest on (a rollup's, the rollups of every
+        stored minute from its oldest bucket on), and reads rely on it, so the rows of
+        their spans go in as any write's do (``True``: the minutes' window takes them,
+        the rollups of buckets closed already are recomputed); the older ones to
+        InfluxDB only (``False``)."""
+        if self._cache is None:
+            return [(rows, False)]
+        names = self._window_names(exchange, product)
+        found = await asyncio.gather(*(self._cache.window_oldest(k) for k in names))
+        oldest = min((t for t in found if t is not None), default=None)
+        if oldest is None:
+            if not self._cache.actor.available:
+                # Redis is away: the windows cannot take these candles; their keys are
+                # dropped when it is back, as the keys of the writes it missed are
+                await self._accept(Accepted([], op_forget(names)))
+            return [(rows, False)]
+        return [([row for row in rows if row[0] < oldest], False),
+                ([row for row in rows if row[0] >= oldest], True)]
 
     def _window_names(self, exchange: str, product: str) -> list[str]:
         """The keys of the product's hot windows: its minutes', each rollup's."""

@@ -95,9 +95,9 @@ class Jobs:
     async def rewarm(self) -> dict[str, int]:
         """After the cache dropped every Redis key (the server restarted, perhaps from an
         older snapshot, or failed over), or somebody emptied Redis (FLUSHALL, FLUSHDB,
-        seen by the near cache's invalidation link): the hot windows of the products in config and
-        of those this process wrote filled again from InfluxDB, once every write
-        accepted before is stored there (a candle still in the writer would otherwise be
+        seen by the near cache's invalidation link): the hot windows of the products in
+        config and of those this process wrote filled again from InfluxDB, once every
+        write accepted before is stored there (a candle still in the writer would otherwise be
         a hole behind the window's newest). Checks each second; does nothing otherwise."""
         actor = self.cache.actor if self.cache is not None else None
         forgot, flushes = (actor.forgot_all, actor.flushes) if actor is not None else (0, 0)
