@@ -29,6 +29,7 @@ from actors.backends.influx import rows
 from actors.query import Query
 from hubdomain import influxql as ql
 from hubdomain.lineproto import seconds_to_ns
+from hubdomain.markets import Market
 from hubdomain.timeframes import bucket
 
 CHUNK_SLOTS = 1440
@@ -90,8 +91,10 @@ def runs(missing: list[int], span: int) -> list[Gap]:
 
 
 async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, span: int,
-               rp: str | None) -> list[Gap]:
-    """The holes among the slots ``lo, lo + span, ..., hi`` (both slot starts)."""
+               rp: str | None, market: Market | None = None) -> list[Gap]:
+    """The holes among the slots ``lo, lo + span, ..., hi`` (both slot starts); with a
+    ``market``, only slots during which it was open (a closed market's night is no
+    hole)."""
     if hi < lo:
         return []
     chunk = span * CHUNK_SLOTS
@@ -158,6 +161,8 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
     for found_runs, _ in await asyncio.gather(*(read(s, e) for s, e in again)):
         holes.extend(found_runs)
     holes = _merged(holes, span)
+    if market is not None:
+        holes = market.expected(holes, span)
     checked = await asyncio.gather(*(
         _confirmed(influx, exchange, product, holes[k:k + _CHECKED_AT_ONCE], span, rp, limit)
         for k in range(0, len(holes), _CHECKED_AT_ONCE)))

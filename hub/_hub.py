@@ -92,6 +92,7 @@ class Hub:
         self._redis_backend = redis_backend
         # Redis Cluster: keys carry a hash tag per product (see hubdomain.keys)
         self._tagged = self.config.redis.cluster is not None
+        self._markets = self.config.calendars()  # trading sessions (config markets)
         self._influx_factory = influx_backend
         self._supervisor: Supervisor | None = None
         # restart budget and backoff of the actors (the fault tests shorten them)
@@ -739,7 +740,8 @@ class Hub:
                    timeframe: str = "1m") -> list[tuple[int, int]]:
         """Holes in the stored candles: ``[(first_missing, last_missing), ...]``, the
         start times of the first and last missing slot of ``timeframe`` in each run,
-        ascending. ``start``/``end`` default to the first and newest stored candle."""
+        ascending. ``start``/``end`` default to the first and newest stored candle. A
+        product of a market in ``markets`` has holes only while the market was open."""
         exchange, product = _names(exchange, product)
         span = tfs.seconds(timeframe)
         lo = v.optional_timestamp(start, "start")
@@ -762,7 +764,8 @@ class Hub:
             lo_slot = tfs.bucket(int(lo) - 1, span) + span  # the first slot from lo on
         return await _gaps.find(self._influx, exchange, product, lo_slot,
                                 tfs.bucket(int(hi), span), span,
-                                self.config.influxdb.rp_for("candle"))
+                                self.config.influxdb.rp_for("candle"),
+                                self._markets.get(exchange, product))
 
     async def warm_windows(self, exchange: str, product: str) -> int:
         """Fill a product's empty hot windows from InfluxDB: the 1-minute window with the

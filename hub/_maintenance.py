@@ -16,6 +16,7 @@ from actors.state import StateActor
 from hub._streams import Streams
 from hubdomain import influxql as ql
 from hubdomain.config import HubConfig
+from hubdomain.markets import Market
 from hubdomain.records import Candle
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Jobs:
         self.actor_statistics = actor_statistics
         self.newest = newest  # the newest stored 1-minute candle (hot window, else InfluxDB)
         self.products: dict[tuple[str, str], dict[str, Any]] = {}
+        self.markets = self.config.calendars()
         # how often the cache had dropped every key when ``rewarm`` last caught up
         self._forgot_seen = 0
         self._rewarmed = {"windows_filled": 0, "windows_held": 0}
@@ -112,14 +114,17 @@ class Jobs:
 
     async def scan_gaps(self) -> dict[str, int]:
         """Holes in the last ``maintenance.gap_scan_span`` seconds of each watched
-        product, and the age of its newest candle; written as ``metric`` points
-        (names ``candle_gaps``, ``newest_candle_age``)."""
+        product, and the age of its newest candle (for a product of a market in
+        ``markets``, the time the market was open since its end: a closed market's
+        feed is not stalled); written as ``metric`` points (names ``candle_gaps``,
+        ``newest_candle_age``)."""
         span = self.config.maintenance.gap_scan_span
         now = time.time()
         total = 0
         for exchange, product in self.watched():
             newest = await self.newest(exchange, product)
-            age = None if not newest else max(0.0, now - (newest[-1].timestamp + 60))
+            age = None if not newest else _silence(self.markets.get(exchange, product),
+                                                   newest[-1].timestamp + 60, now)
             holes = await self.hub.gaps(exchange, product, start=int(now) - span)
             missing = len(holes)
             total += missing
@@ -189,6 +194,13 @@ class Jobs:
         if drift:
             log.warning("InfluxDB differs from the config: %s", "; ".join(drift))
         return {"drift": drift}
+
+
+def _silence(market: Market | None, since: float, now: float) -> float:
+    """Seconds from ``since`` to ``now``, counting only the market's open time."""
+    if market is None:
+        return max(0.0, now - since)
+    return market.open_seconds(since, now)
 
 
 def _hours(duration: str) -> float:

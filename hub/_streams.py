@@ -74,6 +74,7 @@ class Streams:
         self.spans = {tf: tfs.seconds(tf) for tf in self.settings.timeframes}
         self._stream_length = self.settings.length  # (minutes: see PUBLISH_MANY)
         self.books: dict[Product, tfs.Book] = {}
+        self.markets = config.calendars()  # trading sessions: when a bucket is over
         self.newest: dict[Product, int] = {}  # newest minute written here, per product
         # per product and timeframe: closes waiting behind a recompute (a timeframe's
         # candles are published in order; other timeframes do not wait)
@@ -105,7 +106,8 @@ class Streams:
         key = (exchange, product)
         book = self.books.get(key)
         if book is None:
-            book = self.books[key] = tfs.Book(self.settings.timeframes, self.settings.close_grace)
+            book = self.books[key] = tfs.Book(self.settings.timeframes, self.settings.close_grace,
+                                              self.markets.get(exchange, product))
             self.newest[key] = rows[0][0]
         if len(rows) == 1:
             events = book.add(rows[0], time.time())
@@ -232,7 +234,7 @@ class Streams:
         span = self.spans[timeframe]
         # buckets starting before it are closed
         bound = await self._closed_bound(exchange, product, timeframe) if newest is None \
-            else tfs.bucket(newest + tfs.BASE_SECONDS, span)
+            else self._over_before(exchange, product, newest, span)
         if bound is None:
             return 0
         size = self.config.performance.redis_hot_data_window
@@ -419,7 +421,20 @@ class Streams:
         newest = await self._history(exchange, product, None, None, 1, None)
         if not newest:
             return None
-        return tfs.bucket(newest[-1].timestamp + tfs.BASE_SECONDS, self.spans[timeframe])
+        return self._over_before(exchange, product, newest[-1].timestamp, self.spans[timeframe])
+
+    def _over_before(self, exchange: str, product: str, newest: int, span: int) -> int:
+        """Buckets of ``span`` starting before this are over, the newest stored minute
+        starting at ``newest``: the bucket after that minute's, and that minute's own
+        too once its market closed for the rest of it (``close_grace`` seconds ago, as
+        the rollups' timer closes it)."""
+        after = newest + tfs.BASE_SECONDS
+        bound = tfs.bucket(after, span)
+        market = self.markets.get(exchange, product)
+        if market is not None and bound < after and time.time() >= market.close_of(
+                after, bound + span) + self.settings.close_grace:
+            bound += span
+        return bound
 
     async def _stored(self, exchange: str, product: str, timeframe: str, lo: int | None,
                       hi: int | None, limit: int) -> list[Candle]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -18,6 +19,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from hubdomain import markets as mk
 from hubdomain.errors import ValidationError
 from hubdomain.influxql import RP_1H, RP_NAMES
 from hubdomain.timeframes import DEFAULT_TIMEFRAMES, plan, seconds
@@ -250,6 +252,59 @@ class MaintenanceConfig(_Model):
     check_interval: float = Field(3600.0, ge=0)
 
 
+class MarketConfig(_Model):
+    """A market's trading sessions (see hubdomain.markets): products of ``exchanges``
+    (only ``products`` of them, when listed) trade only then. Gaps are looked for only
+    while it is open, a feed's silence counts only then, and a rollup bucket closes when
+    the market closes for the rest of it."""
+
+    name: str = Field(min_length=1)
+    exchanges: list[str] = Field(min_length=1)
+    products: list[str] = Field(default_factory=list)
+    timezone: str = "UTC"  # an IANA zone: Asia/Kolkata, America/New_York
+    # a trading day's sessions in local time; an end at or before the start is the
+    # next day's ("18:00-17:00"); "00:00-24:00" a whole day
+    hours: list[str] = Field(default_factory=lambda: ["00:00-24:00"], min_length=1)
+    weekdays: list[str] = Field(default_factory=lambda: list(mk.WEEKDAYS[:5]), min_length=1)
+    holidays: list[date] = Field(default_factory=list)
+    # days of their own: an early close, a special session ([] is a holiday too)
+    days: dict[date, list[str]] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        mk.zone(value)
+        return value
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: list[str]) -> list[str]:
+        for text in value:
+            mk.parse_hours(text)
+        return value
+
+    @field_validator("weekdays")
+    @classmethod
+    def _weekdays(cls, value: list[str]) -> list[str]:
+        for day in value:
+            if day not in mk.WEEKDAYS:
+                raise ValueError(f"expected weekdays among {list(mk.WEEKDAYS)}, got {day!r}")
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: dict[date, list[str]]) -> dict[date, list[str]]:
+        for spans in value.values():
+            for text in spans:
+                mk.parse_hours(text)
+        return value
+
+    def rule(self) -> mk.Rule:
+        return mk.Rule(frozenset(self.exchanges), frozenset(self.products),
+                       mk.Market.build(self.name, self.timezone, self.hours, self.weekdays,
+                                       self.holidays, dict(self.days)))
+
+
 class SQLiteConfig(_Model):
     path: str = "data/wolfhub.sqlite"
 
@@ -264,6 +319,20 @@ class HubConfig(_Model):
     metrics: MetricsConfig = MetricsConfig()
     streams: StreamsConfig = StreamsConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    # trading sessions of the markets that do not trade around the clock
+    markets: list[MarketConfig] = Field(default_factory=list)
+
+    @field_validator("markets")
+    @classmethod
+    def _market_names(cls, value: list[MarketConfig]) -> list[MarketConfig]:
+        names = [m.name for m in value]
+        if len(set(names)) != len(names):
+            raise ValueError("two markets of the same name")
+        return value
+
+    def calendars(self) -> mk.Markets:
+        """Each product's market (:class:`hubdomain.markets.Markets`)."""
+        return mk.Markets([m.rule() for m in self.markets])
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HubConfig:

@@ -18,7 +18,10 @@ buckets lie whole in its own (:func:`chains`).
 - :meth:`Book.expire`: the wall clock is ``close_grace`` seconds past the bucket's end and
   the bucket is *live* (its newest part arrived within a minute plus ``close_grace`` of
   that part's end). A replay of history written faster than real time is never live,
-  so the timer never cuts it into partial candles.
+  so the timer never cuts it into partial candles. For a product of a market with
+  trading sessions (:mod:`hubdomain.markets`), the bucket's end is when the market
+  closes for the rest of it, when that is sooner (a daily candle closes at the
+  session's end).
 
 A close is ``complete`` when every part of the bucket was seen here; an incomplete one
 (a stalled feed, a restart mid-bucket, candles written by another process) is to be
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from hubdomain.errors import ValidationError
+from hubdomain.markets import Market
 
 Row = tuple[int, float, float, float, float, float]  # time, open, high, low, close, volume
 
@@ -225,9 +229,10 @@ class Book:
     Their events are merged by the time the buckets end (smaller timeframes first at the
     same end), each chain's own order kept."""
 
-    def __init__(self, timeframes: Sequence[str], close_grace: float) -> None:
+    def __init__(self, timeframes: Sequence[str], close_grace: float,
+                 market: Market | None = None) -> None:
         self.close_grace = close_grace
-        self.chains = [_Chain(levels, close_grace) for levels in _chains(timeframes)]
+        self.chains = [_Chain(levels, close_grace, market) for levels in _chains(timeframes)]
         self._one = self.chains[0] if len(self.chains) == 1 else None
         self._spans = {level.timeframe: level.span
                        for chain in self.chains for level in chain.levels}
@@ -278,9 +283,12 @@ class _Chain:
     minutes, :func:`volume`). A minute in order touches one timeframe; a bucket opening
     tells the larger timeframes the time, which closes theirs when it is past them."""
 
-    def __init__(self, levels: list[_Level], close_grace: float) -> None:
+    def __init__(self, levels: list[_Level], close_grace: float,
+                 market: Market | None = None) -> None:
         self.close_grace = close_grace
         self.levels = levels
+        self.market = market
+        self._closes: dict[tuple[int, int], int] = {}  # (after, end) -> market.close_of
 
     # ---- minutes in ---------------------------------------------------------------
 
@@ -488,11 +496,27 @@ class _Chain:
             inside = newest is not None and \
                 current.start <= newest.start < current.start + level.span
             live = newest.live if inside and newest is not None else current.live
-            if live and now >= current.start + level.span + self.close_grace:
+            end = current.start + level.span
+            if live and (now >= end + self.close_grace or (
+                    self.market is not None and now >= self._market_close(
+                        (newest.last if inside and newest is not None else current.last)
+                        + BASE_SECONDS, end) + self.close_grace)):
                 self._close(index, events)
             elif newest is None:
                 newest = current
         return events
+
+    def _market_close(self, after: int, end: int) -> int:
+        """When the market closes for the rest of a bucket ending at ``end`` whose
+        newest minute ended at ``after`` (``end`` when it is open till then)."""
+        assert self.market is not None
+        key = (after, end)
+        found = self._closes.get(key)
+        if found is None:
+            if len(self._closes) >= 64:
+                self._closes.clear()
+            found = self._closes[key] = self.market.close_of(after, end)
+        return found
 
     def pending(self) -> int:
         """Open buckets (for the stats)."""

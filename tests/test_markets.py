@@ -1,0 +1,159 @@
+"""Trading sessions (config ``markets``) on their own: when a market is open, in UTC,
+across daylight saving time, overnight sessions, lunch breaks, holidays and days of their
+own; which slots of a hole are missing; when a rollup bucket closes. Pure. The same
+rules against real servers are in test_market_hours.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from hub import HubConfig, ValidationError
+from hubdomain.markets import Market, parse_hours
+from hubdomain.timeframes import Book, Closed
+
+WEEK = ["mon", "tue", "wed", "thu", "fri"]
+
+
+def utc(text: str) -> int:
+    """'2026-03-06 14:30' (UTC) in Unix seconds."""
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
+
+
+def spans(market: Market, lo: str, hi: str) -> list[tuple[str, str]]:
+    def show(t: int) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+    return [(show(a), show(b)) for a, b in market.open_spans(utc(lo), utc(hi))]
+
+
+NSE = Market.build("nse", "Asia/Kolkata", ["09:15-15:30"], WEEK,
+                   holidays=[date(2026, 1, 26)],  # Republic Day, a Monday
+                   days={date(2026, 11, 8): ["18:00-19:00"]})  # a Sunday's evening session
+NYSE = Market.build("nyse", "America/New_York", ["09:30-16:00"], WEEK,
+                    days={date(2026, 11, 27): ["09:30-13:00"]})  # the day after Thanksgiving
+CME = Market.build("cme", "America/Chicago", ["17:00-16:00"], ["sun", "mon", "tue", "wed", "thu"])
+TOKYO = Market.build("tse", "Asia/Tokyo", ["09:00-11:30", "12:30-15:30"], WEEK)
+
+
+def test_an_indian_session_is_open_0345_to_1000_utc_on_weekdays_but_holidays() -> None:
+    # IST is UTC+5:30 all year: Friday the 23rd, then Monday the 26th is a holiday
+    assert spans(NSE, "2026-01-23 00:00", "2026-01-28 00:00") == [
+        ("2026-01-23 03:45", "2026-01-23 10:00"), ("2026-01-27 03:45", "2026-01-27 10:00")]
+    # a day of its own: one evening hour on a Sunday (12:30-13:30 UTC)
+    assert spans(NSE, "2026-11-07 00:00", "2026-11-09 05:00") == [
+        ("2026-11-08 12:30", "2026-11-08 13:30"), ("2026-11-09 03:45", "2026-11-09 05:00")]
+
+
+def test_new_york_opens_an_hour_earlier_in_utc_once_clocks_go_forward() -> None:
+    # US daylight saving time began on Sunday 8 March 2026: 14:30 UTC before, 13:30 after
+    assert spans(NYSE, "2026-03-06 00:00", "2026-03-10 00:00") == [
+        ("2026-03-06 14:30", "2026-03-06 21:00"), ("2026-03-09 13:30", "2026-03-09 20:00")]
+    # and ended on Sunday 1 November; the day after Thanksgiving closes at 13:00
+    assert spans(NYSE, "2026-10-30 00:00", "2026-11-03 00:00") == [
+        ("2026-10-30 13:30", "2026-10-30 20:00"), ("2026-11-02 14:30", "2026-11-02 21:00")]
+    assert spans(NYSE, "2026-11-27 00:00", "2026-11-28 00:00") == [
+        ("2026-11-27 14:30", "2026-11-27 18:00")]
+
+
+def test_an_overnight_session_runs_from_sunday_evening_to_friday_afternoon() -> None:
+    # Chicago 17:00-16:00 next day, sessions opening Sunday to Thursday (CST, UTC-6):
+    # one span each day with an hour's pause, closed from Friday 22:00 to Sunday 23:00
+    assert spans(CME, "2026-01-09 00:00", "2026-01-13 00:00") == [
+        ("2026-01-09 00:00", "2026-01-09 22:00"), ("2026-01-11 23:00", "2026-01-12 22:00"),
+        ("2026-01-12 23:00", "2026-01-13 00:00")]
+
+
+def test_only_the_open_slots_of_a_hole_are_missing() -> None:
+    friday_close, monday_open = utc("2026-01-23 10:00"), utc("2026-01-27 03:45")
+    # minutes missing from Friday's close to ten minutes into Tuesday (Monday a holiday)
+    hole = (friday_close, monday_open + 9 * 60)
+    assert NSE.expected([hole], 60) == [(monday_open, monday_open + 9 * 60)]
+    # the last ten minutes of Friday too, and nothing else of the weekend
+    assert NSE.expected([(friday_close - 600, monday_open - 60)], 60) == [
+        (friday_close - 600, friday_close - 60)]
+    # a lunch break is no hole; hours holding any open minute are
+    morning_end, afternoon = utc("2026-01-23 02:30"), utc("2026-01-23 03:30")
+    assert TOKYO.expected([(morning_end, afternoon - 60)], 60) == []
+    lunch_hours = (utc("2026-01-23 02:00"), utc("2026-01-23 03:00"))
+    assert TOKYO.expected([lunch_hours], 3600) == [lunch_hours]
+    # a night, a weekend: nothing
+    assert NSE.expected([(friday_close, monday_open - 60)], 60) == []
+
+
+def test_open_time_counts_only_sessions() -> None:
+    friday = utc("2026-01-23 09:00")
+    assert NSE.open_seconds(friday, utc("2026-01-27 04:00") + 0.5) == 3600 + 900 + 0.5
+    assert NSE.open_seconds(utc("2026-01-24 00:00"), utc("2026-01-26 23:59")) == 0.0
+    assert NSE.open_seconds(friday + 0.25, friday + 1.0) == 0.75
+
+
+def test_a_market_closes_a_bucket_when_it_closes_for_the_rest_of_it() -> None:
+    day_end = utc("2026-01-24 00:00")
+    # a day bucket of Friday: over at the session's end, whenever the last minute came
+    assert NSE.close_of(utc("2026-01-23 10:00"), day_end) == utc("2026-01-23 10:00")
+    assert NSE.close_of(utc("2026-01-23 06:00"), day_end) == utc("2026-01-23 10:00")
+    # the market open at the bucket's end: the bucket's end
+    assert CME.close_of(utc("2026-01-12 10:00"), utc("2026-01-12 12:00")) == utc(
+        "2026-01-12 12:00")
+
+
+def test_hours_and_config_are_checked() -> None:
+    assert parse_hours("00:00-24:00") == (0, 1440)
+    assert parse_hours("18:00-17:00") == (1080, 2460)
+    for bad in ("9:15-15:30", "24:00-01:00", "10:60-11:00", 915):
+        with pytest.raises(ValueError):
+            parse_hours(bad)
+    for market, where in (({"timezone": "Asia/Bombay2"}, "markets.0.timezone"),
+                          ({"hours": ["09:15"]}, "markets.0.hours"),
+                          ({"weekdays": ["monday"]}, "markets.0.weekdays"),
+                          ({"days": {"2026-01-01": ["9-10"]}}, "markets.0.days"),
+                          ({"exchanges": []}, "markets.0.exchanges"),
+                          ({"opens": "09:15"}, "markets.0.opens")):
+        with pytest.raises(ValidationError) as caught:
+            HubConfig.from_mapping({"markets": [{"name": "nse", "exchanges": ["x"], **market}]},
+                                   environ={})
+        assert caught.value.argument == where
+    config = HubConfig.from_mapping({"markets": [
+        {"name": "one", "exchanges": ["openalgo"], "products": ["NIFTY-FUT"],
+         "timezone": "Asia/Kolkata", "hours": ["09:15-15:30"]},
+        {"name": "all", "exchanges": ["openalgo", "papertrader"], "timezone": "Asia/Kolkata",
+         "hours": ["09:15-15:30"]}]}, environ={})
+    calendars = config.calendars()
+    named = {(ex, pr): getattr(calendars.get(ex, pr), "name", None)
+             for ex, pr in (("openalgo", "NIFTY-FUT"), ("openalgo", "BANKNIFTY-FUT"),
+                            ("papertrader", "X"), ("binance", "BTC-USDT"))}
+    assert named == {("openalgo", "NIFTY-FUT"): "one", ("openalgo", "BANKNIFTY-FUT"): "all",
+                     ("papertrader", "X"): "all", ("binance", "BTC-USDT"): None}
+    with pytest.raises(ValidationError):
+        HubConfig.from_mapping({"markets": [{"name": "a", "exchanges": ["x"]},
+                                            {"name": "a", "exchanges": ["y"]}]}, environ={})
+
+
+def _session(book: Book, first: int, count: int) -> None:
+    for i in range(count):  # each minute written live, two seconds after it ends
+        ts = first + 60 * i
+        book.add((ts, 100.0, 101.0, 99.0, 100.0, 1.0), ts + 62)
+
+
+def test_a_daily_candle_closes_at_the_sessions_end_not_at_midnight() -> None:
+    timeframes = ["1m", "5m", "1h", "4h", "1d"]
+    opens, closes = utc("2026-01-23 03:45"), utc("2026-01-23 10:00")
+    sessioned, clocked = Book(timeframes, 5, NSE), Book(timeframes, 5)
+    for book in (sessioned, clocked):
+        _session(book, opens, 375)
+    # before the grace has passed, nothing; then the 4h (08:00-12:00) and the day
+    assert sessioned.expire(closes + 4) == []
+    closed = sessioned.expire(closes + 5)
+    assert [(e.timeframe, e.start) for e in closed] == [
+        ("4h", utc("2026-01-23 08:00")), ("1d", utc("2026-01-23 00:00"))]
+    assert all(isinstance(e, Closed) and not e.complete for e in closed)  # recomputed
+    # around the clock, they wait for their ends
+    assert clocked.expire(closes + 5) == []
+    assert [e.timeframe for e in clocked.expire(utc("2026-01-23 12:00") + 5)] == ["4h"]
+    # a feed silent from 06:00 closes the day at the session's end, not before
+    stalled = Book(timeframes, 5, NSE)
+    _session(stalled, opens, 135)
+    assert [e.timeframe for e in stalled.expire(utc("2026-01-23 08:00") + 5)] == ["4h"]
+    assert stalled.expire(closes) == []
+    assert [e.timeframe for e in stalled.expire(closes + 5)] == ["1d"]
