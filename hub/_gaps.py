@@ -30,7 +30,7 @@ from actors.query import Query
 from hubdomain import influxql as ql
 from hubdomain.lineproto import seconds_to_ns
 from hubdomain.markets import Market
-from hubdomain.timeframes import bucket
+from hubdomain.timeframes import offset
 
 CHUNK_SLOTS = 1440
 _CONCURRENT = 4
@@ -52,15 +52,21 @@ def _between(lo: int, hi: int) -> str:
     return f"time >= {seconds_to_ns(lo)} AND time <= {seconds_to_ns(hi)}"
 
 
-def _counts(exchange: str, product: str, lo: int, hi: int, chunk: int, rp: str | None) -> str:
+def _grid(span: int, origin: int) -> str:
+    """``time(<span>s,<origin>s)``: buckets of ``span`` from ``origin`` (a slot's start)."""
+    return f"time({span}s,{origin % span}s)" if origin % span else f"time({span}s)"
+
+
+def _counts(exchange: str, product: str, lo: int, hi: int, chunk: int, rp: str | None,
+            origin: int = 0) -> str:
     """Candles per chunk of the slots from ``lo`` to ``hi`` (their last second included)."""
     return (f'SELECT count("close") AS "n" FROM {ql.source("candle", rp)} '
             f"WHERE {_tags(exchange, product)} AND {_between(lo, hi)} "
-            f"GROUP BY {ql.group_by_time(chunk)} fill(0)")
+            f"GROUP BY {_grid(chunk, origin)} fill(0)")
 
 
 def _spacing(exchange: str, product: str, lo: int, hi: int, chunk: int,
-             rp: str | None) -> str:
+             rp: str | None, origin: int = 0) -> str:
     """Per chunk from ``lo - chunk`` to ``hi``: how many of its candles have a
     predecessor and the longest time back to it (the chunk before ``lo`` is read so the
     first one of ``lo``'s chunk has its own; influxd applies the outer query's time
@@ -69,14 +75,14 @@ def _spacing(exchange: str, product: str, lo: int, hi: int, chunk: int,
     inner = (f'SELECT elapsed("close", 1s) AS "e" FROM {ql.source("candle", rp)} '
              f"WHERE {_tags(exchange, product)} AND {bounds}")
     return (f'SELECT count("e") AS "n", max("e") AS "e" FROM ({inner}) '
-            f"WHERE {bounds} GROUP BY {ql.group_by_time(chunk)}")
+            f"WHERE {bounds} GROUP BY {_grid(chunk, origin)}")
 
 
 def _present(exchange: str, product: str, lo: int, hi: int, span: int,
-             rp: str | None) -> str:
+             rp: str | None, shift: int = 0) -> str:
     return (f'SELECT count("close") FROM {ql.source("candle", rp)} '
             f"WHERE {_tags(exchange, product)} AND {_between(lo, hi + span - 1)} "
-            f"GROUP BY {ql.group_by_time(span)} fill(none)")
+            f"GROUP BY {ql.group_by_time(span, shift)} fill(none)")
 
 
 def runs(missing: list[int], span: int) -> list[Gap]:
@@ -97,14 +103,20 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
     hole)."""
     if hi < lo:
         return []
+    shift = 0 if market is None else market.shift  # (slots from the market's open)
     chunk = span * CHUNK_SLOTS
-    first = bucket(lo, chunk)  # (whole weeks: chunks from a Monday, as their slots)
+    origin = offset(span, shift)  # chunks start where slots do (weeks: on a Monday)
+
+    def chunk_of(t: int) -> int:
+        return t - (t - origin) % chunk
+
+    first = chunk_of(lo)
     chunks = (hi - first) // chunk + 1
     per = max(1, -(-chunks // _PARTS))
     # parts of whole chunks (the first from its chunk's start: a chunk is judged whole)
     bounds = [(first + k * chunk, min(hi, first + (k + per) * chunk - span))
               for k in range(0, chunks, per)]
-    asked = [Query(q(exchange, product, a, b + span - 1, chunk, rp))
+    asked = [Query(q(exchange, product, a, b + span - 1, chunk, rp, origin))
              for a, b in bounds for q in (_counts, _spacing)]
     answers = await asyncio.gather(*(influx(query) for query in asked))
     held: dict[int, int] = {}  # chunk start -> candles in it
@@ -144,11 +156,11 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
     async def read(start: int, end: int) -> tuple[list[Gap], tuple[int, int] | None]:
         """The holes from ``start`` to ``end``; and the chunk before, when its last slot
         (read here too) is missing: it is read whole then."""
-        before = tails.get(bucket(start, chunk))
+        before = tails.get(chunk_of(start))
         lo_slot = before[1] if before is not None else start
         async with limit:
             (answer,) = await influx(Query(_present(exchange, product, lo_slot, end, span,
-                                                    rp)))
+                                                    rp, shift)))
         present = {int(r["time"]) for r in rows(answer)}
         missing = runs([s for s in range(start, end + 1, span) if s not in present], span)
         return missing, before if before is not None and before[1] not in present else None
@@ -164,7 +176,8 @@ async def find(influx: Influx, exchange: str, product: str, lo: int, hi: int, sp
     if market is not None:
         holes = market.expected(holes, span)
     checked = await asyncio.gather(*(
-        _confirmed(influx, exchange, product, holes[k:k + _CHECKED_AT_ONCE], span, rp, limit)
+        _confirmed(influx, exchange, product, holes[k:k + _CHECKED_AT_ONCE], span, rp, limit,
+                   shift)
         for k in range(0, len(holes), _CHECKED_AT_ONCE)))
     return _merged([gap for part in checked for gap in part], span)
 
@@ -181,7 +194,8 @@ def _merged(holes: list[Gap], span: int) -> list[Gap]:
 
 
 async def _confirmed(influx: Influx, exchange: str, product: str, holes: list[Gap],
-                     span: int, rp: str | None, limit: asyncio.Semaphore) -> list[Gap]:
+                     span: int, rp: str | None, limit: asyncio.Semaphore,
+                     shift: int = 0) -> list[Gap]:
     """The holes found, each asked once more whether a candle lies in it (one request
     for them all): a hole is reported only when two answers agree, so one answer of a
     busy influxd that lacks a candle cannot make one. A hole that holds candles after all
@@ -201,7 +215,7 @@ async def _confirmed(influx: Influx, exchange: str, product: str, holes: list[Ga
         log.warning("gaps of %s:%s: InfluxDB answered two ways for %d..%d; read again",
                     exchange, product, a, b)
         async with limit:
-            (again,) = await influx(Query(_present(exchange, product, a, b, span, rp)))
+            (again,) = await influx(Query(_present(exchange, product, a, b, span, rp, shift)))
         present = {int(r["time"]) for r in rows(again)}
         out += runs([s for s in range(a, b + 1, span) if s not in present], span)
     return out

@@ -92,7 +92,6 @@ class Hub:
         self._redis_backend = redis_backend
         # Redis Cluster: keys carry a hash tag per product (see hubdomain.keys)
         self._tagged = self.config.redis.cluster is not None
-        self._markets = self.config.calendars()  # trading sessions (config markets)
         self._influx_factory = influx_backend
         self._supervisor: Supervisor | None = None
         # restart budget and backoff of the actors (the fault tests shorten them)
@@ -118,6 +117,7 @@ class Hub:
         )
         # validation, encoding and hot reads, on the caller's thread (see hub._intake)
         self.intake = Intake(self.config, self._field_types, self._counters, self._check_open)
+        self._markets = self.intake.markets  # trading sessions (config markets)
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -545,8 +545,8 @@ class Hub:
             if self._cache is not None and not self._cache.holds(key) and (
                     lo is not None or limit <= self.config.performance.redis_hot_data_window):
                 window = await self._cache.window(key)
-                found = resample(window, ql.interval_seconds(interval), lo, hi, limit) \
-                    if window else None
+                found = resample(window, ql.interval_seconds(interval), lo, hi, limit,
+                                 self._markets.shift(exchange, product)) if window else None
                 if found is not None:
                     self._counters["candle_window_hits"] += 1
                     return found
@@ -664,11 +664,12 @@ class Hub:
             return []
         rp = self.config.influxdb.rp_for("candle")
         span = ql.interval_seconds(interval)
+        shift = self._markets.shift(exchange, product)
         # InfluxDB groups the whole range before it applies LIMIT: ask first for the
         # buckets the newest ``limit`` most likely lie in (a margin for a few empty
         # ones), then, only when that holds fewer, for the rest below. The split is at a
         # bucket boundary, so the answer is the single query's, by construction.
-        bottom = tfs.bucket(hi, span) - (limit + limit // 10 + 1) * span
+        bottom = tfs.bucket(hi, span, shift) - (limit + limit // 10 + 1) * span
         if lo is not None and bottom <= lo:
             return await self._resample(exchange, product, lo, hi, limit, interval, rp)
         newer = await self._resample(exchange, product, bottom, hi, limit, interval, rp)
@@ -689,12 +690,13 @@ class Hub:
         start (each bucket whole in one), so influxd resamples them on two cores: 500
         daily candles of 720,000 minutes took 272 ms against 437-460 ms here."""
         span = ql.interval_seconds(interval)
-        middle = tfs.bucket(lo + (hi - lo) // 2, span)
+        shift = self._markets.shift(exchange, product)
+        middle = tfs.bucket(lo + (hi - lo) // 2, span, shift)
         if hi - lo <= _SPLIT_RESAMPLE or middle <= lo:
             return _candles(await self._influx(Query(ql.select_candles_resampled(
-                exchange, product, lo, hi, limit, interval, rp))))
+                exchange, product, lo, hi, limit, interval, rp, shift))))
         older, newer = await asyncio.gather(*(self._influx(Query(
-            ql.select_candles_resampled(exchange, product, a, b, limit, interval, rp)))
+            ql.select_candles_resampled(exchange, product, a, b, limit, interval, rp, shift)))
             for a, b in ((lo, middle - 1), (middle, hi))))
         return (_candles(older) + _candles(newer))[-limit:]
 
@@ -752,20 +754,21 @@ class Hub:
         if self._query is None:
             raise BackendUnavailable("influxdb", "gaps are read from InfluxDB (disabled)")
         await self._read_your_writes()
+        market = self._markets.get(exchange, product)
+        shift = 0 if market is None else market.shift
         if lo is None or hi is None:
             stored = await self._stored_bounds(exchange, product)
             if stored is None:
                 return []
-            first_slot = tfs.bucket(stored[0], span)
-            lo_slot = first_slot if lo is None else max(first_slot,
-                                                        tfs.bucket(int(lo) - 1, span) + span)
+            first_slot = tfs.bucket(stored[0], span, shift)
+            lo_slot = first_slot if lo is None else max(
+                first_slot, tfs.bucket(int(lo) - 1, span, shift) + span)
             hi = stored[1] if hi is None else hi
         else:
-            lo_slot = tfs.bucket(int(lo) - 1, span) + span  # the first slot from lo on
+            lo_slot = tfs.bucket(int(lo) - 1, span, shift) + span  # the first slot from lo on
         return await _gaps.find(self._influx, exchange, product, lo_slot,
-                                tfs.bucket(int(hi), span), span,
-                                self.config.influxdb.rp_for("candle"),
-                                self._markets.get(exchange, product))
+                                tfs.bucket(int(hi), span, shift), span,
+                                self.config.influxdb.rp_for("candle"), market)
 
     async def warm_windows(self, exchange: str, product: str) -> int:
         """Fill a product's empty hot windows from InfluxDB: the 1-minute window with the

@@ -72,6 +72,8 @@ class Intake:
         self.config = config
         # Redis Cluster: keys carry a hash tag per product (see hubdomain.keys)
         self.tagged = config.redis.cluster is not None
+        # trading sessions: each product's market (gaps, rollup closes, bucket starts)
+        self.markets = config.calendars()
         self.field_types = field_types
         self.counters = counters
         self._check_open = check_open
@@ -505,7 +507,8 @@ class Intake:
         elif span is None:
             hot = pick(window, lo, hi, count)
         else:
-            hot = resample(window, span, lo, hi, count)
+            hot = resample(window, span, lo, hi, count,
+                           self.markets.shift(exchange, product))
         if hot is not None:
             self.counters["candle_window_hits"] += 1
         return exchange, product, lo, hi, count, hot

@@ -74,7 +74,7 @@ class Streams:
         self.spans = {tf: tfs.seconds(tf) for tf in self.settings.timeframes}
         self._stream_length = self.settings.length  # (minutes: see PUBLISH_MANY)
         self.books: dict[Product, tfs.Book] = {}
-        self.markets = config.calendars()  # trading sessions: when a bucket is over
+        self.markets = intake.markets  # trading sessions: when a bucket is over
         self.newest: dict[Product, int] = {}  # newest minute written here, per product
         # per product and timeframe: closes waiting behind a recompute (a timeframe's
         # candles are published in order; other timeframes do not wait)
@@ -303,6 +303,7 @@ class Streams:
         has none."""
         exchange, product = key
         span = self.spans[timeframe]
+        shift = self.markets.shift(exchange, product)
         lo, hi = min(starts), max(starts) + span - 1
         wanted = set(starts)
         if self.cache is not None:
@@ -311,7 +312,7 @@ class Streams:
             if minutes is not None:
                 parts: dict[int, list[Row]] = {}
                 for c in minutes:
-                    start = tfs.bucket(c.timestamp, span)
+                    start = tfs.bucket(c.timestamp, span, shift)
                     if start in wanted:
                         parts.setdefault(start, []).append(_row(c))
                 return {start: tfs.aggregate(start, rows) for start, rows in parts.items()}
@@ -320,7 +321,7 @@ class Streams:
         await self._flush()
         results = await self._influx(Query(ql.select_candles_resampled(
             exchange, product, lo, hi, (hi + 1 - lo) // span, timeframe,
-            self.config.influxdb.rp_for("candle"))))
+            self.config.influxdb.rp_for("candle"), shift)))
         out: dict[int, Row] = {}
         for r in (r for result in results for r in result_rows(result)):
             start = int(r["time"])
@@ -429,8 +430,8 @@ class Streams:
         too once its market closed for the rest of it (``close_grace`` seconds ago, as
         the rollups' timer closes it)."""
         after = newest + tfs.BASE_SECONDS
-        bound = tfs.bucket(after, span)
         market = self.markets.get(exchange, product)
+        bound = tfs.bucket(after, span, market.shift if market is not None else 0)
         if market is not None and bound < after and time.time() >= market.close_of(
                 after, bound + span) + self.settings.close_grace:
             bound += span

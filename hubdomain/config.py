@@ -12,12 +12,20 @@ import re
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hubdomain import markets as mk
 from hubdomain.errors import ValidationError
@@ -269,6 +277,10 @@ class MarketConfig(_Model):
     holidays: list[date] = Field(default_factory=list)
     # days of their own: an early close, a special session ([] is a holiday too)
     days: dict[date, list[str]] = Field(default_factory=dict)
+    # where rollup and resampled buckets start: "epoch" (InfluxDB's alignment, as for
+    # products of no market) or "open" (the first session's open: 1h candles 09:15-10:15
+    # as exchange charts draw them; a zone on one UTC offset all year)
+    align: Literal["epoch", "open"] = "epoch"
 
     @field_validator("timezone")
     @classmethod
@@ -299,10 +311,20 @@ class MarketConfig(_Model):
                 mk.parse_hours(text)
         return value
 
+    @field_validator("align")
+    @classmethod
+    def _alignable(cls, value: str, info: ValidationInfo) -> str:
+        zone = info.data.get("timezone")
+        if value == "open" and zone and mk.fixed_offset(mk.zone(zone)) is None:
+            raise ValueError(f"'open' needs a time zone on one UTC offset all year; "
+                             f"{zone} changes its clocks")
+        return value
+
     def rule(self) -> mk.Rule:
         return mk.Rule(frozenset(self.exchanges), frozenset(self.products),
                        mk.Market.build(self.name, self.timezone, self.hours, self.weekdays,
-                                       self.holidays, dict(self.days)))
+                                       self.holidays, dict(self.days),
+                                       align=self.align == "open"))
 
 
 class SQLiteConfig(_Model):

@@ -81,22 +81,25 @@ _OHLCV = ('SELECT first("open") AS "open", max("high") AS "high", min("low") AS 
 
 
 def select_candles_resampled(exchange: str, product: str, start: int, end: int,
-                             limit: int, interval: str, rp: str | None = None) -> str:
+                             limit: int, interval: str, rp: str | None = None,
+                             shift: int = 0) -> str:
     """OHLCV per bucket: first open, max high, min low, last close, sum volume (weeks
-    from Mondays, as the rollups)."""
+    from Mondays, as the rollups; ``shift``: a market's buckets from its open)."""
     seconds = interval_seconds(interval)
     return (
         f'{_OHLCV} FROM {source("candle", rp)}'
         f"{where({'exchange': exchange, 'product': product}, start, end)}"
-        f" GROUP BY {group_by_time(seconds)} fill(none) ORDER BY time DESC LIMIT {int(limit)}"
+        f" GROUP BY {group_by_time(seconds, shift)} fill(none) ORDER BY time DESC"
+        f" LIMIT {int(limit)}"
     )
 
 
-def group_by_time(span: int) -> str:
+def group_by_time(span: int, shift: int = 0) -> str:
     """``time(<span>s)``, with the offset that starts buckets of whole weeks on Mondays
-    (InfluxDB's own start on Thursdays, as the epoch did)."""
-    shift = offset(span)
-    return f"time({span}s,{shift}s)" if shift else f"time({span}s)"
+    (InfluxDB's own start on Thursdays, as the epoch did), and ``shift`` seconds later
+    (:func:`hubdomain.timeframes.offset`)."""
+    start = offset(span, shift)
+    return f"time({span}s,{start}s)" if start else f"time({span}s)"
 
 
 # How far back the newest candle is looked for first (see select_candle_edge)

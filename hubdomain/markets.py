@@ -14,7 +14,10 @@ the slots in which the market was open (``Hub.gaps`` reports no night, weekend o
 holiday as a hole), :meth:`Market.open_seconds` counts how long a feed was silent while
 the market was open (the age of a product's newest candle), and :meth:`Market.close_of`
 says when a rollup bucket's minutes have all arrived because the market closed (a
-daily candle closes at the session's end, not at midnight UTC).
+daily candle closes at the session's end, not at midnight UTC). With ``align: open``,
+:attr:`Market.shift` moves every bucket's start to the first session's open (1h candles
+from 09:15 IST, as exchange charts draw them; a zone on one UTC offset all year, for
+InfluxDB's ``GROUP BY time(span, offset)`` to agree).
 """
 
 from __future__ import annotations
@@ -57,6 +60,17 @@ def zone(name: object) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r}") from None
 
 
+def fixed_offset(where: ZoneInfo, year: int | None = None) -> int | None:
+    """The zone's UTC offset in seconds when it is the same all year (no daylight saving
+    time: Asia/Kolkata's +19800), else None."""
+    year = year or datetime.now(UTC).year
+    offsets = {datetime(year, month, 1, 12, tzinfo=where).utcoffset() for month in (1, 4, 7, 10)}
+    if len(offsets) != 1:
+        return None
+    (only,) = offsets
+    return None if only is None else int(only.total_seconds())
+
+
 @dataclass(frozen=True, eq=False)
 class Market:
     """One market's trading calendar."""
@@ -66,16 +80,28 @@ class Market:
     hours: tuple[tuple[int, int], ...]  # a usual trading day's sessions (parse_hours)
     weekdays: frozenset[int]  # the days it trades, Monday 0
     days: dict[date, tuple[tuple[int, int], ...]]  # days of their own; () a holiday
+    # buckets start this many seconds into the UTC day (mod their span): 0, the epoch's
+    # alignment; a session's open (align: open)
+    shift: int = 0
 
     @classmethod
     def build(cls, name: str, timezone: str, hours: Sequence[str], weekdays: Sequence[str],
               holidays: Sequence[date] = (),
-              days: dict[date, Sequence[str]] | None = None) -> Market:
+              days: dict[date, Sequence[str]] | None = None, align: bool = False) -> Market:
         special: dict[date, tuple[tuple[int, int], ...]] = {day: () for day in holidays}
         special.update({day: tuple(map(parse_hours, spans))
                         for day, spans in (days or {}).items()})
-        return cls(name, zone(timezone), tuple(map(parse_hours, hours)),
-                   frozenset(WEEKDAYS.index(d) for d in weekdays), special)
+        where = zone(timezone)
+        sessions = tuple(map(parse_hours, hours))
+        shift = 0
+        if align:
+            fixed = fixed_offset(where)
+            if fixed is None:
+                raise ValueError(f"align: open needs a zone on one UTC offset all year; "
+                                 f"{timezone} changes its clocks")
+            shift = (sessions[0][0] * 60 - fixed) % 86_400
+        return cls(name, where, sessions, frozenset(WEEKDAYS.index(d) for d in weekdays),
+                   special, shift)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_cache", {})
@@ -176,6 +202,11 @@ class Markets:
 
     def __bool__(self) -> bool:
         return bool(self.rules)
+
+    def shift(self, exchange: str, product: str) -> int:
+        """Where the product's buckets start into the UTC day (0: the epoch's)."""
+        market = self.get(exchange, product) if self.rules else None
+        return 0 if market is None else market.shift
 
     def get(self, exchange: str, product: str) -> Market | None:
         key = (exchange, product)

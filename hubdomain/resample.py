@@ -20,11 +20,12 @@ from hubdomain.timeframes import bucket, volume
 
 
 def resample(window: Sequence[Candle], span: int, lo: int | None, hi: int | None,
-             limit: int) -> list[Candle] | None:
+             limit: int, shift: int = 0) -> list[Candle] | None:
     """The newest ``limit`` buckets of ``span`` seconds of minutes in [lo, hi],
     ascending, from ``window`` (ascending, one candle per time, holding every stored
     candle from its oldest to its newest, and nothing stored is newer: what a hot window
-    is). None when an answered bucket may hold a minute older than the window's oldest,
+    is); ``shift``: buckets from a market's open (hubdomain.timeframes.offset). None
+    when an answered bucket may hold a minute older than the window's oldest,
     or fewer than ``limit`` buckets were found and older minutes in range may exist."""
     if not window:
         return None
@@ -35,7 +36,7 @@ def resample(window: Sequence[Candle], span: int, lo: int | None, hi: int | None
     start = None
     while end > first and len(out) < limit:
         newest = times[end - 1]
-        start = bucket(newest, span)
+        start = bucket(newest, span, shift)
         begin = max(first, bisect.bisect_left(times, start, first, end))
         part = window[begin:end]
         out.append(Candle(start, part[0].open, max(c.high for c in part),

@@ -74,16 +74,17 @@ WEEK = 604_800
 _MONDAY = 4 * 86_400  # 1970-01-05, the first Monday after the epoch
 
 
-def offset(span: int) -> int:
+def offset(span: int, shift: int = 0) -> int:
     """Where buckets of ``span`` seconds start, past the multiples of ``span`` since the
-    epoch: on Mondays for whole weeks (1w, 2w, 7d), else nothing."""
-    return _MONDAY % span if span % WEEK == 0 else 0
+    epoch: on Mondays for whole weeks (1w, 2w, 7d), else nothing; ``shift`` seconds
+    later for a market whose buckets start at its session's open (hubdomain.markets)."""
+    return ((_MONDAY % span if span % WEEK == 0 else 0) + shift) % span
 
 
-def bucket(ts: int, span: int) -> int:
+def bucket(ts: int, span: int, shift: int = 0) -> int:
     """Start of the bucket of ``span`` seconds holding ``ts`` (epoch-aligned; weeks from
-    a Monday, :func:`offset`)."""
-    return ts - (ts - offset(span)) % span
+    a Monday; ``shift``: see :func:`offset`)."""
+    return ts - (ts - offset(span, shift)) % span
 
 
 def aggregate(start: int, parts: Iterable[Row]) -> Row:
@@ -211,10 +212,10 @@ def chains(timeframes: Sequence[str]) -> list[list[str]]:
     return [[level.timeframe for level in chain] for chain in _chains(timeframes)]
 
 
-def _chains(timeframes: Sequence[str]) -> list[list[_Level]]:
+def _chains(timeframes: Sequence[str], shift: int = 0) -> list[list[_Level]]:
     out: list[list[_Level]] = []
     for tf, span, _ in plan(timeframes):
-        level = _Level(tf, span, offset(span))
+        level = _Level(tf, span, offset(span, shift))
         fits = [chain for chain in out if _nests(chain[-1], level)]
         if fits:
             max(fits, key=lambda chain: chain[-1].span).append(level)
@@ -232,7 +233,8 @@ class Book:
     def __init__(self, timeframes: Sequence[str], close_grace: float,
                  market: Market | None = None) -> None:
         self.close_grace = close_grace
-        self.chains = [_Chain(levels, close_grace, market) for levels in _chains(timeframes)]
+        self.chains = [_Chain(levels, close_grace, market)
+                       for levels in _chains(timeframes, market.shift if market else 0)]
         self._one = self.chains[0] if len(self.chains) == 1 else None
         self._spans = {level.timeframe: level.span
                        for chain in self.chains for level in chain.levels}

@@ -78,7 +78,9 @@ async def test_a_full_count_does_not_hide_a_hole_and_other_series_count(hub: Hub
     """Days holding exactly a day's worth of candles that still miss minutes (a minute
     with two candles off the grid), holes at a day's very end and start, candles just
     before the range asked, and candles another writer stored under an extra tag: the
-    scan's answer equals counting every slot, for random ranges and three timeframes."""
+    scan's answer equals counting every slot, for random ranges and four timeframes
+    (7m: a day of its slots is a week, whose chunks once started on a Monday, off the
+    slots' grid)."""
     rng = random.Random(20261127)
     product = "TRAP"
     times = {T0 + 60 * i for i in range(7 * DAY)}
@@ -103,13 +105,17 @@ async def test_a_full_count_does_not_hide_a_hole_and_other_series_count(hub: Hub
     _write_raw(hub.config, lines)
     newest = max(times)
     assert await hub.gaps(EX, product) == brute_force(times, T0, newest - newest % 60)
-    for timeframe, span in (("1m", 60), ("5m", 300), ("1h", 3600)):
+    for timeframe, span in (("1m", 60), ("5m", 300), ("1h", 3600), ("7m", 420)):
         for _ in range(6):
             lo = T0 + rng.randrange(-3600, 7 * 86_400)
             hi = lo + rng.randrange(0, 3 * 86_400)
             first = -(-lo // span) * span
             assert await hub.gaps(EX, product, start=lo, end=hi, timeframe=timeframe) \
                 == brute_force(times, first, hi - hi % span, span), (timeframe, lo, hi)
+    # across Monday 20 November 00:00 UTC (day 5), where a week of 7m slots began a chunk
+    lo, hi = T0 + 4 * 86_400 + 7, T0 + 7 * 86_400 - 1
+    assert await hub.gaps(EX, product, start=lo, end=hi, timeframe="7m") == brute_force(
+        times, -(-lo // 420) * 420, hi - hi % 420, 420)
 
 
 async def test_an_answer_lacking_a_candle_does_not_make_a_hole(hub: Hub) -> None:

@@ -19,7 +19,8 @@ from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
 EX, PR, OTHER = "openalgo", "NIFTY-FUT", "CRYPTO-PERP"
-NSE = {"name": "nse", "exchanges": [EX], "products": [PR], "timezone": "Asia/Kolkata",
+NSE = {"name": "nse", "exchanges": [EX], "products": [PR, "BANKNIFTY-FUT"],
+       "timezone": "Asia/Kolkata",
        "hours": ["09:15-15:30"], "holidays": ["2026-01-26"]}
 
 
@@ -121,6 +122,7 @@ async def test_the_daily_candle_closes_at_the_sessions_end(
                 got[key].append(candle)
 
         tasks = [asyncio.create_task(take(k)) for k in follow]
+        await asyncio.sleep(0.5)  # (subscribed before the first close)
         for c in minutes:
             clock[0] = c.timestamp + 62
             for product in (PR, OTHER):
@@ -155,3 +157,86 @@ async def test_the_daily_candle_closes_at_the_sessions_end(
         first = await asyncio.wait_for(stream.__anext__(), 10)
         await stream.aclose()
         assert first == got[(PR, "1d")][0] and not first.revision
+
+
+async def test_buckets_start_at_the_sessions_open(
+        config_data: dict[str, Any], servers: LocalServers,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``align: open``: a live feed writes Friday's session but the hour from 10:15 IST.
+    1h candles are 09:15-10:15 IST, ..., 15:15-15:30 IST, as exchange charts draw them;
+    the stream, query_candles (from the hot window and from InfluxDB) and influxd's own
+    ``GROUP BY time(1h, 45m)`` agree, and so do 4h and 1d; gaps count hours from :45."""
+    import hub._streams as streams_module
+
+    clock = [0.0]
+    monkeypatch.setattr(streams_module, "time", SimpleNamespace(time=lambda: clock[0]))
+    config = HubConfig.from_mapping({**config_data, "markets": [{**NSE, "align": "open"}],
+                                     "streams": {"close_grace": 1.0},
+                                     "maintenance": {"enabled": False}}, environ={})
+    minutes = session("2026-01-23", skip=range(60, 120))  # 04:45-05:44 UTC missing
+    day, opens, closes = utc("2026-01-23 00:00"), utc("2026-01-23 03:45"), utc("2026-01-23 10:00")
+    async with Hub(config) as hub:
+        assert hub.streams is not None
+        follow = {tf: hub.candles(EX, PR, tf) for tf in ("1h", "4h", "1d")}
+        got: dict[str, list[Candle]] = {tf: [] for tf in follow}
+
+        async def take(timeframe: str) -> None:
+            async for candle in follow[timeframe]:
+                got[timeframe].append(plain(candle))
+
+        tasks = [asyncio.create_task(take(tf)) for tf in follow]
+        await asyncio.sleep(0.5)  # (subscribed before the first close)
+        for c in minutes:
+            clock[0] = c.timestamp + 62
+            await hub.write_candle(EX, PR, c.timestamp, c.open, c.high, c.low, c.close,
+                                   c.volume)
+        await hub.streams.expire(now=closes + 1.0)
+        for _ in range(100):
+            if got["1d"] and len(got["4h"]) == 2 and len(got["1h"]) == 6:
+                break
+            await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await hub.flush()
+        hours = influx_resampled(hub, EX, PR, 3600, 20, day, closes, offset="2700s")
+        assert [c.timestamp for c in hours] == [opens, opens + 2 * 3600, opens + 3 * 3600,
+                                                opens + 4 * 3600, opens + 5 * 3600,
+                                                opens + 6 * 3600]
+        assert got["1h"] == hours
+        assert got["4h"] == influx_resampled(hub, EX, PR, 14_400, 20, day, closes,
+                                             offset="13500s")
+        assert [c.timestamp for c in got["4h"]] == [opens, opens + 14_400]
+        assert got["1d"] == influx_resampled(hub, EX, PR, 86_400, 20, day, closes,
+                                             offset="13500s")
+        assert [c.timestamp for c in got["1d"]] == [opens]
+        # query_candles: from the hot window, then (the window gone) from InfluxDB
+        for _ in range(2):  # (the second time from the near cache's copy of the window)
+            assert await hub.query_candles(EX, PR, opens, interval="1h", limit=20) == hours
+        assert (await hub.get_stats())["hub"]["candle_window_hits"] >= 2
+        redis_command(servers, "DEL", hub.streams.window_key(EX, PR, "1m"))
+        assert await hub.query_candles(EX, PR, day, closes, interval="1h", limit=20) == hours
+        assert await hub.query_candles(EX, PR, interval="4h", limit=20) == got["4h"]
+        assert await hub.gaps(EX, PR, timeframe="1h") == [(opens + 3600, opens + 3600)]
+        assert await hub.gaps(EX, PR) == [(opens + 3600, opens + 2 * 3600 - 60)]
+
+        # another product's feed at 10:40 IST (05:10 UTC), its 1h window lost: the warm-up
+        # from storage holds the closed 09:15 IST hour, never the open 10:15 one
+        other = "BANKNIFTY-FUT"
+        for c in session("2026-01-23")[:86]:
+            clock[0] = c.timestamp + 62
+            await hub.write_candle(EX, other, c.timestamp, c.open, c.high, c.low, c.close,
+                                   c.volume)
+        await hub.flush()
+        redis_command(servers, "DEL", hub.streams.window_key(EX, other, "1h"))
+        assert await hub.warm_windows(EX, other) >= 1
+        key = hub.streams.window_key(EX, other, "1h")
+        assert redis_command(servers, "ZCARD", key) == b":1\r\n"  # the closed hour alone
+        stream = hub.candles(EX, other, "1h", warmup=5)
+        first = await asyncio.wait_for(stream.__anext__(), 10)
+        await stream.aclose()
+        assert plain(first) == influx_resampled(hub, EX, other, 3600, 1, opens, opens + 3599,
+                                                offset="2700s")[0]
+        # (query_candles answers the bucket in progress too)
+        assert [c.timestamp for c in await hub.query_candles(
+            EX, other, interval="1h", limit=5)] == [opens, opens + 3600]

@@ -11,7 +11,7 @@ import pytest
 
 from hub import HubConfig, ValidationError
 from hubdomain.markets import Market, parse_hours
-from hubdomain.timeframes import Book, Closed
+from hubdomain.timeframes import Book, Closed, bucket, seconds
 
 WEEK = ["mon", "tue", "wed", "thu", "fri"]
 
@@ -27,6 +27,8 @@ def spans(market: Market, lo: str, hi: str) -> list[tuple[str, str]]:
     return [(show(a), show(b)) for a, b in market.open_spans(utc(lo), utc(hi))]
 
 
+NSE_CONFIG = {"name": "nse", "exchanges": ["openalgo"], "timezone": "Asia/Kolkata",
+              "hours": ["09:15-15:30"]}
 NSE = Market.build("nse", "Asia/Kolkata", ["09:15-15:30"], WEEK,
                    holidays=[date(2026, 1, 26)],  # Republic Day, a Monday
                    days={date(2026, 11, 8): ["18:00-19:00"]})  # a Sunday's evening session
@@ -128,6 +130,31 @@ def test_hours_and_config_are_checked() -> None:
     with pytest.raises(ValidationError):
         HubConfig.from_mapping({"markets": [{"name": "a", "exchanges": ["x"]},
                                             {"name": "a", "exchanges": ["y"]}]}, environ={})
+    # buckets from the open need one UTC offset all year: Kolkata's, not New York's
+    with pytest.raises(ValidationError) as caught:
+        HubConfig.from_mapping({"markets": [{"name": "nyse", "exchanges": ["x"],
+                                             "timezone": "America/New_York",
+                                             "align": "open"}]}, environ={})
+    assert caught.value.argument == "markets.0.align"
+
+
+def test_buckets_from_the_open_start_at_0915_ist_and_still_nest() -> None:
+    aligned = HubConfig.from_mapping({"markets": [{**NSE_CONFIG, "align": "open"}]},
+                                     environ={}).calendars()
+    shift = aligned.shift("openalgo", "NIFTY-FUT")
+    assert shift == 3 * 3600 + 45 * 60  # 09:15 IST is 03:45 UTC
+    at = utc("2026-01-23 05:10")
+    starts = {tf: bucket(at, seconds(tf), shift) for tf in ("5m", "15m", "30m", "1h", "4h",
+                                                            "1d", "1w")}
+    assert starts == {"5m": utc("2026-01-23 05:10"), "15m": utc("2026-01-23 05:00"),
+                      "30m": utc("2026-01-23 04:45"), "1h": utc("2026-01-23 04:45"),
+                      "4h": utc("2026-01-23 03:45"), "1d": utc("2026-01-23 03:45"),
+                      "1w": utc("2026-01-19 03:45")}  # the Monday's open
+    # the usual timeframes still make one chain (each bucket whole in the next's)
+    book = Book(["1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w"], 5,
+                aligned.get("openalgo", "NIFTY-FUT"))
+    assert [[lv.timeframe for lv in chain.levels] for chain in book.chains] == [
+        ["5m", "15m", "30m", "1h", "4h", "1d", "1w"]]
 
 
 def _session(book: Book, first: int, count: int) -> None:
