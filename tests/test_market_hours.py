@@ -68,6 +68,33 @@ async def test_nights_weekends_and_holidays_are_no_gaps(config_data: dict[str, A
             (utc("2026-01-27 10:00"), utc("2026-01-28 03:44"))]
 
 
+async def test_a_repair_asks_the_fetcher_only_for_holes_while_the_market_was_open(
+        config_data: dict[str, Any]) -> None:
+    """``wolfhub backfill --repair`` (wolfhub.repair): Friday and Tuesday with ten
+    minutes missing on Tuesday; the fetcher (a broker's API, with its quota) is asked for
+    those ten minutes, not for the weekend and the holiday; beside it, a product outside
+    the market has the fetcher asked for the nights too."""
+    from wolfhub.repair import repair
+
+    days = session("2026-01-23") + session("2026-01-27", range(45, 55))
+    asked: dict[str, list[tuple[int, int]]] = {PR: [], OTHER: []}
+
+    async def fetcher(exchange: str, product: str, start: int, end: int) -> list[Candle]:
+        asked[product].append((start, end))
+        return [c for c in session("2026-01-27") if start <= c.timestamp <= end]
+
+    async with Hub(market_config(config_data)) as hub:
+        for product in (PR, OTHER):
+            await hub.write_candles_batch(EX, product, days, window=False)
+        report = await repair(hub, EX, PR, fetcher=fetcher)
+        other = await repair(hub, EX, OTHER, fetcher=fetcher)
+    hole = (utc("2026-01-27 04:30"), utc("2026-01-27 04:39"))
+    assert asked[PR] == [(hole[0], hole[1] + 59)]
+    assert (report.written, report.holes_after) == (10, [])
+    assert len(asked[OTHER]) == 2 and other.written == 10  # the weekend and the hole
+    assert asked[OTHER][0] == (utc("2026-01-23 10:00"), utc("2026-01-27 03:44") + 59)
+
+
 async def test_a_closed_markets_feed_is_not_stalled(config_data: dict[str, Any],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The gap scan at 12:00 UTC on Friday 23 January, two hours after the session's
