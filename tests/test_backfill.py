@@ -262,6 +262,35 @@ def test_backfill_fills_the_rollups_windows_with_closed_buckets(servers: LocalSe
     assert held("1m")[-1] == T0 + 60 * 306
 
 
+def test_a_long_backfill_stays_history_all_the_way(servers: LocalServers,
+                                                   tmp_path: Path) -> None:
+    """Many checkpoints: the first one's push into the hot window must not turn the rest
+    of the load into live writes (each later batch taken into the window, its rollups
+    recomputed and stored: twice the time for 1,000,000 rows). No rollup is stored, and
+    the windows hold the newest candles and closed buckets at the end."""
+    from wolfhub.backfill import backfill
+
+    make_config(servers, tmp_path)
+    config = HubConfig.load(tmp_path / "config" / "cache_db.yml")
+    source = tmp_path / "long.csv"
+    data = rows(6000)
+    write_csv(source, data)
+
+    async def load() -> tuple[int, list[Candle], list[Candle]]:
+        async with Hub(config) as hub:
+            report = await backfill(hub, [source], "px", "LONG", destination="here",
+                                    batch=500, checkpoint=0.0)
+            assert report.lines == [f"{source}: 6000 of 6000 candles stored (6000 this run)"]
+            return (await hub.get_stats())["streams"]["rollups_published"], \
+                await hub.get_candles("px", "LONG", 1000), \
+                await hub.query_candles("px", "LONG", limit=3, interval="1h")
+    published, window, hours = asyncio.run(load())
+    assert published == 0
+    assert influx(servers, tmp_path, "SELECT count(close) FROM candle_rollup") == []
+    assert [c.timestamp for c in window] == [int(r[0]) for r in data[-1000:]]
+    assert hours[-1].timestamp == T0 + 99 * 3600  # (6,000 minutes from T0: 100 hours)
+
+
 def test_binance_zip_gzip_and_a_product_column_in_one_run(servers: LocalServers,
                                                           tmp_path: Path) -> None:
     make_config(servers, tmp_path)

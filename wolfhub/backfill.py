@@ -116,9 +116,11 @@ class Report:
 class _Checkpoints:
     """Moves a source's marker behind confirmed writes: at most one flush in flight,
     started about once a second, so parsing never waits for it. Candles go to InfluxDB
-    only; each checkpoint first puts the newest of those since the last one in the hot
-    window (one push per product, not one per batch), so what the marker covers is in
-    the window too."""
+    only (the hub puts those of a product's hot window's span, when it has one, in the
+    window too); the last checkpoint first puts the newest candles of each product in
+    its hot window (one push per product). Not the earlier ones: a window pushed while
+    the load runs would take every later, newer batch into the window, with rollups
+    recomputed, as a live write (measured: 1,000,000 rows in 10 s instead of 5.5 s)."""
 
     def __init__(self, hub: Sink, exchange: str, markers: Markers, key: str, every: float,
                  window: int) -> None:
@@ -137,11 +139,12 @@ class _Checkpoints:
         if len(tail) > 4 * self.window:
             self.tails[product] = _newest(tail, self.window)
 
-    async def _confirm(self, rows: int, bad: int) -> None:
-        tails, self.tails = self.tails, {}
-        for product, tail in tails.items():
-            await self.hub.cache_candles(self.exchange, product,
-                                         CheckedRows(_newest(tail, self.window)))
+    async def _confirm(self, rows: int, bad: int, last: bool = False) -> None:
+        if last:
+            tails, self.tails = self.tails, {}
+            for product, tail in tails.items():
+                await self.hub.cache_candles(self.exchange, product,
+                                             CheckedRows(_newest(tail, self.window)))
         await self.hub.flush()
         self.markers.save(self.key, rows, bad)
 
@@ -157,7 +160,7 @@ class _Checkpoints:
         if self.task is not None:
             await self.task
             self.task = None
-        await self._confirm(rows, bad)
+        await self._confirm(rows, bad, last=True)
 
 
 def _newest(rows: list[Row], count: int) -> list[Row]:
