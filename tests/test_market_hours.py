@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 
 from hub import Candle, Hub, HubConfig
-from tests.conftest import influx_resampled, redis_command
+from tests.conftest import influx_resampled, redis_command, wolfhub
 from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
@@ -93,6 +95,27 @@ async def test_a_repair_asks_the_fetcher_only_for_holes_while_the_market_was_ope
     assert (report.written, report.holes_after) == (10, [])
     assert len(asked[OTHER]) == 2 and other.written == 10  # the weekend and the hole
     assert asked[OTHER][0] == (utc("2026-01-23 10:00"), utc("2026-01-27 03:44") + 59)
+
+
+def test_wolfhub_gaps_names_the_market_whose_hours_it_counted(
+        config_data: dict[str, Any], tmp_path: Path) -> None:
+    """``wolfhub gaps`` with the config file: Tuesday's ten minutes, not the weekend, and
+    it says whose sessions it counted."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "cache_db.yml").write_text(yaml.safe_dump(
+        {**config_data, "markets": [NSE]}))
+
+    async def load() -> None:
+        async with Hub(HubConfig.load(tmp_path / "config" / "cache_db.yml")) as hub:
+            await hub.write_candles_batch(EX, PR, session("2026-01-23") + session(
+                "2026-01-27", range(45, 55)), window=False)
+    asyncio.run(load())
+    done = wolfhub("gaps", EX, PR, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"{utc('2026-01-27 04:30')}\t{utc('2026-01-27 04:39')}\t"
+        "2026-01-27 04:30 .. 2026-01-27 04:39 UTC\t10 missing"]
+    assert "1 gaps, 10 1m slots missing (only while market nse was open)" in done.stderr
 
 
 async def test_a_closed_markets_feed_is_not_stalled(config_data: dict[str, Any],

@@ -442,7 +442,8 @@ def gaps(config_path: str, exchange: str, product: str, start: float | None,
 
     try:
         span = seconds(timeframe)
-        found = _with_hub_raising(_config_or_default(config_path), work)
+        config = _config_or_default(config_path)
+        found = _with_hub_raising(config, work)
     except HubError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -451,7 +452,9 @@ def gaps(config_path: str, exchange: str, product: str, start: float | None,
         slots = (last - first) // span + 1
         missing += slots
         click.echo(f"{first}\t{last}\t{_when(first)} .. {_when(last)} UTC\t{slots} missing")
-    click.echo(f"{len(found)} gaps, {missing} {timeframe} slots missing", err=True)
+    market = config.calendars().get(exchange, product)
+    within = f" (only while market {market.name} was open)" if market is not None else ""
+    click.echo(f"{len(found)} gaps, {missing} {timeframe} slots missing{within}", err=True)
 
 
 @main.command()
