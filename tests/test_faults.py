@@ -757,6 +757,11 @@ async def test_redis_emptied_under_a_running_hub_gets_its_windows_and_marker_bac
             async def refilled() -> bool:
                 return await asyncio.to_thread(redis_cli, redis, "ZCARD", window) == "100"
             await eventually(refilled, within=30)
+
+            async def reported() -> bool:  # (the job's result is kept once it returns)
+                job = (await hub.get_stats())["actors"]["maintenance"]["jobs"]["rewarm"]
+                return bool(job["last_result"]) and job["last_result"]["flushes"] >= 1
+            await eventually(reported, within=30)
             again = await asyncio.to_thread(redis_cli, redis, "GET", "wolfhub:instance")
             rewarm = (await hub.get_stats())["actors"]["maintenance"]["jobs"]["rewarm"]
         async with Hub(config) as hub:
