@@ -432,7 +432,7 @@ class Streams:
         after = newest + tfs.BASE_SECONDS
         market = self.markets.get(exchange, product)
         bound = tfs.bucket(after, span, market.shift if market is not None else 0)
-        if market is not None and bound < after and time.time() >= market.close_of(
+        if market is not None and bound < after and time.time() >= market.bucket_over(
                 after, bound + span) + self.settings.close_grace:
             bound += span
         return bound

@@ -175,6 +175,15 @@ class Market:
                     out.append(run)
         return out
 
+    def bucket_over(self, after: int, end: int) -> int:
+        """When a bucket ending at ``end`` is over, its newest minute ended at ``after``:
+        :meth:`close_of` when that minute lay in a session, else ``end`` (a feed that
+        writes outside the hours in config, a pre-open or a late print, has its buckets
+        closed by their ends: never early, so its next minute is not late)."""
+        if not self.open_spans(after - 60, after):
+            return end
+        return self.close_of(after, end)
+
     def close_of(self, after: int, end: int) -> int:
         """When the market closes for good before ``end``, from ``after`` on: the end of
         its last session in ``[after, end)``, ``after`` when it opens none there; ``end``

@@ -517,7 +517,7 @@ class _Chain:
         if found is None:
             if len(self._closes) >= 64:
                 self._closes.clear()
-            found = self._closes[key] = self.market.close_of(after, end)
+            found = self._closes[key] = self.market.bucket_over(after, end)
         return found
 
     def pending(self) -> int:

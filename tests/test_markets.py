@@ -184,3 +184,9 @@ def test_a_daily_candle_closes_at_the_sessions_end_not_at_midnight() -> None:
     assert [e.timeframe for e in stalled.expire(utc("2026-01-23 08:00") + 5)] == ["4h"]
     assert stalled.expire(closes) == []
     assert [e.timeframe for e in stalled.expire(closes + 5)] == ["1d"]
+    # a feed writing past the hours in config (a late session): its day is not cut at
+    # 15:30 IST, so its next minute is never late
+    late = Book(timeframes, 5, NSE)
+    _session(late, opens, 395)  # to 15:50 IST
+    assert late.expire(closes + 20 * 60 + 5) == []
+    assert [e.timeframe for e in late.expire(utc("2026-01-24 00:00") + 5)] == ["1h", "4h", "1d"]
