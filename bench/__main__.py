@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,25 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, loopback"
+
+
+def commit() -> str | None:
+    """The checkout's commit (with ``+changes`` when the tree differs from it), None
+    outside a git checkout."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                              capture_output=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, text=True, capture_output=True, check=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def goals(r: Results) -> list[dict[str, Any]]:
@@ -186,6 +206,7 @@ def main(quick: bool, out: str, processes: str) -> None:
     """Measure the hub beside raw clients and SQLite, on local servers it starts."""
     sizes = Sizes.make(quick)
     counts = tuple(int(p) for p in processes.split(",") if p.strip())
+    began = utc_now()
     with tempfile.TemporaryDirectory(prefix="wolfhub-bench-") as tmp:
         work = Path(tmp)
         click.echo("starting redis-server and influxd ...")
@@ -213,7 +234,8 @@ def main(quick: bool, out: str, processes: str) -> None:
                         config, work, counts, candles=5_000 if quick else 60_000,
                         rounds=40 if quick else 600, cluster_nodes=cluster.seeds[:1])
     results.meta = {"date": datetime.date.today().isoformat(), "machine": machine(),
-                    "quick": quick, "sizes": sizes.__dict__}
+                    "quick": quick, "sizes": sizes.__dict__, "commit": commit(),
+                    "began": began, "ended": utc_now()}
     results.goals = goals(results)
     click.echo(markdown(results))
     js, md, png = save(results, Path(out))

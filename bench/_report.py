@@ -44,8 +44,11 @@ def size(n: int) -> str:
 
 def markdown(results: Results) -> str:
     t = results.tables
-    parts = [f"Run {results.meta['date']} on {results.meta['machine']} "
-             f"({'quick' if results.meta['quick'] else 'full'} sizes).", ""]
+    meta = results.meta
+    when = f"{meta['began']} to {meta['ended'][-9:]}" if "began" in meta else meta["date"]
+    at = f" at commit `{meta['commit']}`" if meta.get("commit") else ""
+    parts = [f"Run {when}{at} on {meta['machine']} "
+             f"({'quick' if meta['quick'] else 'full'} sizes).", ""]
     sections = [
         ("Indicator lookup (median wall time to read N indicators one after another)",
          "indicator_lookup", {}),

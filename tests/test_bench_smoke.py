@@ -37,7 +37,9 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     results.tables["mailbox"] = uvloop.run(mailbox_vs_stream(500, 50, rounds=1))
     assert [row["queue"] for row in results.tables["mailbox"]] == [
         "actors.runtime.Mailbox", "anyio memory object stream"]
-    results.meta = {"date": "today", "machine": "test", "quick": True, "sizes": {}}
+    results.meta = {"date": "today", "machine": "test", "quick": True, "sizes": {},
+                    "commit": "0123abc", "began": "2026-01-01 10:00 UTC",
+                    "ended": "2026-01-01 10:04 UTC"}
     results.goals = goals(results)
     for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
                   "candle_queries", "memory", "invalidation", "dropin", "dropin_writes"):
@@ -69,11 +71,42 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     assert results.tables["dropin_writes"][0]["points"] == 200
     text = markdown(results)
     assert "| hub hot (near cache) |" in text and "#### Goals" in text
+    assert text.startswith("Run 2026-01-01 10:00 UTC to 10:04 UTC at commit `0123abc` on test")
     assert "| drop-in get_indicator, near cache |" in text
     assert "| anyio memory object stream |" in text
     js, _md, png = save(results, tmp_path / "out")
     assert json.loads(js.read_text())["tables"]["writes"][0]["points"] == 2000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary_of_two_runs(js, tmp_path)
+
+
+def summary_of_two_runs(js: Path, tmp_path: Path) -> None:
+    """``python -m bench.summary`` puts runs side by side: every goal once, each run's
+    measurement, in how many runs it was met."""
+    from click.testing import CliRunner
+
+    from bench.summary import main as summary
+
+    second = json.loads(js.read_text())
+    second["meta"].update(commit="abc1234", began="2026-01-02 03:04 UTC",
+                          ended="2026-01-02 03:09 UTC")
+    flipped = second["goals"][0]
+    first_met = flipped["met"]
+    flipped["met"], flipped["measured"] = ("NO" if first_met == "yes" else "yes"), "9.99x"
+    other = tmp_path / "second"
+    other.mkdir()
+    (other / "bench.json").write_text(json.dumps(second))
+    done = CliRunner().invoke(summary, [str(js.parent), str(other)])
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    assert "run 2: 2026-01-02 03:04 UTC to 03:09 UTC, commit `abc1234`" in lines[0]
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(second["goals"])
+    assert rows[0].endswith("| 9.99x | 1 of 2 |")
+    informative = [row for row in rows if row.endswith("| - |")]
+    assert len(informative) == 3
+    bad = CliRunner().invoke(summary, [str(tmp_path / "servers")])
+    assert bad.exit_code != 0 and "not a harness run" in bad.output
 
 
 @pytest.mark.anyio
