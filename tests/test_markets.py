@@ -5,7 +5,10 @@ rules against real servers are in test_market_hours.py."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,3 +193,52 @@ def test_a_daily_candle_closes_at_the_sessions_end_not_at_midnight() -> None:
     _session(late, opens, 395)  # to 15:50 IST
     assert late.expire(closes + 20 * 60 + 5) == []
     assert [e.timeframe for e in late.expire(utc("2026-01-24 00:00") + 5)] == ["1h", "4h", "1d"]
+
+
+VECTORS = json.loads((Path(__file__).parent / "data/calendars-2026.json").read_text())
+
+
+def merged(sessions: list[list[int]]) -> list[tuple[int, int]]:
+    """Sessions as one span where one ends as the next opens (CME's 17:00 to 17:00)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sessions:
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(b, out[-1][1]))
+        else:
+            out.append((a, b))
+    return out
+
+
+@pytest.mark.parametrize("entry", VECTORS["markets"], ids=lambda m: m["name"])
+def test_a_year_of_sessions_lands_where_exchange_calendars_puts_them(
+        entry: dict[str, Any]) -> None:
+    """Six exchanges' 2026 as the exchange_calendars library publishes them
+    (tests/data/make_calendar_vectors.py): each market's config entry, as a user writes
+    it in local time, puts every session of the year at the library's UTC times, New
+    York's, London's and Chicago's daylight saving changes (each on its own dates),
+    Tokyo's and Hong Kong's lunch breaks, CME's sessions opening the evening before and
+    its early closes included; the market is open for the library's total time; and
+    a UTC day's candle whose newest minute ends a session is over at that session's end
+    (or, with a session still to come that day, at that one's)."""
+    config = HubConfig.from_mapping({"markets": [{
+        "name": entry["name"], "exchanges": ["x"], "timezone": entry["timezone"],
+        "hours": entry["hours"], "weekdays": entry["weekdays"],
+        "holidays": entry["holidays"], "days": entry["days"]}]}, environ={})
+    market = config.calendars().get("x", "ANY")
+    assert market is not None
+    sessions = entry["sessions"]
+    lo, hi = sessions[0][0], sessions[-1][1]
+    got = market.open_spans(lo, hi)
+    want = merged(sessions)
+    assert len(got) == len(want)
+    for mine, theirs in zip(got, want, strict=True):
+        assert mine == tuple(theirs), (
+            f"{datetime.fromtimestamp(theirs[0], UTC)}: {mine} != {theirs}")
+    assert market.open_seconds(lo, hi) == sum(b - a for a, b in sessions)
+    day = 86_400
+    for _, b in want:
+        end = b - b % day + day if b % day else b  # the UTC day's bucket holding b's minute
+        if end > hi:  # (past the vectors' year: the config knows no holiday there)
+            continue
+        later = [s for s in want if b <= s[0] < end]
+        assert market.bucket_over(b, end) == (min(later[-1][1], end) if later else b)
