@@ -206,7 +206,7 @@ def main(quick: bool, out: str, processes: str) -> None:
     """Measure the hub beside raw clients and SQLite, on local servers it starts."""
     sizes = Sizes.make(quick)
     counts = tuple(int(p) for p in processes.split(",") if p.strip())
-    began = utc_now()
+    began, measured = utc_now(), commit()  # (the code imported now is what is measured)
     with tempfile.TemporaryDirectory(prefix="wolfhub-bench-") as tmp:
         work = Path(tmp)
         click.echo("starting redis-server and influxd ...")
@@ -234,7 +234,7 @@ def main(quick: bool, out: str, processes: str) -> None:
                         config, work, counts, candles=5_000 if quick else 60_000,
                         rounds=40 if quick else 600, cluster_nodes=cluster.seeds[:1])
     results.meta = {"date": datetime.date.today().isoformat(), "machine": machine(),
-                    "quick": quick, "sizes": sizes.__dict__, "commit": commit(),
+                    "quick": quick, "sizes": sizes.__dict__, "commit": measured,
                     "began": began, "ended": utc_now()}
     results.goals = goals(results)
     click.echo(markdown(results))
