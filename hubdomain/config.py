@@ -291,8 +291,7 @@ class MarketConfig(_Model):
     @field_validator("hours")
     @classmethod
     def _hours(cls, value: list[str]) -> list[str]:
-        for text in value:
-            mk.parse_hours(text)
+        mk.parse_sessions(value)
         return value
 
     @field_validator("weekdays")
@@ -307,8 +306,7 @@ class MarketConfig(_Model):
     @classmethod
     def _days(cls, value: dict[date, list[str]]) -> dict[date, list[str]]:
         for spans in value.values():
-            for text in spans:
-                mk.parse_hours(text)
+            mk.parse_sessions(spans)
         return value
 
     @field_validator("align")

@@ -26,6 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 Span = tuple[int, int]  # [open, close) in Unix seconds
@@ -48,6 +49,20 @@ def parse_hours(text: object) -> tuple[int, int]:
     if end <= start:
         end += 1440
     return start, end
+
+
+def parse_sessions(texts: Sequence[object]) -> tuple[tuple[int, int], ...]:
+    """A day's sessions (:func:`parse_hours` each), in time order whatever order they
+    are written in. Raises ValueError when two overlap, or when the last runs into the
+    next day's first (a day's sessions span at most 24 hours)."""
+    parsed = sorted((parse_hours(text), str(text)) for text in texts)
+    for (before, shown_before), (after, shown_after) in pairwise(parsed):
+        if after[0] < before[1]:
+            raise ValueError(f"sessions {shown_before!r} and {shown_after!r} overlap")
+    if parsed and parsed[-1][0][1] > parsed[0][0][0] + 1440:
+        raise ValueError(f"session {parsed[-1][1]!r} runs into the next day's "
+                         f"{parsed[0][1]!r}")
+    return tuple(hours for hours, _ in parsed)
 
 
 def zone(name: object) -> ZoneInfo:
@@ -89,10 +104,9 @@ class Market:
               holidays: Sequence[date] = (),
               days: dict[date, Sequence[str]] | None = None, align: bool = False) -> Market:
         special: dict[date, tuple[tuple[int, int], ...]] = {day: () for day in holidays}
-        special.update({day: tuple(map(parse_hours, spans))
-                        for day, spans in (days or {}).items()})
+        special.update({day: parse_sessions(spans) for day, spans in (days or {}).items()})
         where = zone(timezone)
-        sessions = tuple(map(parse_hours, hours))
+        sessions = parse_sessions(hours)
         shift = 0
         if align:
             fixed = fixed_offset(where)

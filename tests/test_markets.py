@@ -242,3 +242,34 @@ def test_a_year_of_sessions_lands_where_exchange_calendars_puts_them(
             continue
         later = [s for s in want if b <= s[0] < end]
         assert market.bucket_over(b, end) == (min(later[-1][1], end) if later else b)
+
+
+def test_sessions_count_in_time_order_however_written_and_may_not_overlap() -> None:
+    """Hours written afternoon first are the same market (both of Tokyo's sessions, and
+    buckets from the morning's open); sessions that overlap, or run into the next day's
+    first, are refused naming where."""
+    def market(**entry: Any) -> Market:
+        found = HubConfig.from_mapping({"markets": [{"name": "m", "exchanges": ["x"],
+                                                     **entry}]}, environ={}).calendars()
+        got = found.get("x", "ANY")
+        assert got is not None
+        return got
+    backwards = market(timezone="Asia/Tokyo", hours=["12:30-15:30", "09:00-11:30"])
+    week = (utc("2026-01-05 00:00"), utc("2026-01-10 00:00"))
+    assert backwards.open_spans(*week) == TOKYO.open_spans(*week)
+    assert len(backwards.open_spans(*week)) == 10
+    assert market(timezone="Asia/Kolkata", hours=["13:00-15:30", "09:15-12:00"],
+                  align="open").shift == 3 * 3600 + 45 * 60  # 09:15 IST, not 13:00
+    special = market(timezone="Asia/Tokyo", hours=["09:00-15:00"],
+                     days={"2026-01-05": ["13:00-14:00", "09:00-10:00"]})
+    assert spans(special, "2026-01-05 00:00", "2026-01-06 00:00") == [
+        ("2026-01-05 00:00", "2026-01-05 01:00"), ("2026-01-05 04:00", "2026-01-05 05:00")]
+    for entry, where, says in (
+            ({"hours": ["09:00-12:00", "11:00-15:30"]}, "markets.0.hours", "overlap"),
+            ({"hours": ["09:00-12:00", "18:00-10:00"]}, "markets.0.hours", "next day"),
+            ({"days": {"2026-01-05": ["09:00-10:00", "09:30-11:00"]}}, "markets.0.days",
+             "overlap")):
+        with pytest.raises(ValidationError) as caught:
+            market(**entry)
+        assert caught.value.argument == where
+        assert says in str(caught.value)
