@@ -216,8 +216,10 @@ class Rule:
 
 
 class Markets:
-    """Each product's market: the first rule naming its exchange (and the product, when
-    the rule lists products). None: trades around the clock."""
+    """Each product's market: the first rule naming its exchange and the product, else
+    the first naming its exchange with no products listed (a product's own market wins
+    over its exchange's, in whatever order they are written). None: trades around the
+    clock."""
 
     def __init__(self, rules: Sequence[Rule] = ()) -> None:
         self.rules = list(rules)
@@ -234,7 +236,8 @@ class Markets:
     def get(self, exchange: str, product: str) -> Market | None:
         key = (exchange, product)
         if key not in self._found:
-            self._found[key] = next(
-                (r.market for r in self.rules if exchange in r.exchanges
-                 and (not r.products or product in r.products)), None)
+            mine = [r for r in self.rules if exchange in r.exchanges
+                    and (not r.products or product in r.products)]
+            self._found[key] = next((r.market for r in mine if r.products),
+                                    next((r.market for r in mine), None))
         return self._found[key]

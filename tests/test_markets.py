@@ -130,6 +130,13 @@ def test_hours_and_config_are_checked() -> None:
                             ("papertrader", "X"), ("binance", "BTC-USDT"))}
     assert named == {("openalgo", "NIFTY-FUT"): "one", ("openalgo", "BANKNIFTY-FUT"): "all",
                      ("papertrader", "X"): "all", ("binance", "BTC-USDT"): None}
+    # the product's own market wins over its exchange's, written after it too
+    later = HubConfig.from_mapping({"markets": [
+        {"name": "all", "exchanges": ["openalgo"], "timezone": "Asia/Kolkata"},
+        {"name": "one", "exchanges": ["openalgo"], "products": ["NIFTY-FUT"],
+         "timezone": "Asia/Kolkata"}]}, environ={}).calendars()
+    assert [getattr(later.get("openalgo", p), "name", None)
+            for p in ("NIFTY-FUT", "BANKNIFTY-FUT")] == ["one", "all"]
     with pytest.raises(ValidationError):
         HubConfig.from_mapping({"markets": [{"name": "a", "exchanges": ["x"]},
                                             {"name": "a", "exchanges": ["y"]}]}, environ={})
