@@ -504,3 +504,71 @@ def test_flux_scripts_get_a_clear_error(sections: dict[str, Any]) -> None:
     assert influx.query_api is not None
     with pytest.raises(wolfinch.HubError, match="InfluxQL"):
         influx.query_api.query('from(bucket:"trading") |> range(start: -1h)')
+
+
+NSE_OPEN = {"name": "nse", "exchanges": ["papertrader"], "timezone": "Asia/Kolkata",
+            "hours": ["09:15-15:30"], "align": "open"}
+
+
+def write_an_hour_from_0915_ist(servers: LocalServers) -> list[int]:
+    """61 minutes from 09:15 IST on a Tuesday through the drop-in; the stored 1h
+    rollups' times."""
+    influx = wolfinch.get_influx_db()
+    assert influx is not None
+    first = 1697514300  # 2023-10-17 03:45 UTC
+    for i in range(61):
+        assert influx.write_candle("papertrader", "NIFTY-FUT", first + 60 * i,
+                                   1.0, 2.0, 0.5, 1.5, 1.0)
+    assert influx.flush()
+    bucket = runtime.hub.config.influxdb.bucket if runtime.hub is not None else ""
+    deadline = time.monotonic() + 10
+    while True:  # (a bucket closed with missing minutes is recomputed, then stored)
+        rows = influx_query(servers, bucket,
+                            "SELECT open FROM candle_rollup WHERE timeframe = '1h'")
+        if rows or time.monotonic() > deadline:
+            return [row["time"] for row in rows]
+        time.sleep(0.05)
+
+
+def test_the_hubs_other_sections_come_from_the_file_wolfinch_read(
+        sections: dict[str, Any], servers: LocalServers, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wolfinch hands init_redis_cache and init_influx_db only their own sections of
+    config/cache_db.yml; the hub reads its other sections (markets, sqlite, ...) from
+    that file, found in the bot's folder by its matching sections, so an NSE market
+    configured there takes effect: an hour from 09:15 IST is one 1h candle at 03:45 UTC
+    (with the defaults the hour from 03:00 UTC closes instead), and the SQLite file is the
+    file's. A config/cache_db.yml whose sections differ is not the file Wolfinch read
+    (defaults); WOLFHUB_CONFIG names one anywhere."""
+    import yaml
+
+    (tmp_path / "config").mkdir()
+    wolfinch_file = tmp_path / "config/cache_db.yml"
+    wolfinch_file.write_text(yaml.safe_dump({
+        **sections, "markets": [NSE_OPEN], "sqlite": {"path": "state/from-file.sqlite"}}))
+    boot(sections)
+    assert write_an_hour_from_0915_ist(servers) == [1697514300]
+    assert (tmp_path / "state/from-file.sqlite").exists()
+    wolfinch.close_all()
+
+    # another file in the folder (its redis section differs): the hub's defaults
+    other = {**sections, "redis": {**sections["redis"], "timeout": 9.0}}
+    wolfinch_file.write_text(yaml.safe_dump({**other, "markets": [NSE_OPEN]}))
+    sections["influxdb"] = {**sections["influxdb"], "bucket": sections["influxdb"]["bucket"] + "b"}
+    boot(sections)
+    # (the 03:00 UTC hour holds 15 minutes; 04:00's is still open)
+    assert write_an_hour_from_0915_ist(servers) == [1697511600]
+    wolfinch.close_all()
+
+    # WOLFHUB_CONFIG names the file wherever it is, and must exist
+    named = tmp_path / "elsewhere.yml"
+    named.write_text(yaml.safe_dump({"markets": [NSE_OPEN]}))
+    monkeypatch.setenv("WOLFHUB_CONFIG", str(named))
+    sections["influxdb"] = {**sections["influxdb"], "bucket": sections["influxdb"]["bucket"] + "c"}
+    boot(sections)
+    assert write_an_hour_from_0915_ist(servers) == [1697514300]
+    wolfinch.close_all()
+    monkeypatch.setenv("WOLFHUB_CONFIG", str(tmp_path / "missing.yml"))
+    with pytest.raises(ValidationError) as caught:
+        wolfinch.init_redis_cache(sections["redis"])
+    assert caught.value.argument == "WOLFHUB_CONFIG"

@@ -8,8 +8,11 @@ the near cache can answer never enter the channel (see ``wolfinch.py``).
 
 Sections: ``init_redis_cache`` starts only Redis, ``init_influx_db`` only InfluxDB;
 a later init restarts the one hub with both (objects made earlier keep working,
-they look the hub up at each call). After ``fork()`` the child starts a hub of its
-own at its first call, on its own SQLite slot (see ``actors.state``).
+they look the hub up at each call). Wolfinch hands each init only its own section of
+config/cache_db.yml; the hub's other sections (``markets``, ``streams``, ``sqlite``...)
+are read from the file that section came from (:func:`file_sections`). After
+``fork()`` the child starts a hub of its own at its first call, on its own SQLite slot
+(see ``actors.state``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
+import yaml
+
 from hub._hub import Hub
 from hub._intake import Accepted
 from hubdomain.config import HubConfig
@@ -36,7 +41,9 @@ T = TypeVar("T")
 CALL_TIMEOUT = 60.0  # seconds a synchronous call waits for the hub (a safety net)
 MAX_QUEUED = 100_000  # writes waiting for the loop before callers are made to wait
 SECTIONS = ("redis", "influxdb")
-_SHARED = ("performance", "sqlite", "metrics")
+# the hub's sections besides the two Wolfinch hands over
+_SHARED = ("performance", "sqlite", "metrics", "streams", "maintenance", "markets")
+CONFIG_FILE = "config/cache_db.yml"  # where Wolfinch reads them, from its folder
 
 
 class Runtime:
@@ -72,6 +79,8 @@ class Runtime:
         if not isinstance(own, Mapping):
             raise ValidationError(section, f"expected a mapping, got {type(own).__name__}")
         shared = {k: data[k] for k in _SHARED if whole and k in data}
+        if not whole:  # one section, as Wolfinch passes it: the rest from its file
+            shared = file_sections(section, own)
         with self.lock:
             sections = {**self.sections, section: dict(own)}
             merged = {**self.shared, **shared}
@@ -364,6 +373,40 @@ def as_mapping(config: Any) -> dict[str, Any]:
     if isinstance(config, Mapping):
         return {k: (dict(val) if isinstance(val, Mapping) else val) for k, val in config.items()}
     raise ValidationError("config", "expected a path, a HubConfig or a mapping")
+
+
+def file_sections(section: str, own: Mapping[str, Any]) -> dict[str, Any]:
+    """The hub's other sections, for a lone ``section`` (Wolfinch's ``init_redis_cache``
+    and ``init_influx_db`` get only theirs): from the file ``WOLFHUB_CONFIG`` names, else
+    from config/cache_db.yml in the working folder when its ``section`` is the one given
+    (the file Wolfinch read; a bot whose config names another file sets
+    ``WOLFHUB_CONFIG``). Empty when there is none: the hub's defaults."""
+    named = os.environ.get("WOLFHUB_CONFIG")
+    path = named or CONFIG_FILE
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = yaml.safe_load(file)
+    except FileNotFoundError:
+        if named:
+            raise ValidationError("WOLFHUB_CONFIG", f"no such file: {named}") from None
+        return {}
+    except (OSError, yaml.YAMLError) as exc:
+        if named:
+            raise ValidationError("WOLFHUB_CONFIG", f"cannot read {named}: {exc}") from None
+        log.warning("%s could not be read for the hub's other sections (%s); they keep "
+                    "their defaults", path, exc)
+        return {}
+    if not isinstance(data, Mapping):
+        return {}
+    if not named and data.get(section) != dict(own):
+        log.info("%s holds another %s section than the one given: the hub's other "
+                 "sections keep their defaults (WOLFHUB_CONFIG names the file)", path,
+                 section)
+        return {}
+    found = {k: data[k] for k in _SHARED if k in data}
+    if found:
+        log.info("the hub's %s sections are read from %s", ", ".join(found), path)
+    return found
 
 
 def _hub_config(sections: Mapping[str, Any], shared: Mapping[str, Any]) -> HubConfig:
