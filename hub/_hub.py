@@ -332,7 +332,8 @@ class Hub:
         """Before a cold read: make lines still queued or batching in the writer queryable.
         (The flush request queues behind them, so this is cheap when nothing is pending.)"""
         if self._writer is not None and not self._writer.failing:
-            await self.flush()
+            self._check_open()
+            await self._writer.flush()
 
     # ---- indicators ---------------------------------------------------------------
 
@@ -947,10 +948,13 @@ class Hub:
     # ---- maintenance --------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Return once every write accepted before the call is queryable in InfluxDB.
-        Raises BackendUnavailable if InfluxDB stays unreachable past
-        ``influxdb.timeout`` (the writes are kept and retried)."""
+        """Return once every write accepted before the call is queryable in InfluxDB, the
+        rollups of its candles included (a bucket closed with minutes missing is
+        recomputed from the stored ones first). Raises BackendUnavailable if InfluxDB
+        stays unreachable past ``influxdb.timeout`` (the writes are kept and retried)."""
         self._check_open()
+        if self.streams is not None and (self._writer is None or not self._writer.failing):
+            await self.streams.recomputed()
         if self._writer is not None:
             await self._writer.flush()
 

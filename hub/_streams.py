@@ -330,6 +330,13 @@ class Streams:
                               float(r["close"]), float(r["volume"]))
         return out
 
+    async def recomputed(self) -> None:
+        """Wait until the recomputes queued so far are published (the workers running
+        now: each publishes its whole queue, what joins it meanwhile too)."""
+        workers = list(self._workers.values())
+        if workers:
+            await asyncio.wait(workers)
+
     async def settle(self) -> None:
         """Wait until every recompute queued so far is published (tests, close)."""
         while self._workers:

@@ -116,6 +116,35 @@ async def test_weekly_and_non_nesting_rollups_equal_influxdbs_resampling(
         assert [(c.timestamp - 4 * 86_400) % 604_800 for c in resampled] == [0, 0]
 
 
+async def test_flush_returns_once_recomputed_rollups_are_stored_too(
+        config_data: dict[str, Any]) -> None:
+    """A bucket closed with minutes missing is recomputed from the stored minutes before
+    it is published and stored; flush() returns once those are in InfluxDB as well, so
+    what reads candle_rollup right after a flush (a dashboard, a delete) finds every
+    closed bucket, each equal to influxd's own resampling."""
+    config_data["streams"] = {"timeframes": ["1m", "5m", "1h"]}
+    rng = random.Random(9)
+    sparse = [minute(i, rng) for i in range(600) if rng.random() < 0.7]
+    newest = sparse[-1].timestamp
+    for timeframe, span in (("5m", 300), ("1h", 3600)):
+        async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+            product = f"FLUSH{timeframe}"
+            await hub.write_candles_batch(EX, product, sparse)
+            await hub.flush()  # (no settle: flush alone)
+            stored = influx_candles(hub, "SELECT open, high, low, close, volume FROM "
+                                         f"candle_rollup WHERE product = '{product}' AND "
+                                         f"timeframe = '{timeframe}' ORDER BY time DESC")
+            # every bucket holding a minute is closed, but the newest's unless its last
+            # minute came
+            last = newest - (newest - T0) % span
+            closed = sorted({c.timestamp - (c.timestamp - T0) % span for c in sparse
+                             if c.timestamp < last or newest + 60 == last + span})
+            assert [c.timestamp for c in stored] == closed
+            assert stored == influx_resampled(hub, EX, product, span, len(closed), T0,
+                                              closed[-1] + span - 1)
+            assert (await hub.get_stats())["streams"]["rollups_recomputed"] > 0
+
+
 async def test_sparse_minutes_rollups_are_recomputed_together_and_published_at_close(
         config_data: dict[str, Any]) -> None:
     """An exchange skips minutes without trades, so in history written in batches most
