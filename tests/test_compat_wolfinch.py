@@ -556,6 +556,14 @@ def test_the_hubs_other_sections_come_from_the_file_wolfinch_read(
     assert write_an_hour_from_0915_ist(servers) == [1697511600]
     wolfinch.close_all()
 
+    # ... or its influxdb section differs (the second init finds it out)
+    other = {**sections, "influxdb": {**sections["influxdb"], "timeout": 9.0}}
+    wolfinch_file.write_text(yaml.safe_dump({**other, "markets": [NSE_OPEN]}))
+    sections["influxdb"] = {**sections["influxdb"], "bucket": sections["influxdb"]["bucket"] + "x"}
+    boot(sections)
+    assert write_an_hour_from_0915_ist(servers) == [1697511600]
+    wolfinch.close_all()
+
     # WOLFHUB_CONFIG names the file wherever it is, and must exist
     named = tmp_path / "elsewhere.yml"
     named.write_text(yaml.safe_dump({"markets": [NSE_OPEN]}))

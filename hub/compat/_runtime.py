@@ -54,6 +54,7 @@ class Runtime:
         self._fresh()
         self.sections: dict[str, dict[str, Any]] = {}
         self.shared: dict[str, Any] = {}
+        self.given: dict[str, Any] = {}  # the shared sections of whole mappings given
         self.failure: str | None = None  # why the hub could not start
 
     def _fresh(self) -> None:
@@ -78,17 +79,17 @@ class Runtime:
         own = data.get(section, {}) if whole else data
         if not isinstance(own, Mapping):
             raise ValidationError(section, f"expected a mapping, got {type(own).__name__}")
-        shared = {k: data[k] for k in _SHARED if whole and k in data}
-        if not whole:  # one section, as Wolfinch passes it: the rest from its file
-            shared = file_sections(section, own)
         with self.lock:
             sections = {**self.sections, section: dict(own)}
-            merged = {**self.shared, **shared}
+            given = {**self.given, **{k: data[k] for k in _SHARED if whole and k in data}}
+            # a lone section, as Wolfinch passes it: the rest from the file it came from
+            # (checked against every section handed over so far)
+            merged = given if whole else {**given, **file_sections(sections)}
             config_now = _hub_config(sections, merged)  # validates before anything changes
             if sections == self.sections and merged == self.shared and (
                     self.hub is not None or not _any_enabled(config_now)):
                 return
-            self.sections, self.shared = sections, merged
+            self.sections, self.shared, self.given = sections, merged, given
             self._restart(config_now)
 
     def enabled(self, section: str) -> bool:
@@ -182,7 +183,7 @@ class Runtime:
                     if not loop.is_running():
                         loop.close()
                 self.loop = self.thread = self._pump_task = None
-                self.sections, self.shared, self.failure = {}, {}, None
+                self.sections, self.shared, self.given, self.failure = {}, {}, {}, None
             finally:
                 self._closing = False
 
@@ -375,12 +376,13 @@ def as_mapping(config: Any) -> dict[str, Any]:
     raise ValidationError("config", "expected a path, a HubConfig or a mapping")
 
 
-def file_sections(section: str, own: Mapping[str, Any]) -> dict[str, Any]:
-    """The hub's other sections, for a lone ``section`` (Wolfinch's ``init_redis_cache``
-    and ``init_influx_db`` get only theirs): from the file ``WOLFHUB_CONFIG`` names, else
-    from config/cache_db.yml in the working folder when its ``section`` is the one given
-    (the file Wolfinch read; a bot whose config names another file sets
-    ``WOLFHUB_CONFIG``). Empty when there is none: the hub's defaults."""
+def file_sections(given: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The hub's other sections, for sections handed over alone (Wolfinch's
+    ``init_redis_cache`` and ``init_influx_db`` get only theirs, ``given``): from the
+    file ``WOLFHUB_CONFIG`` names, else from config/cache_db.yml in the working folder
+    when its sections are the ones given (the file Wolfinch read; a bot whose config
+    names another file sets ``WOLFHUB_CONFIG``). Empty when there is none: the hub's
+    defaults."""
     named = os.environ.get("WOLFHUB_CONFIG")
     path = named or CONFIG_FILE
     try:
@@ -398,10 +400,11 @@ def file_sections(section: str, own: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     if not isinstance(data, Mapping):
         return {}
-    if not named and data.get(section) != dict(own):
+    differ = [name for name, own in given.items() if data.get(name) != dict(own)]
+    if not named and differ:
         log.info("%s holds another %s section than the one given: the hub's other "
                  "sections keep their defaults (WOLFHUB_CONFIG names the file)", path,
-                 section)
+                 " and ".join(differ))
         return {}
     found = {k: data[k] for k in _SHARED if k in data}
     if found:
