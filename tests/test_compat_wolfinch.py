@@ -547,22 +547,17 @@ def test_the_hubs_other_sections_come_from_the_file_wolfinch_read(
     assert (tmp_path / "state/from-file.sqlite").exists()
     wolfinch.close_all()
 
-    # another file in the folder (its redis section differs): the hub's defaults
-    other = {**sections, "redis": {**sections["redis"], "timeout": 9.0}}
-    wolfinch_file.write_text(yaml.safe_dump({**other, "markets": [NSE_OPEN]}))
-    sections["influxdb"] = {**sections["influxdb"], "bucket": sections["influxdb"]["bucket"] + "b"}
-    boot(sections)
-    # (the 03:00 UTC hour holds 15 minutes; 04:00's is still open)
-    assert write_an_hour_from_0915_ist(servers) == [1697511600]
-    wolfinch.close_all()
-
-    # ... or its influxdb section differs (the second init finds it out)
-    other = {**sections, "influxdb": {**sections["influxdb"], "timeout": 9.0}}
-    wolfinch_file.write_text(yaml.safe_dump({**other, "markets": [NSE_OPEN]}))
-    sections["influxdb"] = {**sections["influxdb"], "bucket": sections["influxdb"]["bucket"] + "x"}
-    boot(sections)
-    assert write_an_hour_from_0915_ist(servers) == [1697511600]
-    wolfinch.close_all()
+    # another file in the folder, its redis or its influxdb section not the one handed
+    # over (the second init finds that out): the hub's defaults
+    for name, fresh in (("redis", "b"), ("influxdb", "x")):
+        bucket = sections["influxdb"]["bucket"] + fresh
+        sections["influxdb"] = {**sections["influxdb"], "bucket": bucket}
+        other = {**sections, name: {**sections[name], "timeout": 9.0}}
+        wolfinch_file.write_text(yaml.safe_dump({**other, "markets": [NSE_OPEN]}))
+        boot(sections)
+        # (the 03:00 UTC hour holds 15 minutes; 04:00's is still open)
+        assert write_an_hour_from_0915_ist(servers) == [1697511600], name
+        wolfinch.close_all()
 
     # WOLFHUB_CONFIG names the file wherever it is, and must exist
     named = tmp_path / "elsewhere.yml"
