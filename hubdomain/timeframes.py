@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-import heapq
+import itertools
 import operator
 import re
 import sys
@@ -268,12 +268,17 @@ class Book:
         return sum(chain.pending() for chain in self.chains)
 
     def _merged(self, parts: list[list[Event]]) -> list[Event]:
+        """The chains' events by the time their buckets end, smaller timeframes first
+        at one end. A chain's own list is not in that order when it finds buckets late
+        (a late minute's larger bucket before its smaller one), so the lists are sorted
+        together rather than merged; the sort is stable, so events ending together keep
+        their chain's order."""
         spans = self._spans
 
         def end(event: Event) -> tuple[int, int]:
             span = spans[event.timeframe]
             return event.start + span, span
-        return list(heapq.merge(*parts, key=end))
+        return sorted(itertools.chain.from_iterable(parts), key=end)
 
 
 class _Chain:
