@@ -8,6 +8,18 @@ reads at its own pace, and one that falls more than ``buffer`` entries behind (o
 was following while the connection to Redis was lost) is told it lost continuity; it
 then catches up from storage rather than from the ring (see ``hub._streams``). Nothing
 a subscriber does ever makes the reader, or a writer, wait.
+
+Early delivery. A rollup this process closes reaches the subscribers here at once, as
+it is published, rather than a Redis round trip and an XREAD later (the stream's copy
+then reaches them too, and is dropped as a candle already delivered). Only where that
+cannot overtake a candle of the same timeframe: every publication of this process is
+tagged ('o': this reader's tag and the publication's number on the stream) while it
+follows the stream, and a candle goes early only once the ring has read back this
+process's previous publication of its timeframe (so none of its own is still on the
+way); a follower takes it only once it has taken everything the ring read. A candle
+another process published just before, still on its way to this reader, can arrive
+after it, as it could after the stream's own later entries: it is then a candle not
+newer than the last delivered (dropped, or a revision).
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ from actors.backoff import Backoff
 from actors.cache.ops import command_renew
 from actors.runtime import cancel_and_wait
 from hubdomain.errors import HubClosed, HubError
-from hubdomain.records import LiveCandle, make_live_candle
+from hubdomain.records import LiveCandle, Row, make_live_candle
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +102,23 @@ def _entries(entry_id: bytes, fields: list[bytes], number: int | None) -> list[E
         return []
 
 
+# Candles handed over early that a ring keeps at most (each timeframe has one at a time
+# whose stream copy is not read back yet; these are a bound, never reached in use).
+_EARLY_HELD = 64
+
+
 class Ring:
     """The newest entries of one product stream, shared by its followers here."""
 
-    def __init__(self, key: str, size: int, after: StreamId, number: int | None = None
-                 ) -> None:
+    def __init__(self, key: str, size: int, after: StreamId, number: int | None = None,
+                 own: bytes = b"\0") -> None:
         self.key = key
+        self.own = own  # this process's tag in entries, with its '-': b"<tag>-"
+        # per timeframe: the number of this process's newest publication read back
+        self.own_read: dict[str, int] = {}
+        # candles handed over early (see the module's text): (seq, publication, entry)
+        self.early: list[tuple[int, int, Entry]] = []
+        self.early_next = 0
         # the number of the entry at ``position`` (entries written before numbers were:
         # None, nothing to check)
         self.number = number
@@ -128,7 +151,10 @@ class Ring:
         """Take entries read after ``position``. False: one is missing before them (its
         number, 'n', is not the next one): Redis trimmed it before it was read."""
         whole = True
+        own = False
         for entry_id, fields in raw:
+            if fields and fields[0] == b"o" and fields[1].startswith(self.own):
+                own = self._read_own(fields) or own
             number = _number(fields)
             entries = _entries(entry_id, fields, number)
             self.position = parse_id(entry_id)
@@ -142,8 +168,32 @@ class Ring:
             drop = len(self.entries) - self.size
             del self.entries[:drop]
             self.base += drop
+        if own and self.early:  # read back: followers take the stream's copy instead
+            self.early = [held for held in self.early
+                          if held[1] > self.own_read.get(held[2].candle.timeframe, 0)]
         self.wake()
         return whole
+
+    def _read_own(self, fields: list[bytes]) -> bool:
+        """Note an entry this process published: its timeframe's publication read."""
+        try:
+            j = int(fields[1][len(self.own):])
+            timeframe = fields[fields.index(b"t", 2) + 1].decode()
+        except (ValueError, IndexError):
+            return False
+        if j > self.own_read.get(timeframe, 0):
+            self.own_read[timeframe] = j
+        return True
+
+    def offer_early(self, publication: int, entries: list[Entry]) -> None:
+        """Candles of this process's publication ``publication``, for the followers
+        taking everything read so far (see the module's text)."""
+        for entry in entries:
+            self.early.append((self.early_next, publication, entry))
+            self.early_next += 1
+        if len(self.early) > _EARLY_HELD:
+            del self.early[:len(self.early) - _EARLY_HELD]
+        self.wake()
 
     def wake(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -188,6 +238,9 @@ class Follower:
         self.number = number  # the number of the last entry taken (or the snapshot's)
         self.epoch = ring.epoch
         self.cursor = self._place(after, number)
+        # candles handed over early from here on are this follower's (earlier ones were
+        # published before it followed: the stream brings them)
+        self.early = ring.early_next
         self.closed = False
 
     def _place(self, after: StreamId, number: int | None) -> int:
@@ -230,6 +283,12 @@ class Follower:
                     self.after = fresh[-1].id
                     return fresh
                 continue
+            if self.early < self.ring.early_next:  # everything read taken: early ones
+                early = [entry for seq, _, entry in self.ring.early if seq >= self.early]
+                self.early = self.ring.early_next
+                if early:
+                    return early
+                continue
             await self.ring.changed()
 
     def _whole(self, fresh: list[Entry]) -> list[Entry]:
@@ -256,6 +315,7 @@ class Follower:
         self.number = number
         self.epoch = self.ring.epoch
         self.cursor = self._place(after, number)
+        self.early = self.ring.early_next
 
     def close(self) -> None:
         if not self.closed:
@@ -291,6 +351,14 @@ class StreamReader:
         # this one's presence (set by each subscription's snapshot) is renewed every
         # sixth of ``presence`` seconds, and one found lapsed loses continuity
         self.id = uuid.uuid4().hex
+        # this process's publications while it follows their stream: tagged, numbered
+        self.tag = self.id[:16]
+        self._own = f"{self.tag}-".encode()
+        self._published: dict[str, int] = {}  # per stream: its publications numbered
+        # per (stream, timeframe): the number of the newest publication holding it
+        self._published_tf: dict[tuple[str, str], int] = {}
+        self._expecting: dict[str, int] = {}  # streams a subscription is starting on
+        self.early = 0  # candles handed to followers here as they were published
         seconds = PRESENCE if presence is None else presence
         self.presence_ms = int(seconds * 1000)
         self._renew_every = seconds / 6
@@ -323,12 +391,46 @@ class StreamReader:
             if result != 1:
                 self.lapsed(key)
 
+    def expect(self, key: str) -> None:
+        """A subscription on ``key`` takes its snapshot now: this process's publications
+        there are tagged from here on (those queued before come before the snapshot),
+        until :meth:`expected`."""
+        self._expecting[key] = self._expecting.get(key, 0) + 1
+
+    def expected(self, key: str) -> None:
+        left = self._expecting.get(key, 0) - 1
+        if left > 0:
+            self._expecting[key] = left
+        else:
+            self._expecting.pop(key, None)
+
+    def publishing(self, key: str, groups: dict[str, list[Row]], early: bool) -> str:
+        """This process is about to publish ``groups`` (timeframe -> rows, ascending) on
+        ``key``: its tag for the entries ('' while nobody here follows the stream), and,
+        with ``early``, each timeframe's candles handed to the followers here at once
+        where none of this process's publications of it is still on its way (see the
+        module's text)."""
+        ring = self.rings.get(key)
+        if ring is None and key not in self._expecting:
+            return ""
+        publication = self._published[key] = self._published.get(key, 0) + 1
+        for timeframe, rows in groups.items():
+            where = (key, timeframe)
+            if early and ring is not None and ring.followers > 0 and \
+                    ring.own_read.get(timeframe, 0) >= self._published_tf.get(where, 0):
+                at = ring.position
+                ring.offer_early(publication, [
+                    Entry(at, make_live_candle(*row, timeframe, False)) for row in rows])
+                self.early += len(rows)
+            self._published_tf[where] = publication
+        return f"{self.tag}-{publication}"
+
     def follow(self, key: str, after: bytes, number: int | None = None) -> Follower:
         """A follower from a snapshot's stream id ``after`` (``number``: that entry's)."""
         at = parse_id(after)
         ring = self.rings.get(key)
         if ring is None:
-            ring = self.rings[key] = Ring(key, self._buffer, at, number)
+            ring = self.rings[key] = Ring(key, self._buffer, at, number, self._own)
         ring.followers += 1
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="hub-streams")
@@ -400,4 +502,5 @@ class StreamReader:
                 "subscribers": sum(r.followers for r in self.rings.values()),
                 "entries_read": self.delivered, "overflows": self.overflows,
                 "reconnects": self.reconnects, "presence_lapses": self.lapses,
+                "delivered_early": self.early,
                 "trimmed_unread": self.trimmed}

@@ -9,7 +9,9 @@ bucket it closes is published the same way (its own hot window, the stream, and 
 ``candle_rollup`` measurement) right after, in the same delivery, so lower timeframes
 precede higher ones. A bucket closed without every minute seen here, or a minute that
 arrives after its bucket closed, is recomputed from the stored minutes first, in order,
-per product: a revision is published as such.
+per product: a revision is published as such. A complete bucket closed here also goes to
+this process's own subscribers at once, where it cannot overtake one of its own
+(``StreamReader.publishing``).
 
 Following. A subscriber takes a snapshot (the newest ``warmup`` candles of the window
 and the stream's last id, atomically), yields it (older history from InfluxDB when the
@@ -138,7 +140,7 @@ class Streams:
             ready = [(e.timeframe, e.row) for e in events
                      if type(e) is tfs.Closed and e.complete]
             if len(ready) == len(events):
-                return self._accepted(key, ready)
+                return self._accepted(key, ready, early=True)
         ready = []
         for event in events:
             where = (key[0], key[1], event.timeframe)
@@ -154,25 +156,36 @@ class Streams:
                     self._work(key, where, queue),
                     name=f"rollups {key[0]}:{key[1]} {event.timeframe}")
             queue.append(event)
-        return self._accepted(key, ready) if ready else []
+        return self._accepted(key, ready, early=True) if ready else []
 
-    def _accepted(self, key: Product, ready: list[tuple[str, Row]]) -> list[Accepted]:
+    def _accepted(self, key: Product, ready: list[tuple[str, Row]],
+                  early: bool = False) -> list[Accepted]:
         """One delivery for them all: the rollup lines, and one script call putting each
         timeframe's rows (in order, smaller timeframes first) into its hot window and onto
-        the stream."""
+        the stream. ``early``: closes of complete buckets, handed to this process's
+        subscribers at once where nothing of theirs can be overtaken (see
+        ``actors.stream``; not in durable mode, where a rollup is acknowledged once its
+        line is on disk)."""
         grouped: dict[str, list[Row]] = {}
         for timeframe, row in ready:
             grouped.setdefault(timeframe, []).append(row)
         self.counters["rollups_published"] += len(ready)
         exchange, product = key
         order = sorted(grouped, key=self.spans.__getitem__)
-        op = op_publish_many(
-            self.stream_key(exchange, product), self._stream_length,
-            [(self.window_key(exchange, product, timeframe),
-              self.config.performance.redis_hot_data_window,
-              self.config.redis.ttl.candles + self.spans[timeframe], timeframe,
-              grouped[timeframe]) for timeframe in order],
-            self.intake.near_on) if self.publishing else None
+        op = None
+        if self.publishing:
+            stream = self.stream_key(exchange, product)
+            tag = self.reader.publishing(
+                stream, {timeframe: grouped[timeframe] for timeframe in order},
+                early and not self.config.influxdb.durable) \
+                if self.reader is not None else ""
+            op = op_publish_many(
+                stream, self._stream_length,
+                [(self.window_key(exchange, product, timeframe),
+                  self.config.performance.redis_hot_data_window,
+                  self.config.redis.ttl.candles + self.spans[timeframe], timeframe,
+                  grouped[timeframe]) for timeframe in order],
+                self.intake.near_on, tag)
         lines: list[str] = []
         if self.intake.writer is not None and self.settings.store_rollups:
             for timeframe in order:
@@ -371,8 +384,13 @@ class Streams:
             raise BackendUnavailable("redis", "candle streams need Redis (redis.enabled)")
         window_key = self.window_key(exchange, product, timeframe)
         stream_key = self.stream_key(exchange, product)
-        snap = await self.cache.perform(op_snapshot(window_key, stream_key, warmup,
-                                                    self.reader.id, self.reader.presence_ms))
+        # (this process's rollups published from here on are tagged: see actors.stream)
+        self.reader.expect(stream_key)
+        try:
+            snap = await self.cache.perform(op_snapshot(
+                window_key, stream_key, warmup, self.reader.id, self.reader.presence_ms))
+        finally:
+            self.reader.expected(stream_key)
         if not snap.followed:  # this process's other subscribers there lost continuity
             self.reader.lapsed(stream_key)
         follower = self.reader.follow(stream_key, snap.last_id, snap.number)

@@ -605,7 +605,7 @@ async def test_a_minute_and_the_rollups_it_closes_go_out_in_one_script_call() ->
 
     minute = op_push_candles("w1m", [c(240)], 10, 60, stream="s", length=100)
     rollups = op_publish_many("s", 100, [("w5m", 10, 360, "5m", [c(0)]),
-                                         ("w15m", 10, 960, "15m", [c(0)])])
+                                         ("w15m", 10, 960, "15m", [c(0)])], tag="p-3")
     other = op_push_candles("x1m", [c(240)], 10, 60, stream="t", length=100)
     out = coalesce([Envelope(minute, None), Envelope(rollups, None), Envelope(other, None)])
     assert len(out) == 2
@@ -613,7 +613,9 @@ async def test_a_minute_and_the_rollups_it_closes_go_out_in_one_script_call() ->
     command = joined.commands[0]
     # the stream, who follows it, then the windows
     assert command[2:8] == (5, "s", "candlefollowers:s", "w1m", "w5m", "w15m")
-    assert command[8:13] == (100, 10, 60, "1m", 1)  # the minute's group comes first
+    # the stream's length, the rollups' tag (the joined call's entries carry it), then
+    # the minute's group first
+    assert command[8:14] == (100, "p-3", 10, 60, "1m", 1)
     assert [g[3] for g in joined.publish[2]] == ["1m", "5m", "15m"]
     assert set(joined.writes) == {"w1m", "w5m", "w15m", "s"}
     assert joined.fallback[0][2:] == command[2:]
@@ -857,3 +859,67 @@ async def test_concurrent_callers_cold_reads_share_one_trip_a_round() -> None:
         assert backend.trips - trips <= 11
     finally:
         await sup.stop()
+
+
+class _NeverReads:
+    """A Redis backend whose stream reads never answer (the test feeds the ring)."""
+
+    async def read_streams(self, positions: Any, count: int, block_ms: int) -> Any:
+        await asyncio.Event().wait()
+
+
+def _entry(tag: str, timeframe: str, ts: int, n: int) -> list[bytes]:
+    return [b"o", tag.encode(), b"t", timeframe.encode(),
+            b"c", f"[{ts},1.0,2.0,0.5,1.5,1.0]".encode(), b"r", b"0", b"n", str(n).encode(),
+            b"k", b"0"]
+
+
+async def test_a_rollup_goes_to_followers_here_early_only_when_it_overtakes_none_of_ours(
+) -> None:
+    """The process's own rollup reaches its followers at once only while its previous
+    one of that timeframe has been read back from the stream (else the stream brings it,
+    in order: an early one would overtake it); a follower that starts later takes only
+    those published after it started; a stream nobody here follows is not tagged."""
+    from actors.stream import StreamReader
+
+    reader = StreamReader(_NeverReads(), 100)  # type: ignore[arg-type]
+    follower = reader.follow("s", b"0-0", 0)
+    ring = reader.rings["s"]
+
+    def row(ts: int) -> tuple[int, float, float, float, float, float]:
+        return (ts, 1.0, 2.0, 0.5, 1.5, 1.0)
+
+    async def taken(f: Any) -> list[tuple[str, int]]:
+        entries = await asyncio.wait_for(f.take(), 1)
+        return [(e.candle.timeframe, e.candle.timestamp) for e in entries]
+
+    async def nothing(f: Any) -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(f.take(), 0.05)
+
+    try:
+        first = reader.publishing("s", {"5m": [row(0)]}, early=True)
+        assert first == f"{reader.tag}-1"
+        assert await taken(follower) == [("5m", 0)]
+        # the next 5m close while the first is on its way: the stream brings it
+        second = reader.publishing("s", {"5m": [row(300)], "15m": [row(0)]}, early=True)
+        assert await taken(follower) == [("15m", 0)]  # (no 15m of ours on the way)
+        await nothing(follower)
+        # read back (the first, whose call published nothing, never is: the second
+        # stands for it, written after it); the stream's copies go to the follower
+        ring.append([(b"2-0", _entry(second, "5m", 300, 1)),
+                     (b"2-1", _entry(second, "15m", 0, 2))])
+        assert await taken(follower) == [("5m", 300), ("15m", 0)]
+        assert ring.early == []  # nothing handed over early is left to take
+        reader.publishing("s", {"5m": [row(600)]}, early=True)
+        later = reader.follow("s", b"2-1", 2)
+        assert await taken(follower) == [("5m", 600)]
+        await nothing(later)  # published before it followed: it comes with the stream
+        # not early: a recompute's publication (tagged all the same, in order)
+        third = reader.publishing("s", {"5m": [row(900)]}, early=False)
+        await nothing(follower)
+        assert third == f"{reader.tag}-4"
+        assert reader.publishing("t", {"5m": [row(0)]}, early=True) == ""
+        assert reader.statistics()["delivered_early"] == 3
+    finally:
+        await reader.close()

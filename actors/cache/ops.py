@@ -55,9 +55,10 @@ class RedisOp(Request[R]):
     # (window key, size, ttl, and the stream key, timeframe and length when it publishes)
     merge: tuple[str, int, int, str | None, str, int] | None = None
     items: tuple[Any, ...] = ()
-    # a publishing op (PUBLISH_MANY): its stream, the stream's length, and its groups;
-    # adjacent fire-and-forget ones on the same stream in one batch become one call
-    publish: tuple[str, int, tuple[Group, ...]] | None = None
+    # a publishing op (PUBLISH_MANY): its stream, the stream's length, its groups and
+    # its tag; adjacent fire-and-forget ones on the same stream in one batch become one
+    # call (with the newest tag among them)
+    publish: tuple[str, int, tuple[Group, ...], str] | None = None
     # the hub began a write of ``writes`` in the near cache: end it once this op ran
     near: bool = False
     # the key this op reads, and its answer while that key may be stale in Redis (a
@@ -164,8 +165,11 @@ return added
 # rollups a write closed, smaller timeframes first). One script: a reader's snapshot
 # (SNAPSHOT below) sees the window and the stream's last id of one moment, so warm-up
 # from the window hands over to the stream without a duplicate or a hole. KEYS: the
-# stream, then one window per group; ARGV: the stream's length, then per group its window
-# size, TTL, timeframe, number of candles and (time, member) pairs. A rollup the window
+# stream, then one window per group; ARGV: the stream's length, the publishing process's
+# tag ('' for none), then per group its window size, TTL, timeframe, number of candles
+# and (time, member) pairs. A tag goes into each entry the call adds ('o', written first):
+# the process that wrote it knows its own publication when its reader reads it back (see
+# actors.stream: the candles it handed its own subscribers at once). A rollup the window
 # holds already, the same to the byte, is not published again: two processes writing one
 # product's minutes both compute each rollup, and subscribers get it once (a 1-minute
 # candle is always published: cache_candles fills that window without publishing). A
@@ -210,6 +214,11 @@ end
 PUBLISH_MANY = NUMBER_OF + IN_ORDER + """
 local stream = KEYS[1]
 local length = ARGV[1]
+local tag = ARGV[2]
+local function xadd(...)
+  if tag == '' then return redis.call('XADD', stream, '*', ...) end
+  return redis.call('XADD', stream, '*', 'o', tag, ...)
+end
 local now = redis.call('TIME')
 local followed = redis.call('ZCOUNT', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000),
                             '+inf') > 0
@@ -222,17 +231,16 @@ if followed then
     total = field_of(newest[1][2], 'k') or 0
   end
 end
-local i = 2
+local i = 3
 local added = 0
 local function publish(timeframe, pack)
   seq = seq + 1
   if timeframe == '1m' then total = total + #pack end
   if #pack == 1 then
-    redis.call('XADD', stream, '*', 't', timeframe, 'c', pack[1], 'r', 0, 'n', seq,
-               'k', total)
+    xadd('t', timeframe, 'c', pack[1], 'r', 0, 'n', seq, 'k', total)
   else
-    redis.call('XADD', stream, '*', 't', timeframe,
-               'cs', '[' .. table.concat(pack, ',') .. ']', 'r', 0, 'n', seq, 'k', total)
+    xadd('t', timeframe, 'cs', '[' .. table.concat(pack, ',') .. ']', 'r', 0, 'n', seq,
+         'k', total)
   end
 end
 local function trim()
@@ -296,8 +304,7 @@ for k = 3, #KEYS do
           if followed then
             seq = seq + 1
             if timeframe == '1m' then total = total + 1 end
-            redis.call('XADD', stream, '*', 't', timeframe, 'c', ARGV[i + 1],
-                       'r', replaced, 'n', seq, 'k', total)
+            xadd('t', timeframe, 'c', ARGV[i + 1], 'r', replaced, 'n', seq, 'k', total)
           end
           here = here + 1
         end
@@ -330,9 +337,10 @@ PUBLISH_MANY_SHA = script_sha(PUBLISH_MANY)
 
 def op_publish_many(stream: str, length: int,
                     groups: Sequence[tuple[str, int, int, str, Sequence[Row]]],
-                    near: bool = False) -> RedisOp[int]:
+                    near: bool = False, tag: str = "") -> RedisOp[int]:
     """Groups ``(window key, window size, ttl, timeframe, rows)`` published in one call
-    (each group's newest ``window size`` rows, ascending)."""
+    (each group's newest ``window size`` rows, ascending); ``tag``: the publishing
+    process's, put in each entry (see PUBLISH_MANY)."""
     parts: list[Group] = []
     for key, window, ttl, timeframe, rows in groups:
         ordered = rows if _ascending(rows) else sorted(rows, key=_time)
@@ -341,27 +349,28 @@ def op_publish_many(stream: str, length: int,
         items[::2] = [row[0] for row in kept]
         items[1::2] = encode_rows(kept)
         parts.append((key, window, ttl, timeframe, tuple(items)))
-    return _publish(stream, length, tuple(parts), near)
+    return _publish(stream, length, tuple(parts), near, tag=tag)
 
 
 def _publish(stream: str, length: int, groups: tuple[Group, ...], near: bool,
              merge: tuple[str, int, int, str | None, str, int] | None = None,
-             items: tuple[Any, ...] = ()) -> RedisOp[int]:
+             items: tuple[Any, ...] = (), tag: str = "") -> RedisOp[int]:
     if len(groups) == 1:  # one window (every write): no loop, no lists
         key, window, ttl, timeframe, pairs = groups[0]
-        head: tuple[Any, ...] = (3, stream, keys.followers(stream), key, length, window,
-                                 ttl, timeframe, len(pairs) // 2, *pairs)
+        head: tuple[Any, ...] = (3, stream, keys.followers(stream), key, length, tag,
+                                 window, ttl, timeframe, len(pairs) // 2, *pairs)
         writes: tuple[str, ...] = (key, stream)
     else:
         windows: list[str] = []
-        args: list[Any] = [length]
+        args: list[Any] = [length, tag]
         for key, window, ttl, timeframe, pairs in groups:
             windows.append(key)
             args += [window, ttl, timeframe, len(pairs) // 2, *pairs]
         head = (len(windows) + 2, stream, keys.followers(stream), *windows, *args)
         writes = (*dict.fromkeys(windows), stream)
     return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head),), _first, writes,
-                   merge=merge, items=items, near=near, publish=(stream, length, groups))
+                   merge=merge, items=items, near=near,
+                   publish=(stream, length, groups, tag))
 
 
 # A reader's starting point: the newest ARGV[1] candles of a window and the id of the
@@ -621,9 +630,12 @@ def _join_publications(batch: list[Envelope]) -> list[Envelope]:
         if len(run) > 1:
             first = run[0]
             assert first.publish is not None
-            stream, length, _ = first.publish
+            stream, length, _, _ = first.publish
             groups = tuple(g for op in run if op.publish for g in op.publish[2])
-            out[-1] = Envelope(_publish(stream, length, groups, first.near), None)
+            # (tags number a process's publications: the last one given confirms them all)
+            tag = next((op.publish[3] for op in reversed(run)
+                        if op.publish is not None and op.publish[3]), "")
+            out[-1] = Envelope(_publish(stream, length, groups, first.near, tag=tag), None)
         run.clear()
 
     for call in batch:
