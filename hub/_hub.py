@@ -744,7 +744,16 @@ class Hub:
         """Holes in the stored candles: ``[(first_missing, last_missing), ...]``, the
         start times of the first and last missing slot of ``timeframe`` in each run,
         ascending. ``start``/``end`` default to the first and newest stored candle. A
-        product of a market in ``markets`` has holes only while the market was open."""
+        product of a market in ``markets`` has holes only while the market was open. A
+        ``start`` before the first stored candle counts the slots from it on (history
+        missing there is a hole: ``wolfhub backfill --repair --start`` fills it)."""
+        return await self._gaps(exchange, product, start, end, timeframe)
+
+    async def _gaps(self, exchange: str, product: str, start: int | float | None,
+                    end: int | float | None, timeframe: str,
+                    since_first: bool = False) -> list[tuple[int, int]]:
+        """``gaps``; ``since_first``: from the first stored candle on at the earliest (the
+        maintenance scan's last day, of a product that began an hour ago: an hour)."""
         exchange, product = _names(exchange, product)
         span = tfs.seconds(timeframe)
         lo = v.optional_timestamp(start, "start")
@@ -757,13 +766,14 @@ class Hub:
         await self._read_your_writes()
         market = self._markets.get(exchange, product)
         shift = 0 if market is None else market.shift
-        if lo is None or hi is None:
+        if lo is None or hi is None or since_first:
             stored = await self._stored_bounds(exchange, product)
             if stored is None:
                 return []
             first_slot = tfs.bucket(stored[0], span, shift)
-            lo_slot = first_slot if lo is None else max(
-                first_slot, tfs.bucket(int(lo) - 1, span, shift) + span)
+            lo_slot = first_slot if lo is None else tfs.bucket(int(lo) - 1, span, shift) + span
+            if since_first:
+                lo_slot = max(first_slot, lo_slot)
             hi = stored[1] if hi is None else hi
         else:
             lo_slot = tfs.bucket(int(lo) - 1, span, shift) + span  # the first slot from lo on

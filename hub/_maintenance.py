@@ -27,9 +27,9 @@ class _Hub(Protocol):
 
     config: HubConfig
 
-    async def gaps(self, exchange: str, product: str, start: int | float | None = None,
-                   end: int | float | None = None,
-                   timeframe: str = "1m") -> list[tuple[int, int]]: ...
+    async def _gaps(self, exchange: str, product: str, start: int | float | None,
+                    end: int | float | None, timeframe: str,
+                    since_first: bool = False) -> list[tuple[int, int]]: ...
     async def write_metric(self, metric_name: str, value: float, **tags: Any) -> None: ...
     async def flush(self) -> None: ...
 
@@ -125,7 +125,8 @@ class Jobs:
             newest = await self.newest(exchange, product)
             age = None if not newest else _silence(self.markets.get(exchange, product),
                                                    newest[-1].timestamp + 60, now)
-            holes = await self.hub.gaps(exchange, product, start=int(now) - span)
+            holes = await self.hub._gaps(exchange, product, int(now) - span, None, "1m",
+                                         since_first=True)
             missing = len(holes)
             total += missing
             self.products[(exchange, product)] = {"gaps": missing, "newest_age": age,

@@ -62,8 +62,10 @@ async def test_gaps_are_exactly_the_missing_minutes(hub: Hub) -> None:
     assert await hub.gaps(EX, PR) == expected  # minute 500 holds the off-grid candle
     assert await hub.gaps(EX, PR, start=T0 + 60 * 6, end=T0 + 60 * DAY) == [
         (T0 + 60 * 6, T0 + 60 * 7), (T0 + 60 * (DAY - 3), T0 + 60 * DAY)]
-    # beyond the stored candles, asked for: the edges are holes too
+    # beyond the stored candles, asked for: the edges are holes too, with or without an
+    # end (a repair from a start before the history loaded so far fills it from there)
     assert await hub.gaps(EX, PR, start=T0 - 120, end=T0 + 60) == [(T0 - 120, T0 - 60)]
+    assert await hub.gaps(EX, PR, start=T0 - 120) == [(T0 - 120, T0 - 60), *expected]
     five = await hub.gaps(EX, PR, timeframe="5m")
     assert five == brute_force(times, T0, T0 + 60 * (3 * DAY - 1) - (60 * (3 * DAY - 1)) % 300,
                                300)
