@@ -9,14 +9,15 @@ was following while the connection to Redis was lost) is told it lost continuity
 then catches up from storage rather than from the ring (see ``hub._streams``). Nothing
 a subscriber does ever makes the reader, or a writer, wait.
 
-Early delivery. A rollup this process closes reaches the subscribers here at once, as
-it is published, rather than a Redis round trip and an XREAD later (the stream's copy
-then reaches them too, and is dropped as a candle already delivered). Only where that
-cannot overtake a candle of the same timeframe: every publication of this process is
-tagged ('o': this reader's tag and the publication's number on the stream) while it
-follows the stream, and a candle goes early only once the ring has read back this
-process's previous publication of its timeframe (so none of its own is still on the
-way); a follower takes it only once it has taken everything the ring read. A candle
+Early delivery. The minutes this process writes and the rollups it closes reach the
+subscribers here at once, as they are published, rather than a Redis round trip and an
+XREAD later (the stream's copy then reaches them too, and is dropped as a candle already
+delivered). Only where that cannot overtake a candle of the same timeframe: every
+publication of this process is tagged ('o': this reader's tag and the publication's
+number on the stream) while it follows the stream, and a candle goes early only once the
+ring has read back this process's previous publication of its timeframe (so none of its
+own is still on the way), a rollup only behind minutes that went early or were read
+back; a follower takes it only once it has taken everything the ring read. A candle
 another process published just before, still on its way to this reader, can arrive
 after it, as it could after the stream's own later entries: it is then a candle not
 newer than the last delivered (dropped, or a revision).
@@ -42,6 +43,8 @@ from hubdomain.records import LiveCandle, Row, make_live_candle
 log = logging.getLogger(__name__)
 
 StreamId = tuple[int, int]
+
+MINUTE = "1m"  # the timeframe of the written candles (the rest are their rollups)
 
 # Seconds a reader's presence on a stream holds unless renewed (see StreamReader).
 PRESENCE = 30.0
@@ -358,6 +361,8 @@ class StreamReader:
         # per (stream, timeframe): the number of the newest publication holding it
         self._published_tf: dict[tuple[str, str], int] = {}
         self._expecting: dict[str, int] = {}  # streams a subscription is starting on
+        # per stream: the newest publication of minutes handed over early
+        self._early_minutes: dict[str, int] = {}
         self.early = 0  # candles handed to followers here as they were published
         seconds = PRESENCE if presence is None else presence
         self.presence_ms = int(seconds * 1000)
@@ -414,16 +419,48 @@ class StreamReader:
         if ring is None and key not in self._expecting:
             return ""
         publication = self._published[key] = self._published.get(key, 0) + 1
+        # (a rollup never goes before the minutes published here before it: they went
+        # early too, or were read back; the minute closing it is a publication before it)
+        minutes = self._clear(ring, key, MINUTE) or \
+            self._early_minutes.get(key) == self._published_tf.get((key, MINUTE))
         for timeframe, rows in groups.items():
-            where = (key, timeframe)
-            if early and ring is not None and ring.followers > 0 and \
-                    ring.own_read.get(timeframe, 0) >= self._published_tf.get(where, 0):
-                at = ring.position
-                ring.offer_early(publication, [
-                    Entry(at, make_live_candle(*row, timeframe, False)) for row in rows])
-                self.early += len(rows)
-            self._published_tf[where] = publication
+            if early and minutes and ring is not None and self._clear(ring, key, timeframe):
+                self._offer(ring, publication, timeframe, rows)
+            self._published_tf[(key, timeframe)] = publication
         return f"{self.tag}-{publication}"
+
+    def minutes(self, key: str) -> tuple[str, int | None]:
+        """A publication of 1-minute candles on ``key`` being built: its tag ('' while
+        nobody here follows the stream), and its number when its new minutes may be
+        handed to the followers here once it is queued (:meth:`offer_minutes`), else
+        None (see :meth:`publishing`)."""
+        ring = self.rings.get(key)
+        if ring is None and key not in self._expecting:
+            return "", None
+        publication = self._published[key] = self._published.get(key, 0) + 1
+        clear = self._clear(ring, key, MINUTE)
+        self._published_tf[(key, MINUTE)] = publication
+        return f"{self.tag}-{publication}", publication if clear else None
+
+    def offer_minutes(self, key: str, publication: int, rows: list[Row]) -> None:
+        """The new minutes of publication ``publication`` (:meth:`minutes`), queued now:
+        to the followers here at once."""
+        ring = self.rings.get(key)
+        if ring is not None and rows:
+            self._offer(ring, publication, MINUTE, rows)
+            self._early_minutes[key] = publication
+
+    def _clear(self, ring: Ring | None, key: str, timeframe: str) -> bool:
+        """Followers here, and none of this process's publications of ``timeframe`` on
+        ``key`` still on its way (each read back)."""
+        return ring is not None and ring.followers > 0 and \
+            ring.own_read.get(timeframe, 0) >= self._published_tf.get((key, timeframe), 0)
+
+    def _offer(self, ring: Ring, publication: int, timeframe: str, rows: list[Row]) -> None:
+        at = ring.position
+        ring.offer_early(publication, [Entry(at, make_live_candle(*row, timeframe, False))
+                                       for row in rows])
+        self.early += len(rows)
 
     def follow(self, key: str, after: bytes, number: int | None = None) -> Follower:
         """A follower from a snapshot's stream id ``after`` (``number``: that entry's)."""

@@ -210,6 +210,7 @@ class Hub:
                                history=self._history)
         if cfg.streams.enabled and (self._cache is not None or self._writer is not None):
             self.intake.rollups = self.streams.feed
+            self.intake.minutes_tag = self.streams.minutes_tag
         assert self._sqlite is not None
         self._jobs = Jobs(self, self.streams, self._cache, self._sqlite, influx,
                           self._actor_statistics, self._newest_minute,

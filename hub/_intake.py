@@ -82,6 +82,9 @@ class Intake:
         self.state: StateActor | None = None  # the outbox, for influxdb.durable
         # the rollups of written candles (hub._streams), when streams are on
         self.rollups: Callable[[str, str, list[Row]], list[Accepted]] | None = None
+        # (exchange, product, stream, rows) -> the tag of a publication of written
+        # minutes being built (hub._streams: this process's own, handed over early)
+        self.minutes_tag: Callable[[str, str, str, list[Row]], str] | None = None
         self._delivered = 0
         # write_candle's runs: candles accepted and not yet delivered, per product
         self._runs: dict[tuple[str, str], list[Row]] = {}
@@ -313,10 +316,10 @@ class Intake:
                           open_price: object, high: object, low: object, close: object,
                           volume: object) -> Accepted:
         exchange, product = _names(exchange, product)
-        row = candle_row(timestamp, open_price, high, low, close, volume)
-        return Accepted(lp.candle_lines(exchange, product, (row,)),
-                        self._window_op(exchange, product, [row], None, True),
-                        (exchange, product, [row]) if self.rollups is not None else None)
+        rows = [candle_row(timestamp, open_price, high, low, close, volume)]
+        return Accepted(lp.candle_lines(exchange, product, rows),
+                        self._window_op(exchange, product, rows, None, True),
+                        (exchange, product, rows) if self.rollups is not None else None)
 
     def write_candles(self, exchange: object, product: object, candles: object,
                       window: bool = True) -> tuple[Accepted | None, int]:
@@ -383,9 +386,11 @@ class Intake:
         size = window or self.config.performance.redis_hot_data_window
         stream = keys.key("candlestream", exchange, product, tagged=self.tagged) \
             if publish and self.config.streams.enabled else None
+        tag = self.minutes_tag(exchange, product, stream, rows) \
+            if stream is not None and self.minutes_tag is not None else ""
         return op_push_candles(keys.candles(exchange, product, self.tagged), rows, size,
                                self.config.redis.ttl.candles, self.near_on, stream, "1m",
-                               self._stream_length)
+                               self._stream_length, tag)
 
     def write_metric(self, metric_name: object, value: object,
                           tags: Mapping[str, Any]) -> Accepted:

@@ -9,9 +9,9 @@ bucket it closes is published the same way (its own hot window, the stream, and 
 ``candle_rollup`` measurement) right after, in the same delivery, so lower timeframes
 precede higher ones. A bucket closed without every minute seen here, or a minute that
 arrives after its bucket closed, is recomputed from the stored minutes first, in order,
-per product: a revision is published as such. A complete bucket closed here also goes to
-this process's own subscribers at once, where it cannot overtake one of its own
-(``StreamReader.publishing``).
+per product: a revision is published as such. New minutes written here, and complete
+buckets they close, also go to this process's own subscribers at once, where they cannot
+overtake one of its own (``StreamReader.publishing`` and ``minutes``).
 
 Following. A subscriber takes a snapshot (the newest ``warmup`` candles of the window
 and the stream's last id, atomically), yields it (older history from InfluxDB when the
@@ -23,6 +23,7 @@ nothing. A subscriber that fell behind the process's buffer catches up from stor
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import operator
 import time
@@ -78,6 +79,9 @@ class Streams:
         self.books: dict[Product, tfs.Book] = {}
         self.markets = intake.markets  # trading sessions: when a bucket is over
         self.newest: dict[Product, int] = {}  # newest minute written here, per product
+        # per product: a publication of written minutes being built whose new minutes
+        # may go to this process's subscribers once it is queued (its rows, its number)
+        self._early_minutes: dict[Product, tuple[list[Row], int]] = {}
         # per product and timeframe: closes waiting behind a recompute (a timeframe's
         # candles are published in order; other timeframes do not wait)
         self._pending: dict[tuple[str, str, str], deque[tfs.Event]] = {}
@@ -103,9 +107,34 @@ class Streams:
             return keys.candles(exchange, product, self.intake.tagged)
         return keys.key("candles", exchange, product, timeframe, tagged=self.intake.tagged)
 
-    def feed(self, exchange: str, product: str, rows: list[Row]) -> list[Accepted]:
-        """1-minute candles just accepted: the rollups they close, to deliver now."""
+    def minutes_tag(self, exchange: str, product: str, stream: str, rows: list[Row]) -> str:
+        """The tag of a publication of written minutes being built (``Intake``); whether
+        its new minutes go to this process's subscribers once it is queued (in
+        :meth:`feed`) is decided now (see ``StreamReader.minutes``)."""
+        if self.reader is None:
+            return ""
+        tag, publication = self.reader.minutes(stream)
         key = (exchange, product)
+        if publication is not None and not self.config.influxdb.durable:
+            self._early_minutes[key] = (rows, publication)
+        else:
+            self._early_minutes.pop(key, None)
+        return tag
+
+    def feed(self, exchange: str, product: str, rows: list[Row]) -> list[Accepted]:
+        """1-minute candles just accepted (queued): the new ones to this process's
+        subscribers when they may go early, and the rollups they close, to deliver
+        now."""
+        key = (exchange, product)
+        held = self._early_minutes.pop(key, None) if self._early_minutes else None
+        if held is not None and held[0] is rows and key in self.newest:
+            # minutes newer than any written here before (a rewrite comes by the stream,
+            # as the revision it is), in order
+            after = self.newest[key]
+            fresh = [row for row in rows if row[0] > after]
+            if fresh and self.reader is not None and \
+                    all(a[0] < b[0] for a, b in itertools.pairwise(fresh)):
+                self.reader.offer_minutes(self.stream_key(exchange, product), held[1], fresh)
         book = self.books.get(key)
         if book is None:
             book = self.books[key] = tfs.Book(self.settings.timeframes, self.settings.close_grace,

@@ -1,13 +1,16 @@
-"""Rollups handed to this process's subscribers as they are published (actors.stream,
-"Early delivery"), under random interleavings: the process's publications queue for
-Redis, Redis runs them in order (some publish nothing: the window held the same bytes),
+"""Candles handed to this process's subscribers as they are published (actors.stream,
+"Early delivery"), under random interleavings: the process's publications of minutes
+and rollups queue for Redis (a refused write's minute never does), Redis runs them in
+order (some publish nothing: the window held the same bytes),
 the reader reads the stream back in pieces, subscriptions start between (a snapshot
 queued behind the publications before it, with more sealed while it runs), and the
 subscribers take what is there whenever they run. Whatever the order, each subscriber
 gets every candle of its timeframe the stream holds after its snapshot, in order, once,
 and nothing else but candles handed to it early (the reader's XREAD is replaced by the
 test feeding the ring; the subscriber's loop is Streams.follow's rule: a candle not
-newer than the last one delivered is dropped)."""
+newer than the last one delivered is dropped). And a rollup goes early only once every
+minute published here before it went early too or was read back (a subscriber of both
+never gets a rollup before the minute closing it)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from hypothesis import strategies as st
 from actors.stream import Follower, StreamReader
 
 KEY = "candlestream:x:p"
-SPANS = {"5m": 300, "15m": 900}
+SPANS = {"1m": 60, "5m": 300, "15m": 900}
+ROLLUPS = ["5m", "15m"]
 
 
 class _NeverReads:
@@ -42,6 +46,8 @@ class _World:
         # per subscriber: its follower, timeframe, snapshot (stream length), delivered
         self.subs: list[tuple[Follower, str, int, list[int]]] = []
         self.offers: list[tuple[str, int]] = []  # candles handed over early, in order
+        self.minute_publications: list[int] = []  # queued ones, numbered
+        self.minutes_early: set[int] = set()  # those handed over early
         self.offers_before: list[int] = []  # per subscriber: offers made before it
 
     def publish(self, timeframes: list[str], early: bool) -> None:
@@ -54,9 +60,32 @@ class _World:
         tag = self.reader.publishing(KEY, {tf: [_row(ts)] for tf, ts in groups.items()},
                                      early)
         if ring is not None:
+            new = [(e.candle.timeframe, e.candle.timestamp)
+                   for seq, _, e in ring.early if seq >= offered]
+            if new:  # a rollup goes early only behind every minute published before it
+                read = ring.own_read.get("1m", 0)
+                assert all(j in self.minutes_early or j <= read
+                           for j in self.minute_publications), "a rollup before its minute"
+            self.offers += new
+        self.pending.append((tag, groups))
+
+    def minute(self, queued: bool) -> None:
+        """A publication of one new minute built, then queued (or refused: never)."""
+        ts = self.next_ts["1m"]
+        self.next_ts["1m"] += 60
+        tag, publication = self.reader.minutes(KEY)
+        if not queued:
+            return
+        if tag:
+            self.minute_publications.append(int(tag.rsplit("-", 1)[1]))
+        if publication is not None:
+            ring = self.reader.rings[KEY]
+            offered = ring.early_next
+            self.reader.offer_minutes(KEY, publication, [_row(ts)])
+            self.minutes_early.add(publication)
             self.offers += [(e.candle.timeframe, e.candle.timestamp)
                             for seq, _, e in ring.early if seq >= offered]
-        self.pending.append((tag, groups))
+        self.pending.append((tag, {"1m": ts}))
 
     def redis_runs(self, publishes: bool) -> None:
         if not self.pending:
@@ -84,7 +113,10 @@ class _World:
             self.redis_runs(True)
         at = len(self.stream)
         for _ in range(sealed_meanwhile):  # sealed while it runs: tagged, after it
-            self.publish([timeframe], True)
+            if timeframe == "1m":
+                self.minute(True)
+            else:
+                self.publish([timeframe], True)
         self.reader.expected(KEY)
         last_id = self.stream[at - 1][0] if at else b"0-0"
         if KEY not in self.reader.rings:  # a ring reads on from the snapshot
@@ -111,8 +143,9 @@ class _World:
 
 
 ACTIONS = st.lists(st.one_of(
-    st.tuples(st.just("publish"), st.lists(st.sampled_from(list(SPANS)), min_size=1,
+    st.tuples(st.just("publish"), st.lists(st.sampled_from(ROLLUPS), min_size=1,
                                            max_size=2, unique=True), st.booleans()),
+    st.tuples(st.just("minute"), st.integers(0, 9)),
     st.tuples(st.just("redis"), st.integers(0, 9)),
     st.tuples(st.just("read"), st.integers(1, 4)),
     st.tuples(st.just("subscribe"), st.sampled_from(list(SPANS)), st.integers(0, 2)),
@@ -126,10 +159,13 @@ def test_no_interleaving_makes_a_subscriber_miss_a_candle_or_get_one_twice(
     async def run() -> _World:
         world = _World()
         world.subscribe("5m", 0)
+        world.subscribe("1m", 0)
         try:
             for action in actions:
                 if action[0] == "publish":
                     world.publish(action[1], action[2])
+                elif action[0] == "minute":
+                    world.minute(action[1] > 0)  # one in ten refused: never queued
                 elif action[0] == "redis":
                     world.redis_runs(action[1] > 0)  # one in ten publishes nothing
                 elif action[0] == "read":

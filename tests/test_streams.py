@@ -349,12 +349,13 @@ async def test_a_rollup_closed_here_reaches_subscribers_here_before_redis_has_it
         config_data: dict[str, Any], servers: LocalServers) -> None:
     """A strategy in the feed's process gets the 5m candle its closing minute completes
     without waiting for Redis (here paused for writes: another hub gets it only once
-    Redis takes it), and once: the stream's copy that follows is not delivered again.
-    The next one goes early again, in order."""
+    Redis takes it), and the minutes with it; once each: the stream's copies that follow
+    are not delivered again. The next ones go early again, in order."""
     config = HubConfig.from_mapping(config_data, environ={})
     async with Hub(config) as hub, Hub(config) as other:
         mine: list[LiveCandle] = []
         theirs: list[LiveCandle] = []
+        minutes: list[LiveCandle] = []
 
         async def follow(stream: Any, into: list[LiveCandle]) -> None:
             async for candle in stream:
@@ -366,9 +367,10 @@ async def test_a_rollup_closed_here_reaches_subscribers_here_before_redis_has_it
             return reached
 
         tasks = [asyncio.create_task(follow(hub.candles(EX, PR, "5m"), mine)),
-                 asyncio.create_task(follow(other.candles(EX, PR, "5m"), theirs))]
+                 asyncio.create_task(follow(other.candles(EX, PR, "5m"), theirs)),
+                 asyncio.create_task(follow(hub.candles(EX, PR, "1m"), minutes))]
         try:
-            await eventually(lambda: _subscribed(hub, 1))
+            await eventually(lambda: _subscribed(hub, 2))
             await eventually(lambda: _subscribed(other, 1))
             await write(hub, [minute(i) for i in range(5)])
             await eventually(counts(1, 1))
@@ -377,6 +379,7 @@ async def test_a_rollup_closed_here_reaches_subscribers_here_before_redis_has_it
             await asyncio.sleep(0.3)
             assert [c.timestamp for c in mine] == [T0, T0 + 300]  # Redis took nothing
             assert [c.timestamp for c in theirs] == [T0]
+            assert [c.timestamp for c in minutes] == [T0 + 60 * i for i in range(10)]
             await eventually(counts(2, 2), within=10)
             await asyncio.sleep(0.2)  # the stream's copy reached this process too
             await write(hub, [minute(i) for i in range(10, 15)])
@@ -388,10 +391,14 @@ async def test_a_rollup_closed_here_reaches_subscribers_here_before_redis_has_it
             await asyncio.gather(*tasks, return_exceptions=True)
         assert mine == theirs  # the same candles, once each, none a revision
         assert [c.timestamp for c in mine] == [T0, T0 + 300, T0 + 600]
+        assert [c.timestamp for c in minutes] == [T0 + 60 * i for i in range(15)]
+        nine = minute(9)
+        assert minutes[9] == LiveCandle(nine.timestamp, nine.open, nine.high, nine.low,
+                                        nine.close, nine.volume, "1m")
         assert not any(c.revision for c in mine)
         assert mine[1].open == minute(5).open and mine[1].close == minute(9).close
         stats = (await hub.get_stats())["streams"]
-        assert stats["delivered_early"] >= 2, stats
+        assert stats["delivered_early"] >= 2 + 10, stats
 
 
 async def test_a_corrected_minute_republishes_its_rollup_as_a_revision(hub: Hub) -> None:

@@ -537,15 +537,16 @@ PUSH_CANDLES_SHA = script_sha(PUSH_CANDLES)
 
 def op_push_candles(key: str, rows: Sequence[Row], window: int, ttl: int,
                     near: bool = False, stream: str | None = None, timeframe: str = "1m",
-                    length: int = 0) -> RedisOp[int]:
+                    length: int = 0, tag: str = "") -> RedisOp[int]:
     """Push checked candle rows into a hot window (the newest ``window`` matter); with
-    ``stream``, each one the window takes is also published there (PUBLISH_MANY)."""
+    ``stream``, each one the window takes is also published there (PUBLISH_MANY, with
+    the publishing process's ``tag``)."""
     ordered = rows if _ascending(rows) else sorted(rows, key=_time)
     kept = ordered[-window:]
     args: list[Any] = [None] * (2 * len(kept))
     args[::2] = [row[0] for row in kept]
     args[1::2] = encode_rows(kept)
-    return _push(key, window, ttl, tuple(args), near, stream, timeframe, length)
+    return _push(key, window, ttl, tuple(args), near, stream, timeframe, length, tag)
 
 
 def _time(row: Row) -> int:
@@ -560,10 +561,10 @@ def _ascending(rows: Sequence[Row]) -> bool:
 
 def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
           near: bool = False, stream: str | None = None, timeframe: str = "1m",
-          length: int = 0) -> RedisOp[int]:
+          length: int = 0, tag: str = "") -> RedisOp[int]:
     if stream is not None:
         return _publish(stream, length, ((key, window, ttl, timeframe, items),), near,
-                        (key, window, ttl, stream, timeframe, length), items)
+                        (key, window, ttl, stream, timeframe, length), items, tag)
     return RedisOp((("EVALSHA", PUSH_CANDLES_SHA, 1, key, window, ttl, *items),), _first,
                    (key,), merge=(key, window, ttl, None, "", 0), items=items, near=near)
 
@@ -602,8 +603,15 @@ def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
             assert op.merge is not None
             key, window, ttl, stream, timeframe, length = op.merge
             out[i] = Envelope(_push(key, window, ttl, _merged_items(group), op.near, stream,
-                                    timeframe, length), None)
+                                    timeframe, length, _newest_tag(group)), None)
     return _join_publications(out)
+
+
+def _newest_tag(ops: Sequence[RedisOp[Any]]) -> str:
+    """The tag of publications joined into one call: the newest given (tags number a
+    process's publications in order, and the call's entries confirm them all)."""
+    return next((op.publish[3] for op in reversed(ops)
+                 if op.publish is not None and op.publish[3]), "")
 
 
 def _merged_items(group: Sequence[RedisOp[Any]]) -> tuple[Any, ...]:
@@ -632,10 +640,8 @@ def _join_publications(batch: list[Envelope]) -> list[Envelope]:
             assert first.publish is not None
             stream, length, _, _ = first.publish
             groups = tuple(g for op in run if op.publish for g in op.publish[2])
-            # (tags number a process's publications: the last one given confirms them all)
-            tag = next((op.publish[3] for op in reversed(run)
-                        if op.publish is not None and op.publish[3]), "")
-            out[-1] = Envelope(_publish(stream, length, groups, first.near, tag=tag), None)
+            out[-1] = Envelope(_publish(stream, length, groups, first.near,
+                                        tag=_newest_tag(run)), None)
         run.clear()
 
     for call in batch:
