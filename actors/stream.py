@@ -415,10 +415,10 @@ class StreamReader:
         with ``early``, each timeframe's candles handed to the followers here at once
         where none of this process's publications of it is still on its way (see the
         module's text)."""
-        ring = self.rings.get(key)
-        if ring is None and key not in self._expecting:
+        numbered = self._publication(key)
+        if numbered is None:
             return ""
-        publication = self._published[key] = self._published.get(key, 0) + 1
+        ring, publication = numbered
         # (a rollup never goes before the minutes published here before it: they went
         # early too, or were read back; the minute closing it is a publication before it)
         minutes = self._clear(ring, key, MINUTE) or \
@@ -434,10 +434,10 @@ class StreamReader:
         nobody here follows the stream), and its number when its new minutes may be
         handed to the followers here once it is queued (:meth:`offer_minutes`), else
         None (see :meth:`publishing`)."""
-        ring = self.rings.get(key)
-        if ring is None and key not in self._expecting:
+        numbered = self._publication(key)
+        if numbered is None:
             return "", None
-        publication = self._published[key] = self._published.get(key, 0) + 1
+        ring, publication = numbered
         clear = self._clear(ring, key, MINUTE)
         self._published_tf[(key, MINUTE)] = publication
         return f"{self.tag}-{publication}", publication if clear else None
@@ -449,6 +449,15 @@ class StreamReader:
         if ring is not None and rows:
             self._offer(ring, publication, MINUTE, rows)
             self._early_minutes[key] = publication
+
+    def _publication(self, key: str) -> tuple[Ring | None, int] | None:
+        """The ring of ``key`` and the next publication's number there; None while
+        nobody here follows the stream (nothing is tagged then)."""
+        ring = self.rings.get(key)
+        if ring is None and key not in self._expecting:
+            return None
+        publication = self._published[key] = self._published.get(key, 0) + 1
+        return ring, publication
 
     def _clear(self, ring: Ring | None, key: str, timeframe: str) -> bool:
         """Followers here, and none of this process's publications of ``timeframe`` on
