@@ -164,13 +164,18 @@ async def _until_subscribed(hub: Hub, count: int) -> None:
     raise TimeoutError(f"{count} subscribers did not start in a minute")
 
 
+_BUSY_LOOP = "print('ready', flush=True)\nwhile True:\n    pass"
+
+
 async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
                            count: int = 1000) -> list[dict[str, Any]]:
     """write_candle x n + flush on one product: alone, with one and with ``count``
-    subscribers in another hub process (the strategies' process), and with ``count`` in
-    this one (sharing the writer's thread; once), interleaved five times (the machine
-    drifts, and n writes take only about a tenth of a second)."""
-    places = ("none", "other process, one", "other process", "this process")
+    subscribers in another hub process (the strategies' process), beside a process that
+    only keeps a core busy, and with ``count`` subscribers in this process (sharing the
+    writer's thread; once), interleaved five times (the machine drifts, and n writes
+    take only about a tenth of a second)."""
+    places = ("none", "other process, one", "other process", "other process, busy loop",
+              "this process")
     runs: dict[str, list[float]] = {where: [] for where in places}
     cpu: dict[str, list[float]] = {where: [] for where in places}
     delivered: dict[str, int] = dict.fromkeys(places, 0)
@@ -190,6 +195,19 @@ async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
             delivered[where] = int(await asyncio.to_thread(child.stdout.readline))
             await asyncio.to_thread(child.wait, 60)
             child.stdout.close()
+        # a process that only keeps one core busy (no hub, no Redis): what any busy
+        # second process costs the writer on this machine, apart from what it does
+        burner = subprocess.Popen(  # noqa: ASYNC220 - read from a thread
+            [sys.executable, "-c", _BUSY_LOOP], stdout=subprocess.PIPE, text=True)
+        assert burner.stdout is not None
+        assert (await asyncio.to_thread(burner.stdout.readline)).strip() == "ready"
+        try:
+            runs["other process, busy loop"].append(await _timed_writes(
+                hub, f"SUBS{run}B", n, cpu["other process, busy loop"]))
+        finally:
+            burner.kill()
+            await asyncio.to_thread(burner.wait, 60)
+            burner.stdout.close()
         if run == 0:  # the same subscribers on the writer's own loop, once
             product = f"SUBS{run}T"
             tally = _Tally(count * n)
@@ -203,7 +221,8 @@ async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    return [{"subscribers": {"none": 0, "other process, one": 1}.get(where, count),
+    return [{"subscribers": {"none": 0, "other process, one": 1,
+                             "other process, busy loop": 0}.get(where, count),
              "where": where.replace(", one", ""), "candles": n,
              "seconds": statistics.median(times), "writes_per_s": n / statistics.median(times),
              "delivered": delivered[where],
