@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -270,8 +271,12 @@ async def handovers(hub: Hub, runs: int, warmup: int) -> list[dict[str, Any]]:
              "seconds": time.perf_counter() - began}]
 
 
-async def gap_scan(hub: Hub, days: int = 365) -> list[dict[str, Any]]:
-    """A year of 1-minute candles of one product with 12 holes; hub.gaps over all of it."""
+async def gap_scan(hub: Hub, days: int = 365,
+                   settled: Callable[[], float] | None = None) -> list[dict[str, Any]]:
+    """A year of 1-minute candles of one product with 12 holes; hub.gaps over all of it:
+    once right after the write, then five times once ``settled`` (run in a thread) says
+    the servers are done with it (influxd compacts what it was just given, and what the
+    tables before gave it: the scans are influxd's work on the same two cores)."""
     product = "YEAR"
     total = days * 1440
     missing = {int(total * k / 13) + d for k in range(1, 13) for d in range(k)}
@@ -293,6 +298,10 @@ async def gap_scan(hub: Hub, days: int = 365) -> list[dict[str, Any]]:
             made[-1] = (made[-1][0], at)
         else:
             made.append((at, at))
+    began = time.perf_counter()
+    first = await hub.gaps(EX, product)
+    first_s = time.perf_counter() - began
+    waited = await asyncio.to_thread(settled) if settled is not None else 0.0
     times = []
     found: list[tuple[int, int]] = []
     exact = 0
@@ -307,6 +316,8 @@ async def gap_scan(hub: Hub, days: int = 365) -> list[dict[str, Any]]:
     return [{"candles": total - len(missing), "holes_found": len(found),
              "holes_made": len(made), "scans_exact": exact, "scans": len(times),
              "p50": statistics.median(times), "max": max(times),
+             "first_right_after_write": first_s, "first_exact": first == made,
+             "servers_settled_s": round(waited, 1),
              **({"wrong": wrong} if wrong else {})}]
 
 
@@ -339,7 +350,12 @@ def settle(servers: LocalServers, share: float = 0.05, within: float = 120.0) ->
     """Wait until redis-server and influxd use less than ``share`` of a core (influxd
     compacts for a while after the tables before wrote a million rows: what it does
     then shares the two cores with the latency measured next). Returns the wait."""
-    pids = [s.process.pid for s in (servers.redis, servers.influx) if s.process is not None]
+    return settle_pids([s.process.pid for s in (servers.redis, servers.influx)
+                        if s.process is not None], share, within)
+
+
+def settle_pids(pids: list[int], share: float = 0.05, within: float = 120.0) -> float:
+    """:func:`settle` for the servers' process ids."""
     began = time.perf_counter()
     while time.perf_counter() - began < within:
         used = _cpu_seconds(pids)
@@ -355,9 +371,10 @@ def streams_tables(servers: LocalServers, work: Path, size: str) -> dict[str, An
     garbage collector to walk), once the servers are idle; ``size``: "full", "quick" or
     "tiny" (the smoke test)."""
     waited = settle(servers)
+    pids = [s.process.pid for s in (servers.redis, servers.influx) if s.process is not None]
     done = subprocess.run(
         [sys.executable, "-m", "bench._streams", "tables", json.dumps(_config_data(
-            servers, work, "streams")), str(work), size],
+            servers, work, "streams")), str(work), size, json.dumps(pids)],
         capture_output=True, text=True, check=True, timeout=1800)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     for row in result["rollup_latency"]:
@@ -365,7 +382,8 @@ def streams_tables(servers: LocalServers, work: Path, size: str) -> dict[str, An
     return result
 
 
-def _tables_here(config: dict[str, Any], work: Path, size: str) -> dict[str, Any]:
+def _tables_here(config: dict[str, Any], work: Path, size: str,
+                 pids: list[int]) -> dict[str, Any]:
     import uvloop
 
     # (writes to 1,000 subscribers stay within streams.buffer: past it each subscriber
@@ -384,7 +402,7 @@ def _tables_here(config: dict[str, Any], work: Path, size: str) -> dict[str, Any
             out["subscribers"] = await subscribers_cost(
                 hub, config, writes, 1000 if size != "tiny" else 20)
             out["handover"] = await handovers(hub, runs, 1000)
-            out["gap_scan"] = await gap_scan(hub, days)
+            out["gap_scan"] = await gap_scan(hub, days, lambda: settle_pids(pids))
         return out
 
     result: dict[str, Any] = uvloop.run(run())
@@ -393,7 +411,7 @@ def _tables_here(config: dict[str, Any], work: Path, size: str) -> dict[str, Any
 if __name__ == "__main__":
     if sys.argv[1] == "tables":  # streams_tables' process
         print(json.dumps(_tables_here(json.loads(sys.argv[2]), Path(sys.argv[3]),
-                                      sys.argv[4])))
+                                      sys.argv[4], json.loads(sys.argv[5]))))
     else:  # the other process of subscribers_cost
         import uvloop
 

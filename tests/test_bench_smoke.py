@@ -44,10 +44,11 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     for table in ("indicator_lookup", "single_read", "concurrency", "writes", "batch_sizes",
                   "candle_queries", "memory", "invalidation", "dropin", "dropin_writes"):
         assert results.tables[table], table
-    assert len(results.goals) == 26
-    # four informative rows beside the goals: influxd's floor with the rollups, raw
-    # Redis' floor for a live candle's delivery, one subscriber's process, a busy process
-    assert [g["met"] for g in results.goals].count("-") == 4
+    assert len(results.goals) == 27
+    # five informative rows beside the goals: influxd's floor with the rollups, raw
+    # Redis' floor for a live candle's delivery, one subscriber's process, a busy
+    # process, the gap scan right after the write
+    assert [g["met"] for g in results.goals].count("-") == 5
     latency = {row["timeframe"]: row for row in results.tables["rollup_latency"]}
     assert list(latency) == ["1m", "5m", "1h", "raw XADD -> XREAD"]
     assert all(row["delivered"] == row["closes"] == 3 for row in latency.values())
@@ -58,6 +59,7 @@ def test_harness_produces_tables_json_and_chart(tmp_path: Path) -> None:
     assert handover["runs"] == 5 and handover["duplicates"] == handover["holes"] == 0
     scan = results.tables["gap_scan"][0]
     assert scan["holes_found"] == 12 and scan["scans_exact"] == scan["scans"] == 5
+    assert scan["first_exact"] and scan["first_right_after_write"] > 0
     assert [(row["where"], row["subscribers"] > 1) for row in results.tables["subscribers"]
             ] == [("none", False), ("other process", False), ("other process", True),
                   ("other process, busy loop", False), ("this process", True)]
@@ -104,7 +106,7 @@ def summary_of_two_runs(js: Path, tmp_path: Path) -> None:
     assert len(rows) == len(second["goals"])
     assert rows[0].endswith("| 9.99x | 1 of 2 |")
     informative = [row for row in rows if row.endswith("| - |")]
-    assert len(informative) == 4
+    assert len(informative) == 5
     bad = CliRunner().invoke(summary, [str(tmp_path / "servers")])
     assert bad.exit_code != 0 and "not a harness run" in bad.output
 
