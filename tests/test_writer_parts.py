@@ -177,6 +177,35 @@ async def test_sender_bisects_rejected_data_down_to_the_bad_points() -> None:
     assert sender.failing_since is None
 
 
+async def test_a_chunk_failing_half_way_quarantines_its_bad_point_once() -> None:
+    """A rejected point found while bisecting, then the rest of the chunk fails as
+    unavailable: the chunk is sent again later, and the point is rejected again. It is
+    quarantined once, when the whole chunk is through."""
+    influx = Influx()
+    sender, written, quarantined = make_sender(influx)
+    down_for = {"m v=3 3"}  # the POST holding this line fails once, as unavailable
+    write = influx.write
+
+    async def flaky(body: bytes, rp: str | None = None) -> None:
+        if any(line in down_for for line in body.decode().split("\n")) \
+                and "BAD" not in body.decode():
+            down_for.clear()
+            raise Unavailable("connection reset")
+        await write(body, rp)
+
+    influx.write = flaky  # type: ignore[method-assign]
+    chunk = Chunk.of([("m v=1 1", None), ("m BAD=1 2", 7), ("m v=3 3", None),
+                      ("m v=4 4", 8)])
+    assert not await sender.post(chunk, lambda: 0.0)  # the bad half, then the outage
+    assert quarantined == [] and sender.quarantined == 0
+    assert await sender.post(chunk, lambda: 1.0)  # sent again, whole
+    assert [entry for entry, _ in quarantined] == [("m BAD=1 2", 7)]
+    assert sender.quarantined == 1
+    assert [line for _, lines in influx.posts for line in lines][-3:] == [
+        "m v=1 1", "m v=3 3", "m v=4 4"]
+    assert sorted(i for ids in written for i in ids) == [8]
+
+
 async def test_sender_posts_once_per_retention_policy_keeping_series_order() -> None:
     influx = Influx()
     sender, written, _ = make_sender(influx, rp_for=lambda m: {"candle": "rp_c"}.get(m))

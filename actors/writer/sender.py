@@ -1,6 +1,8 @@
 """The writer's POSTs: one per retention policy, data InfluxDB rejects (400, 413) bisected
-until the bad points are isolated and quarantined with the server's reason, and the
-retry clock (capped jittered backoff, at least the server's Retry-After).
+until the bad points are isolated and quarantined with the server's reason (once the
+whole chunk is through: a chunk sent again after a failure half-way does not quarantine
+a point twice), and the retry clock (capped jittered backoff, at least the server's
+Retry-After).
 """
 
 from __future__ import annotations
@@ -37,11 +39,18 @@ class Sender:
     async def post(self, chunk: Chunk, now: Callable[[], float]) -> bool:
         """Write ``chunk``; False when InfluxDB could not take it (try after
         ``retry_at``). Rejected points are quarantined, not retried."""
+        rejected: list[tuple[Entry, str]] = []
         try:
-            await self._write(chunk)
+            await self._write(chunk, rejected)
         except BackendUnavailable as exc:
+            # (points rejected meanwhile are rejected again when the chunk is sent again:
+            # quarantined then, once)
             self._failed(exc, now())
             return False
+        for entry, reason in rejected:
+            log.error("InfluxDB rejected a point; quarantined in SQLite: %s", reason)
+            await self._quarantine(entry, reason)
+            self.quarantined += 1
         if self.failing_since is not None:
             log.info("InfluxDB writes recovered after %.1fs", now() - self.failing_since)
         self.failing_since = None
@@ -57,32 +66,32 @@ class Sender:
         hint = exc.retry_after if isinstance(exc, Unavailable) else None
         self.retry_at = now + max(self._backoff.next(), hint or 0.0)
 
-    async def _write(self, chunk: Chunk) -> None:
+    async def _write(self, chunk: Chunk, rejected: list[tuple[Entry, str]]) -> None:
+        """POST ``chunk``; the points InfluxDB rejects go into ``rejected``, with why."""
         if self.rp_for is None:
-            await self._write_to(chunk, None)
+            await self._write_to(chunk, None, rejected)
             return
         groups: dict[str | None, list[int]] = {}
         for i, line in enumerate(chunk.lines):  # a series stays in one group, in order
             groups.setdefault(self.rp_for(line.split(",", 1)[0]), []).append(i)
         if len(groups) == 1:
             ((rp, _),) = groups.items()
-            await self._write_to(chunk, rp)
+            await self._write_to(chunk, rp, rejected)
             return
         for rp, positions in groups.items():
-            await self._write_to(chunk.pick(positions), rp)
+            await self._write_to(chunk.pick(positions), rp, rejected)
 
-    async def _write_to(self, chunk: Chunk, rp: str | None) -> None:
+    async def _write_to(self, chunk: Chunk, rp: str | None,
+                        rejected: list[tuple[Entry, str]]) -> None:
         try:
             await self.backend.write("\n".join(chunk.lines).encode(), rp)
         except WriteRejected as exc:
             if len(chunk) == 1:
-                log.error("InfluxDB rejected a point; quarantined in SQLite: %s", exc.reason)
-                await self._quarantine(chunk.entry(0), exc.reason)
-                self.quarantined += 1
+                rejected.append((chunk.entry(0), exc.reason))
                 return
             mid = len(chunk) // 2
-            await self._write_to(chunk[:mid], rp)
-            await self._write_to(chunk[mid:], rp)
+            await self._write_to(chunk[:mid], rp, rejected)
+            await self._write_to(chunk[mid:], rp, rejected)
             return
         self.posts += 1
         self.points_written += len(chunk)
