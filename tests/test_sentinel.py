@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,3 +92,52 @@ async def test_failover_under_load(sentinels: dict[str, Any], config_data: dict[
     async def closed() -> bool:  # a connection left open would outlive the hub
         return hub_connections(sentinels) == 0
     await eventually(closed, within=5)
+
+
+FRESH_PROCESS = """
+import asyncio, json, sys
+from hub import Hub, HubConfig
+
+async def main():
+    async with Hub(HubConfig.from_mapping(json.loads(sys.argv[1]), environ={}),
+                   handle_sigterm=False) as hub:
+        await hub.cache_indicator("papertrader", "BANKNIFTY-FUT", "RSI", 14, 61.5)
+        await hub.write_candle("papertrader", "BANKNIFTY-FUT", 1697529600, 1.0, 2.0,
+                               0.5, 1.5, 10.0)
+        print(json.dumps([await hub.get_indicator("papertrader", "BANKNIFTY-FUT", "RSI", 14),
+                          len(await hub.get_candles("papertrader", "BANKNIFTY-FUT")),
+                          (await hub.get_stats())["actors"]["cache"]["available"]]))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_process_started_after_a_failover_finds_the_new_master(
+        sentinels: dict[str, Any], config_data: dict[str, Any], servers: LocalServers) -> None:
+    """The bot restarted after Sentinel promoted the replica, with the old master back
+    (as Redis comes back under a supervisor, still a master until Sentinel turns it into
+    a replica): the new process asks Sentinel, writes and reads the new master."""
+    lost = sentinels["lost"].port
+
+    async def gone() -> bool:
+        return b"s_down" in ask(lost, "SENTINEL", "master", "mymaster")
+    await eventually(gone, within=10)
+    old, new = sentinels["master"], sentinels["replica"]
+    old.kill()
+
+    async def promoted() -> bool:
+        return all(master_port(w) == new.port for w in sentinels["sentinels"])
+    await eventually(promoted, within=30)
+    old.start()  # on its old port, a master again until Sentinel says otherwise
+    nodes = [f"127.0.0.1:{w.port}" for w in (sentinels["lost"], *sentinels["sentinels"])]
+    config_data["redis"] = {"sentinel": {"nodes": nodes, "service_name": "mymaster"},
+                            "timeout": 0.5}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", FRESH_PROCESS, json.dumps(config_data)],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [61.5, 1, True]
+    key = f"indicator:{EX}:{PR}:RSI:14"
+    assert ask(new.port, "GET", key) == b"$4\r\n61.5\r\n"  # on the new master
+    assert ask(old.port, "GET", key) in (b"$-1\r\n", b"$4\r\n61.5\r\n")  # (or replicated)
+    assert b"role:master" in ask(new.port, "INFO", "replication")
