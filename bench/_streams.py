@@ -346,16 +346,11 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def settle(servers: LocalServers, share: float = 0.05, within: float = 120.0) -> float:
-    """Wait until redis-server and influxd use less than ``share`` of a core (influxd
-    compacts for a while after the tables before wrote a million rows: what it does
-    then shares the two cores with the latency measured next). Returns the wait."""
-    return settle_pids([s.process.pid for s in (servers.redis, servers.influx)
-                        if s.process is not None], share, within)
-
-
-def settle_pids(pids: list[int], share: float = 0.05, within: float = 120.0) -> float:
-    """:func:`settle` for the servers' process ids."""
+def settle(pids: list[int], share: float = 0.05, within: float = 120.0) -> float:
+    """Wait until the servers (process ids ``pids``) together use less than ``share`` of
+    a core (influxd compacts for a while after the tables before wrote a million rows:
+    what it does then shares the two cores with what is measured next). Returns the
+    wait."""
     began = time.perf_counter()
     while time.perf_counter() - began < within:
         used = _cpu_seconds(pids)
@@ -370,8 +365,8 @@ def streams_tables(servers: LocalServers, work: Path, size: str) -> dict[str, An
     rows are: a fresh interpreter, not one holding the other tables' data for its
     garbage collector to walk), once the servers are idle; ``size``: "full", "quick" or
     "tiny" (the smoke test)."""
-    waited = settle(servers)
     pids = [s.process.pid for s in (servers.redis, servers.influx) if s.process is not None]
+    waited = settle(pids)
     done = subprocess.run(
         [sys.executable, "-m", "bench._streams", "tables", json.dumps(_config_data(
             servers, work, "streams")), str(work), size, json.dumps(pids)],
@@ -402,7 +397,7 @@ def _tables_here(config: dict[str, Any], work: Path, size: str,
             out["subscribers"] = await subscribers_cost(
                 hub, config, writes, 1000 if size != "tiny" else 20)
             out["handover"] = await handovers(hub, runs, 1000)
-            out["gap_scan"] = await gap_scan(hub, days, lambda: settle_pids(pids))
+            out["gap_scan"] = await gap_scan(hub, days, lambda: settle(pids))
         return out
 
     result: dict[str, Any] = uvloop.run(run())
