@@ -34,7 +34,7 @@ from typing import Any
 from actors.backends.influx import rows as result_rows
 from actors.backoff import Backoff
 from actors.cache import CacheService
-from actors.cache.ops import op_publish_many, op_push_candles, op_snapshot
+from actors.cache.ops import Snapshot, op_publish_many, op_push_candles, op_snapshot
 from actors.query import Query
 from actors.stream import Follower, StreamReader, parse_id
 from hub._intake import Accepted, Intake
@@ -49,6 +49,9 @@ from hubdomain.records import Candle, LiveCandle, Row, make_live_candle
 
 log = logging.getLogger(__name__)
 
+# A subscription's hand-over time when nothing was stored: every candle is after it
+# (InfluxDB's earliest time, 1677-09-21).
+_NOTHING = -9_223_372_036
 _CATCH_UP_LIMIT = 100_000  # candles read from storage to close a subscriber's hole
 _RECOMPUTED_TOGETHER = 1000  # buckets one read from storage may span (recomputes)
 _WARM_MINUTES = 100_000  # minutes a rollup window filled from storage may cover
@@ -411,20 +414,11 @@ class Streams:
             raise BackendUnavailable("streams", "disabled in the config (streams.enabled)")
         if self.cache is None or self.reader is None:
             raise BackendUnavailable("redis", "candle streams need Redis (redis.enabled)")
-        window_key = self.window_key(exchange, product, timeframe)
         stream_key = self.stream_key(exchange, product)
-        # (this process's rollups published from here on are tagged: see actors.stream)
-        self.reader.expect(stream_key)
-        try:
-            snap = await self.cache.perform(op_snapshot(
-                window_key, stream_key, warmup, self.reader.id, self.reader.presence_ms))
-        finally:
-            self.reader.expected(stream_key)
-        if not snap.followed:  # this process's other subscribers there lost continuity
-            self.reader.lapsed(stream_key)
+        snap, since = await self._start(exchange, product, timeframe, max(warmup, 1))
         follower = self.reader.follow(stream_key, snap.last_id, snap.number)
         try:
-            history = snap.candles
+            history = snap.candles[-warmup:] if warmup else []
             if len(history) < warmup:
                 before = history[0].timestamp if history else await self._closed_bound(
                     exchange, product, timeframe)
@@ -439,7 +433,8 @@ class Streams:
                 entries = await follower.take()
                 if entries is None:  # fell behind the buffer, or Redis was lost a moment
                     missed, at, number = await self._catch_up_patiently(
-                        follower, exchange, product, timeframe, last)
+                        follower, exchange, product, timeframe,
+                        last if last is not None else since)
                     follower.restart(parse_id(at), number)
                     for k, candle in enumerate(missed, 1):
                         if k % _TURN == 0:
@@ -466,6 +461,57 @@ class Streams:
                             yield candle
         finally:
             follower.close()
+
+    async def _snapshot(self, exchange: str, product: str, timeframe: str,
+                        count: int) -> Snapshot:
+        """A subscription's starting point: the newest ``count`` candles of the window
+        and the stream's last id, this process's reader following the stream from
+        then on (its presence set)."""
+        assert self.cache is not None and self.reader is not None
+        stream_key = self.stream_key(exchange, product)
+        # (this process's rollups published from here on are tagged: see actors.stream)
+        self.reader.expect(stream_key)
+        try:
+            snap = await self.cache.perform(op_snapshot(
+                self.window_key(exchange, product, timeframe), stream_key, count,
+                self.reader.id, self.reader.presence_ms))
+        finally:
+            self.reader.expected(stream_key)
+        if not snap.followed:  # this process's other subscribers there lost continuity
+            self.reader.lapsed(stream_key)
+        return snap
+
+    async def _start(self, exchange: str, product: str, timeframe: str,
+                     count: int) -> tuple[Snapshot, int | None]:
+        """The snapshot a subscription starts from, and its hand-over time: every
+        candle closed before it is at or before that time (the window's newest, or with
+        an empty window the newest stored in InfluxDB; ``_NOTHING`` when nothing is
+        stored). A subscriber that falls behind before it took a candle catches up from
+        there, not from the window's oldest. None: InfluxDB could not say (the catch-up
+        then takes what the window holds)."""
+        snap = await self._snapshot(exchange, product, timeframe, count)
+        if snap.candles:
+            return snap, snap.candles[-1].timestamp
+        if self._influx is None:
+            return snap, _NOTHING
+        try:
+            await self._flush()  # (this process's own minutes are stored first)
+            newest = await self._history(exchange, product, None, None, 1, None)
+        except BackendUnavailable as exc:
+            log.debug("subscribing to %s:%s %s: no stored time to start from: %s",
+                      exchange, product, timeframe, exc)
+            return snap, None
+        # asked again after InfluxDB answered: a candle published before this snapshot
+        # is in its window, or (the window still empty) was stored before the answer
+        snap = await self._snapshot(exchange, product, timeframe, count)
+        if snap.candles:
+            return snap, snap.candles[-1].timestamp
+        if not newest:
+            return snap, _NOTHING
+        if timeframe == tfs.BASE:
+            return snap, newest[-1].timestamp
+        span = self.spans[timeframe]
+        return snap, self._over_before(exchange, product, newest[-1].timestamp, span) - span
 
     async def _closed_bound(self, exchange: str, product: str,
                             timeframe: str) -> int | None:
@@ -528,7 +574,8 @@ class Streams:
 
     async def _catch_up(self, exchange: str, product: str, timeframe: str,
                         last: int | None) -> tuple[list[Candle], bytes, int | None]:
-        """The stored candles after ``last``, and the stream id (and entry number) they
+        """The stored candles after ``last`` (None: the window's, InfluxDB unable to
+        say where the subscription began), and the stream id (and entry number) they
         reach."""
         assert self.cache is not None and self.reader is not None
         stream_key = self.stream_key(exchange, product)
@@ -549,7 +596,8 @@ class Streams:
                 top -= 1
             else:
                 await self._posted(exchange, product, snap.oldest)
-            older = await self._stored(exchange, product, timeframe, last + 1, top,
+            older = await self._stored(exchange, product, timeframe,
+                                       None if last == _NOTHING else last + 1, top,
                                        _CATCH_UP_LIMIT)
             fresh = [c for c in older if c.timestamp > last] + fresh
         self.counters["catch_ups"] += 1

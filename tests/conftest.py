@@ -118,6 +118,14 @@ async def eventually(check: Any, within: float = 15.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def subscribed(hub: Any, count: int = 1) -> None:
+    """Wait until ``count`` subscriptions of ``hub.candles`` have taken their snapshot
+    (each gets every candle written from then on)."""
+    async def taken() -> bool:
+        return bool((await hub.get_stats())["streams"]["subscribers"] >= count)
+    await eventually(taken)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "servers" in getattr(item, "fixturenames", ()):

@@ -18,7 +18,7 @@ import yaml
 
 from hub import BackendUnavailable, Candle, Hub, HubConfig
 from hub.compat import wolfinch
-from tests.conftest import eventually, failover_under_load, wolfhub
+from tests.conftest import eventually, failover_under_load, subscribed, wolfhub
 from wolfhub.servers import LocalServers, RedisClusterServers, RedisServer, make_certificates
 
 pytestmark = pytest.mark.anyio
@@ -575,7 +575,7 @@ async def test_candle_streams_on_a_cluster(cluster: RedisClusterServers,
             return got
 
         followers = [asyncio.create_task(follow(p)) for p in products]
-        await asyncio.sleep(0.3)
+        await subscribed(hub, len(products))
         for p in products:
             for i in range(5, 15):
                 await hub.write_candle("px", p, t0 + 60 * i, 1.0, 2.0, 0.5, 1.5, 1.0)

@@ -19,7 +19,13 @@ import pytest
 
 from hub import Candle, Hub, HubConfig, LiveCandle, ValidationError
 from hubdomain import timeframes as tfs
-from tests.conftest import eventually, influx_candles, influx_resampled, redis_command
+from tests.conftest import (
+    eventually,
+    influx_candles,
+    influx_resampled,
+    redis_command,
+    subscribed,
+)
 from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
@@ -370,8 +376,8 @@ async def test_a_rollup_closed_here_reaches_subscribers_here_before_redis_has_it
                  asyncio.create_task(follow(other.candles(EX, PR, "5m"), theirs)),
                  asyncio.create_task(follow(hub.candles(EX, PR, "1m"), minutes))]
         try:
-            await eventually(lambda: _subscribed(hub, 2))
-            await eventually(lambda: _subscribed(other, 1))
+            await subscribed(hub, 2)
+            await subscribed(other)
             await write(hub, [minute(i) for i in range(5)])
             await eventually(counts(1, 1))
             redis_command(servers, "CLIENT", "PAUSE", "1500", "WRITE")
@@ -541,6 +547,38 @@ async def _left_behind(hub: Hub, other: Hub, servers: LocalServers
     return stream, head
 
 
+@pytest.mark.parametrize("timeframe", ["1m", "5m"])
+@pytest.mark.parametrize("before", ["nothing", "in-the-window", "in-influxdb-only"])
+async def test_a_subscriber_without_warm_up_lost_before_its_first_candle_misses_none(
+        config_data: dict[str, Any], before: str, timeframe: str) -> None:
+    """A subscriber with no warm-up falls behind the buffer before it took its first
+    candle (600 minutes in one burst, a 50-entry buffer, 64-candle hot windows): its
+    catch-up from storage starts where its subscription did, so it gets every candle
+    closed after it subscribed, in order, once, and none closed before (five minutes
+    stored in the window, or in InfluxDB only, or nothing at all)."""
+    config_data["performance"] = {"redis_hot_data_window": 64}
+    config = HubConfig.from_mapping({**config_data, "streams": {"buffer": 50}}, environ={})
+    async with Hub(config) as hub:
+        if before == "in-the-window":
+            await write(hub, [minute(i) for i in range(5)])
+        elif before == "in-influxdb-only":
+            await hub.write_candles_batch(EX, PR, [minute(i) for i in range(5)],
+                                          window=False)
+            await hub.flush()
+        stream = hub.candles(EX, PR, timeframe)
+        first = asyncio.ensure_future(anext(stream))
+        await subscribed(hub)
+        await hub.write_candles_batch(EX, PR, [minute(i) for i in range(5, 605)])
+        span = tfs.seconds(timeframe)
+        expected = list(range(T0 + 300, T0 + 605 * 60, span))  # from the sixth minute
+        got = [await asyncio.wait_for(first, 30)]
+        got += await collect(stream, len(expected) - 1, within=30)
+        await stream.aclose()
+        assert [c.timestamp for c in got] == expected
+        assert all(c.timeframe == timeframe and not c.revision for c in got)
+        assert (await hub.get_stats())["streams"]["overflows"] >= 1  # it did fall behind
+
+
 async def test_a_catch_up_waits_for_another_processs_minutes_to_reach_influxdb(
         config_data: dict[str, Any], servers: LocalServers) -> None:
     """A subscriber in one hub falls behind while another hub writes 600 minutes, which
@@ -601,7 +639,7 @@ async def test_a_subscriber_taking_a_burst_lets_the_loop_run(hub: Hub) -> None:
     out behind them), and still gets every minute, in order."""
     stream = hub.candles(EX, PR, "1m")
     first = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0.3)  # the subscription is in place
+    await subscribed(hub)
     await write(hub, [minute(i) for i in range(3000)])
     await asyncio.sleep(0.5)  # every one read into the buffer
     turns = 0
@@ -639,7 +677,7 @@ async def test_a_thousand_subscribers_share_one_reader(hub: Hub) -> None:
     await write(hub, [minute(0)])
     streams = [hub.candles(EX, PR, "1m", warmup=1) for _ in range(1000)]
     tasks = [asyncio.ensure_future(collect(s, 21, within=30)) for s in streams]
-    await eventually(lambda: _subscribed(hub, 1000))
+    await subscribed(hub, 1000)
     await write(hub, [minute(i) for i in range(1, 21)])
     results = await asyncio.gather(*tasks)
     assert all([c.timestamp for c in got] == [T0 + 60 * i for i in range(21)]
@@ -648,10 +686,6 @@ async def test_a_thousand_subscribers_share_one_reader(hub: Hub) -> None:
         await s.aclose()
     stats = await hub.get_stats()
     assert stats["streams"]["followed"] == 0
-
-
-async def _subscribed(hub: Hub, count: int) -> bool:
-    return bool((await hub.get_stats())["streams"]["subscribers"] >= count)
 
 
 async def test_a_subscriber_waits_out_a_redis_restart_without_a_hole(

@@ -14,7 +14,7 @@ import pytest
 from hub import Candle, Hub, HubConfig, ValidationError
 from hub._intake import RUN_CAP
 from hubdomain import keys
-from tests.conftest import eventually, influx_candles, redis_command
+from tests.conftest import eventually, influx_candles, redis_command, subscribed
 from wolfhub.servers import LocalServers
 
 pytestmark = pytest.mark.anyio
@@ -47,7 +47,7 @@ async def written_while_followed(
             if len(got) == len(data):
                 return
     following = asyncio.ensure_future(follow())
-    await asyncio.sleep(0.3)  # the subscription is in place
+    await subscribed(other)
     if write_all is not None:
         await write_all()
     else:
@@ -68,7 +68,7 @@ async def test_one_candle_goes_out_without_another_call(
     async with Hub(config) as writer, Hub(config) as reader:
         live = reader.candles(EX, "LIVE")
         first = asyncio.ensure_future(anext(live))
-        await asyncio.sleep(0.3)  # the subscription is in place
+        await subscribed(reader)
         c = Candle(T0, 10.0, 12.0, 9.0, 11.0, 5.0)
         await write(writer, "LIVE", c)
         got = await asyncio.wait_for(first, 5)
@@ -142,7 +142,7 @@ async def test_a_replay_far_past_the_stream_reaches_another_hubs_subscriber_whol
                 if candle.timestamp >= data[-1].timestamp:
                     return
         following = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.3)  # the subscription is in place
+        await subscribed(other)
         for c in data:
             await write(hub, "BURST", c)
         await asyncio.wait_for(following, 30)
@@ -165,7 +165,7 @@ async def test_a_correction_after_its_bucket_closed_is_a_revision(config: HubCon
                 if len(got) == 2:
                     return
         following = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.3)  # the subscription is in place
+        await subscribed(other)
         for i in range(5):
             await write(hub, "REV", Candle(T0 + 60 * i, 10.0, 12.0, 9.0, 11.0, 1.0))
         await write(hub, "REV", Candle(T0 + 120, 10.0, 30.0, 9.0, 11.0, 1.0))  # a new high
@@ -198,7 +198,7 @@ async def test_one_push_mixing_new_minutes_and_rewrites(config: HubConfig,
                 if len(got) == 6:
                     return
         following = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.3)  # the subscription is in place
+        await subscribed(other)
         # minute 2 is held already; 4-7 are new, 6 comes twice
         await hub.write_candles_batch(EX, "MIX", [c[4], again[2], c[5], c[6], again[6], c[7]])
         await asyncio.wait_for(following, 10)
@@ -356,7 +356,7 @@ async def test_a_lapsed_presence_is_caught_up_from_storage(
     async with Hub(config) as hub, Hub(config) as other:
         live = other.candles(EX, "LAPSE")
         first = asyncio.ensure_future(anext(live))
-        await asyncio.sleep(0.3)
+        await subscribed(other)
         await write(hub, "LAPSE", data[0])
         got = [(await asyncio.wait_for(first, 5)).as_candle()]
         redis_command(servers, "DEL", keys.followers(keys.key("candlestream", EX, "LAPSE")))
@@ -522,7 +522,7 @@ async def test_a_big_batch_lets_the_others_run_and_lands_whole(
             async for candle in live:
                 got.append(candle.as_candle())
         following = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.3)  # the subscription is in place
+        await subscribed(other)
         ticking = Turns()
         await asyncio.sleep(0)
         before = ticking.count
