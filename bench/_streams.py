@@ -214,7 +214,7 @@ async def subscribers_cost(hub: Hub, config: dict[str, Any], n: int,
             tally = _Tally(count * n)
             tasks = [asyncio.create_task(tally.consume(hub.candles(EX, product, "1m")))
                      for _ in range(count)]
-            await asyncio.sleep(0.5)
+            await _until_subscribed(hub, count)
             runs["this process"].append(await _timed_writes(hub, product, n,
                                                             cpu["this process"]))
             await asyncio.wait_for(tally.done.wait(), 300)

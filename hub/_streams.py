@@ -89,6 +89,9 @@ class Streams:
         # candles are published in order; other timeframes do not wait)
         self._pending: dict[tuple[str, str, str], deque[tfs.Event]] = {}
         self._workers: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        # per product: the newest stored minute being asked for (subscriptions starting
+        # on an empty window)
+        self._newest_asked: dict[Product, _Question] = {}
         # catch-ups in flight, shared by subscribers at the same place
         self._catch_ups: dict[tuple[str, str, str, int | None],
                               asyncio.Future[tuple[list[Candle], bytes, int | None]]] = {}
@@ -495,8 +498,7 @@ class Streams:
         if self._influx is None:
             return snap, _NOTHING
         try:
-            await self._flush()  # (this process's own minutes are stored first)
-            newest = await self._history(exchange, product, None, None, 1, None)
+            newest = await self._newest_stored(exchange, product)
         except BackendUnavailable as exc:
             log.debug("subscribing to %s:%s %s: no stored time to start from: %s",
                       exchange, product, timeframe, exc)
@@ -506,12 +508,36 @@ class Streams:
         snap = await self._snapshot(exchange, product, timeframe, count)
         if snap.candles:
             return snap, snap.candles[-1].timestamp
-        if not newest:
+        if newest is None:
             return snap, _NOTHING
         if timeframe == tfs.BASE:
-            return snap, newest[-1].timestamp
+            return snap, newest
         span = self.spans[timeframe]
-        return snap, self._over_before(exchange, product, newest[-1].timestamp, span) - span
+        return snap, self._over_before(exchange, product, newest, span) - span
+
+    async def _newest_stored(self, exchange: str, product: str) -> int | None:
+        """The newest stored minute's time (None: none is), asked after the call began
+        (this process's own minutes flushed first): subscriptions starting together
+        share one question, never one that had begun before they called."""
+        key = (exchange, product)
+        question = self._newest_asked.get(key)
+        if question is None or question.begun:
+            question = self._newest_asked[key] = _Question()
+
+            async def ask(question: _Question) -> int | None:
+                question.begun = True
+                try:
+                    await self._flush()
+                    newest = await self._history(exchange, product, None, None, 1, None)
+                finally:
+                    if self._newest_asked.get(key) is question:
+                        del self._newest_asked[key]
+                return newest[-1].timestamp if newest else None
+            question.answer = asyncio.ensure_future(ask(question))
+            # (its callers may all be gone by the time it fails: nothing to report then)
+            question.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+        assert question.answer is not None
+        return await asyncio.shield(question.answer)
 
     async def _closed_bound(self, exchange: str, product: str,
                             timeframe: str) -> int | None:
@@ -636,6 +662,16 @@ class Streams:
                 "open_buckets": sum(b.pending() for b in self.books.values()),
                 "recomputes_queued": sum(len(q) for q in self._pending.values()),
                 **(self.reader.statistics() if self.reader is not None else {})}
+
+
+class _Question:
+    """A question to storage several callers share while it has not begun."""
+
+    __slots__ = ("answer", "begun")
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[int | None] | None = None
+        self.begun = False
 
 
 def _row(c: Candle) -> Row:

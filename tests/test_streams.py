@@ -688,6 +688,26 @@ async def test_a_thousand_subscribers_share_one_reader(hub: Hub) -> None:
     assert stats["streams"]["followed"] == 0
 
 
+async def test_a_thousand_subscriptions_on_an_empty_window_ask_influxdb_together(
+        hub: Hub) -> None:
+    """A thousand subscribers without warm-up start on a product nothing was written
+    to yet (each asks where the stored candles end, to start from there): they share
+    a few questions to InfluxDB rather than ask a thousand, and each gets every minute
+    written after."""
+    before = (await hub.get_stats())["actors"]["query"]["queries"]
+    streams = [hub.candles(EX, "EMPTY", "1m") for _ in range(1000)]
+    tasks = [asyncio.ensure_future(collect(s, 20, within=60)) for s in streams]
+    await subscribed(hub, 1000)
+    asked = (await hub.get_stats())["actors"]["query"]["queries"] - before
+    await write(hub, [minute(i) for i in range(20)], "EMPTY")
+    results = await asyncio.gather(*tasks)
+    for s in streams:
+        await s.aclose()
+    assert all([c.timestamp for c in got] == [T0 + 60 * i for i in range(20)]
+               for got in results)
+    assert 1 <= asked <= 20, asked
+
+
 async def test_a_subscriber_waits_out_a_redis_restart_without_a_hole(
         config_data: dict[str, Any], servers: LocalServers) -> None:
     """Redis is killed under 20 subscribers and started again empty: minutes written
