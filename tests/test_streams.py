@@ -506,6 +506,20 @@ async def test_a_slow_subscriber_catches_up_from_storage(config_data: dict[str, 
         assert stats["streams"]["subscribers"] == 0  # closing the iterator released it
 
 
+async def read_into_buffer(hub: Hub, newest: Candle, product: str = PR) -> None:
+    """Wait until the process's reader has read ``newest`` (a 1-minute candle) from the
+    product's stream into its buffer."""
+    assert hub.streams is not None and hub.streams.reader is not None
+    reader, key = hub.streams.reader, hub.streams.stream_key(EX, product)
+
+    async def read() -> bool:
+        ring = reader.rings.get(key)
+        return ring is not None and any(
+            e.candle.timeframe == "1m" and e.candle.timestamp >= newest.timestamp
+            for e in reversed(ring.entries))
+    await eventually(read)
+
+
 async def test_a_subscriber_streams_buffer_minutes_behind_needs_no_catch_up(
         config_data: dict[str, Any]) -> None:
     """``streams.buffer`` counts 1-minute candles: a subscriber that many minutes behind
@@ -518,12 +532,12 @@ async def test_a_subscriber_streams_buffer_minutes_behind_needs_no_catch_up(
         stream = hub.candles(EX, PR, "1m", warmup=5)
         head = await collect(stream, 5)
         await write(hub, [minute(i) for i in range(5, 605)])
-        await asyncio.sleep(0.5)  # all of them (and ~190 rollups) read into the buffer
+        await read_into_buffer(hub, minute(604))  # all of them (and ~190 rollups)
         rest = await collect(stream, 600, within=30)
         assert [c.timestamp for c in head + rest] == [T0 + 60 * i for i in range(605)]
         assert (await hub.get_stats())["streams"]["overflows"] == 0
         await write(hub, [minute(i) for i in range(605, 1400)])  # 795 minutes: past it
-        await asyncio.sleep(0.5)
+        await read_into_buffer(hub, minute(1399))
         rest = await collect(stream, 795, within=30)
         await stream.aclose()
         assert [c.timestamp for c in rest] == [T0 + 60 * i for i in range(605, 1400)]
@@ -641,7 +655,7 @@ async def test_a_subscriber_taking_a_burst_lets_the_loop_run(hub: Hub) -> None:
     first = asyncio.ensure_future(anext(stream))
     await subscribed(hub)
     await write(hub, [minute(i) for i in range(3000)])
-    await asyncio.sleep(0.5)  # every one read into the buffer
+    await read_into_buffer(hub, minute(2999))  # every one
     turns = 0
 
     async def tick() -> None:
