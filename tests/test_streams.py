@@ -593,6 +593,24 @@ async def test_a_subscriber_without_warm_up_lost_before_its_first_candle_misses_
         assert (await hub.get_stats())["streams"]["overflows"] >= 1  # it did fall behind
 
 
+async def test_a_subscription_on_an_empty_window_starts_while_influxdb_is_down(
+        config_data: dict[str, Any], servers: LocalServers) -> None:
+    """With InfluxDB down, a subscription on a product whose window is empty cannot ask
+    where the stored candles end: it starts anyway, once ``influxdb.timeout`` has
+    passed, and gets the minutes written after it."""
+    config_data["influxdb"]["timeout"] = 0.5
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        servers.influx.kill()
+        stream = hub.candles(EX, "DOWN", "1m")
+        first = asyncio.ensure_future(anext(stream))
+        await subscribed(hub)
+        await write(hub, [minute(i) for i in range(3)], "DOWN")
+        got = [await asyncio.wait_for(first, 10)] + await collect(stream, 2)
+        await stream.aclose()
+        assert [c.timestamp for c in got] == [T0 + 60 * i for i in range(3)]
+        servers.influx.start()
+
+
 async def test_a_catch_up_waits_for_another_processs_minutes_to_reach_influxdb(
         config_data: dict[str, Any], servers: LocalServers) -> None:
     """A subscriber in one hub falls behind while another hub writes 600 minutes, which
