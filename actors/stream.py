@@ -85,10 +85,14 @@ def _number(fields: list[bytes]) -> int | None:
     return None
 
 
-def _entries(entry_id: bytes, fields: list[bytes], number: int | None) -> list[Entry]:
+def _entries(entry_id: bytes, fields: list[bytes], number: int | None) -> list[Entry] | None:
     """The candles of one stream entry: one ('c'), or several new ones ('cs', a JSON
-    array of them, written by one script call), each with the entry's id."""
+    array of them, written by one script call), each with the entry's id. None for an
+    entry saying candles were withheld ('g': written with the next ones, older than
+    their window keeps, and not published; see PUBLISH_MANY)."""
     values = dict(zip(fields[::2], fields[1::2], strict=False))
+    if b"g" in values:
+        return None
     try:
         at, timeframe = parse_id(entry_id), values[b"t"].decode()
         if b"cs" in values:
@@ -105,9 +109,11 @@ def _entries(entry_id: bytes, fields: list[bytes], number: int | None) -> list[E
         return []
 
 
-# Candles handed over early that a ring keeps at most (each timeframe has one at a time
-# whose stream copy is not read back yet; these are a bound, never reached in use).
-_EARLY_HELD = 64
+# Candles handed over early that a ring keeps at most (until their stream copy is read
+# back): a burst's first run of write_candle calls (up to 256) or a batch (up to 1,000)
+# goes early whole. A follower that had not taken candles the bound dropped catches up
+# from storage rather than step over them.
+_EARLY_HELD = 4096
 
 
 class Ring:
@@ -122,6 +128,7 @@ class Ring:
         # candles handed over early (see the module's text): (seq, publication, entry)
         self.early: list[tuple[int, int, Entry]] = []
         self.early_next = 0
+        self.early_cut = 0  # candles handed over early before this seq were dropped
         # the number of the entry at ``position`` (entries written before numbers were:
         # None, nothing to check)
         self.number = number
@@ -135,8 +142,10 @@ class Ring:
         self.followers = 0
         self.epoch = 0  # moved when continuity was lost for everybody (reconnect)
         # the sequence of the last entry whose number did not follow the one before (a
-        # follower taking only entries after it needs to check none of their numbers)
+        # follower taking only entries after it needs to check none of their numbers),
+        # or that came after candles withheld
         self.jump = -1
+        self.withheld = 0  # entries read saying candles were withheld
         self._changed = asyncio.Event()
 
     @property
@@ -166,6 +175,13 @@ class Ring:
                     whole = False
                     self.jump = self.base + len(self.entries)
                 self.number = number
+            if entries is None:
+                # candles withheld: the next candle's number does not follow the last
+                # one before, and a follower taking both finds the hole by the numbers
+                # (and catches up from storage), whatever its place
+                self.withheld += 1
+                self.jump = self.base + len(self.entries)
+                continue
             self.entries += entries
         if len(self.entries) >= 2 * self.size:  # amortized: a slice now and then
             drop = len(self.entries) - self.size
@@ -195,7 +211,9 @@ class Ring:
             self.early.append((self.early_next, publication, entry))
             self.early_next += 1
         if len(self.early) > _EARLY_HELD:
-            del self.early[:len(self.early) - _EARLY_HELD]
+            cut = len(self.early) - _EARLY_HELD
+            self.early_cut = self.early[cut - 1][0] + 1
+            del self.early[:cut]
         self.wake()
 
     def wake(self) -> None:
@@ -287,6 +305,9 @@ class Follower:
                     return fresh
                 continue
             if self.early < self.ring.early_next:  # everything read taken: early ones
+                if self.early < self.ring.early_cut:  # some it had not taken were dropped
+                    self.cursor = -1
+                    continue
                 early = [entry for seq, _, entry in self.ring.early if seq >= self.early]
                 self.early = self.ring.early_next
                 if early:
@@ -350,6 +371,9 @@ class StreamReader:
         # entries Redis trimmed (streams.length) before this reader read them: it was
         # that far behind the writers
         self.trimmed = 0
+        # entries read saying candles were withheld (a write of more than the window
+        # keeps): followers taking one catch up from storage
+        self.withheld = 0
         # Writers publish a product's candles only while some reader follows its stream:
         # this one's presence (set by each subscription's snapshot) is renewed every
         # sixth of ``presence`` seconds, and one found lapsed loses continuity
@@ -525,9 +549,11 @@ class StreamReader:
                 found = self.rings.get(key)
                 if found is not None and entries:
                     self.delivered += len(entries)
+                    withheld = found.withheld
                     if not found.append(entries):  # Redis trimmed entries not read yet
                         self.trimmed += 1
                         self._lost(key)
+                    self.withheld += found.withheld - withheld
             if now - self._renewed >= self._renew_every:  # after: not on the way of news
                 self._renewed = now
                 await self._renew()
@@ -549,4 +575,4 @@ class StreamReader:
                 "entries_read": self.delivered, "overflows": self.overflows,
                 "reconnects": self.reconnects, "presence_lapses": self.lapses,
                 "delivered_early": self.early,
-                "trimmed_unread": self.trimmed}
+                "trimmed_unread": self.trimmed, "withheld_notices": self.withheld}

@@ -365,8 +365,10 @@ class Intake:
         for i in range(0, len(rows), PIECE):
             piece = rows[i:i + PIECE]
             newest = piece[max(0, kept - i):] if window else []
+            # (the first piece pushing says how many older ones it withholds)
+            withheld = max(0, kept) if newest and i <= kept else 0
             yield Accepted(lp.candle_lines(exchange, product, piece),
-                           self._window_op(exchange, product, newest, None, True)
+                           self._window_op(exchange, product, newest, None, True, withheld)
                            if newest else None,
                            (exchange, product, piece) if rollups else None)
 
@@ -380,9 +382,12 @@ class Intake:
         return Accepted([], self._window_op(exchange, product, checked, window))
 
     def _window_op(self, exchange: str, product: str, rows: list[Row],
-                   window: int | None, publish: bool = False) -> RedisOp[int]:
+                   window: int | None, publish: bool = False,
+                   withheld: int = 0) -> RedisOp[int]:
         """The hot-window push; ``publish``: written candles, also published on the
-        product's stream when streams are on (``cache_candles`` only fills the window)."""
+        product's stream when streams are on (``cache_candles`` only fills the window),
+        ``withheld`` older ones written before them never pushed (subscribers are told,
+        see PUBLISH_MANY)."""
         size = window or self.config.performance.redis_hot_data_window
         stream = keys.key("candlestream", exchange, product, tagged=self.tagged) \
             if publish and self.config.streams.enabled else None
@@ -390,7 +395,7 @@ class Intake:
             if stream is not None and self.minutes_tag is not None else ""
         return op_push_candles(keys.candles(exchange, product, self.tagged), rows, size,
                                self.config.redis.ttl.candles, self.near_on, stream, "1m",
-                               self._stream_length, tag)
+                               self._stream_length, tag, withheld)
 
     def write_metric(self, metric_name: object, value: object,
                           tags: Mapping[str, Any]) -> Accepted:

@@ -425,6 +425,8 @@ class Streams:
             if len(history) < warmup:
                 before = history[0].timestamp if history else await self._closed_bound(
                     exchange, product, timeframe)
+                if history:  # (older ones another process wrote are stored first)
+                    await self._posted(exchange, product, history[0].timestamp)
                 if before is not None:
                     history = await self._stored(exchange, product, timeframe, None,
                                                  before - 1, warmup - len(history)) + history

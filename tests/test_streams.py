@@ -565,23 +565,24 @@ async def _left_behind(hub: Hub, other: Hub, servers: LocalServers
 @pytest.mark.parametrize("before", ["nothing", "in-the-window", "in-influxdb-only"])
 async def test_a_subscriber_without_warm_up_lost_before_its_first_candle_misses_none(
         config_data: dict[str, Any], before: str, timeframe: str) -> None:
-    """A subscriber with no warm-up falls behind the buffer before it took its first
-    candle (600 minutes in one burst, a 50-entry buffer, 64-candle hot windows): its
-    catch-up from storage starts where its subscription did, so it gets every candle
-    closed after it subscribed, in order, once, and none closed before (five minutes
-    stored in the window, or in InfluxDB only, or nothing at all)."""
+    """A subscriber with no warm-up, in another process than the writer's, falls
+    behind the buffer before it took its first candle (600 minutes in one burst, a
+    50-entry buffer, 64-candle hot windows): its catch-up from storage starts where its
+    subscription did, so it gets every candle closed after it subscribed, in order,
+    once, and none closed before (five minutes stored in the window, or in InfluxDB
+    only, or nothing at all)."""
     config_data["performance"] = {"redis_hot_data_window": 64}
     config = HubConfig.from_mapping({**config_data, "streams": {"buffer": 50}}, environ={})
-    async with Hub(config) as hub:
+    async with Hub(config) as hub, Hub(config) as other:
         if before == "in-the-window":
             await write(hub, [minute(i) for i in range(5)])
         elif before == "in-influxdb-only":
             await hub.write_candles_batch(EX, PR, [minute(i) for i in range(5)],
                                           window=False)
             await hub.flush()
-        stream = hub.candles(EX, PR, timeframe)
+        stream = other.candles(EX, PR, timeframe)
         first = asyncio.ensure_future(anext(stream))
-        await subscribed(hub)
+        await subscribed(other)
         await hub.write_candles_batch(EX, PR, [minute(i) for i in range(5, 605)])
         span = tfs.seconds(timeframe)
         expected = list(range(T0 + 300, T0 + 605 * 60, span))  # from the sixth minute
@@ -590,7 +591,7 @@ async def test_a_subscriber_without_warm_up_lost_before_its_first_candle_misses_
         await stream.aclose()
         assert [c.timestamp for c in got] == expected
         assert all(c.timeframe == timeframe and not c.revision for c in got)
-        assert (await hub.get_stats())["streams"]["overflows"] >= 1  # it did fall behind
+        assert (await other.get_stats())["streams"]["overflows"] >= 1  # it did fall behind
 
 
 async def test_a_subscription_on_an_empty_window_starts_while_influxdb_is_down(
@@ -609,6 +610,73 @@ async def test_a_subscription_on_an_empty_window_starts_while_influxdb_is_down(
         await stream.aclose()
         assert [c.timestamp for c in got] == [T0 + 60 * i for i in range(3)]
         servers.influx.start()
+
+
+async def test_a_burst_after_a_quiet_moment_reaches_a_subscriber_here_whole(hub: Hub) -> None:
+    """A subscriber in the writing process, a feed quiet for a moment, then a burst of
+    150 write_candle calls (one run, handed to this process's subscribers at once with
+    the rollups it closes): every minute arrives, in order, once (candles handed over
+    early were kept in a bounded list, and the burst's rollups pushed its minutes
+    out of it)."""
+    stream = hub.candles(EX, PR, "1m")
+    first = asyncio.ensure_future(anext(stream))
+    await subscribed(hub)
+    await write(hub, [minute(0)])
+    got = [await asyncio.wait_for(first, 10)]
+    await write(hub, [minute(i) for i in range(1, 151)])
+    got += await collect(stream, 150)
+    await stream.aclose()
+    assert [c.timestamp for c in got] == [T0 + 60 * i for i in range(151)]
+    assert (await hub.get_stats())["streams"]["delivered_early"] >= 150
+
+
+@pytest.mark.parametrize("where", ["here", "another-process"])
+@pytest.mark.parametrize("batch", ["ascending", "unsorted"])
+async def test_a_batch_larger_than_the_window_reaches_subscribers_whole(
+        config_data: dict[str, Any], where: str, batch: str) -> None:
+    """One write_candles_batch of more minutes than the hot window keeps (2,500 in
+    order, taken 1,000 at a time, or 1,500 out of order, taken whole; the window 1,000):
+    only the newest 1,000 go into the window and onto the stream, and the stream says
+    how many were withheld before them, so a subscriber here or in another process
+    catches up from storage and gets every minute, in order, once."""
+    count = 2500 if batch == "ascending" else 1500
+    data = [minute(i) for i in range(1, count + 1)]
+    if batch == "unsorted":
+        random.Random(5).shuffle(data)
+    config = HubConfig.from_mapping(config_data, environ={})
+    async with Hub(config) as hub, Hub(config) as other:
+        follower = hub if where == "here" else other
+        await write(hub, [minute(0)])
+        stream = follower.candles(EX, PR, "1m", warmup=1)
+        head = await collect(stream, 1)
+        await hub.write_candles_batch(EX, PR, data)
+        rest = await collect(stream, count, within=30)
+        await stream.aclose()
+        assert [c.timestamp for c in head + rest] == [T0 + 60 * i for i in range(count + 1)]
+        assert (await follower.get_stats())["streams"]["withheld_notices"] >= 1
+
+
+async def test_a_warm_up_deeper_than_the_window_waits_for_another_processs_minutes(
+        config_data: dict[str, Any]) -> None:
+    """Another hub wrote 200 minutes and posts them to InfluxDB only after its 3 s
+    linger; a warm-up of 150 with a 64-minute window reads the older 86 from InfluxDB:
+    it waits for them to be stored rather than hand over a hole."""
+    config_data["performance"] = {"redis_hot_data_window": 64}
+    writer_data = {**config_data, "influxdb": {**config_data["influxdb"],
+                                               "batch": {"size": 100_000,
+                                                         "flush_interval": 3.0}}}
+    async with Hub(HubConfig.from_mapping(writer_data, environ={})) as hub, \
+            Hub(HubConfig.from_mapping(config_data, environ={})) as other:
+        await write(hub, [minute(i) for i in range(200)])
+        await eventually(lambda: _window_holds(other, minute(199)))
+        stream = other.candles(EX, PR, "1m", warmup=150)
+        got = await collect(stream, 150, within=20)
+        await stream.aclose()
+        assert [c.timestamp for c in got] == [T0 + 60 * i for i in range(50, 200)]
+
+
+async def _window_holds(hub: Hub, candle: Candle) -> bool:
+    return (await hub.get_candles(EX, PR, 1)) == [candle]
 
 
 async def test_a_catch_up_waits_for_another_processs_minutes_to_reach_influxdb(

@@ -38,8 +38,9 @@ def script_sha(text: str) -> str:
 
 
 # one window's part of a PUBLISH_MANY call: (window key, window size, TTL, timeframe,
-# (time, member) pairs flattened, ascending)
-Group = tuple[str, int, int, str, tuple[Any, ...]]
+# (time, member) pairs flattened, ascending, candles withheld: older ones written with
+# them that the window does not keep, see PUBLISH_MANY)
+Group = tuple[str, int, int, str, tuple[Any, ...], int]
 
 
 @dataclass(slots=True)  # not frozen: built per write on the hot path (5x cheaper)
@@ -166,10 +167,16 @@ return added
 # (SNAPSHOT below) sees the window and the stream's last id of one moment, so warm-up
 # from the window hands over to the stream without a duplicate or a hole. KEYS: the
 # stream, then one window per group; ARGV: the stream's length, the publishing process's
-# tag ('' for none), then per group its window size, TTL, timeframe, number of candles
-# and (time, member) pairs. A tag goes into each entry the call adds ('o', written first):
-# the process that wrote it knows its own publication when its reader reads it back (see
-# actors.stream: the candles it handed its own subscribers at once). A rollup the window
+# tag ('' for none), then per group its window size, TTL, timeframe, number of candles,
+# number of candles withheld and (time, member) pairs. Candles withheld: written with
+# these but older than the window keeps (a batch's oldest beyond its newest window
+# size), so neither in the window nor on the stream; while somebody follows, an entry
+# ('g': how many) says so before the group's candles, and a reader catches up from
+# storage there rather than step over them (an entry that is no candle, with a number
+# of its own: the next candle's number does not follow the last one taken). A tag goes
+# into each entry the call adds ('o', written first): the process that wrote it knows
+# its own publication when its reader reads it back (see actors.stream: the candles it
+# handed its own subscribers at once). A rollup the window
 # holds already, the same to the byte, is not published again: two processes writing one
 # product's minutes both compute each rollup, and subscribers get it once (a 1-minute
 # candle is always published: cache_candles fills that window without publishing). A
@@ -269,7 +276,12 @@ for k = 3, #KEYS do
   local ttl = tonumber(ARGV[i + 1])
   local timeframe = ARGV[i + 2]
   local n = tonumber(ARGV[i + 3])
-  i = i + 4
+  local withheld = tonumber(ARGV[i + 4])
+  i = i + 5
+  if followed and withheld > 0 then
+    seq = seq + 1
+    xadd('t', timeframe, 'g', withheld, 'n', seq, 'k', total)
+  end
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   local lo = nil
   if first[2] then lo = tonumber(first[2]) end
@@ -339,8 +351,8 @@ def op_publish_many(stream: str, length: int,
                     groups: Sequence[tuple[str, int, int, str, Sequence[Row]]],
                     near: bool = False, tag: str = "") -> RedisOp[int]:
     """Groups ``(window key, window size, ttl, timeframe, rows)`` published in one call
-    (each group's newest ``window size`` rows, ascending); ``tag``: the publishing
-    process's, put in each entry (see PUBLISH_MANY)."""
+    (each group's newest ``window size`` rows, ascending, the older ones withheld);
+    ``tag``: the publishing process's, put in each entry (see PUBLISH_MANY)."""
     parts: list[Group] = []
     for key, window, ttl, timeframe, rows in groups:
         ordered = rows if _ascending(rows) else sorted(rows, key=_time)
@@ -348,7 +360,7 @@ def op_publish_many(stream: str, length: int,
         items: list[Any] = [None] * (2 * len(kept))
         items[::2] = [row[0] for row in kept]
         items[1::2] = encode_rows(kept)
-        parts.append((key, window, ttl, timeframe, tuple(items)))
+        parts.append((key, window, ttl, timeframe, tuple(items), len(ordered) - len(kept)))
     return _publish(stream, length, tuple(parts), near, tag=tag)
 
 
@@ -356,16 +368,16 @@ def _publish(stream: str, length: int, groups: tuple[Group, ...], near: bool,
              merge: tuple[str, int, int, str | None, str, int] | None = None,
              items: tuple[Any, ...] = (), tag: str = "") -> RedisOp[int]:
     if len(groups) == 1:  # one window (every write): no loop, no lists
-        key, window, ttl, timeframe, pairs = groups[0]
+        key, window, ttl, timeframe, pairs, withheld = groups[0]
         head: tuple[Any, ...] = (3, stream, keys.followers(stream), key, length, tag,
-                                 window, ttl, timeframe, len(pairs) // 2, *pairs)
+                                 window, ttl, timeframe, len(pairs) // 2, withheld, *pairs)
         writes: tuple[str, ...] = (key, stream)
     else:
         windows: list[str] = []
         args: list[Any] = [length, tag]
-        for key, window, ttl, timeframe, pairs in groups:
+        for key, window, ttl, timeframe, pairs, withheld in groups:
             windows.append(key)
-            args += [window, ttl, timeframe, len(pairs) // 2, *pairs]
+            args += [window, ttl, timeframe, len(pairs) // 2, withheld, *pairs]
         head = (len(windows) + 2, stream, keys.followers(stream), *windows, *args)
         writes = (*dict.fromkeys(windows), stream)
     return RedisOp((("EVALSHA", PUBLISH_MANY_SHA, *head),), _first, writes,
@@ -537,16 +549,19 @@ PUSH_CANDLES_SHA = script_sha(PUSH_CANDLES)
 
 def op_push_candles(key: str, rows: Sequence[Row], window: int, ttl: int,
                     near: bool = False, stream: str | None = None, timeframe: str = "1m",
-                    length: int = 0, tag: str = "") -> RedisOp[int]:
+                    length: int = 0, tag: str = "", withheld: int = 0) -> RedisOp[int]:
     """Push checked candle rows into a hot window (the newest ``window`` matter); with
     ``stream``, each one the window takes is also published there (PUBLISH_MANY, with
-    the publishing process's ``tag``)."""
+    the publishing process's ``tag``), and the older ones, with ``withheld`` more
+    written before them and never pushed (a batch's older pieces), are said to be
+    withheld."""
     ordered = rows if _ascending(rows) else sorted(rows, key=_time)
     kept = ordered[-window:]
     args: list[Any] = [None] * (2 * len(kept))
     args[::2] = [row[0] for row in kept]
     args[1::2] = encode_rows(kept)
-    return _push(key, window, ttl, tuple(args), near, stream, timeframe, length, tag)
+    return _push(key, window, ttl, tuple(args), near, stream, timeframe, length, tag,
+                 withheld + len(ordered) - len(kept))
 
 
 def _time(row: Row) -> int:
@@ -561,10 +576,10 @@ def _ascending(rows: Sequence[Row]) -> bool:
 
 def _push(key: str, window: int, ttl: int, items: tuple[Any, ...],
           near: bool = False, stream: str | None = None, timeframe: str = "1m",
-          length: int = 0, tag: str = "") -> RedisOp[int]:
+          length: int = 0, tag: str = "", withheld: int = 0) -> RedisOp[int]:
     if stream is not None:
-        return _publish(stream, length, ((key, window, ttl, timeframe, items),), near,
-                        (key, window, ttl, stream, timeframe, length), items, tag)
+        return _publish(stream, length, ((key, window, ttl, timeframe, items, withheld),),
+                        near, (key, window, ttl, stream, timeframe, length), items, tag)
     return RedisOp((("EVALSHA", PUSH_CANDLES_SHA, 1, key, window, ttl, *items),), _first,
                    (key,), merge=(key, window, ttl, None, "", 0), items=items, near=near)
 
@@ -603,8 +618,14 @@ def coalesce(batch: Sequence[Envelope]) -> list[Envelope]:
             assert op.merge is not None
             key, window, ttl, stream, timeframe, length = op.merge
             out[i] = Envelope(_push(key, window, ttl, _merged_items(group), op.near, stream,
-                                    timeframe, length, _newest_tag(group)), None)
+                                    timeframe, length, _newest_tag(group),
+                                    _withheld(group)), None)
     return _join_publications(out)
+
+
+def _withheld(ops: Sequence[RedisOp[Any]]) -> int:
+    """The candles withheld by window pushes joined into one call (see PUBLISH_MANY)."""
+    return sum(g[5] for op in ops if op.publish is not None for g in op.publish[2])
 
 
 def _newest_tag(ops: Sequence[RedisOp[Any]]) -> str:
