@@ -605,14 +605,8 @@ class Streams:
         """The stored candles after ``last`` (None: the window's, InfluxDB unable to
         say where the subscription began), and the stream id (and entry number) they
         reach."""
-        assert self.cache is not None and self.reader is not None
-        stream_key = self.stream_key(exchange, product)
-        snap = await self.cache.perform(op_snapshot(
-            self.window_key(exchange, product, timeframe), stream_key,
-            self.config.performance.redis_hot_data_window, self.reader.id,
-            self.reader.presence_ms))
-        if not snap.followed:
-            self.reader.lapsed(stream_key)
+        snap = await self._snapshot(exchange, product, timeframe,
+                                    self.config.performance.redis_hot_data_window)
         fresh = [c for c in snap.candles if last is None or c.timestamp > last]
         if last is None:
             self.counters["catch_ups"] += 1
