@@ -430,7 +430,9 @@ class Streams:
                 if before is not None:
                     history = await self._stored(exchange, product, timeframe, None,
                                                  before - 1, warmup - len(history)) + history
-            last: int | None = None
+            # the newest candle delivered, or before the first the hand-over time: an
+            # entry not newer (a correction, a hole filled late) is a revision
+            last = since
             for candle in history:
                 last = candle.timestamp
                 yield _live(candle, timeframe, False)
@@ -438,8 +440,7 @@ class Streams:
                 entries = await follower.take()
                 if entries is None:  # fell behind the buffer, or Redis was lost a moment
                     missed, at, number = await self._catch_up_patiently(
-                        follower, exchange, product, timeframe,
-                        last if last is not None else since)
+                        follower, exchange, product, timeframe, last)
                     follower.restart(parse_id(at), number)
                     for k, candle in enumerate(missed, 1):
                         if k % _TURN == 0:

@@ -164,8 +164,10 @@ def candle_rows(items: object, argument: str = "candles") -> list[Row]:
 @dataclass(frozen=True, slots=True)
 class LiveCandle(Candle):
     """A closed candle from ``Hub.candles``: a :class:`Candle` with its ``timeframe``
-    and ``revision`` (True: a candle of this time was delivered before, and a minute
-    in it was corrected since). ``as_candle()`` drops the two."""
+    and ``revision`` (True: it is not newer than a candle delivered before, or than
+    where the subscription began: a candle corrected since it was delivered, or a
+    minute, or a bucket holding one, that arrived late, a gap filled). ``as_candle()``
+    drops the two."""
 
     timeframe: str = "1m"
     revision: bool = False

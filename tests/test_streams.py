@@ -425,6 +425,63 @@ async def test_a_corrected_minute_republishes_its_rollup_as_a_revision(hub: Hub)
     assert revised.as_candle() == resampled
 
 
+@pytest.mark.parametrize("where", ["here", "another-process"])
+async def test_corrections_and_late_minutes_older_than_the_window_reach_subscribers(
+        config_data: dict[str, Any], where: str) -> None:
+    """With 64-candle windows, 400 minutes written, minute 300 missing: minute 2
+    corrected (older than every window holds) and minute 300 arriving late (a hole
+    inside the 1-minute window's span) reach the 1m subscribers as revisions, and their
+    5m buckets (the first older than the 5m window) as revised rollups, equal to
+    influxd's resampling. They had been stored only, and subscribers never saw them."""
+    config_data["performance"] = {"redis_hot_data_window": 64}
+    config = HubConfig.from_mapping(config_data, environ={})
+    async with Hub(config) as hub, Hub(config) as other:
+        follower = hub if where == "here" else other
+        await write(hub, [minute(i) for i in range(400) if i != 300])
+        assert hub.streams is not None
+        await hub.streams.settle()
+        ones = follower.candles(EX, PR, "1m", warmup=1)
+        fives = follower.candles(EX, PR, "5m", warmup=1)
+        assert [c.timestamp for c in await collect(ones, 1)] == [T0 + 60 * 399]
+        assert [c.timestamp for c in await collect(fives, 1)] == [T0 + 300 * 79]
+        corrected = Candle(T0 + 120, 50.0, 500.0, 5.0, 60.0, 9.0)
+        late = Candle(T0 + 60 * 300, 400.0, 401.0, 399.0, 400.5, 4.0)
+        await write(hub, [corrected, late])
+        got = await collect(ones, 2)
+        assert [(c.as_candle(), c.revision) for c in got] == [(corrected, True), (late, True)]
+        revised = await collect(fives, 2)
+        await hub.flush()
+        assert all(c.revision for c in revised)
+        assert [c.as_candle() for c in revised] == [
+            influx_resampled(hub, EX, PR, 300, 1, T0 + 300 * k, T0 + 300 * k + 299)[0]
+            for k in (0, 60)]
+        assert revised[0].high == 500.0 and revised[1].volume == sum(
+            minute(i).volume for i in range(301, 305)) + 4.0
+        await ones.aclose()
+        await fives.aclose()
+
+
+async def test_a_batch_of_more_than_the_window_with_corrections_leaves_no_hole_in_it(
+        config_data: dict[str, Any]) -> None:
+    """An unsorted batch larger than a script call takes whose newest minutes come twice
+    (a correction after the first value): the 64-candle window then holds the newest 64
+    minutes, with the corrected values. It kept 64 rows, the newest 32 minutes twice,
+    and so 32 stale minutes from before the batch beside them: get_candles answered
+    minutes 32-63 and 1,100-1,131, a thousand-minute hole, as the newest 64."""
+    config_data["performance"] = {"redis_hot_data_window": 64}
+    async with Hub(HubConfig.from_mapping(config_data, environ={})) as hub:
+        await hub.write_candles_batch(EX, PR, [minute(i) for i in range(64)])
+        fixed = [Candle(T0 + 60 * i, 1.0, 3.0, 0.5, 2.0, 7.0) for i in range(1100, 1132)]
+        batch = [minute(i) for i in range(64, 1132)] + fixed
+        assert len(batch) > 1024
+        await hub.write_candles_batch(EX, PR, batch)
+        expected = [minute(i) for i in range(1068, 1100)] + fixed
+        assert await hub.get_candles(EX, PR, count=64) == expected
+        assert await hub.query_candles(EX, PR, limit=64) == expected
+        await hub.flush()
+        assert await hub.query_candles(EX, PR, T0, T0 + 60 * 1131, limit=64) == expected
+
+
 async def test_a_bulk_load_under_closed_rollups_is_what_their_warm_ups_answer(
         hub: Hub) -> None:
     """Minutes older than the 1-minute window, inside the rollup windows' spans, rewritten

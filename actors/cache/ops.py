@@ -161,9 +161,14 @@ return added
 
 
 # The same, publishing each candle a window takes on the product's stream (XADD, trimmed
-# to about ARGV[1] entries) with its timeframe and whether it replaced a candle of the
-# same time (a revision); one or several windows of one product (a written minute; the
-# rollups a write closed, smaller timeframes first). One script: a reader's snapshot
+# to about ARGV[1] entries) with its timeframe and whether it is newer than every one
+# the window held ('r' 0) or not ('r' 1: a correction, or a hole filled late: a
+# subscriber that took a later candle gets it as a revision); one or several windows of
+# one product (a written minute; the rollups a write closed, smaller timeframes first).
+# A candle older than the window's oldest stays out of the window (the rule above) and
+# is still published, as a revision ('r' 1): a minute corrected, or a rollup
+# recomputed, a day after it was written reaches subscribers as one corrected an hour
+# after does. One script: a reader's snapshot
 # (SNAPSHOT below) sees the window and the stream's last id of one moment, so warm-up
 # from the window hands over to the stream without a duplicate or a hole. KEYS: the
 # stream, then one window per group; ARGV: the stream's length, the publishing process's
@@ -240,6 +245,7 @@ if followed then
 end
 local i = 3
 local added = 0
+local older = 0
 local function publish(timeframe, pack)
   seq = seq + 1
   if timeframe == '1m' then total = total + #pack end
@@ -299,9 +305,20 @@ for k = 3, #KEYS do
     i = i + 2 * n
     n = 0
   end
+  local function late(member)
+    if #pack > 0 then publish(timeframe, pack); pack = {} end
+    if followed then
+      seq = seq + 1
+      if timeframe == '1m' then total = total + 1 end
+      xadd('t', timeframe, 'c', member, 'r', 1, 'n', seq, 'k', total)
+      older = older + 1
+    end
+  end
   for j = 1, n do
     local ts = tonumber(ARGV[i])
-    if lo == nil or ts >= lo then
+    if lo ~= nil and ts < lo then
+      late(ARGV[i + 1])
+    else
       if hi ~= nil and ts <= hi then
         if #fresh > 0 then redis.call('ZADD', key, unpack(fresh)); fresh = {} end
         local same = false
@@ -310,14 +327,9 @@ for k = 3, #KEYS do
           same = #held == 1 and held[1] == ARGV[i + 1]
         end
         if not same then
-          if #pack > 0 then publish(timeframe, pack); pack = {} end
-          local replaced = redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
+          redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
           redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
-          if followed then
-            seq = seq + 1
-            if timeframe == '1m' then total = total + 1 end
-            xadd('t', timeframe, 'c', ARGV[i + 1], 'r', replaced, 'n', seq, 'k', total)
-          end
+          late(ARGV[i + 1])
           here = here + 1
         end
       else
@@ -337,11 +349,13 @@ for k = 3, #KEYS do
   if here > 0 then
     redis.call('ZREMRANGEBYRANK', key, 0, -window - 1)
     redis.call('EXPIRE', key, ttl)
-    if redis.call('TTL', stream) < ttl then redis.call('EXPIRE', stream, ttl) end
+  end
+  if (here > 0 or older > 0) and redis.call('TTL', stream) < ttl then
+    redis.call('EXPIRE', stream, ttl)
   end
   added = added + here
 end
-if followed and added > 0 then trim() end
+if followed and added + older > 0 then trim() end
 return added
 """
 PUBLISH_MANY_SHA = script_sha(PUBLISH_MANY)
@@ -356,7 +370,7 @@ def op_publish_many(stream: str, length: int,
     parts: list[Group] = []
     for key, window, ttl, timeframe, rows in groups:
         ordered = rows if _ascending(rows) else sorted(rows, key=_time)
-        kept = ordered[-window:]
+        kept = _newest(ordered, window)
         items: list[Any] = [None] * (2 * len(kept))
         items[::2] = [row[0] for row in kept]
         items[1::2] = encode_rows(kept)
@@ -556,7 +570,7 @@ def op_push_candles(key: str, rows: Sequence[Row], window: int, ttl: int,
     written before them and never pushed (a batch's older pieces), are said to be
     withheld."""
     ordered = rows if _ascending(rows) else sorted(rows, key=_time)
-    kept = ordered[-window:]
+    kept = _newest(ordered, window)
     args: list[Any] = [None] * (2 * len(kept))
     args[::2] = [row[0] for row in kept]
     args[1::2] = encode_rows(kept)
@@ -566,6 +580,29 @@ def op_push_candles(key: str, rows: Sequence[Row], window: int, ttl: int,
 
 def _time(row: Row) -> int:
     return row[0]
+
+
+def _newest(ordered: Sequence[Row], window: int) -> Sequence[Row]:
+    """What a window push sends of rows ascending by time: all of them when one script
+    call takes them (``MERGE_CAP``, or the window's size if larger), else the rows of the
+    ``window`` newest distinct times, every version of each (the rest are withheld).
+    Cut by times, not rows: the window is trimmed to its size in times, and a cut that
+    kept fewer (a bucket published, then again as a revision, in one call) left older
+    members beside the new ones with the withheld ones missing between them, a hole in
+    the window that warm-ups and reads took for whole. Kept whole when few, so a
+    revision of an old time among newer candles (a rollup recomputed late) is published
+    rather than withheld."""
+    if len(ordered) <= max(window, MERGE_CAP):
+        return ordered
+    distinct, previous = 0, None
+    for i in range(len(ordered) - 1, -1, -1):
+        ts = ordered[i][0]
+        if ts != previous:
+            distinct += 1
+            if distinct > window:
+                return ordered[i + 1:]
+            previous = ts
+    return ordered
 
 
 def _ascending(rows: Sequence[Row]) -> bool:
