@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -115,6 +116,12 @@ def _entries(entry_id: bytes, fields: list[bytes], number: int | None) -> list[E
 # from storage rather than step over them.
 _EARLY_HELD = 4096
 
+# Revisions a ring keeps the newest of (entries 'r' 1: a candle corrected, or filled in
+# late), for followers that fell behind: a catch-up from storage reads the candles after
+# the last one a subscriber took, and the revisions of ones it took, published while it
+# was behind, come from here.
+_REVISIONS_HELD = 1024
+
 
 class Ring:
     """The newest entries of one product stream, shared by its followers here."""
@@ -146,6 +153,14 @@ class Ring:
         # or that came after candles withheld
         self.jump = -1
         self.withheld = 0  # entries read saying candles were withheld
+        # the newest revisions read, and the id after which every one published is among
+        # them or still to be read: entries at or before ``broken`` may have gone
+        # unread (Redis trimmed them first, candles were withheld, or nothing was
+        # published while this process's presence had lapsed), ones at or before
+        # ``revised_from`` dropped from the list
+        self.revised: deque[Entry] = deque()
+        self.revised_from = after
+        self.broken = after
         self._changed = asyncio.Event()
 
     @property
@@ -174,6 +189,7 @@ class Ring:
                 if self.number is not None and number != self.number + 1:
                     whole = False
                     self.jump = self.base + len(self.entries)
+                    self.broken = self.position
                 self.number = number
             if entries is None:
                 # candles withheld: the next candle's number does not follow the last
@@ -181,7 +197,12 @@ class Ring:
                 # (and catches up from storage), whatever its place
                 self.withheld += 1
                 self.jump = self.base + len(self.entries)
+                self.broken = self.position
                 continue
+            if len(entries) == 1 and entries[0].candle.revision:
+                if len(self.revised) >= _REVISIONS_HELD:
+                    self.revised_from = self.revised.popleft().id
+                self.revised.append(entries[0])
             self.entries += entries
         if len(self.entries) >= 2 * self.size:  # amortized: a slice now and then
             drop = len(self.entries) - self.size
@@ -231,6 +252,13 @@ class Ring:
             held = self.entries[seq - self.base].number
             return held is None or held == number + 1
         return self.number is None or self.number <= number
+
+    def revisions(self, after: StreamId, upto: StreamId) -> list[Entry] | None:
+        """The revisions read with ids in (``after``, ``upto``]; None when some may be
+        missing (see ``broken`` and ``revised_from``)."""
+        if after < self.broken or after < self.revised_from:
+            return None
+        return [entry for entry in self.revised if after < entry.id <= upto]
 
     def seq_after(self, after: StreamId) -> int | None:
         """The sequence of the first entry held with an id after ``after``; None when
@@ -332,6 +360,12 @@ class Follower:
         self.number = number
         return fresh
 
+    def revisions(self, upto: StreamId) -> list[Entry] | None:
+        """The revisions published after the last entry this follower took, up to
+        ``upto`` (a catch-up's snapshot: the entries after it reach the follower once it
+        restarts there); None when some may be missing."""
+        return self.ring.revisions(self.after, upto)
+
     def restart(self, after: StreamId, number: int | None = None) -> None:
         """Follow on from a new snapshot's stream id and entry number (after a catch-up
         from storage)."""
@@ -396,8 +430,10 @@ class StreamReader:
     def lapsed(self, key: str) -> None:
         """This reader's presence on ``key`` had lapsed (a snapshot found it so): its
         followers there lose continuity and catch up from storage."""
-        if key in self.rings:
+        ring = self.rings.get(key)
+        if ring is not None:
             self.lapses += 1
+            ring.broken = max(ring.broken, ring.position)
             self._lost(key)
 
     def _lost(self, key: str) -> None:

@@ -36,7 +36,7 @@ from actors.backoff import Backoff
 from actors.cache import CacheService
 from actors.cache.ops import Snapshot, op_publish_many, op_push_candles, op_snapshot
 from actors.query import Query
-from actors.stream import Follower, StreamReader, parse_id
+from actors.stream import Entry, Follower, StreamReader, parse_id
 from hub._intake import Accepted, Intake
 from hubdomain import influxql as ql
 from hubdomain import keys
@@ -97,7 +97,8 @@ class Streams:
                               asyncio.Future[tuple[list[Candle], bytes, int | None]]] = {}
         self.counters = dict.fromkeys(("rollups_published", "rollups_recomputed",
                                        "late_minutes", "rollup_failures", "catch_ups",
-                                       "catch_ups_unconfirmed"), 0)
+                                       "catch_ups_unconfirmed",
+                                       "catch_ups_without_revisions"), 0)
 
     @property
     def publishing(self) -> bool:
@@ -441,7 +442,15 @@ class Streams:
                 if entries is None:  # fell behind the buffer, or Redis was lost a moment
                     missed, at, number = await self._catch_up_patiently(
                         follower, exchange, product, timeframe, last)
+                    # the candles after its last from storage; corrections of ones it
+                    # took, published meanwhile, from the ring's list of revisions
+                    revised = follower.revisions(parse_id(at))
                     follower.restart(parse_id(at), number)
+                    if revised is None:
+                        self.counters["catch_ups_without_revisions"] += 1
+                    else:
+                        for candle in _revisions(revised, timeframe, last):
+                            yield candle
                     for k, candle in enumerate(missed, 1):
                         if k % _TURN == 0:
                             await asyncio.sleep(0)  # (as below)
@@ -673,6 +682,18 @@ class _Question:
 
 def _row(c: Candle) -> Row:
     return (c.timestamp, c.open, c.high, c.low, c.close, c.volume)
+
+
+def _revisions(entries: list[Entry], timeframe: str, last: int | None) -> list[LiveCandle]:
+    """Of revisions published while a subscriber was behind, those of ``timeframe``
+    at or before ``last`` (the newer ones its catch-up read from storage), the latest of
+    each time, in time order (none when it took none: ``last`` None)."""
+    latest: dict[int, LiveCandle] = {}
+    for entry in entries:
+        candle = entry.candle
+        if last is not None and candle.timeframe == timeframe and candle.timestamp <= last:
+            latest[candle.timestamp] = candle
+    return [latest[ts] for ts in sorted(latest)]
 
 
 def _live(c: Candle, timeframe: str, revision: bool) -> LiveCandle:

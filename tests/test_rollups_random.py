@@ -52,11 +52,10 @@ def last_values(got: list[LiveCandle]) -> dict[int, Candle]:
 @pytest.mark.parametrize("seed", range(int(os.environ.get("ROLLUP_SEEDS", "10"))))
 async def test_random_corrections_and_repairs_leave_every_view_of_a_bucket_equal(
         config_data: dict[str, Any], seed: int) -> None:
+    """(Buffers that hold the whole run: a subscriber that falls behind and catches up
+    from storage is checked by tests/test_streams.py and tests/test_streams_random.py.)"""
     rnd = random.Random(seed)
     config_data["performance"] = {"redis_hot_data_window": WINDOW}
-    # (buffers holding the whole run: a subscriber that fell behind catches up from
-    # storage with the candles after its last one, and corrections published meanwhile
-    # to ones it took do not reach it; tests/test_streams_random.py covers catch-ups)
     config_data["streams"] = {"timeframes": list(TIMEFRAMES), "buffer": 10_000,
                               "length": 10_000}
     config = HubConfig.from_mapping(config_data, environ={})
@@ -177,3 +176,5 @@ async def test_random_corrections_and_repairs_leave_every_view_of_a_bucket_equal
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        stats = [(await h.get_stats())["streams"] for h in hubs]
+        assert [s["overflows"] for s in stats] == [0, 0], (seed, stats)  # (as meant)

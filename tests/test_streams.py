@@ -407,6 +407,61 @@ async def test_a_rollup_closed_here_reaches_subscribers_here_before_redis_has_it
         assert stats["delivered_early"] >= 2 + 10, stats
 
 
+@pytest.mark.parametrize("repair", ["write_candle", "write_candles_batch"])
+async def test_a_late_minute_queued_behind_newer_ones_reaches_this_process_subscriber(
+        config_data: dict[str, Any], servers: LocalServers, repair: str) -> None:
+    """While Redis does not take writes (a push of another product in flight, held),
+    minutes 5, 6 and 8 are written (handed to the subscriber here at once), then the
+    missing minute 7 and minute 9: the pushes queued behind reach Redis as one call.
+    Minute 7 comes to the subscriber as a revision, and a subscriber in another
+    process gets every minute's value. Merged by time, minute 7 had gone out inside a
+    run of new minutes, and the subscriber here, past it already, dropped it."""
+    config = HubConfig.from_mapping(config_data, environ={})
+    async with Hub(config) as hub, Hub(config) as other:
+        here: list[LiveCandle] = []
+        there: list[LiveCandle] = []
+
+        async def follow(stream: Any, into: list[LiveCandle]) -> None:
+            async for candle in stream:
+                into.append(candle)
+
+        tasks = [asyncio.create_task(follow(hub.candles(EX, PR, "1m"), here)),
+                 asyncio.create_task(follow(other.candles(EX, PR, "1m"), there))]
+        try:
+            await subscribed(hub)
+            await subscribed(other)
+            await write(hub, [minute(i) for i in range(5)])
+
+            async def reached() -> bool:
+                return len(here) == 5 and len(there) == 5
+            await eventually(reached)
+            redis_command(servers, "CLIENT", "PAUSE", "1000", "WRITE")
+            await write(hub, [minute(0)], "OTHER")  # in flight, held: the rest queue
+            await asyncio.sleep(0.05)
+            await write(hub, [minute(5), minute(6), minute(8)])
+            await asyncio.sleep(0.05)
+            if repair == "write_candle":
+                await write(hub, [minute(7)])
+            else:
+                await hub.write_candles_batch(EX, PR, [minute(7)])
+            await write(hub, [minute(9)])
+
+            async def all_in() -> bool:
+                return any(c.timestamp == T0 + 420 for c in here) and \
+                    any(c.timestamp == T0 + 420 for c in there) and \
+                    any(c.timestamp == T0 + 540 for c in there)
+            await eventually(all_in, within=10)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert [(c.timestamp - T0) // 60 for c in here] == [0, 1, 2, 3, 4, 5, 6, 8, 7, 9]
+        assert [c.revision for c in here] == [False] * 8 + [True, False]
+        assert here[8].as_candle() == minute(7)
+        assert {c.timestamp: c.as_candle() for c in there} == \
+            {T0 + 60 * i: minute(i) for i in range(10)}
+
+
 async def test_a_corrected_minute_republishes_its_rollup_as_a_revision(hub: Hub) -> None:
     await write(hub, [minute(i) for i in range(10)])
     assert hub.streams is not None
@@ -561,6 +616,54 @@ async def test_a_slow_subscriber_catches_up_from_storage(config_data: dict[str, 
         stats = await hub.get_stats()
         assert stats["streams"]["overflows"] >= 1
         assert stats["streams"]["subscribers"] == 0  # closing the iterator released it
+
+
+@pytest.mark.parametrize("where", ["here", "another-process"])
+async def test_a_slow_subscriber_gets_the_corrections_of_candles_it_took_meanwhile(
+        config_data: dict[str, Any], where: str) -> None:
+    """A subscriber that took minutes 0-9 (and 5m bucket 0), then does not read while
+    300 more are written and minutes 3 and 8 are corrected (8 twice), catches up from
+    storage with the candles after its last one, and gets the corrections of the ones
+    it took as revisions, the latest of each, and its 5m buckets 0 and 1 revised: the
+    catch-up reads only the candles after its last, and they had been lost to it."""
+    config = HubConfig.from_mapping({**config_data, "streams": {"buffer": 50}}, environ={})
+    async with Hub(config) as hub, Hub(config) as other:
+        follower = hub if where == "here" else other
+        ones = follower.candles(EX, PR, "1m")
+        fives = follower.candles(EX, PR, "5m")
+        first_one = asyncio.ensure_future(collect(ones, 10))
+        first_five = asyncio.ensure_future(collect(fives, 1))
+        await subscribed(follower, 2)
+        await write(hub, [minute(i) for i in range(11)])
+        assert [c.timestamp for c in await first_one] == [T0 + 60 * i for i in range(10)]
+        assert [c.timestamp for c in await first_five] == [T0]
+        await write(hub, [minute(i) for i in range(11, 300)])
+        fixes = [Candle(T0 + 180, 1.0, 2.0, 0.5, 1.5, 9.0),
+                 Candle(T0 + 480, 1.0, 900.0, 0.5, 1.5, 9.0),
+                 Candle(T0 + 480, 1.0, 800.0, 0.5, 1.5, 9.0)]  # minute 8 twice
+        await write(hub, fixes)
+        await write(hub, [minute(i) for i in range(300, 311)])
+        await read_into_buffer(follower, minute(310))
+        # minute 10, taken from the buffer before it stopped reading, the two
+        # corrections, then minutes 11-310 from storage
+        got = await collect(ones, 1 + 2 + 300, within=30)
+        assert [(c.as_candle(), c.revision) for c in got[:3]] == [
+            (minute(10), False), (fixes[0], True), (fixes[2], True)]
+        assert [c.timestamp for c in got[3:]] == [T0 + 60 * i for i in range(11, 311)]
+        assert not any(c.revision for c in got[3:])
+        # 5m: bucket 1 from the buffer, buckets 0 and 1 revised, then 2-61 from storage
+        five = await collect(fives, 1 + 2 + 60, within=30)
+        await hub.flush()
+        assert [(c.timestamp, c.revision) for c in five] == [
+            (T0 + 300, False), (T0, True), (T0 + 300, True)] + [
+            (T0 + 300 * k, False) for k in range(2, 62)]
+        assert five[0].high == minute(9).high and five[2].high == 800.0
+        assert [c.as_candle() for c in five[1:]] == await hub.query_candles(
+            EX, PR, T0, T0 + 300 * 62 - 1, interval="5m")
+        stats = (await follower.get_stats())["streams"]
+        assert stats["overflows"] >= 2 and stats["catch_ups_without_revisions"] == 0
+        await ones.aclose()
+        await fives.aclose()
 
 
 async def read_into_buffer(hub: Hub, newest: Candle, product: str = PR) -> None:

@@ -673,15 +673,14 @@ def _newest_tag(ops: Sequence[RedisOp[Any]]) -> str:
 
 
 def _merged_items(group: Sequence[RedisOp[Any]]) -> tuple[Any, ...]:
-    """The (time, member) pairs of window pushes, flattened and ascending by time;
-    candles of the same time keep their order. Each push's own pairs are ascending: a
-    feed's pushes, each one after the one before, are joined as they are."""
-    parts = [op.items for op in group if op.items]
-    if all(parts[k - 1][-2] <= parts[k][0] for k in range(1, len(parts))):
-        return tuple(itertools.chain.from_iterable(parts))
-    pairs = [(p[j], p[j + 1]) for p in parts for j in range(0, len(p), 2)]
-    pairs.sort(key=lambda p: p[0])  # stable: same-time candles keep their order
-    return tuple(x for p in pairs for x in p)
+    """The (time, member) pairs of window pushes, flattened in the order they were
+    written (each push's own pairs ascending): the call does what the pushes one after
+    another would. A feed's pushes, each after the one before, make one ascending run
+    (taken by one ZADD); a late minute pushed after newer ones stays after them, and is
+    published as the revision it is. (Sorted by time, it went out inside the run as a
+    new candle, and a subscriber in this process, handed the newer ones already as they
+    were written, dropped it: a repaired minute it never got.)"""
+    return tuple(itertools.chain.from_iterable(op.items for op in group if op.items))
 
 
 def _join_publications(batch: list[Envelope]) -> list[Envelope]:
